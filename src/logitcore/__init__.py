@@ -1,0 +1,43 @@
+"""logitcore: fast, trusted CPU kernels for logits.
+
+Log-sum-exp, softmax, log-softmax, sigmoid, cross-entropy and binary cross-entropy with
+their gradients, multithreaded over rows, with a float64 NumPy reference backend and
+compiled Numba and Cython/OpenMP backends chosen per call.
+"""
+
+from ._config import config, get_backend, get_num_threads, set_backend, set_num_threads
+from ._info import backend_info, show_config
+from ._ops import (
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    last_dispatch,
+    log_sigmoid,
+    log_softmax,
+    log_softmax_backward,
+    logsumexp,
+    sigmoid,
+    softmax,
+    softmax_backward,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backend_info",
+    "binary_cross_entropy_with_logits",
+    "config",
+    "cross_entropy",
+    "get_backend",
+    "get_num_threads",
+    "last_dispatch",
+    "log_sigmoid",
+    "log_softmax",
+    "log_softmax_backward",
+    "logsumexp",
+    "set_backend",
+    "set_num_threads",
+    "show_config",
+    "sigmoid",
+    "softmax",
+    "softmax_backward",
+]

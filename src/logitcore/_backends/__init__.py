@@ -1,0 +1,157 @@
+"""Backend registry: name -> kernel module, loaded lazily.
+
+The kernel contract
+-------------------
+The public API (``logitcore._ops``) reduces every call to 2-D problems with the class axis
+last and calls one of the kernels below. Every backend module implements the same
+functions with the same signatures. All arrays handed to a kernel are
+
+* C-contiguous, of one floating dtype (float32 or float64) per call;
+* already validated: shapes agree, labels are in ``[0, n_classes)`` or equal to
+  ``ignore_index``, weights are finite;
+* preallocated outputs, which may *be* the input (in-place softmax, gradient over the
+  logits), but never overlap it partially.
+
+Kernels write into their outputs and return ``None``. ``n_threads`` is the number of
+threads the kernel may use. Rows are independent.
+
+``logsumexp(x, out, n_threads)``
+    x (n, C) -> out (n,). Edge semantics of DESIGN.md: NaN -> NaN, +inf -> +inf,
+    all -inf -> -inf, C == 0 -> -inf.
+``softmax(x, out, n_threads)`` / ``log_softmax(x, out, n_threads)``
+    x (n, C) -> out (n, C).
+``sigmoid(x, out, n_threads)`` / ``log_sigmoid(x, out, n_threads)``
+    x (m,) -> out (m,), elementwise on flat arrays.
+``cross_entropy_labels(x, labels, weight, ignore_index, label_smoothing, loss_out,
+grad_out, grad_scale, n_threads)``
+    x (n, C); labels int64 (n,); weight (C,) (all ones when the user gave none).
+    loss_out (n,) receives each row's loss
+    ``(1 - eps) * w[y] * (lse - x[y]) + eps / C * sum_c w[c] * (lse - x[c])``,
+    0 for ignored rows. When ``grad_out`` has shape (n, C) it receives
+    ``grad_scale * (softmax(x) * sum(q) - q)`` where
+    ``q = (1 - eps) * w[y] * onehot(y) + eps / C * w`` (0 for ignored rows); a (0, 0)
+    ``grad_out`` means "no gradient".
+``cross_entropy_probs(x, target, weight, label_smoothing, loss_out, grad_out,
+grad_scale, n_threads)``
+    target (n, C) of x's dtype; with ``t' = (1 - eps) * t + eps / C`` the row loss is
+    ``-sum_c w[c] t'[c] log_softmax(x)[c]`` and the gradient
+    ``grad_scale * (softmax(x) * sum(w t') - w t')``.
+``bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scale,
+n_threads)``
+    x, target (n, C); weight and pos_weight (1, C) or (n, C): a single row is used for
+    every row. Element loss
+    ``w * ((1 - t) * x + (1 + (pw - 1) t) * softplus(-x))``; loss_out is (n, C) for the
+    elementwise loss or (n, 1) for each row's sum. Gradient
+    ``grad_scale * w * (sigmoid(x) * (1 + (pw - 1) t) - pw t)``.
+``softmax_backward(dy, y, out, n_threads)``
+    y = softmax(x): ``out = y * (dy - sum(dy * y))``.
+``log_softmax_backward(dy, y, out, n_threads)``
+    y = log_softmax(x): ``out = dy - exp(y) * sum(dy)``.
+
+A backend may also implement ``logsumexp_scaled(x, b, out, sign_out, n_threads)``:
+``out = log|sum_c b e^x|``, ``sign_out`` its sign; b is (n, C) of x's dtype.
+Each module lists what it implements in ``SUPPORTED_KERNELS``; asking a named backend
+for a kernel it lacks raises ``NotImplementedError``; ``backend="auto"`` skips it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import threading
+
+# Order in which "auto" tries the backends (see _config.AUTO_PREFERENCE for the
+# per-kernel evidence). "numpy" is the reference and is always available.
+BACKEND_NAMES = ("numpy", "numba", "cython")
+
+_MODULE_PATHS = {
+    "numpy": "logitcore._backends.numpy_ref",
+    "numba": "logitcore._backends.numba_kernels",
+    "cython": "logitcore._backends._cython_kernels",
+}
+
+# Backends registered at run time (tests use this to count dispatches).
+_extra_backends: dict[str, object] = {}
+_loaded: dict[str, object] = {}
+_unavailable_reason: dict[str, str] = {}
+_load_lock = threading.Lock()
+
+
+def valid_names() -> tuple[str, ...]:
+    return BACKEND_NAMES + tuple(_extra_backends)
+
+
+def register_backend(name: str, module) -> None:
+    """Add a backend object (anything with the kernel functions and SUPPORTED_KERNELS)."""
+    if name in BACKEND_NAMES or name == "auto":
+        raise ValueError(f"backend name {name!r} is reserved")
+    _extra_backends[name] = module
+
+
+def unregister_backend(name: str) -> None:
+    _extra_backends.pop(name, None)
+
+
+def _check_importable(name: str) -> str | None:
+    """Return why backend ``name`` cannot load, without importing heavy modules."""
+    if name == "numba" and importlib.util.find_spec("numba") is None:
+        return "numba is not installed (pip install numba)"
+    return None
+
+
+def load(name: str):
+    """Return the backend module, importing it on first use.
+
+    Raises ``ValueError`` for an unknown name and ``RuntimeError`` (with the reason)
+    for a known backend that cannot be loaded.
+    """
+    if name in _extra_backends:
+        return _extra_backends[name]
+    module = _loaded.get(name)
+    if module is not None:
+        return module
+    if name not in _MODULE_PATHS:
+        raise ValueError(
+            f"unknown backend {name!r}; valid backends are "
+            f"{', '.join(repr(n) for n in valid_names() + ('auto',))}"
+        )
+    reason = availability(name)[1]
+    if reason is not None:
+        raise RuntimeError(f"backend {name!r} is not available: {reason}")
+    return _loaded[name]
+
+
+def availability(name: str) -> tuple[bool, str | None]:
+    """(available, reason-if-not). Imports the backend the first time it is asked."""
+    if name in _extra_backends:
+        return True, None
+    if name in _loaded:
+        return True, None
+    if name in _unavailable_reason:
+        return False, _unavailable_reason[name]
+    with _load_lock:
+        if name in _loaded:
+            return True, None
+        reason = _check_importable(name)
+        if reason is None:
+            try:
+                _loaded[name] = importlib.import_module(_MODULE_PATHS[name])
+                return True, None
+            except ImportError as exc:
+                if name == "cython":
+                    reason = (
+                        "the compiled extension is missing (the package was installed "
+                        f"without building it: {exc})"
+                    )
+                else:
+                    reason = f"import failed: {exc}"
+        _unavailable_reason[name] = reason
+        return False, reason
+
+
+def is_available(name: str) -> bool:
+    return availability(name)[0]
+
+
+def supports(module, kernel: str) -> bool:
+    return kernel in getattr(module, "SUPPORTED_KERNELS", ())

@@ -1,0 +1,187 @@
+"""Backend and thread selection.
+
+Precedence, highest first: the ``backend=`` argument of a call > the innermost
+``config(...)`` context of the calling thread > ``set_backend(...)`` (whose initial value
+comes from ``LOGITCORE_BACKEND``) > ``"auto"``. Threads follow the same order with
+``config(n_threads=...)``, ``set_num_threads`` and ``LOGITCORE_NUM_THREADS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+from . import _backends
+
+AUTO = "auto"
+
+# The order "auto" tries the compiled backends in, per kernel, fastest first. The
+# evidence is the `logitcore bench` table in the README; a kernel missing here uses
+# DEFAULT_AUTO_ORDER. The reference backend is the last resort and always available.
+DEFAULT_AUTO_ORDER = ("cython", "numba", "numpy")
+AUTO_ORDER_BY_KERNEL: dict[str, tuple[str, ...]] = {}
+
+
+def _valid_backend_name(name, argument_name="backend"):
+    if not isinstance(name, str):
+        raise TypeError(f"{argument_name} must be a string, got {type(name).__name__}")
+    if name != AUTO and name not in _backends.valid_names():
+        raise ValueError(
+            f"unknown {argument_name} {name!r}; valid backends are "
+            f"{', '.join(repr(n) for n in (*_backends.valid_names(), AUTO))}"
+        )
+    return name
+
+
+def _valid_thread_count(n, argument_name="n_threads"):
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{argument_name} must be a positive int, got {n!r}")
+    if n < 1:
+        raise ValueError(f"{argument_name} must be >= 1, got {n}")
+    return n
+
+
+def usable_cpu_count() -> int:
+    """CPUs this process may run on (honours affinity masks and cgroup pinning)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _initial_backend() -> str:
+    value = os.environ.get("LOGITCORE_BACKEND", "").strip()
+    if not value:
+        return AUTO
+    return _valid_backend_name(value, "LOGITCORE_BACKEND")
+
+
+def _initial_threads() -> int:
+    value = os.environ.get("LOGITCORE_NUM_THREADS", "").strip()
+    if not value:
+        return usable_cpu_count()
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(
+            f"LOGITCORE_NUM_THREADS must be a positive integer, got {value!r}"
+        ) from None
+    return _valid_thread_count(n, "LOGITCORE_NUM_THREADS")
+
+
+class _GlobalState:
+    backend: str | None = None  # None until first read, so env errors surface on use
+    n_threads: int | None = None
+
+
+_global = _GlobalState()
+_local = threading.local()  # .backend_stack / .thread_stack: context overrides
+
+
+def _global_backend() -> str:
+    if _global.backend is None:
+        _global.backend = _initial_backend()
+    return _global.backend
+
+
+def _global_threads() -> int:
+    if _global.n_threads is None:
+        _global.n_threads = _initial_threads()
+    return _global.n_threads
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend: ``"auto"``, ``"numpy"``, ``"numba"``, ``"cython"``.
+
+    >>> import logitcore
+    >>> logitcore.set_backend("numpy")
+    >>> logitcore.get_backend()
+    'numpy'
+    >>> logitcore.set_backend("auto")
+    """
+    _global.backend = _valid_backend_name(name)
+
+
+def get_backend() -> str:
+    """The backend name in force for this thread (it may be ``"auto"``)."""
+    stack = getattr(_local, "backend_stack", None)
+    if stack:
+        return stack[-1]
+    return _global_backend()
+
+
+def set_num_threads(n: int) -> None:
+    """Set the process-wide number of threads the kernels may use.
+
+    >>> import logitcore
+    >>> logitcore.set_num_threads(1)
+    >>> logitcore.get_num_threads()
+    1
+    >>> logitcore.set_num_threads(logitcore._config.usable_cpu_count())
+    """
+    _global.n_threads = _valid_thread_count(n)
+
+
+def get_num_threads() -> int:
+    """Threads in force for this thread: context > set_num_threads > env > usable CPUs."""
+    stack = getattr(_local, "thread_stack", None)
+    if stack:
+        return stack[-1]
+    return _global_threads()
+
+
+@contextlib.contextmanager
+def config(*, backend: str | None = None, n_threads: int | None = None):
+    """Thread-local override of the backend and/or thread count.
+
+    >>> import numpy as np, logitcore
+    >>> with logitcore.config(backend="numpy", n_threads=1):
+    ...     logitcore.get_backend(), logitcore.get_num_threads()
+    ('numpy', 1)
+    """
+    if backend is not None:
+        _valid_backend_name(backend)
+    if n_threads is not None:
+        _valid_thread_count(n_threads)
+    backend_stack = _local.__dict__.setdefault("backend_stack", [])
+    thread_stack = _local.__dict__.setdefault("thread_stack", [])
+    backend_depth, thread_depth = len(backend_stack), len(thread_stack)
+    if backend is not None:
+        backend_stack.append(backend)
+    if n_threads is not None:
+        thread_stack.append(n_threads)
+    try:
+        yield
+    finally:
+        del backend_stack[backend_depth:]
+        del thread_stack[thread_depth:]
+
+
+def resolve(kernel: str, backend: str | None):
+    """Return ``(name, module)`` of the backend that runs ``kernel`` for this call."""
+    name = get_backend() if backend is None else _valid_backend_name(backend)
+    if name != AUTO:
+        module = _backends.load(name)
+        if not _backends.supports(module, kernel):
+            raise NotImplementedError(
+                f"backend {name!r} does not implement {_describe(kernel)}; "
+                f"use backend='auto' or another backend"
+            )
+        return name, module
+    for candidate in AUTO_ORDER_BY_KERNEL.get(kernel, DEFAULT_AUTO_ORDER):
+        if _backends.is_available(candidate):
+            module = _backends.load(candidate)
+            if _backends.supports(module, kernel):
+                return candidate, module
+    raise NotImplementedError(f"no available backend implements {_describe(kernel)}")
+
+
+def _describe(kernel: str) -> str:
+    options = {
+        "logsumexp_scaled": "logsumexp with b= (scale factors)",
+        "cross_entropy_labels": "cross_entropy with integer labels",
+        "cross_entropy_probs": "cross_entropy with probability targets",
+        "bce_with_logits": "binary_cross_entropy_with_logits",
+    }
+    return options.get(kernel, kernel)

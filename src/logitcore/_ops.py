@@ -1,0 +1,499 @@
+"""Public functions: validate, reduce to (rows, classes), allocate, dispatch to a kernel.
+
+Every function here follows one pattern: check the arguments (``_validate``), move the
+class axis (or the reduced axes) last and view the data as a C-contiguous 2-D array, pick
+the backend (``_config.resolve``), call the kernel on preallocated outputs and give the
+result back in the caller's layout. No arithmetic on the data happens here, only O(rows)
+bookkeeping such as the denominator of a weighted mean.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from . import _config
+from . import _validate as v
+
+_last_dispatch = threading.local()
+
+_NO_GRADIENT = {
+    np.dtype(np.float32): np.empty((0, 0), np.float32),
+    np.dtype(np.float64): np.empty((0, 0), np.float64),
+}
+
+
+def last_dispatch() -> dict:
+    """What ran for the last logitcore call made by this thread.
+
+    >>> import numpy as np, logitcore
+    >>> _ = logitcore.softmax(np.zeros((2, 3)), backend="numpy")
+    >>> logitcore.last_dispatch()["backend"]
+    'numpy'
+    """
+    return dict(getattr(_last_dispatch, "info", {}))
+
+
+def _run(kernel: str, op: str, backend, *args):
+    """Resolve the backend for ``kernel`` and call it with the configured threads."""
+    name, module = _config.resolve(kernel, backend)
+    n_threads = _config.get_num_threads()
+    _last_dispatch.info = {"op": op, "kernel": kernel, "backend": name, "n_threads": n_threads}
+    getattr(module, kernel)(*args, n_threads)
+
+
+# --- layout helpers ---------------------------------------------------------------
+
+def _moved_last(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """View of ``x`` with ``axes`` moved, in order, to the end."""
+    if axes == tuple(range(x.ndim - len(axes), x.ndim)):
+        return x
+    return np.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))
+
+
+def _rows_shape(moved_shape: tuple, n_class_axes: int) -> tuple[int, int]:
+    split = len(moved_shape) - n_class_axes
+    return math.prod(moved_shape[:split]), math.prod(moved_shape[split:])
+
+
+def _as_rows(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """C-contiguous (rows, classes) array: ``axes`` flattened into the class axis.
+
+    A view when ``x`` is already laid out that way, otherwise a copy (the input is never
+    written through this array unless it is a view the caller asked to overwrite).
+    """
+    moved = _moved_last(x, axes)
+    return np.ascontiguousarray(moved).reshape(_rows_shape(moved.shape, len(axes)))
+
+
+def _rows_view(array: np.ndarray, axes: tuple[int, ...]):
+    """The (rows, classes) view of ``array`` if it exists without copying, else None."""
+    moved = _moved_last(array, axes)
+    if not moved.flags.c_contiguous:
+        return None
+    return moved.reshape(_rows_shape(moved.shape, len(axes)))
+
+
+def _from_rows(rows: np.ndarray, template: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Inverse of ``_as_rows`` for a result shaped like ``template``."""
+    moved_shape = _moved_last(template, axes).shape
+    result = rows.reshape(moved_shape)
+    last = tuple(range(template.ndim - len(axes), template.ndim))
+    if axes != last:
+        result = np.ascontiguousarray(np.moveaxis(result, last, axes))
+    return result
+
+
+def _same_shape_op(kernel, op, x, axes, out, backend, extra_inputs=()):
+    """Run a kernel whose output has the input's shape (softmax, backward passes...).
+
+    ``extra_inputs`` are further operands already converted to x's dtype and shape.
+    """
+    x2d = _as_rows(x, axes)
+    operands = [x2d] + [_as_rows(e, axes) for e in extra_inputs]
+    if out is None:
+        result2d = np.empty(x2d.shape, x.dtype)
+        _run(kernel, op, backend, *operands, result2d)
+        return _from_rows(result2d, x, axes)
+    out2d = _rows_view(out, axes)
+    if out2d is not None:
+        _run(kernel, op, backend, *operands, out2d)
+    else:  # a strided out: compute densely, then copy into the caller's layout
+        result2d = np.empty(x2d.shape, x.dtype)
+        _run(kernel, op, backend, *operands, result2d)
+        out[...] = _from_rows(result2d, x, axes)
+    return out
+
+
+def _checked_out(out, shape, dtype, inputs):
+    if out is None:
+        return None
+    v.check_out(out, shape, dtype)
+    v.check_no_partial_overlap(out, inputs)
+    return out
+
+
+def _scalar_or_array(result: np.ndarray):
+    """0-d results come back as NumPy scalars, like NumPy reductions."""
+    return result[()] if result.ndim == 0 else result
+
+
+# --- log-sum-exp, softmax, log-softmax --------------------------------------------
+
+def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None,
+              backend=None):
+    """Log of the sum of exponentials along ``axis``, computed without overflow.
+
+    Matches ``scipy.special.logsumexp``: ``axis`` may be an int, a tuple of ints or None
+    (all axes); ``b`` scales each ``exp(x)`` (broadcast against ``x``); with
+    ``return_sign=True`` the result is ``(log|sum|, sign)``, otherwise a negative sum
+    gives NaN. A row holding NaN gives NaN, one holding +inf gives +inf, an all -inf or
+    empty row gives -inf.
+
+    >>> import numpy as np, logitcore
+    >>> float(logitcore.logsumexp(np.array([0.0, np.log(3.0)])))  # log(1 + 3)
+    1.3862943611198906
+    >>> logitcore.logsumexp(np.array([[0.0, 0.0], [1000.0, 1000.0]]))
+    array([   0.69314718, 1000.69314718])
+    >>> logitcore.logsumexp([1.0, 2.0], b=[1.0, -1.0], return_sign=True)
+    (np.float64(1.5413248546129181), np.float64(-1.0))
+    """
+    x = v.as_float_array(x, "x")
+    axes = v.normalize_axes(axis, x.ndim)
+    kept_shape = tuple(n for i, n in enumerate(x.shape) if i not in axes)
+    result_shape = (
+        tuple(1 if i in axes else n for i, n in enumerate(x.shape)) if keepdims else kept_shape
+    )
+    out = _checked_out(out, result_shape, x.dtype, {"x": x})
+    x2d = _as_rows(x, axes)
+    result = np.empty(x2d.shape[0], x.dtype)
+    if b is None:
+        _run("logsumexp", "logsumexp", backend, x2d, result)
+        sign = None
+    else:
+        b = v.float_array_like(b, "b", x.dtype)
+        try:
+            b_full = np.broadcast_to(b, x.shape)
+        except ValueError:
+            raise ValueError(
+                f"b must broadcast to the shape of x: x has shape {x.shape}, "
+                f"b has shape {b.shape}"
+            ) from None
+        sign = np.empty(x2d.shape[0], x.dtype)
+        _run("logsumexp_scaled", "logsumexp", backend, x2d, _as_rows(b_full, axes), result, sign)
+        if not return_sign:
+            result[sign < 0] = np.nan
+    result = result.reshape(result_shape)
+    if out is not None:
+        out[...] = result
+        result = out
+    else:
+        result = _scalar_or_array(result)
+    if return_sign:
+        if sign is None:  # without b every finite sum of exponentials is positive
+            sign = np.where(np.isnan(result), np.nan, 1.0).astype(x.dtype)
+        return result, _scalar_or_array(np.asarray(sign, x.dtype).reshape(result_shape))
+    return result
+
+
+def softmax(x, axis=-1, *, out=None, backend=None):
+    """Probabilities ``exp(x) / sum(exp(x))`` along ``axis`` (int or tuple).
+
+    Matches ``scipy.special.softmax`` and ``torch.softmax``. ``out=x`` computes in place.
+    A -inf entry gets probability exactly 0; a row holding NaN or +inf, or only -inf,
+    becomes all NaN.
+
+    >>> import numpy as np, logitcore
+    >>> logitcore.softmax(np.array([0.0, np.log(3.0), -np.inf]))
+    array([0.25, 0.75, 0.  ])
+    >>> x = np.array([[1.0, 1.0]], dtype=np.float32)
+    >>> _ = logitcore.softmax(x, out=x); x
+    array([[0.5, 0.5]], dtype=float32)
+    """
+    x = v.as_float_array(x, "x")
+    axes = v.normalize_axes(axis, x.ndim)
+    out = _checked_out(out, x.shape, x.dtype, {"x": x})
+    return _same_shape_op("softmax", "softmax", x, axes, out, backend)
+
+
+def log_softmax(x, axis=-1, *, out=None, backend=None):
+    """Log-probabilities ``x - logsumexp(x)`` along ``axis`` (int or tuple).
+
+    Matches ``scipy.special.log_softmax`` and ``torch.log_softmax``; ``out=x`` works in
+    place; a -inf entry stays -inf, a row holding NaN or +inf, or only -inf, is all NaN.
+
+    >>> import numpy as np, logitcore
+    >>> logitcore.log_softmax(np.array([0.0, 0.0]))
+    array([-0.69314718, -0.69314718])
+    """
+    x = v.as_float_array(x, "x")
+    axes = v.normalize_axes(axis, x.ndim)
+    out = _checked_out(out, x.shape, x.dtype, {"x": x})
+    return _same_shape_op("log_softmax", "log_softmax", x, axes, out, backend)
+
+
+# --- elementwise ------------------------------------------------------------------
+
+def _elementwise(kernel, x, out, backend):
+    x = v.as_float_array(x, "x")
+    out = _checked_out(out, x.shape, x.dtype, {"x": x})
+    flat = np.ascontiguousarray(x).reshape(-1)
+    if out is not None and out.flags.c_contiguous:
+        _run(kernel, kernel, backend, flat, out.reshape(-1))
+        return out
+    result = np.empty(flat.shape, x.dtype)
+    _run(kernel, kernel, backend, flat, result)
+    if out is not None:
+        out[...] = result.reshape(x.shape)
+        return out
+    return _scalar_or_array(result.reshape(x.shape))
+
+
+def sigmoid(x, *, out=None, backend=None):
+    """Logistic function ``1 / (1 + exp(-x))``, exact to the last bit for large |x|.
+
+    Matches ``scipy.special.expit``.
+
+    >>> import numpy as np, logitcore
+    >>> logitcore.sigmoid(np.array([-800.0, 0.0, 800.0]))
+    array([0. , 0.5, 1. ])
+    """
+    return _elementwise("sigmoid", x, out, backend)
+
+
+def log_sigmoid(x, *, out=None, backend=None):
+    """``log(sigmoid(x))`` without overflow or cancellation (= ``-softplus(-x)``).
+
+    Matches ``torch.nn.functional.logsigmoid``.
+
+    >>> import numpy as np, logitcore
+    >>> logitcore.log_sigmoid(np.array([-800.0, 0.0]))
+    array([-800.        ,   -0.69314718])
+    """
+    return _elementwise("log_sigmoid", x, out, backend)
+
+
+# --- losses -----------------------------------------------------------------------
+
+def _gradient_buffer(return_grad, grad_out, logits, original_logits):
+    """The array the kernel writes the gradient into, or None without return_grad."""
+    if grad_out is not None and not return_grad:
+        raise ValueError("grad_out is only used with return_grad=True")
+    if not return_grad:
+        return None
+    if grad_out is None:
+        return np.empty(logits.shape, logits.dtype)
+    v.check_out(grad_out, logits.shape, logits.dtype, "grad_out")
+    inputs = {"logits": original_logits} if isinstance(original_logits, np.ndarray) else {}
+    v.check_no_partial_overlap(grad_out, inputs, "grad_out")
+    return grad_out
+
+
+def _reduce(row_losses: np.ndarray, reduction: str, denominator: float, dtype):
+    if reduction == "none":
+        return row_losses
+    # float64 accumulation: the sum over rows is a small O(rows) pass and this makes
+    # the result independent of how the kernel split the rows across threads.
+    total = np.sum(row_losses, dtype=np.float64)
+    if reduction == "sum":
+        return dtype.type(total)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return dtype.type(total / denominator)
+
+
+def _gradient_rows(gradient, x2d, axes):
+    """The 2-D array the kernel writes the gradient into: a view of ``gradient`` when
+    its layout allows, else a dense scratch array copied back by ``_finish_gradient``."""
+    if gradient is None:
+        return _NO_GRADIENT[x2d.dtype]
+    rows = _rows_view(gradient, axes)
+    return rows if rows is not None else np.empty(x2d.shape, x2d.dtype)
+
+
+def _finish_gradient(loss, gradient, grad2d, axes):
+    if gradient is None:
+        return loss
+    if not np.shares_memory(grad2d, gradient):
+        gradient[...] = _from_rows(grad2d, gradient, axes)
+    return loss, gradient
+
+
+def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
+                  reduction="mean", label_smoothing=0.0, return_grad=False,
+                  grad_out=None, backend=None):
+    """Cross-entropy between softmax(logits) along ``axis`` and ``target``.
+
+    Same values as ``torch.nn.functional.cross_entropy`` (class axis ``axis``, default
+    last, where torch uses 1). ``target`` is either integer class labels with the
+    shape of ``logits`` minus the class axis, or floating class probabilities with the
+    shape of ``logits``. ``weight`` (one per class) rescales each class; rows whose label
+    is ``ignore_index`` contribute nothing; ``label_smoothing`` mixes the target with the
+    uniform distribution. ``reduction="mean"`` divides by the summed weight of the
+    non-ignored labels (by the row count for probability targets): a batch where every
+    label is ignored gives NaN, as in torch.
+
+    ``return_grad=True`` returns ``(loss, grad)`` where ``grad`` is the derivative of the
+    reduced loss (of ``loss.sum()`` for ``reduction="none"``) with respect to
+    ``logits``, from the same pass over the data; ``grad_out`` receives it and may be
+    ``logits`` itself.
+
+    >>> import numpy as np, logitcore
+    >>> logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    >>> labels = np.array([0, 2])
+    >>> logitcore.cross_entropy(logits, labels, reduction="none")
+    array([0.23954644, 1.09861229])
+    >>> loss, grad = logitcore.cross_entropy(logits, labels, return_grad=True)
+    >>> round(float(loss), 6), grad.shape
+    (0.669079, (2, 3))
+    """
+    original_logits = logits
+    logits = v.as_float_array(logits, "logits")
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least 1 dimension (the class axis), got a 0-d array")
+    class_axis = v.single_axis(axis, logits.ndim)
+    axes = (class_axis,)
+    n_classes = logits.shape[class_axis]
+    reduction = v.check_reduction(reduction)
+    label_smoothing = v.check_label_smoothing(label_smoothing)
+    ignore_index = v.check_ignore_index(ignore_index)
+    if n_classes == 0:
+        raise ValueError(f"logits has 0 classes along axis {axis}: shape {logits.shape}")
+    class_weight = (
+        np.ones(n_classes, logits.dtype) if weight is None
+        else v.check_class_weight(weight, n_classes, logits.dtype)
+    )
+    target = np.asarray(target)
+    gradient = _gradient_buffer(return_grad, grad_out, logits, original_logits)
+    x2d = _as_rows(logits, axes)
+    grad2d = _gradient_rows(gradient, x2d, axes)
+    row_losses = np.empty(x2d.shape[0], logits.dtype)
+
+    if target.dtype.kind == "f" and target.shape == logits.shape:
+        probabilities = v.float_array_like(target, "target", logits.dtype)
+        n_rows = x2d.shape[0]
+        grad_scale = 1.0 / n_rows if reduction == "mean" and n_rows else 1.0
+        _run("cross_entropy_probs", "cross_entropy", backend, x2d,
+             _as_rows(probabilities, axes), class_weight, label_smoothing, row_losses,
+             grad2d, grad_scale)
+        denominator = n_rows
+        loss_shape = tuple(n for i, n in enumerate(logits.shape) if i != class_axis)
+    else:
+        expected = tuple(n for i, n in enumerate(logits.shape) if i != class_axis)
+        if target.shape != expected:
+            kind = "class probabilities" if target.dtype.kind == "f" else "integer labels"
+            raise ValueError(
+                f"target does not fit logits of shape {logits.shape} with class axis "
+                f"{class_axis}: target has shape {target.shape}; integer labels need "
+                f"shape {expected}, class probabilities shape {logits.shape} "
+                f"(got {kind})"
+            )
+        if target.dtype.kind == "f":
+            raise TypeError(
+                f"target with the shape of labels {expected} must have an integer dtype, "
+                f"got {target.dtype}"
+            )
+        labels = v.check_labels(target, n_classes, ignore_index).reshape(-1)
+        kept = labels != ignore_index
+        if reduction == "mean":
+            denominator = float(np.sum(class_weight[labels[kept]], dtype=np.float64))
+        else:
+            denominator = 1.0
+        grad_scale = 1.0 / denominator if reduction == "mean" and denominator else (
+            0.0 if reduction == "mean" else 1.0
+        )
+        _run("cross_entropy_labels", "cross_entropy", backend, x2d,
+             np.ascontiguousarray(labels), class_weight, ignore_index, label_smoothing,
+             row_losses, grad2d, grad_scale)
+        loss_shape = expected
+
+    loss = _reduce(row_losses.reshape(loss_shape), reduction, denominator, logits.dtype)
+    return _finish_gradient(loss, gradient, grad2d, axes)
+
+
+def _elementwise_weight(weight, logits_shape, name, dtype):
+    """``weight`` / ``pos_weight`` as (1, C) when it varies only along the last axis,
+    else as a full (rows, C) array."""
+    weight = v.float_array_like(weight, name, dtype)
+    try:
+        broadcast_shape = np.broadcast_shapes(weight.shape, logits_shape)
+    except ValueError:
+        broadcast_shape = None
+    if broadcast_shape != tuple(logits_shape):
+        raise ValueError(
+            f"{name} must broadcast to the shape of logits: logits has shape "
+            f"{tuple(logits_shape)}, {name} has shape {weight.shape}"
+        )
+    v.check_finite(weight, name)
+    n_classes = logits_shape[-1]
+    if all(n == 1 for n in weight.shape[:-1]):
+        return np.ascontiguousarray(np.broadcast_to(weight.reshape(-1), (1, n_classes)))
+    return np.ascontiguousarray(np.broadcast_to(weight, logits_shape)).reshape(-1, n_classes)
+
+
+def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
+                                     reduction="mean", return_grad=False, grad_out=None,
+                                     backend=None):
+    """Binary cross-entropy of ``sigmoid(logits)`` against ``target`` in [0, 1].
+
+    Same values as ``torch.nn.functional.binary_cross_entropy_with_logits``: ``weight``
+    broadcasts against ``logits`` and rescales each element; ``pos_weight`` (typically
+    one per class, last axis) rescales the positive term. ``reduction="mean"`` averages
+    over all elements. ``return_grad=True`` returns ``(loss, grad)`` from the same pass;
+    ``grad_out`` may be ``logits`` itself.
+
+    >>> import numpy as np, logitcore
+    >>> logitcore.binary_cross_entropy_with_logits(np.array([0.0, 2.0]), np.array([1.0, 0.0]),
+    ...                                            reduction="none")
+    array([0.69314718, 2.12692801])
+    """
+    original_logits = logits
+    logits = v.as_float_array(logits, "logits")
+    target = v.float_array_like(target, "target", logits.dtype)
+    v.check_same_shape(logits, target, "logits", "target")
+    reduction = v.check_reduction(reduction)
+    gradient = _gradient_buffer(return_grad, grad_out, logits, original_logits)
+    # Elementwise loss: any shape works as (rows, last axis); a 0-d input is one element.
+    if logits.ndim == 0:
+        logits, target = logits.reshape(1), target.reshape(1)
+    axes = (logits.ndim - 1,)
+    n_classes = logits.shape[-1]
+    ones = np.ones((1, n_classes), logits.dtype)
+    weight2d = ones if weight is None else _elementwise_weight(
+        weight, logits.shape, "weight", logits.dtype)
+    pos_weight2d = ones if pos_weight is None else _elementwise_weight(
+        pos_weight, logits.shape, "pos_weight", logits.dtype)
+    x2d = _as_rows(logits, axes)
+    grad2d = _gradient_rows(
+        None if gradient is None else gradient.reshape(logits.shape), x2d, axes)
+    loss2d = np.empty((x2d.shape[0], n_classes if reduction == "none" else 1), logits.dtype)
+    n_elements = logits.size
+    grad_scale = 1.0 / n_elements if reduction == "mean" and n_elements else 1.0
+    _run("bce_with_logits", "binary_cross_entropy_with_logits", backend, x2d,
+         _as_rows(target, axes), weight2d, pos_weight2d, loss2d, grad2d, grad_scale)
+    if reduction == "none":
+        loss = _scalar_or_array(loss2d.reshape(np.shape(original_logits)))
+    else:
+        loss = _reduce(loss2d, reduction, n_elements, logits.dtype)
+    if gradient is None:
+        return loss
+    if not np.shares_memory(grad2d, gradient):
+        gradient[...] = grad2d.reshape(gradient.shape)
+    return loss, gradient
+
+
+# --- backward passes --------------------------------------------------------------
+
+def _backward(kernel, dy, y, axis, out, backend):
+    y = v.as_float_array(y, "y")
+    dy = v.float_array_like(dy, "dy", y.dtype)
+    v.check_same_shape(y, dy, "y", "dy")
+    axes = v.normalize_axes(axis, y.ndim)
+    out = _checked_out(out, y.shape, y.dtype, {"y": y, "dy": dy})
+    # The kernel signature is (dy, y, out): dy goes first.
+    return _same_shape_op(kernel, kernel, dy, axes, out, backend, extra_inputs=(y,))
+
+
+def softmax_backward(dy, y, axis=-1, *, out=None, backend=None):
+    """Vector-Jacobian product of softmax: given ``y = softmax(x)`` and the upstream
+    gradient ``dy``, returns ``dL/dx = y * (dy - sum(dy * y))`` (torch autograd's value).
+
+    >>> import numpy as np, logitcore
+    >>> y = logitcore.softmax(np.array([0.0, 0.0]))
+    >>> logitcore.softmax_backward(np.array([1.0, 0.0]), y)
+    array([ 0.25, -0.25])
+    """
+    return _backward("softmax_backward", dy, y, axis, out, backend)
+
+
+def log_softmax_backward(dy, y, axis=-1, *, out=None, backend=None):
+    """Vector-Jacobian product of log_softmax: given ``y = log_softmax(x)`` and ``dy``,
+    returns ``dL/dx = dy - exp(y) * sum(dy)``.
+
+    >>> import numpy as np, logitcore
+    >>> y = logitcore.log_softmax(np.array([0.0, 0.0]))
+    >>> logitcore.log_softmax_backward(np.array([1.0, 0.0]), y)
+    array([ 0.5, -0.5])
+    """
+    return _backward("log_softmax_backward", dy, y, axis, out, backend)

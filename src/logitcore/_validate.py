@@ -1,0 +1,168 @@
+"""Input checks and the error messages users see.
+
+Every public function funnels its arguments through these helpers, so that each kind of
+mistake produces the same exception type and names the argument at fault.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.exceptions import AxisError
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def compute_dtype(dtype: np.dtype, name: str) -> np.dtype:
+    """The dtype a kernel computes and returns in, per DESIGN.md's dtype policy."""
+    if dtype == np.float32 or dtype == np.float64:
+        return dtype
+    if dtype == np.float16:
+        return np.dtype(np.float32)
+    if dtype.kind in "biu":
+        return np.dtype(np.float64)
+    if dtype.kind == "f":  # longdouble: no kernel computes in it; float64 is the widest
+        return np.dtype(np.float64)
+    raise TypeError(
+        f"{name} must hold real numbers (float, int or bool), got dtype {dtype}"
+    )
+
+
+def as_float_array(x, name: str) -> np.ndarray:
+    """``x`` as an array of its compute dtype (a copy only when the dtype changes)."""
+    array = np.asarray(x)
+    dtype = compute_dtype(array.dtype, name)
+    return array if array.dtype == dtype else array.astype(dtype)
+
+
+def float_array_like(x, name: str, dtype: np.dtype) -> np.ndarray:
+    """A second float operand (targets, dy, b) converted to the first one's dtype."""
+    array = np.asarray(x)
+    compute_dtype(array.dtype, name)  # rejects complex / object / strings
+    return array if array.dtype == dtype else array.astype(dtype)
+
+
+def normalize_axes(axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
+    """``axis`` (None, int or tuple of ints) as sorted non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    result = []
+    for a in axes:
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, a tuple of ints or None, got {axis!r}")
+        if not -ndim <= a < ndim:
+            raise AxisError(
+                f"{name}={a} is out of bounds for an array with {ndim} dimension(s)"
+            )
+        result.append(int(a) % ndim)
+    if len(set(result)) != len(result):
+        raise ValueError(f"{name} contains a repeated axis: {axis!r}")
+    return tuple(sorted(result))
+
+
+def single_axis(axis, ndim: int, name: str = "axis") -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {axis!r}")
+    return normalize_axes(int(axis), ndim, name)[0]
+
+
+def check_reduction(reduction) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}"
+        )
+    return reduction
+
+
+def check_same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_b} must have the shape of {name_a}: {name_a} has shape {a.shape}, "
+            f"{name_b} has shape {b.shape}"
+        )
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    if not np.all(np.isfinite(array)):
+        bad = np.argwhere(~np.isfinite(array))[0]
+        where = tuple(int(i) for i in bad)
+        raise ValueError(
+            f"{name} must be finite; {name}{list(where) if where else ''} = "
+            f"{array[tuple(bad)]!r}"
+        )
+
+
+def check_label_smoothing(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"label_smoothing must be a float in [0, 1], got {value!r}")
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {value}")
+    return value
+
+
+def check_ignore_index(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"ignore_index must be an int, got {value!r}")
+    return int(value)
+
+
+def check_labels(labels: np.ndarray, n_classes: int, ignore_index: int) -> np.ndarray:
+    """Integer class labels as int64; any label outside [0, n_classes) that is not
+    ``ignore_index`` raises IndexError naming its position and value."""
+    if labels.dtype.kind not in "iu":
+        raise TypeError(
+            f"target with integer class labels must have an integer dtype, got {labels.dtype}"
+        )
+    with np.errstate(all="ignore"):
+        out_of_range = (labels < 0) | (labels >= n_classes)
+        if out_of_range.any():
+            out_of_range &= labels != ignore_index
+    if out_of_range.any():
+        position = tuple(int(i) for i in np.argwhere(out_of_range)[0])
+        value = labels[position]
+        raise IndexError(
+            f"target{list(position)} = {value} is not a class index in [0, {n_classes}) "
+            f"and not ignore_index ({ignore_index})"
+        )
+    return labels.astype(np.int64, copy=False)
+
+
+def check_class_weight(weight, n_classes: int, dtype: np.dtype) -> np.ndarray:
+    weight = float_array_like(weight, "weight", dtype)
+    if weight.shape != (n_classes,):
+        raise ValueError(
+            f"weight must have shape ({n_classes},) (one per class), got shape {weight.shape}"
+        )
+    check_finite(weight, "weight")
+    return np.ascontiguousarray(weight)
+
+
+def check_out(out, shape: tuple, dtype: np.dtype, name: str = "out") -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got dtype {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def check_no_partial_overlap(out: np.ndarray, inputs: dict, name: str = "out") -> None:
+    """``out`` may be exactly an input (same memory, same layout) but may not overlap
+    one partially: a kernel reading and writing shifted views would give garbage."""
+    for input_name, array in inputs.items():
+        if not isinstance(array, np.ndarray) or not np.shares_memory(out, array):
+            continue
+        same_layout = (
+            out.__array_interface__["data"][0] == array.__array_interface__["data"][0]
+            and out.shape == array.shape
+            and out.strides == array.strides
+        )
+        if not same_layout:
+            raise ValueError(
+                f"{name} overlaps {input_name} partially; pass {input_name} itself "
+                f"(in place) or a separate array"
+            )
