@@ -135,8 +135,8 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
     >>> import numpy as np, logitcore
     >>> float(logitcore.logsumexp(np.array([0.0, np.log(3.0)])))  # log(1 + 3)
     1.3862943611198906
-    >>> logitcore.logsumexp(np.array([[0.0, 0.0], [1000.0, 1000.0]]))
-    array([   0.69314718, 1000.69314718])
+    >>> logitcore.logsumexp(np.array([[0.0, 0.0], [1000.0, 1000.0]])) - [0, 1000]
+    array([0.69314718, 0.69314718])
     >>> logitcore.logsumexp([1.0, 2.0], b=[1.0, -1.0], return_sign=True)
     (np.float64(1.5413248546129181), np.float64(-1.0))
     """
@@ -249,8 +249,8 @@ def log_sigmoid(x, *, out=None, backend=None):
     Matches ``torch.nn.functional.logsigmoid``.
 
     >>> import numpy as np, logitcore
-    >>> logitcore.log_sigmoid(np.array([-800.0, 0.0]))
-    array([-800.        ,   -0.69314718])
+    >>> logitcore.log_sigmoid(np.array([-800.0, 0.0, 800.0]))
+    array([-8.00000000e+02, -6.93147181e-01, -0.00000000e+00])
     """
     return _elementwise("log_sigmoid", x, out, backend)
 
@@ -323,7 +323,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     >>> logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     >>> labels = np.array([0, 2])
     >>> logitcore.cross_entropy(logits, labels, reduction="none")
-    array([0.23954644, 1.09861229])
+    array([0.23954477, 1.09861229])
     >>> loss, grad = logitcore.cross_entropy(logits, labels, return_grad=True)
     >>> round(float(loss), 6), grad.shape
     (0.669079, (2, 3))

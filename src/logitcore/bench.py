@@ -1,0 +1,275 @@
+"""`logitcore bench`: every backend and every installed peer, timed in one run.
+
+Each case is (op, shape, dtype). For each one the same synthetic logits go to every
+logitcore backend and to the peers that are importable (PyTorch CPU, SciPy, JAX,
+scikit-learn's multinomial loss) with the same thread count. A timing is the median of
+repeats after one untimed warm-up call (so JIT compilation is excluded). The table gives
+milliseconds, GB/s of logits read, the ratio to the fastest peer (>1 means logitcore is
+faster) and the ratio to the memory-traffic floor (bytes that must move / measured
+bandwidth; 1.0 would be perfect).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import _backends, _config
+from . import _ops as ops
+
+REFERENCE_SHAPES = [(65536, 1000), (256, 131072), (4194304, 10), (1, 131072)]
+QUICK_SHAPES = [(8192, 1000), (32, 131072), (524288, 10), (1, 131072)]
+
+# op -> (elements read per logit, elements written per logit, whether rows of output)
+# used for the memory floor: logits are read once; row outputs are negligible.
+OPS = {
+    "logsumexp": dict(reads=1, writes=0),
+    "softmax": dict(reads=1, writes=1),
+    "log_softmax": dict(reads=1, writes=1),
+    "cross_entropy": dict(reads=1, writes=0),
+    "cross_entropy_none": dict(reads=1, writes=0),
+    "cross_entropy_grad": dict(reads=1, writes=1),
+    "sigmoid": dict(reads=1, writes=1),
+    "bce_with_logits": dict(reads=2, writes=0),
+}
+DEFAULT_OPS = ["logsumexp", "softmax", "log_softmax", "cross_entropy", "cross_entropy_none",
+               "cross_entropy_grad"]
+
+
+@dataclass
+class Row:
+    op: str
+    shape: str
+    dtype: str
+    impl: str
+    kind: str  # "logitcore" or "peer"
+    ms: float
+    gbps: float
+    x_fastest_peer: float | None = None
+    x_floor: float | None = None
+
+
+def _median_seconds(func, repeats: int, budget_s: float) -> float:
+    func()  # warm-up: JIT compilation, page faults of fresh outputs
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start < budget_s and len(times) < 50):
+        t0 = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > 10 * budget_s and len(times) >= 3:
+            break
+    return statistics.median(times)
+
+
+def measure_bandwidth(n_threads: int, n_bytes: int = 1 << 29) -> dict:
+    """Read and copy bandwidth (bytes/s) with ``n_threads`` NumPy threads (GIL released)."""
+    source = np.ones(n_bytes // 8)
+    target = np.empty_like(source)
+    chunks = np.array_split(np.arange(source.size), n_threads)
+    bounds = [(c[0], c[-1] + 1) for c in chunks if c.size]
+
+    def read_all():
+        with ThreadPoolExecutor(n_threads) as pool:
+            list(pool.map(lambda b: source[b[0]:b[1]].sum(), bounds))
+
+    def copy_all():
+        with ThreadPoolExecutor(n_threads) as pool:
+            list(pool.map(lambda b: np.copyto(target[b[0]:b[1]], source[b[0]:b[1]]), bounds))
+
+    read_s = _median_seconds(read_all, 5, 0.5)
+    copy_s = _median_seconds(copy_all, 5, 0.5)
+    return {"read": source.nbytes / read_s, "copy": 2 * source.nbytes / copy_s}
+
+
+def floor_seconds(op: str, n_bytes: int, bandwidth: dict) -> float:
+    """Time to move the bytes the op must move: reads at read speed, writes at copy
+    speed counted twice (write-allocate reads the line first)."""
+    spec = OPS[op]
+    return (spec["reads"] * n_bytes / bandwidth["read"]
+            + spec["writes"] * 2 * n_bytes / bandwidth["copy"])
+
+
+def _make_data(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape, dtype=np.float32).astype(dtype) * 3
+    labels = rng.integers(0, shape[1], size=shape[0])
+    return x, labels
+
+
+def logitcore_runners(op, x, labels, backend):
+    """A zero-argument callable running ``op`` on ``backend``, or None if unsupported."""
+    out = np.empty_like(x)
+    calls = {
+        "logsumexp": lambda: ops.logsumexp(x, backend=backend),
+        "softmax": lambda: ops.softmax(x, out=out, backend=backend),
+        "log_softmax": lambda: ops.log_softmax(x, out=out, backend=backend),
+        "cross_entropy": lambda: ops.cross_entropy(x, labels, backend=backend),
+        "cross_entropy_none": lambda: ops.cross_entropy(x, labels, reduction="none",
+                                                        backend=backend),
+        "cross_entropy_grad": lambda: ops.cross_entropy(x, labels, return_grad=True,
+                                                        grad_out=out, backend=backend),
+        "sigmoid": lambda: ops.sigmoid(x, out=out, backend=backend),
+        "bce_with_logits": lambda: ops.binary_cross_entropy_with_logits(
+            x, out, backend=backend),
+    }
+    if op == "bce_with_logits":
+        out[...] = (x > 0)
+    return calls[op]
+
+
+def peer_runners(op, x, labels, n_threads) -> dict:
+    """name -> callable for every installed peer that implements ``op``."""
+    runners = {}
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        torch.set_num_threads(n_threads)
+        tx = torch.from_numpy(x)
+        tl = torch.from_numpy(labels)
+        tout = torch.empty_like(tx)
+
+        def torch_ce_grad():
+            leaf = tx.detach().requires_grad_(True)
+            F.cross_entropy(leaf, tl).backward()
+            return leaf.grad
+
+        torch_calls = {
+            "logsumexp": lambda: torch.logsumexp(tx, dim=-1),
+            "softmax": lambda: torch.softmax(tx, dim=-1),
+            "log_softmax": lambda: torch.log_softmax(tx, dim=-1),
+            "cross_entropy": lambda: F.cross_entropy(tx, tl),
+            "cross_entropy_none": lambda: F.cross_entropy(tx, tl, reduction="none"),
+            "cross_entropy_grad": torch_ce_grad,
+            "sigmoid": lambda: torch.sigmoid(tx, out=tout),
+            "bce_with_logits": lambda: F.binary_cross_entropy_with_logits(tx, (tx > 0).to(tx.dtype)),
+        }
+        if op in torch_calls:
+            runners["torch"] = torch_calls[op]
+    except ImportError:
+        pass
+    try:
+        import scipy.special as sp
+
+        scipy_calls = {
+            "logsumexp": lambda: sp.logsumexp(x, axis=-1),
+            "softmax": lambda: sp.softmax(x, axis=-1),
+            "log_softmax": lambda: sp.log_softmax(x, axis=-1),
+            "sigmoid": lambda: sp.expit(x),
+        }
+        if op in scipy_calls:
+            runners["scipy"] = scipy_calls[op]
+    except ImportError:
+        pass
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        jax.config.update("jax_enable_x64", True)
+        jx = jnp.asarray(x)
+        jl = jnp.asarray(labels)
+
+        def jax_ce(logits, labels):
+            lse = jax.nn.logsumexp(logits, axis=-1)
+            return jnp.mean(lse - jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0])
+
+        jax_calls = {
+            "logsumexp": jax.jit(lambda a: jax.nn.logsumexp(a, axis=-1)),
+            "softmax": jax.jit(lambda a: jax.nn.softmax(a, axis=-1)),
+            "log_softmax": jax.jit(lambda a: jax.nn.log_softmax(a, axis=-1)),
+            "cross_entropy": jax.jit(jax_ce),
+            "cross_entropy_grad": jax.jit(jax.value_and_grad(jax_ce)),
+            "sigmoid": jax.jit(jax.nn.sigmoid),
+        }
+        if op in jax_calls:
+            f = jax_calls[op]
+            args = (jx, jl) if op.startswith("cross_entropy") else (jx,)
+            runners["jax"] = lambda: jax.block_until_ready(f(*args))
+    except ImportError:
+        pass
+    try:
+        from sklearn._loss.loss import HalfMultinomialLoss
+
+        loss = HalfMultinomialLoss(n_classes=x.shape[1])
+        y_true = labels.astype(x.dtype)
+        loss_out = np.empty(x.shape[0], x.dtype)
+        grad_out = np.empty_like(x)
+        sklearn_calls = {
+            "cross_entropy_none": lambda: loss.loss(y_true, x, loss_out=loss_out,
+                                                    n_threads=n_threads),
+            "cross_entropy_grad": lambda: loss.loss_gradient(
+                y_true, x, loss_out=loss_out, gradient_out=grad_out, n_threads=n_threads),
+        }
+        if op in sklearn_calls and x.shape[1] > 2:
+            runners["sklearn"] = sklearn_calls[op]
+    except ImportError:
+        pass
+    return runners
+
+
+def run(shapes, dtypes, op_names, *, n_threads=None, repeats=5, budget_s=1.0,
+        backends=None, peers=True, progress=sys.stderr):
+    """Time every case; return (rows, meta)."""
+    n_threads = n_threads or _config.get_num_threads()
+    bandwidth = measure_bandwidth(n_threads)
+    backends = backends or [b for b in _backends.BACKEND_NAMES if _backends.is_available(b)]
+    rows: list[Row] = []
+    for shape in shapes:
+        for dtype in dtypes:
+            x, labels = _make_data(shape, dtype)
+            for op in op_names:
+                case_rows = []
+                impls = [(f"logitcore-{b}", "logitcore",
+                          logitcore_runners(op, x, labels, b)) for b in backends]
+                if peers:
+                    impls += [(name, "peer", f) for name, f in
+                              peer_runners(op, x, labels, n_threads).items()]
+                for name, kind, func in impls:
+                    if progress:
+                        print(f"  {op:<19} {shape[0]}x{shape[1]} {np.dtype(dtype).name:<7} "
+                              f"{name} ...", file=progress, flush=True)
+                    try:
+                        with _config.config(n_threads=n_threads):
+                            seconds = _median_seconds(func, repeats, budget_s)
+                    except NotImplementedError:
+                        continue
+                    case_rows.append(Row(op, f"{shape[0]}x{shape[1]}", np.dtype(dtype).name,
+                                         name, kind, seconds * 1e3, x.nbytes / seconds / 1e9))
+                peer_ms = [r.ms for r in case_rows if r.kind == "peer"]
+                floor_ms = floor_seconds(op, x.nbytes, bandwidth) * 1e3
+                for r in case_rows:
+                    r.x_fastest_peer = min(peer_ms) / r.ms if peer_ms else None
+                    r.x_floor = r.ms / floor_ms
+                rows += case_rows
+            del x
+    meta = {"n_threads": n_threads, "read_GBps": bandwidth["read"] / 1e9,
+            "copy_GBps": bandwidth["copy"] / 1e9}
+    return rows, meta
+
+
+def format_table(rows, meta) -> str:
+    lines = [f"threads={meta['n_threads']}  measured bandwidth: read "
+             f"{meta['read_GBps']:.1f} GB/s, copy {meta['copy_GBps']:.1f} GB/s",
+             "",
+             "| op | shape | dtype | implementation | ms | GB/s | × fastest peer | × floor |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        peer = f"{r.x_fastest_peer:.2f}" if r.x_fastest_peer is not None else "–"
+        lines.append(f"| {r.op} | {r.shape} | {r.dtype} | {r.impl} | {r.ms:.3f} | "
+                     f"{r.gbps:.2f} | {peer} | {r.x_floor:.2f} |")
+    return "\n".join(lines)
+
+
+def write_json(path, rows, meta) -> None:
+    from ._info import info_dict
+
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "machine": info_dict(), "rows": [asdict(r) for r in rows]},
+                  f, indent=1, default=str)

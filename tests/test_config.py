@@ -1,0 +1,189 @@
+"""Backend selection, thread settings, and what is reported about them."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import logitcore as lc
+from logitcore import _backends, _config
+from logitcore._backends import numpy_ref
+
+
+class CountingBackend:
+    """Delegates to the reference and counts kernel calls, like scipy.fft's mock backend."""
+
+    SUPPORTED_KERNELS = frozenset({"softmax", "logsumexp"})
+
+    def __init__(self):
+        self.calls = []
+
+    def softmax(self, x, out, n_threads):
+        self.calls.append(("softmax", n_threads))
+        numpy_ref.softmax(x, out, n_threads)
+
+    def logsumexp(self, x, out, n_threads):
+        self.calls.append(("logsumexp", n_threads))
+        numpy_ref.logsumexp(x, out, n_threads)
+
+
+@pytest.fixture
+def counting():
+    backend = CountingBackend()
+    _backends.register_backend("counting", backend)
+    yield backend
+    _backends.unregister_backend("counting")
+    lc.set_backend("auto")
+
+
+def test_argument_beats_context_beats_global(counting):
+    x = np.zeros((2, 3))
+    lc.set_backend("counting")
+    lc.softmax(x)
+    assert counting.calls == [("softmax", lc.get_num_threads())]
+    with lc.config(backend="numpy"):
+        lc.softmax(x)
+        assert lc.last_dispatch()["backend"] == "numpy"
+        lc.softmax(x, backend="counting")
+    assert len(counting.calls) == 2
+    lc.softmax(x)
+    assert len(counting.calls) == 3
+
+
+def test_named_backend_missing_kernel_raises_not_implemented(counting):
+    with pytest.raises(NotImplementedError, match="backend 'counting' does not implement sigmoid"):
+        lc.sigmoid(np.zeros(3), backend="counting")
+
+
+def test_auto_skips_backends_without_the_kernel(counting, monkeypatch):
+    monkeypatch.setattr(_config, "DEFAULT_AUTO_ORDER", ("counting", "numpy"))
+    lc.softmax(np.zeros((2, 2)))
+    lc.sigmoid(np.zeros(2))
+    assert counting.calls == [("softmax", lc.get_num_threads())]
+    assert lc.last_dispatch()["backend"] == "numpy"
+
+
+def test_auto_uses_per_kernel_order(counting, monkeypatch):
+    monkeypatch.setattr(_config, "AUTO_ORDER_BY_KERNEL", {"logsumexp": ("counting", "numpy")})
+    monkeypatch.setattr(_config, "DEFAULT_AUTO_ORDER", ("numpy",))
+    lc.logsumexp(np.zeros((2, 2)))
+    lc.softmax(np.zeros((2, 2)))
+    assert [c[0] for c in counting.calls] == ["logsumexp"]
+
+
+def test_unknown_backend_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown backend 'torch'; valid backends are 'numpy', "
+                                         "'numba', 'cython'.*'auto'"):
+        lc.softmax(np.zeros(3), backend="torch")
+    with pytest.raises(ValueError, match="valid backends"):
+        lc.set_backend("fast")
+    with pytest.raises(ValueError, match="valid backends"):
+        with lc.config(backend="fast"):
+            pass
+
+
+def test_context_is_thread_local_and_restores_on_error():
+    seen = {}
+
+    def other_thread():
+        seen["backend"] = lc.get_backend()
+        seen["threads"] = lc.get_num_threads()
+
+    global_threads = lc.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with lc.config(backend="numpy", n_threads=1):
+            thread = threading.Thread(target=other_thread)
+            thread.start()
+            thread.join()
+            assert lc.get_backend() == "numpy" and lc.get_num_threads() == 1
+            raise RuntimeError("boom")
+    assert seen == {"backend": "auto", "threads": global_threads}
+    assert lc.get_backend() == "auto" and lc.get_num_threads() == global_threads
+
+
+def test_nested_contexts():
+    with lc.config(n_threads=1):
+        with lc.config(backend="numpy"):
+            assert (lc.get_backend(), lc.get_num_threads()) == ("numpy", 1)
+        assert lc.get_backend() == "auto" and lc.get_num_threads() == 1
+
+
+def test_threads_reach_the_kernel(counting):
+    with lc.config(n_threads=1):
+        lc.softmax(np.zeros((2, 2)), backend="counting")
+    lc.set_num_threads(2)
+    try:
+        lc.softmax(np.zeros((2, 2)), backend="counting")
+    finally:
+        lc.set_num_threads(_config.usable_cpu_count())
+    assert counting.calls == [("softmax", 1), ("softmax", 2)]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_thread_counts(bad):
+    error = ValueError if isinstance(bad, int) and not isinstance(bad, bool) else TypeError
+    with pytest.raises(error, match="n_threads"):
+        lc.set_num_threads(bad)
+
+
+def test_default_threads_honour_affinity():
+    assert lc.get_num_threads() == len(os.sched_getaffinity(0))
+
+
+def _run_python(code, **env):
+    full_env = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full_env, timeout=120)
+
+
+def test_environment_variables():
+    result = _run_python(
+        "import logitcore as lc; print(lc.get_backend(), lc.get_num_threads())",
+        LOGITCORE_BACKEND="numpy", LOGITCORE_NUM_THREADS="1")
+    assert result.stdout.split() == ["numpy", "1"], result.stderr
+    # set_backend overrides the environment; the argument overrides both
+    result = _run_python(
+        "import numpy as np, logitcore as lc; lc.set_backend('auto');"
+        "lc.softmax(np.zeros(2), backend='numpy'); print(lc.get_backend(), lc.last_dispatch()['backend'])",
+        LOGITCORE_BACKEND="numpy")
+    assert result.stdout.split() == ["auto", "numpy"], result.stderr
+    result = _run_python("import logitcore as lc; lc.get_backend()", LOGITCORE_BACKEND="gpu")
+    assert "LOGITCORE_BACKEND" in result.stderr and "valid backends" in result.stderr
+    result = _run_python("import logitcore as lc; lc.get_num_threads()",
+                         LOGITCORE_NUM_THREADS="many")
+    assert "LOGITCORE_NUM_THREADS must be a positive integer" in result.stderr
+
+
+def test_import_is_cheap_and_does_not_import_numba():
+    code = ("import sys, time; t = time.perf_counter(); import logitcore;"
+            "print(time.perf_counter() - t); print('numba' in sys.modules)")
+    # Best of three: the first import in a fresh container pays for disk reads.
+    runs = [_run_python(code).stdout.split() for _ in range(3)]
+    assert all(r[1] == "False" for r in runs), runs
+    assert min(float(r[0]) for r in runs) < 0.2, runs
+
+
+def test_backend_info_and_show_config(capsys):
+    rows = {row["name"]: row for row in lc.backend_info()}
+    assert rows["numpy"]["available"] and "softmax" in rows["numpy"]["kernels"]
+    for name in ("numba", "cython"):
+        assert rows[name]["available"] or rows[name]["reason"]
+    lc.show_config()
+    printed = capsys.readouterr().out
+    assert "backends:" in printed and "numpy" in printed and "n_threads" in printed
+
+
+def test_unavailable_backend_reports_reason(monkeypatch):
+    monkeypatch.setitem(_backends._MODULE_PATHS, "cython", "logitcore._backends._missing_module")
+    monkeypatch.delitem(_backends._loaded, "cython", raising=False)
+    monkeypatch.setattr(_backends, "_unavailable_reason", {})
+    available, reason = _backends.availability("cython")
+    assert not available and "compiled extension is missing" in reason
+    with pytest.raises(RuntimeError, match="backend 'cython' is not available: the compiled"):
+        lc.softmax(np.zeros(2), backend="cython")
+    monkeypatch.setattr(_config, "DEFAULT_AUTO_ORDER", ("cython", "numpy"))
+    lc.softmax(np.zeros(2))
+    assert lc.last_dispatch()["backend"] == "numpy"

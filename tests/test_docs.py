@@ -1,0 +1,27 @@
+"""Every docstring example and the README's API tour run and print what they claim."""
+
+import doctest
+import pathlib
+import re
+
+import pytest
+
+import logitcore
+from logitcore import _config, _info, _ops
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.mark.parametrize("module", [_ops, _config, _info], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_readme_api_tour_runs():
+    text = README.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    logitcore.set_backend("auto")
