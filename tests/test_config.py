@@ -180,6 +180,7 @@ def test_unavailable_backend_reports_reason(monkeypatch):
     monkeypatch.setitem(_backends._MODULE_PATHS, "cython", "logitcore._backends._missing_module")
     monkeypatch.delitem(_backends._loaded, "cython", raising=False)
     monkeypatch.setattr(_backends, "_unavailable_reason", {})
+    monkeypatch.setattr(_config, "_auto_choices", {})
     available, reason = _backends.availability("cython")
     assert not available and "compiled extension is missing" in reason
     with pytest.raises(RuntimeError, match="backend 'cython' is not available: the compiled"):

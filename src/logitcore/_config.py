@@ -105,7 +105,7 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     """The backend name in force for this thread (it may be ``"auto"``)."""
-    stack = getattr(_local, "backend_stack", None)
+    stack = _local.__dict__.get("backend_stack")
     if stack:
         return stack[-1]
     return _global_backend()
@@ -125,7 +125,7 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """Threads in force for this thread: context > set_num_threads > env > usable CPUs."""
-    stack = getattr(_local, "thread_stack", None)
+    stack = _local.__dict__.get("thread_stack")
     if stack:
         return stack[-1]
     return _global_threads()
@@ -160,16 +160,29 @@ def config(*, backend: str | None = None, n_threads: int | None = None):
 
 def resolve(kernel: str, backend: str | None):
     """Return ``(name, module)`` of the backend that runs ``kernel`` for this call."""
-    name = get_backend() if backend is None else _valid_backend_name(backend)
+    name = get_backend() if backend is None else backend
     if name != AUTO:
-        module = _backends.load(name)
-        if not _backends.supports(module, kernel):
+        module = _backends.load(name)  # raises for unknown or unavailable names
+        if kernel not in module.SUPPORTED_KERNELS:
             raise NotImplementedError(
                 f"backend {name!r} does not implement {_describe(kernel)}; "
                 f"use backend='auto' or another backend"
             )
         return name, module
-    for candidate in AUTO_ORDER_BY_KERNEL.get(kernel, DEFAULT_AUTO_ORDER):
+    order = AUTO_ORDER_BY_KERNEL.get(kernel, DEFAULT_AUTO_ORDER)
+    key = (kernel, order, _backends.generation)
+    choice = _auto_choices.get(key)
+    if choice is None:
+        choice = _auto_choices[key] = _first_supporting(kernel, order)
+    return choice
+
+
+# Availability never changes once checked, so "auto" decides once per kernel and order.
+_auto_choices: dict = {}
+
+
+def _first_supporting(kernel: str, order: tuple[str, ...]):
+    for candidate in order:
         if _backends.is_available(candidate):
             module = _backends.load(candidate)
             if _backends.supports(module, kernel):

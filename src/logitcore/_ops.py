@@ -33,14 +33,17 @@ def last_dispatch() -> dict:
     >>> logitcore.last_dispatch()["backend"]
     'numpy'
     """
-    return dict(getattr(_last_dispatch, "info", {}))
+    info = getattr(_last_dispatch, "info", None)
+    if info is None:
+        return {}
+    return dict(zip(("op", "kernel", "backend", "n_threads"), info))
 
 
 def _run(kernel: str, op: str, backend, *args):
     """Resolve the backend for ``kernel`` and call it with the configured threads."""
     name, module = _config.resolve(kernel, backend)
     n_threads = _config.get_num_threads()
-    _last_dispatch.info = {"op": op, "kernel": kernel, "backend": name, "n_threads": n_threads}
+    _last_dispatch.info = (op, kernel, name, n_threads)
     getattr(module, kernel)(*args, n_threads)
 
 
@@ -64,12 +67,16 @@ def _as_rows(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     A view when ``x`` is already laid out that way, otherwise a copy (the input is never
     written through this array unless it is a view the caller asked to overwrite).
     """
+    if x.ndim == 2 and axes == (1,) and x.flags.c_contiguous:  # already (rows, classes)
+        return x
     moved = _moved_last(x, axes)
     return np.ascontiguousarray(moved).reshape(_rows_shape(moved.shape, len(axes)))
 
 
 def _rows_view(array: np.ndarray, axes: tuple[int, ...]):
     """The (rows, classes) view of ``array`` if it exists without copying, else None."""
+    if array.ndim == 2 and axes == (1,) and array.flags.c_contiguous:
+        return array
     moved = _moved_last(array, axes)
     if not moved.flags.c_contiguous:
         return None
@@ -78,6 +85,8 @@ def _rows_view(array: np.ndarray, axes: tuple[int, ...]):
 
 def _from_rows(rows: np.ndarray, template: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """Inverse of ``_as_rows`` for a result shaped like ``template``."""
+    if rows.shape == template.shape:  # 2-D with the class axis last: nothing to undo
+        return rows
     moved_shape = _moved_last(template, axes).shape
     result = rows.reshape(moved_shape)
     last = tuple(range(template.ndim - len(axes), template.ndim))
@@ -142,10 +151,13 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
     """
     x = v.as_float_array(x, "x")
     axes = v.normalize_axes(axis, x.ndim)
-    kept_shape = tuple(n for i, n in enumerate(x.shape) if i not in axes)
-    result_shape = (
-        tuple(1 if i in axes else n for i, n in enumerate(x.shape)) if keepdims else kept_shape
-    )
+    if axes == (x.ndim - 1,):  # the common case, kept cheap
+        kept_shape = x.shape[:-1]
+        result_shape = kept_shape + (1,) if keepdims else kept_shape
+    else:
+        kept_shape = tuple(n for i, n in enumerate(x.shape) if i not in axes)
+        result_shape = (tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+                        if keepdims else kept_shape)
     out = _checked_out(out, result_shape, x.dtype, {"x": x})
     x2d = _as_rows(x, axes)
     result = np.empty(x2d.shape[0], x.dtype)

@@ -27,8 +27,13 @@ def compute_dtype(dtype: np.dtype, name: str) -> np.dtype:
     )
 
 
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def as_float_array(x, name: str) -> np.ndarray:
     """``x`` as an array of its compute dtype (a copy only when the dtype changes)."""
+    if type(x) is np.ndarray and x.dtype in _KERNEL_DTYPES:  # the common case
+        return x
     array = np.asarray(x)
     dtype = compute_dtype(array.dtype, name)
     return array if array.dtype == dtype else array.astype(dtype)
@@ -43,6 +48,8 @@ def float_array_like(x, name: str, dtype: np.dtype) -> np.ndarray:
 
 def normalize_axes(axis, ndim: int, name: str = "axis") -> tuple[int, ...]:
     """``axis`` (None, int or tuple of ints) as sorted non-negative axes."""
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case, kept cheap
+        return (axis % ndim,)
     if axis is None:
         return tuple(range(ndim))
     axes = axis if isinstance(axis, tuple) else (axis,)

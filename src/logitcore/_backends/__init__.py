@@ -70,8 +70,10 @@ _MODULE_PATHS = {
     "cython": "logitcore._backends._cython_kernels",
 }
 
-# Backends registered at run time (tests use this to count dispatches).
+# Backends registered at run time (tests use this to count dispatches). ``generation``
+# changes with every (un)registration so that cached "auto" choices are not reused.
 _extra_backends: dict[str, object] = {}
+generation = 0
 _loaded: dict[str, object] = {}
 _unavailable_reason: dict[str, str] = {}
 _load_lock = threading.Lock()
@@ -85,11 +87,15 @@ def register_backend(name: str, module) -> None:
     """Add a backend object (anything with the kernel functions and SUPPORTED_KERNELS)."""
     if name in BACKEND_NAMES or name == "auto":
         raise ValueError(f"backend name {name!r} is reserved")
+    global generation
     _extra_backends[name] = module
+    generation += 1
 
 
 def unregister_backend(name: str) -> None:
+    global generation
     _extra_backends.pop(name, None)
+    generation += 1
 
 
 def _check_importable(name: str) -> str | None:
@@ -105,6 +111,8 @@ def load(name: str):
     Raises ``ValueError`` for an unknown name and ``RuntimeError`` (with the reason)
     for a known backend that cannot be loaded.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string, got {type(name).__name__}")
     if name in _extra_backends:
         return _extra_backends[name]
     module = _loaded.get(name)
