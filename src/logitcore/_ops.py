@@ -312,6 +312,24 @@ def _finish_gradient(loss, gradient, grad2d, axes):
     return loss, gradient
 
 
+def _checked_labels(target, loss_shape, logits_shape, class_axis, n_classes, ignore_index):
+    """Integer labels as a flat int64 array in row order, after every check."""
+    if target.shape != loss_shape:
+        kind = "class probabilities" if target.dtype.kind == "f" else "integer labels"
+        raise ValueError(
+            f"target does not fit logits of shape {logits_shape} with class axis "
+            f"{class_axis}: target has shape {target.shape}; integer labels need shape "
+            f"{loss_shape}, class probabilities shape {logits_shape} (got {kind})"
+        )
+    if target.dtype.kind == "f":
+        raise TypeError(
+            f"target with the shape of labels {loss_shape} must have an integer dtype, "
+            f"got {target.dtype}"
+        )
+    labels = v.check_labels(target, n_classes, ignore_index)
+    return np.ascontiguousarray(labels).reshape(-1)
+
+
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
                   reduction="mean", label_smoothing=0.0, return_grad=False,
                   grad_out=None, backend=None):
@@ -357,48 +375,35 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         else v.check_class_weight(weight, n_classes, logits.dtype)
     )
     target = np.asarray(target)
+    loss_shape = logits.shape[:class_axis] + logits.shape[class_axis + 1:]
+    probability_targets = target.dtype.kind == "f" and target.shape == logits.shape
+    if probability_targets:
+        target = v.float_array_like(target, "target", logits.dtype)
+    else:
+        labels = _checked_labels(target, loss_shape, logits.shape, class_axis, n_classes,
+                                 ignore_index)
+
     gradient = _gradient_buffer(return_grad, grad_out, logits, original_logits)
     x2d = _as_rows(logits, axes)
     grad2d = _gradient_rows(gradient, x2d, axes)
     row_losses = np.empty(x2d.shape[0], logits.dtype)
-
-    if target.dtype.kind == "f" and target.shape == logits.shape:
-        probabilities = v.float_array_like(target, "target", logits.dtype)
-        n_rows = x2d.shape[0]
-        grad_scale = 1.0 / n_rows if reduction == "mean" and n_rows else 1.0
-        _run("cross_entropy_probs", "cross_entropy", backend, x2d,
-             _as_rows(probabilities, axes), class_weight, label_smoothing, row_losses,
-             grad2d, grad_scale)
-        denominator = n_rows
-        loss_shape = tuple(n for i, n in enumerate(logits.shape) if i != class_axis)
+    # The mean divides by the row count (probabilities) or by the summed weight of the
+    # labels that are not ignored (torch's weighted mean); the gradient carries 1/that.
+    if reduction != "mean":
+        denominator = 1.0
+    elif probability_targets:
+        denominator = float(x2d.shape[0])
     else:
-        expected = tuple(n for i, n in enumerate(logits.shape) if i != class_axis)
-        if target.shape != expected:
-            kind = "class probabilities" if target.dtype.kind == "f" else "integer labels"
-            raise ValueError(
-                f"target does not fit logits of shape {logits.shape} with class axis "
-                f"{class_axis}: target has shape {target.shape}; integer labels need "
-                f"shape {expected}, class probabilities shape {logits.shape} "
-                f"(got {kind})"
-            )
-        if target.dtype.kind == "f":
-            raise TypeError(
-                f"target with the shape of labels {expected} must have an integer dtype, "
-                f"got {target.dtype}"
-            )
-        labels = v.check_labels(target, n_classes, ignore_index).reshape(-1)
-        kept = labels != ignore_index
-        if reduction == "mean":
-            denominator = float(np.sum(class_weight[labels[kept]], dtype=np.float64))
-        else:
-            denominator = 1.0
-        grad_scale = 1.0 / denominator if reduction == "mean" and denominator else (
-            0.0 if reduction == "mean" else 1.0
-        )
-        _run("cross_entropy_labels", "cross_entropy", backend, x2d,
-             np.ascontiguousarray(labels), class_weight, ignore_index, label_smoothing,
-             row_losses, grad2d, grad_scale)
-        loss_shape = expected
+        kept_labels = labels[labels != ignore_index]
+        denominator = float(np.sum(class_weight[kept_labels], dtype=np.float64))
+    grad_scale = 1.0 / denominator if denominator else 0.0
+
+    if probability_targets:
+        _run("cross_entropy_probs", "cross_entropy", backend, x2d, _as_rows(target, axes),
+             class_weight, label_smoothing, row_losses, grad2d, grad_scale)
+    else:
+        _run("cross_entropy_labels", "cross_entropy", backend, x2d, labels, class_weight,
+             ignore_index, label_smoothing, row_losses, grad2d, grad_scale)
 
     loss = _reduce(row_losses.reshape(loss_shape), reduction, denominator, logits.dtype)
     return _finish_gradient(loss, gradient, grad2d, axes)
