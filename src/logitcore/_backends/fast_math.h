@@ -1,0 +1,877 @@
+/*
+ * fast_math.h -- the per-row arithmetic of logitcore's Cython/OpenMP backend.
+ * Private to logitcore._backends._cython_kernels; not a public API.
+ *
+ * Division of labour: Cython (_cython_kernels.pyx) validates nothing, splits the rows
+ * across OpenMP threads and calls the functions at the end of this file on a contiguous
+ * range of rows. This file does the arithmetic of those rows, in loops gcc vectorises.
+ *
+ * Why C and not Cython for the row loops:
+ *   - Speed comes from a vectorised exp. libm's expf/exp are scalar calls, so we write a
+ *     branch-free exp (and log) below that every SIMD lane can run.
+ *   - Portable wheels are compiled for baseline x86-64 (SSE2). The row functions carry
+ *     gcc's target_clones attribute, so each is also compiled for AVX2+FMA (x86-64-v3) and
+ *     AVX-512 (x86-64-v4) and the loader picks the best one for the CPU it runs on. Cython
+ *     cannot attach that attribute to the functions it generates.
+ *
+ * Floating-point flags: no -ffast-math. It assumes there is no inf or NaN, which breaks
+ * -inf masks and the NaN/inf semantics of DESIGN.md. Reductions stay vectorisable without
+ * reassociation flags because they are written with explicit independent accumulators
+ * (LC_LANES of them); the exp relies on ordinary IEEE rounding (the "add 1.5*2^23, then
+ * subtract it" rounding trick would be folded away by -fassociative-math).
+ *
+ * float and double: the generic code in the second half of this file is compiled twice,
+ * by including this file again with LC_REAL set to float and then to double (the C
+ * equivalent of a template). Names get the suffix _f32 or _f64.
+ */
+
+#ifndef LC_TEMPLATE_PASS /* ============ first inclusion: shared, type-specific code ======= */
+#ifndef LOGITCORE_FAST_MATH_H
+#define LOGITCORE_FAST_MATH_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef ptrdiff_t lc_index; /* Py_ssize_t-sized: arrays of more than 2^31 elements work */
+
+#ifdef _OPENMP
+#define LC_OPENMP_ENABLED 1
+#else
+#define LC_OPENMP_ENABLED 0
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LC_INLINE static inline __attribute__((always_inline))
+#else
+#define LC_INLINE static __forceinline
+#endif
+
+/* On the inner loop of a lanes reduction: gcc would otherwise unroll it completely before
+   vectorising and then fail to vectorise the unrolled max (it stays scalar vmaxss). */
+#if defined(__clang__)
+#define LC_NO_UNROLL _Pragma("clang loop unroll(disable)")
+#elif defined(__GNUC__)
+#define LC_NO_UNROLL _Pragma("GCC unroll 1")
+#else
+#define LC_NO_UNROLL
+#endif
+
+/* Runtime dispatch: gcc >= 12 on x86-64 glibc (target_clones needs ifunc, and the
+   x86-64-v3/v4 names need gcc 12). Elsewhere the functions are compiled once, for
+   whatever the compiler targets by default. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && \
+    defined(__linux__) && defined(__GLIBC__)
+#define LC_HAVE_DISPATCH 1
+#define LC_DISPATCH \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define LC_HAVE_DISPATCH 0
+#define LC_DISPATCH
+#endif
+
+/* The code path the dispatcher picks on this CPU (gcc's resolver prefers v4, then v3). */
+static const char* lc_simd_path(void)
+{
+#if LC_HAVE_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return "avx512 (x86-64-v4 clone)";
+    if (__builtin_cpu_supports("x86-64-v3"))
+        return "avx2+fma (x86-64-v3 clone)";
+    return "baseline x86-64 (sse2)";
+#elif defined(__x86_64__) && defined(__AVX2__)
+    return "avx2 (compile-time -march, no runtime dispatch)";
+#elif defined(__x86_64__) || defined(_M_X64)
+    return "baseline x86-64 (sse2, no runtime dispatch)";
+#elif defined(__aarch64__) || defined(_M_ARM64)
+    return "aarch64 neon (compile-time)";
+#else
+    return "portable C (compiler default)";
+#endif
+}
+
+/* Rows shorter than this are processed LC_BLOCK_ELEMS elements at a time as one flat
+   array (vectorised across rows); longer rows one at a time (vectorised along the row). */
+#define LC_NARROW_CLASSES 64
+#define LC_BLOCK_ELEMS 2048 /* one block of short rows: 8-16 KiB, stays in L1 */
+#define LC_BLOCK_ROWS 256   /* at most this many rows per block (sizes the per-row arrays) */
+#define LC_WIDE_BLOCK_ELEMS 32768 /* a block of long rows: 128-256 KiB, stays in L2 */
+/* Row sums keep LC_LANES partial sums and flush them into a double total every
+   LC_SUM_BLOCK elements: few enough terms per partial sum that float partials of positive
+   terms stay at ~1e-7 relative error, and double ones near numpy's pairwise sum. */
+#define LC_SUM_BLOCK 1024
+
+/* Bit casts through memcpy: well defined, and gcc turns them into plain register moves. */
+LC_INLINE int32_t lc_float_bits(float x) { int32_t b; memcpy(&b, &x, sizeof b); return b; }
+LC_INLINE float lc_float_from_bits(int32_t b) { float x; memcpy(&x, &b, sizeof x); return x; }
+LC_INLINE int64_t lc_double_bits(double x) { int64_t b; memcpy(&b, &x, sizeof b); return b; }
+LC_INLINE double lc_double_from_bits(int64_t b) { double x; memcpy(&x, &b, sizeof x); return x; }
+
+/*
+ * exp(x), branch-free: x = k ln2 + r with |r| <= ln2/2 (Cody-Waite: ln2 split in a hi part
+ * with few mantissa bits, so k*ln2_hi is exact, and a lo part), exp(r) by a polynomial,
+ * then times 2^k built from the exponent bits. 2^k is applied as two factors so that the
+ * whole range works: results that are subnormal, that underflow to 0 (x = -inf included)
+ * or that overflow to +inf come out of the arithmetic itself, and NaN propagates.
+ * Error: about 1 ulp (float: cephes expf polynomial; double: Taylor series to r^13).
+ */
+LC_INLINE float lc_exp_f32(float x)
+{
+    /* Clamp so that k stays in range; the clamped ends still round to 0 and to inf.
+       Written as (bound > x ? bound : x), which is maxps(bound, x): it returns x when x is
+       NaN, and the NaN then flows through the arithmetic (no select needed). */
+    float clamped = -104.0f > x ? -104.0f : x;
+    clamped = 89.0f < clamped ? 89.0f : clamped;
+    /* Round x/ln2 to an integer by adding 1.5*2^23: the sum's low mantissa bits are k. */
+    const float round_magic = 12582912.0f;
+    float k_plus_magic = clamped * 1.44269504088896341f + round_magic;
+    float k_float = k_plus_magic - round_magic;
+    int32_t k = lc_float_bits(k_plus_magic) - lc_float_bits(round_magic);
+    float r = clamped - k_float * 0.693359375f;
+    r = r - k_float * -2.12194440e-4f;
+    float poly = 1.9875691500e-4f;
+    poly = poly * r + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    float exp_r = poly * (r * r) + r + 1.0f;
+    int32_t k_half = k / 2; /* k in [-150, 128]: each half is a normal power of two */
+    float scale_a = lc_float_from_bits((int32_t)((uint32_t)(k_half + 127) << 23));
+    float scale_b = lc_float_from_bits((int32_t)((uint32_t)(k - k_half + 127) << 23));
+    return exp_r * scale_a * scale_b;
+}
+
+LC_INLINE double lc_exp_f64(double x)
+{
+    double clamped = -746.0 > x ? -746.0 : x; /* NaN-propagating, as in lc_exp_f32 */
+    clamped = 710.0 < clamped ? 710.0 : clamped;
+    const double round_magic = 6755399441055744.0; /* 1.5 * 2^52 */
+    double k_plus_magic = clamped * 1.4426950408889634074 + round_magic;
+    double k_float = k_plus_magic - round_magic;
+    int64_t k = lc_double_bits(k_plus_magic) - lc_double_bits(round_magic);
+    double r = clamped - k_float * 6.93147180369123816490e-01;
+    r = r - k_float * 1.90821492927058770002e-10;
+    /* Taylor coefficients 1/n!, n = 13 .. 2 (truncation error < 1e-17 for |r| <= ln2/2). */
+    double poly = 1.6059043836821614599e-10;
+    poly = poly * r + 2.0876756987868098979e-09;
+    poly = poly * r + 2.5052108385441718775e-08;
+    poly = poly * r + 2.7557319223985890653e-07;
+    poly = poly * r + 2.7557319223985890653e-06;
+    poly = poly * r + 2.4801587301587301587e-05;
+    poly = poly * r + 1.9841269841269841270e-04;
+    poly = poly * r + 1.3888888888888888889e-03;
+    poly = poly * r + 8.3333333333333333333e-03;
+    poly = poly * r + 4.1666666666666666667e-02;
+    poly = poly * r + 1.6666666666666666667e-01;
+    poly = poly * r + 0.5;
+    double exp_r = poly * (r * r) + r + 1.0;
+    /* Halve k with the same rounding trick: AVX2 has no 64-bit arithmetic shift or
+       division, and any split of k into two halves in [-538, 512] works. */
+    double half_plus_magic = k_float * 0.5 + round_magic;
+    int64_t k_half = lc_double_bits(half_plus_magic) - lc_double_bits(round_magic);
+    double scale_a = lc_double_from_bits((int64_t)((uint64_t)(k_half + 1023) << 52));
+    double scale_b = lc_double_from_bits((int64_t)((uint64_t)(k - k_half + 1023) << 52));
+    return exp_r * scale_a * scale_b;
+}
+
+/* fdlibm's polynomial for log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f),
+   valid for 1 + f in [sqrt(1/2), sqrt(2)). */
+LC_INLINE double lc_log1p_reduced_f64(double f, double k_ln2_hi, double k_ln2_lo)
+{
+    double s = f / (2.0 + f);
+    double z = s * s;
+    double poly = 1.479819860511658591e-01;
+    poly = poly * z + 1.531383769920937332e-01;
+    poly = poly * z + 1.818357216161805012e-01;
+    poly = poly * z + 2.222219843214978396e-01;
+    poly = poly * z + 2.857142874366239149e-01;
+    poly = poly * z + 3.999999999940941908e-01;
+    poly = poly * z + 6.666666666666735130e-01;
+    double half_f_squared = 0.5 * f * f;
+    return k_ln2_hi - ((half_f_squared - (s * (half_f_squared + poly * z) + k_ln2_lo)) - f);
+}
+
+LC_INLINE float lc_log1p_reduced_f32(float f, float k_ln2_hi, float k_ln2_lo)
+{
+    float s = f / (2.0f + f);
+    float z = s * s;
+    float poly = 2.4279078841e-01f;
+    poly = poly * z + 2.8498786688e-01f;
+    poly = poly * z + 4.0000972152e-01f;
+    poly = poly * z + 6.6666662693e-01f;
+    float half_f_squared = 0.5f * f * f;
+    return k_ln2_hi - ((half_f_squared - (s * (half_f_squared + poly * z) + k_ln2_lo)) - f);
+}
+
+/* log(x) for any double, branch-free (used for the log of each row's sum of exps; such a
+   sum is >= 1, or 0, inf or NaN at the edges of DESIGN.md's table). */
+LC_INLINE double lc_log_f64(double x)
+{
+    int is_subnormal = x < 2.2250738585072014e-308;
+    double scaled = is_subnormal ? x * 18014398509481984.0 /* 2^54 */ : x;
+    int64_t bits = lc_double_bits(scaled);
+    /* x = 2^exponent * m, m in [1, 2); then m in [sqrt(1/2), sqrt(2)) */
+    int64_t exponent = (int64_t)((uint64_t)bits >> 52) - 1023 - (is_subnormal ? 54 : 0);
+    double m = lc_double_from_bits((bits & INT64_C(0x000fffffffffffff)) | INT64_C(0x3ff0000000000000));
+    int is_high = m > 1.4142135623730951;
+    m = is_high ? 0.5 * m : m;
+    exponent += is_high;
+    /* exponent as a double without int64 -> double conversion (absent from AVX2) */
+    const double round_magic = 6755399441055744.0;
+    double k = lc_double_from_bits(lc_double_bits(round_magic) + exponent) - round_magic;
+    double result = lc_log1p_reduced_f64(m - 1.0, k * 6.93147180369123816490e-01,
+                                         k * 1.90821492927058770002e-10);
+    result = x == INFINITY ? x : result;
+    result = x == 0.0 ? -INFINITY : result;
+    return x >= 0.0 ? result : NAN; /* negative or NaN */
+}
+
+/* log(1 + e) for e in [0, 1] or NaN: the softplus term log1p(exp(-|x|)). 1 + e lies in
+   [1, 2], so at most one halving is needed; `correction` restores the bits of e lost when
+   rounding 1 + e, which keeps log1p(tiny) == tiny. */
+LC_INLINE double lc_log1p_unit_f64(double e)
+{
+    double u = 1.0 + e;
+    double correction = (e - (u - 1.0)) / u;
+    int is_high = u > 1.4142135623730951;
+    double m = is_high ? 0.5 * u : u;
+    return lc_log1p_reduced_f64(m - 1.0, is_high ? 6.93147180369123816490e-01 : 0.0,
+                                (is_high ? 1.90821492927058770002e-10 : 0.0) + correction);
+}
+
+LC_INLINE float lc_log1p_unit_f32(float e)
+{
+    float u = 1.0f + e;
+    float correction = (e - (u - 1.0f)) / u;
+    int is_high = u > 1.41421356f;
+    float m = is_high ? 0.5f * u : u;
+    return lc_log1p_reduced_f32(m - 1.0f, is_high ? 6.9313812256e-01f : 0.0f,
+                                (is_high ? 9.0580006145e-06f : 0.0f) + correction);
+}
+
+LC_INLINE lc_index lc_min_index(lc_index a, lc_index b) { return a < b ? a : b; }
+
+/* How many rows one block holds. Short rows: as many as fit LC_BLOCK_ELEMS. Long rows:
+   up to 16, as long as the block fits LC_WIDE_BLOCK_ELEMS, because a kernel makes each of
+   its passes over the whole block before the next and the second pass must find the rows
+   in cache (one 131072-class row is a block of its own). */
+LC_INLINE lc_index lc_rows_per_block(lc_index n_classes)
+{
+    lc_index budget = n_classes >= LC_NARROW_CLASSES ? LC_WIDE_BLOCK_ELEMS : LC_BLOCK_ELEMS;
+    lc_index rows = budget / (n_classes > 0 ? n_classes : 1);
+    lc_index most = n_classes >= LC_NARROW_CLASSES ? 16 : LC_BLOCK_ROWS;
+    return rows < 1 ? 1 : rows > most ? most : rows;
+}
+
+/* The terms the signed row reduction (row_sum below) can add up, from the arrays a, b, c
+   and the numbers shift, scale, offset of its operands. */
+enum lc_row_term {
+    LC_TERM_VALUE,            /* a */
+    LC_TERM_ABS,              /* |a| */
+    LC_TERM_PRODUCT,          /* a * b */
+    LC_TERM_WEIGHTED_SHIFTED, /* b * (a - shift), exactly 0 where b == 0 (even if a = -inf) */
+    LC_TERM_SCALED_EXP,       /* b * exp(a - shift) */
+    LC_TERM_TARGET,           /* q = b * (scale * c + offset): weight times smoothed target */
+    LC_TERM_TARGET_SHIFTED,   /* q * (a - shift) */
+};
+
+/* ---- instantiate the generic part for float and for double ---- */
+#define LC_TEMPLATE_PASS
+#define LC_CONCAT_(a, b) a##b
+#define LC_CONCAT(a, b) LC_CONCAT_(a, b)
+#define LC_NAME(name) LC_CONCAT(name, LC_SUFFIX)
+
+#define LC_REAL float
+#define LC_FABS fabsf
+#define LC_SUFFIX _f32
+#define LC_EXP lc_exp_f32
+#define LC_LOG1P_UNIT lc_log1p_unit_f32
+#include "fast_math.h"
+#undef LC_REAL
+#undef LC_FABS
+#undef LC_SUFFIX
+#undef LC_EXP
+#undef LC_LOG1P_UNIT
+
+#define LC_REAL double
+#define LC_FABS fabs
+#define LC_SUFFIX _f64
+#define LC_EXP lc_exp_f64
+#define LC_LOG1P_UNIT lc_log1p_unit_f64
+#include "fast_math.h"
+#undef LC_REAL
+#undef LC_FABS
+#undef LC_SUFFIX
+#undef LC_EXP
+#undef LC_LOG1P_UNIT
+
+#undef LC_TEMPLATE_PASS
+#endif /* LOGITCORE_FAST_MATH_H */
+
+#else /* ============ LC_TEMPLATE_PASS: generic code over LC_REAL ============ */
+
+/* Elements per step of a row loop: 64 bytes of input, i.e. one AVX-512 or two AVX2 vectors.
+   A reduction keeps that many independent partial sums, so the loop vectorises without
+   reassociation flags and the adds' latency is hidden. */
+#define LC_LANES ((int)(64 / sizeof(LC_REAL)))
+
+/* The shift used for a row's exps: its maximum when finite, else 0. With 0, an all -inf
+   row sums to 0 (not NaN) and a +inf row sums to inf, as DESIGN.md wants for logsumexp;
+   softmax and log_softmax turn both into NaN rows separately (see row_normaliser). */
+LC_INLINE LC_REAL LC_NAME(finite_or_zero)(LC_REAL row_max)
+{
+    return isfinite(row_max) ? row_max : (LC_REAL)0;
+}
+
+/* Maximum of a row, ignoring NaN (a NaN still reaches every result through the sum of
+   exps). -inf for an empty row. */
+LC_INLINE LC_REAL LC_NAME(row_max)(const LC_REAL* x, lc_index n)
+{
+    LC_REAL lane_max[LC_LANES];
+    for (int j = 0; j < LC_LANES; j++)
+        lane_max[j] = -INFINITY;
+    lc_index i = 0;
+    for (; i + LC_LANES <= n; i += LC_LANES)
+        LC_NO_UNROLL
+        for (int j = 0; j < LC_LANES; j++)
+            lane_max[j] = x[i + j] > lane_max[j] ? x[i + j] : lane_max[j];
+    LC_REAL result = -INFINITY;
+    for (; i < n; i++)
+        result = x[i] > result ? x[i] : result;
+    for (int j = 0; j < LC_LANES; j++)
+        result = lane_max[j] > result ? lane_max[j] : result;
+    return result;
+}
+
+/* Sum over a row of exp(x - shift), the hot loop of every kernel, optionally storing each
+   exp in `store` (which may be x: element i is read before it is written). The terms are
+   positive, so partial sums in the input precision lose nothing worth keeping as long as
+   they are flushed into a double every LC_SUM_BLOCK elements. */
+LC_INLINE double LC_NAME(row_sum_exp)(const LC_REAL* x, lc_index n, LC_REAL shift, LC_REAL* store)
+{
+    double total = 0.0;
+    lc_index i = 0;
+    while (i < n) {
+        lc_index block_end = lc_min_index(n, i + LC_SUM_BLOCK);
+        LC_REAL lane_sum[LC_LANES];
+        for (int j = 0; j < LC_LANES; j++)
+            lane_sum[j] = 0;
+        if (store) {
+            for (; i + LC_LANES <= block_end; i += LC_LANES)
+                LC_NO_UNROLL
+                for (int j = 0; j < LC_LANES; j++) {
+                    LC_REAL value = LC_EXP(x[i + j] - shift);
+                    store[i + j] = value;
+                    lane_sum[j] += value;
+                }
+        } else {
+            for (; i + LC_LANES <= block_end; i += LC_LANES)
+                LC_NO_UNROLL
+                for (int j = 0; j < LC_LANES; j++)
+                    lane_sum[j] += LC_EXP(x[i + j] - shift);
+        }
+        for (; i < block_end; i++) {
+            LC_REAL value = LC_EXP(x[i] - shift);
+            if (store)
+                store[i] = value;
+            lane_sum[0] += value;
+        }
+        double block_total = 0.0;
+        for (int j = 0; j < LC_LANES; j++)
+            block_total += lane_sum[j];
+        total += block_total;
+    }
+    return total;
+}
+
+typedef struct {
+    const LC_REAL* a;
+    const LC_REAL* b;
+    const LC_REAL* c;
+    LC_REAL shift, scale, offset;
+} LC_NAME(row_operands);
+
+/* Cross-entropy's q = w ((1 - eps) t + eps / C), computed the same way everywhere. */
+LC_INLINE LC_REAL LC_NAME(smoothed_target)(LC_REAL weight, LC_REAL target, LC_REAL scale,
+                                           LC_REAL offset)
+{
+    return weight * (scale * target + offset);
+}
+
+LC_INLINE double LC_NAME(row_term)(enum lc_row_term term, LC_NAME(row_operands) op, lc_index i)
+{
+    /* `term` is a constant at every call site: after inlining only one case is left. */
+    switch (term) {
+    case LC_TERM_ABS:
+        return LC_FABS(op.a[i]);
+    case LC_TERM_PRODUCT:
+        return (double)op.a[i] * op.b[i];
+    case LC_TERM_WEIGHTED_SHIFTED:
+        return op.b[i] != 0 ? (double)op.b[i] * (op.a[i] - op.shift) : 0.0;
+    case LC_TERM_SCALED_EXP:
+        return (double)op.b[i] * LC_EXP(op.a[i] - op.shift);
+    case LC_TERM_TARGET:
+        return LC_NAME(smoothed_target)(op.b[i], op.c[i], op.scale, op.offset);
+    case LC_TERM_TARGET_SHIFTED:
+        return (double)LC_NAME(smoothed_target)(op.b[i], op.c[i], op.scale, op.offset) *
+               (op.a[i] - op.shift);
+    default:
+        return op.a[i];
+    }
+}
+
+/* Sum over a row of a term that may take either sign (dy, weighted logits, b * exp):
+   partial sums in double, where float ones would lose the small total of large terms,
+   flushed every LC_SUM_BLOCK elements like row_sum_exp's (this two-level sum also keeps
+   the rounding of 10^5 equal terms from piling up in one direction). */
+LC_INLINE double LC_NAME(row_sum)(enum lc_row_term term, LC_NAME(row_operands) op, lc_index n)
+{
+    double total = 0.0;
+    lc_index i = 0;
+    while (i < n) {
+        lc_index block_end = lc_min_index(n, i + LC_SUM_BLOCK);
+        double lane_sum[LC_LANES];
+        for (int j = 0; j < LC_LANES; j++)
+            lane_sum[j] = 0.0;
+        for (; i + LC_LANES <= block_end; i += LC_LANES)
+            LC_NO_UNROLL
+            for (int j = 0; j < LC_LANES; j++)
+                lane_sum[j] += LC_NAME(row_term)(term, op, i + j);
+        for (; i < block_end; i++)
+            lane_sum[0] += LC_NAME(row_term)(term, op, i);
+        double block_total = 0.0;
+        for (int j = 0; j < LC_LANES; j++)
+            block_total += lane_sum[j];
+        total += block_total;
+    }
+    return total;
+}
+
+LC_INLINE void LC_NAME(row_scale)(LC_REAL* x, lc_index n, LC_REAL factor)
+{
+    for (lc_index i = 0; i < n; i++)
+        x[i] *= factor;
+}
+
+/* out = (x - a) - b; out may be x. */
+LC_INLINE void LC_NAME(row_subtract)(const LC_REAL* x, LC_REAL* out, lc_index n, LC_REAL a,
+                                     LC_REAL b)
+{
+    for (lc_index i = 0; i < n; i++)
+        out[i] = (x[i] - a) - b;
+}
+
+/* The sum that normalises softmax, from a row's (max, sum of exp(x - finite_or_zero(max))).
+   A row whose maximum is not finite (it holds +inf, or only -inf) gets NaN: DESIGN.md's
+   edge table wants NaN softmax and log_softmax rows there. */
+LC_INLINE double LC_NAME(row_normaliser)(LC_REAL row_max, double sum_exp)
+{
+    return isfinite(row_max) ? sum_exp : NAN;
+}
+
+/* ---- blocks of rows: n_rows rows of n_classes, at most lc_rows_per_block(n_classes) ---- */
+
+LC_INLINE void LC_NAME(block_row_max)(const LC_REAL* x, lc_index n_rows, lc_index n_classes,
+                                      LC_REAL* row_max)
+{
+    for (lc_index r = 0; r < n_rows; r++)
+        row_max[r] = LC_NAME(row_max)(x + r * n_classes, n_classes);
+}
+
+/* row_sum[r] = sum_c exp(x[r, c] - finite_or_zero(row_max[r])), storing the exps in
+   exp_out when it is not NULL (exp_out may be x). */
+LC_INLINE void LC_NAME(block_sum_exp)(const LC_REAL* x, lc_index n_rows, lc_index n_classes,
+                                      const LC_REAL* row_max, double* row_sum, LC_REAL* exp_out)
+{
+    if (n_classes >= LC_NARROW_CLASSES) {
+        for (lc_index r = 0; r < n_rows; r++)
+            row_sum[r] = LC_NAME(row_sum_exp)(x + r * n_classes, n_classes,
+                                              LC_NAME(finite_or_zero)(row_max[r]),
+                                              exp_out ? exp_out + r * n_classes : NULL);
+        return;
+    }
+    /* Short rows: a loop over 10 classes does not vectorise, so shift the whole block into
+       one flat buffer, take every exp in one vectorised loop, then sum each row. */
+    LC_REAL scratch[LC_BLOCK_ELEMS];
+    LC_REAL* buffer = exp_out ? exp_out : scratch;
+    for (lc_index r = 0; r < n_rows; r++) {
+        LC_REAL shift = LC_NAME(finite_or_zero)(row_max[r]);
+        for (lc_index c = 0; c < n_classes; c++)
+            buffer[r * n_classes + c] = x[r * n_classes + c] - shift;
+    }
+    lc_index n = n_rows * n_classes;
+    for (lc_index i = 0; i < n; i++)
+        buffer[i] = LC_EXP(buffer[i]);
+    for (lc_index r = 0; r < n_rows; r++) {
+        double sum = 0.0;
+        for (lc_index c = 0; c < n_classes; c++)
+            sum += buffer[r * n_classes + c];
+        row_sum[r] = sum;
+    }
+}
+
+/* log_normaliser[r] = log(row_normaliser(r)): vectorised across the rows of a block. */
+LC_INLINE void LC_NAME(block_log_normaliser)(const LC_REAL* row_max, const double* row_sum,
+                                             lc_index n_rows, double* log_normaliser)
+{
+    for (lc_index r = 0; r < n_rows; r++)
+        log_normaliser[r] = lc_log_f64(LC_NAME(row_normaliser)(row_max[r], row_sum[r]));
+}
+
+/* ====================== the kernels: a contiguous range of rows ====================== */
+
+LC_DISPATCH static void LC_NAME(lc_logsumexp_rows)(const LC_REAL* x, lc_index n_rows,
+                                                   lc_index n_classes, LC_REAL* out)
+{
+    LC_REAL row_max[LC_BLOCK_ROWS];
+    double row_sum[LC_BLOCK_ROWS];
+    lc_index rows_per_block = lc_rows_per_block(n_classes);
+    for (lc_index first = 0; first < n_rows; first += rows_per_block) {
+        lc_index rows = lc_min_index(rows_per_block, n_rows - first);
+        const LC_REAL* x_block = x + first * n_classes;
+        LC_NAME(block_row_max)(x_block, rows, n_classes, row_max);
+        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sum, NULL);
+        for (lc_index r = 0; r < rows; r++)
+            out[first + r] =
+                (LC_REAL)(LC_NAME(finite_or_zero)(row_max[r]) + lc_log_f64(row_sum[r]));
+    }
+}
+
+LC_DISPATCH static void LC_NAME(lc_softmax_rows)(const LC_REAL* x, lc_index n_rows,
+                                                 lc_index n_classes, LC_REAL* out)
+{
+    LC_REAL row_max[LC_BLOCK_ROWS];
+    double row_sum[LC_BLOCK_ROWS];
+    lc_index rows_per_block = lc_rows_per_block(n_classes);
+    for (lc_index first = 0; first < n_rows; first += rows_per_block) {
+        lc_index rows = lc_min_index(rows_per_block, n_rows - first);
+        LC_REAL* out_block = out + first * n_classes;
+        LC_NAME(block_row_max)(x + first * n_classes, rows, n_classes, row_max);
+        /* The exps go straight into out (read back from cache to be scaled). */
+        LC_NAME(block_sum_exp)(x + first * n_classes, rows, n_classes, row_max, row_sum, out_block);
+        for (lc_index r = 0; r < rows; r++)
+            LC_NAME(row_scale)(out_block + r * n_classes, n_classes,
+                               (LC_REAL)(1.0 / LC_NAME(row_normaliser)(row_max[r], row_sum[r])));
+    }
+}
+
+LC_DISPATCH static void LC_NAME(lc_log_softmax_rows)(const LC_REAL* x, lc_index n_rows,
+                                                     lc_index n_classes, LC_REAL* out)
+{
+    LC_REAL row_max[LC_BLOCK_ROWS];
+    double row_sum[LC_BLOCK_ROWS], log_normaliser[LC_BLOCK_ROWS];
+    lc_index rows_per_block = lc_rows_per_block(n_classes);
+    for (lc_index first = 0; first < n_rows; first += rows_per_block) {
+        lc_index rows = lc_min_index(rows_per_block, n_rows - first);
+        const LC_REAL* x_block = x + first * n_classes;
+        LC_NAME(block_row_max)(x_block, rows, n_classes, row_max);
+        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sum, NULL);
+        LC_NAME(block_log_normaliser)(row_max, row_sum, rows, log_normaliser);
+        for (lc_index r = 0; r < rows; r++)
+            LC_NAME(row_subtract)(x_block + r * n_classes, out + (first + r) * n_classes, n_classes,
+                                  row_max[r], (LC_REAL)log_normaliser[r]);
+    }
+}
+
+/* out = log|sum_c b e^x|, sign_out = its sign (NaN for NaN). Row by row: the scaled form
+   is rare, so it has no narrow-row path. */
+LC_DISPATCH static void LC_NAME(lc_logsumexp_scaled_rows)(const LC_REAL* x, const LC_REAL* b,
+                                                          lc_index n_rows, lc_index n_classes,
+                                                          LC_REAL* out, LC_REAL* sign_out)
+{
+    for (lc_index r = 0; r < n_rows; r++) {
+        const LC_REAL* x_row = x + r * n_classes;
+        const LC_REAL* b_row = b + r * n_classes;
+        LC_REAL shift = LC_NAME(finite_or_zero)(LC_NAME(row_max)(x_row, n_classes));
+        double total = LC_NAME(row_sum)(
+            LC_TERM_SCALED_EXP, (LC_NAME(row_operands)){.a = x_row, .b = b_row, .shift = shift},
+            n_classes);
+        out[r] = (LC_REAL)(lc_log_f64(fabs(total)) + shift);
+        sign_out[r] = (LC_REAL)(total > 0 ? 1.0 : total < 0 ? -1.0 : total == 0 ? 0.0 : NAN);
+    }
+}
+
+/*
+ * Cross-entropy with integer labels, one pass over memory per row and no N x C temporary:
+ * max, then (from cache) x[label] and, with label smoothing, sum_{w != 0} w (x - max);
+ * then the exps, stored in grad_out when a gradient is wanted (grad_out may be x: what the
+ * loss needs from x was read before); finally the gradient is formed in place from them.
+ * With q = (1 - eps) w[y] onehot(y) + eps / C * w and log p = x - max - log S:
+ *   loss = -sum_{q != 0} q log p
+ *        = (1 - eps) w[y] (log S - (x[y] - max)) + eps / C (W log S - sum w (x - max)),
+ * a sum of non-negative terms (for w >= 0), and grad = grad_scale (p sum(q) - q).
+ * Ignored rows have q = 0: loss 0 and gradient p * 0 (NaN for NaN rows, like the reference).
+ */
+LC_DISPATCH static void LC_NAME(lc_cross_entropy_labels_rows)(
+    const LC_REAL* x, const int64_t* labels, const LC_REAL* weight, int64_t ignore_index,
+    double label_smoothing, lc_index n_rows, lc_index n_classes, LC_REAL* loss_out,
+    LC_REAL* grad_out, double grad_scale)
+{
+    LC_NAME(row_operands) weights = {.a = weight};
+    const double weight_total = LC_NAME(row_sum)(LC_TERM_VALUE, weights, n_classes);
+    /* All-zero weights make every q zero: no smoothing term even where log S is NaN. */
+    const int any_nonzero_weight = LC_NAME(row_sum)(LC_TERM_ABS, weights, n_classes) != 0.0;
+    LC_REAL row_max[LC_BLOCK_ROWS];
+    double row_sum[LC_BLOCK_ROWS], log_normaliser[LC_BLOCK_ROWS];
+    double shifted_label_logit[LC_BLOCK_ROWS], smoothing_sum[LC_BLOCK_ROWS];
+    const double smoothing_per_class = label_smoothing / (double)n_classes;
+    const int use_smoothing = label_smoothing > 0.0 && any_nonzero_weight;
+    lc_index rows_per_block = lc_rows_per_block(n_classes);
+    for (lc_index first = 0; first < n_rows; first += rows_per_block) {
+        lc_index rows = lc_min_index(rows_per_block, n_rows - first);
+        const LC_REAL* x_block = x + first * n_classes;
+        LC_REAL* grad_block = grad_out ? grad_out + first * n_classes : NULL;
+        LC_NAME(block_row_max)(x_block, rows, n_classes, row_max);
+        for (lc_index r = 0; r < rows; r++) {
+            int64_t label = labels[first + r];
+            int64_t safe_label = label == ignore_index ? 0 : label;
+            shifted_label_logit[r] = (double)x_block[r * n_classes + safe_label] - row_max[r];
+            smoothing_sum[r] =
+                use_smoothing
+                    ? LC_NAME(row_sum)(LC_TERM_WEIGHTED_SHIFTED,
+                                       (LC_NAME(row_operands)){.a = x_block + r * n_classes,
+                                                               .b = weight, .shift = row_max[r]},
+                                       n_classes)
+                    : 0.0;
+        }
+        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sum, grad_block);
+        LC_NAME(block_log_normaliser)(row_max, row_sum, rows, log_normaliser);
+        for (lc_index r = 0; r < rows; r++) {
+            int64_t label = labels[first + r];
+            int keep = label != ignore_index;
+            int64_t safe_label = keep ? label : 0;
+            double label_coef = keep ? (1.0 - label_smoothing) * (double)weight[safe_label] : 0.0;
+            double smoothing_coef = keep && use_smoothing ? smoothing_per_class : 0.0;
+            double loss = 0.0;
+            if (label_coef != 0.0) /* q == 0 terms are 0 even where log p is -inf or NaN */
+                loss += label_coef * (log_normaliser[r] - shifted_label_logit[r]);
+            if (smoothing_coef != 0.0)
+                loss += smoothing_coef * (weight_total * log_normaliser[r] - smoothing_sum[r]);
+            loss_out[first + r] = (LC_REAL)loss;
+            if (!grad_block)
+                continue;
+            LC_REAL* grad_row = grad_block + r * n_classes;
+            double q_total = label_coef + smoothing_coef * weight_total;
+            double normaliser = LC_NAME(row_normaliser)(row_max[r], row_sum[r]);
+            /* the label's element in double: p[y] sum(q) - q[y] cancels when p[y] -> 1 */
+            double label_grad =
+                grad_scale * ((double)grad_row[safe_label] / normaliser * q_total -
+                              (label_coef + smoothing_coef * (double)weight[safe_label]));
+            LC_REAL exp_factor = (LC_REAL)(grad_scale * q_total / normaliser);
+            LC_REAL weight_factor = (LC_REAL)(grad_scale * smoothing_coef);
+            if (weight_factor != 0)
+                for (lc_index c = 0; c < n_classes; c++)
+                    grad_row[c] = exp_factor * grad_row[c] - weight_factor * weight[c];
+            else
+                LC_NAME(row_scale)(grad_row, n_classes, exp_factor);
+            if (keep)
+                grad_row[safe_label] = (LC_REAL)label_grad;
+        }
+    }
+}
+
+/*
+ * Cross-entropy with probability targets. With t' = (1 - eps) t + eps / C and q = w t':
+ *   loss = -sum q log p = sum(q) log S - sum q (x - max),   grad = grad_scale (p sum(q) - q).
+ * Like the reference, a class with q == 0 and x == -inf makes the loss NaN (0 * -inf).
+ */
+LC_DISPATCH static void LC_NAME(lc_cross_entropy_probs_rows)(
+    const LC_REAL* x, const LC_REAL* target, const LC_REAL* weight, double label_smoothing,
+    lc_index n_rows, lc_index n_classes, LC_REAL* loss_out, LC_REAL* grad_out, double grad_scale)
+{
+    LC_REAL row_max[LC_BLOCK_ROWS];
+    double row_sum[LC_BLOCK_ROWS], log_normaliser[LC_BLOCK_ROWS];
+    double q_total[LC_BLOCK_ROWS], q_dot_shifted[LC_BLOCK_ROWS];
+    const LC_REAL target_scale = (LC_REAL)(1.0 - label_smoothing);
+    const LC_REAL target_offset = (LC_REAL)(label_smoothing / (double)n_classes);
+    lc_index rows_per_block = lc_rows_per_block(n_classes);
+    for (lc_index first = 0; first < n_rows; first += rows_per_block) {
+        lc_index rows = lc_min_index(rows_per_block, n_rows - first);
+        const LC_REAL* x_block = x + first * n_classes;
+        const LC_REAL* target_block = target + first * n_classes;
+        LC_REAL* grad_block = grad_out ? grad_out + first * n_classes : NULL;
+        LC_NAME(block_row_max)(x_block, rows, n_classes, row_max);
+        for (lc_index r = 0; r < rows; r++) {
+            LC_NAME(row_operands) op = {.a = x_block + r * n_classes, .b = weight,
+                                        .c = target_block + r * n_classes, .shift = row_max[r],
+                                        .scale = target_scale, .offset = target_offset};
+            q_total[r] = LC_NAME(row_sum)(LC_TERM_TARGET, op, n_classes);
+            q_dot_shifted[r] = LC_NAME(row_sum)(LC_TERM_TARGET_SHIFTED, op, n_classes);
+        }
+        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sum, grad_block);
+        LC_NAME(block_log_normaliser)(row_max, row_sum, rows, log_normaliser);
+        for (lc_index r = 0; r < rows; r++) {
+            loss_out[first + r] = (LC_REAL)(q_total[r] * log_normaliser[r] - q_dot_shifted[r]);
+            if (!grad_block)
+                continue;
+            LC_REAL* grad_row = grad_block + r * n_classes;
+            const LC_REAL* t_row = target_block + r * n_classes;
+            double normaliser = LC_NAME(row_normaliser)(row_max[r], row_sum[r]);
+            LC_REAL exp_factor = (LC_REAL)(grad_scale * q_total[r] / normaliser);
+            LC_REAL scale = (LC_REAL)grad_scale;
+            for (lc_index c = 0; c < n_classes; c++)
+                grad_row[c] = exp_factor * grad_row[c] -
+                              scale * LC_NAME(smoothed_target)(weight[c], t_row[c], target_scale,
+                                                               target_offset);
+        }
+    }
+}
+
+/*
+ * Binary cross-entropy with logits, elementwise, computed in double for both dtypes (the
+ * reference formula (1 - t) x + (1 + (pw - 1) t) softplus(-x) cancels for x << 0, and the
+ * gradient for a well-fitted target). weight and pos_weight rows repeat with a stride of 0
+ * (one row for all) or n_classes (one row each). loss_out holds n_rows x n_classes values,
+ * or one per row when loss_row_sums is set; grad_out may be NULL.
+ */
+LC_INLINE double LC_NAME(bce_element)(LC_REAL x_value, LC_REAL t_value, LC_REAL w_value,
+                                      LC_REAL pw_value, double grad_scale, double* grad)
+{
+    double xd = x_value, t = t_value, w = w_value, pw = pw_value;
+    double e = lc_exp_f64(-fabs(xd));
+    double softplus_minus_x = (xd < 0.0 ? -xd : 0.0) + lc_log1p_unit_f64(e); /* NaN stays NaN */
+    double log_weight = 1.0 + (pw - 1.0) * t;
+    double inverse = 1.0 / (1.0 + e);
+    double sigmoid = xd >= 0.0 ? inverse : e * inverse;
+    *grad = grad_scale * w * (sigmoid * log_weight - pw * t);
+    return w * ((1.0 - t) * xd + log_weight * softplus_minus_x);
+}
+
+LC_DISPATCH static void LC_NAME(lc_bce_rows)(const LC_REAL* x, const LC_REAL* target,
+                                             const LC_REAL* weight, lc_index weight_row_stride,
+                                             const LC_REAL* pos_weight, lc_index pos_weight_row_stride,
+                                             lc_index n_rows, lc_index n_classes, LC_REAL* loss_out,
+                                             int loss_row_sums, LC_REAL* grad_out, double grad_scale)
+{
+    /* The elements are processed in spans of at most LC_BLOCK_ELEMS: several whole rows when
+       rows are short (so that 4M x 1 vectorises like 1 x 4M), else pieces of one row. A
+       weight row shared by all rows is tiled once to the length of a span of short rows. */
+    LC_REAL tiled_weight[LC_BLOCK_ELEMS], tiled_pos_weight[LC_BLOCK_ELEMS];
+    LC_REAL loss_buffer[LC_BLOCK_ELEMS], grad_buffer[LC_BLOCK_ELEMS];
+    lc_index rows_per_step = n_classes >= LC_BLOCK_ELEMS ? 1 : LC_BLOCK_ELEMS / n_classes;
+    int short_rows = rows_per_step > 1;
+    lc_index span_length = short_rows ? rows_per_step * n_classes : LC_BLOCK_ELEMS;
+    if (short_rows)
+        for (lc_index i = 0; i < span_length; i++) {
+            tiled_weight[i] = weight[i % n_classes];
+            tiled_pos_weight[i] = pos_weight[i % n_classes];
+        }
+    for (lc_index first = 0; first < n_rows; first += rows_per_step) {
+        lc_index rows = lc_min_index(rows_per_step, n_rows - first);
+        lc_index step_length = rows * n_classes;
+        double row_loss = 0.0; /* long rows: the loss of row `first`, over its pieces */
+        for (lc_index start = 0; start < step_length; start += span_length) {
+            lc_index count = lc_min_index(span_length, step_length - start);
+            lc_index offset = first * n_classes + start;
+            const LC_REAL* w = weight_row_stride ? weight + offset
+                               : short_rows      ? tiled_weight
+                                                 : weight + start;
+            const LC_REAL* pw = pos_weight_row_stride ? pos_weight + offset
+                                : short_rows          ? tiled_pos_weight
+                                                      : pos_weight + start;
+            LC_REAL* loss_dest = loss_row_sums ? loss_buffer : loss_out + offset;
+            LC_REAL* grad_dest = grad_out ? grad_out + offset : grad_buffer;
+            for (lc_index i = 0; i < count; i++) {
+                double grad;
+                loss_dest[i] = (LC_REAL)LC_NAME(bce_element)(x[offset + i], target[offset + i], w[i],
+                                                             pw[i], grad_scale, &grad);
+                grad_dest[i] = (LC_REAL)grad;
+            }
+            if (loss_row_sums && short_rows)
+                for (lc_index r = 0; r < rows; r++)
+                    loss_out[first + r] = (LC_REAL)LC_NAME(row_sum)(
+                        LC_TERM_VALUE, (LC_NAME(row_operands)){.a = loss_buffer + r * n_classes},
+                        n_classes);
+            else if (loss_row_sums)
+                row_loss += LC_NAME(row_sum)(LC_TERM_VALUE,
+                                             (LC_NAME(row_operands)){.a = loss_buffer}, count);
+        }
+        if (loss_row_sums && !short_rows)
+            loss_out[first] = (LC_REAL)row_loss;
+    }
+}
+
+/* Elementwise on a flat span: sigmoid(x) = 1 / (1 + e) or e / (1 + e) with e = exp(-|x|). */
+LC_DISPATCH static void LC_NAME(lc_sigmoid_span)(const LC_REAL* x, LC_REAL* out, lc_index n)
+{
+    for (lc_index i = 0; i < n; i++) {
+        LC_REAL e = LC_EXP(-LC_FABS(x[i]));
+        LC_REAL inverse = (LC_REAL)1 / ((LC_REAL)1 + e);
+        out[i] = x[i] >= 0 ? inverse : e * inverse;
+    }
+}
+
+/* log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)); NaN propagates through the log1p. */
+LC_DISPATCH static void LC_NAME(lc_log_sigmoid_span)(const LC_REAL* x, LC_REAL* out, lc_index n)
+{
+    for (lc_index i = 0; i < n; i++) {
+        LC_REAL e = LC_EXP(-LC_FABS(x[i]));
+        out[i] = (x[i] < 0 ? x[i] : (LC_REAL)0) - LC_LOG1P_UNIT(e);
+    }
+}
+
+/* y = softmax(x): out = y (dy - sum(dy y)). out may be dy or y. */
+LC_DISPATCH static void LC_NAME(lc_softmax_backward_rows)(const LC_REAL* dy, const LC_REAL* y,
+                                                          lc_index n_rows, lc_index n_classes,
+                                                          LC_REAL* out)
+{
+    for (lc_index r = 0; r < n_rows; r++) {
+        const LC_REAL* dy_row = dy + r * n_classes;
+        const LC_REAL* y_row = y + r * n_classes;
+        LC_REAL* out_row = out + r * n_classes;
+        double dot = LC_NAME(row_sum)(
+            LC_TERM_PRODUCT, (LC_NAME(row_operands)){.a = dy_row, .b = y_row}, n_classes);
+        /* in double: dy - dot cancels where dy is close to the mean */
+        for (lc_index c = 0; c < n_classes; c++)
+            out_row[c] = (LC_REAL)((double)y_row[c] * ((double)dy_row[c] - dot));
+    }
+}
+
+/* y = log_softmax(x): out = dy - exp(y) sum(dy). out may be dy or y. The exp is taken in
+   double: sum(dy) can be large, and it multiplies the exp's error. */
+LC_DISPATCH static void LC_NAME(lc_log_softmax_backward_rows)(const LC_REAL* dy, const LC_REAL* y,
+                                                              lc_index n_rows, lc_index n_classes,
+                                                              LC_REAL* out)
+{
+    for (lc_index r = 0; r < n_rows; r++) {
+        const LC_REAL* dy_row = dy + r * n_classes;
+        const LC_REAL* y_row = y + r * n_classes;
+        LC_REAL* out_row = out + r * n_classes;
+        double total =
+            LC_NAME(row_sum)(LC_TERM_VALUE, (LC_NAME(row_operands)){.a = dy_row}, n_classes);
+        for (lc_index c = 0; c < n_classes; c++)
+            out_row[c] = (LC_REAL)((double)dy_row[c] - lc_exp_f64(y_row[c]) * total);
+    }
+}
+
+/* ---- pieces of one row, for splitting a row's class axis across threads ---- */
+
+/* (max, sum of exp(x - finite_or_zero(max))) of a piece of a row. */
+LC_DISPATCH static double LC_NAME(lc_chunk_max_sum_exp)(const LC_REAL* x, lc_index n, LC_REAL* max_out)
+{
+    LC_REAL chunk_max = LC_NAME(row_max)(x, n);
+    *max_out = chunk_max;
+    return LC_NAME(row_sum_exp)(x, n, LC_NAME(finite_or_zero)(chunk_max), NULL);
+}
+
+/* out = exp(x - row_max) * factor, the softmax of a piece once the row's max and
+   normaliser are known (out may be x). */
+LC_DISPATCH static void LC_NAME(lc_chunk_softmax)(const LC_REAL* x, LC_REAL* out, lc_index n,
+                                                  LC_REAL row_max, LC_REAL factor)
+{
+    LC_NAME(row_sum_exp)(x, n, row_max, out);
+    LC_NAME(row_scale)(out, n, factor);
+}
+
+/* out = (x - a) - b: the log_softmax of a piece (out may be x). */
+LC_DISPATCH static void LC_NAME(lc_chunk_subtract)(const LC_REAL* x, LC_REAL* out, lc_index n,
+                                                   LC_REAL a, LC_REAL b)
+{
+    LC_NAME(row_subtract)(x, out, n, a, b);
+}
+
+#undef LC_LANES
+#endif /* LC_TEMPLATE_PASS */
