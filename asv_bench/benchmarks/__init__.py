@@ -1,0 +1,1 @@
+"""asv benchmarks of logitcore; see docs/benchmarks.md for how to run them."""
