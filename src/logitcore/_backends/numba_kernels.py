@@ -30,7 +30,6 @@ parallel kernels at once. If none can be loaded, launches are serialised with a 
 
 from __future__ import annotations
 
-import importlib
 import threading
 
 import numba
@@ -60,30 +59,17 @@ SUPPORTED_KERNELS = frozenset(
 # Threading layer
 # --------------------------------------------------------------------------------------
 
-THREADSAFE_LAYERS = ("omp", "tbb")
+THREADSAFE_LAYERS = ("tbb", "omp")
 
-
-def _first_loadable_threadsafe_layer():
-    """The first of THREADSAFE_LAYERS whose library loads (no thread is started), or None.
-
-    OpenMP goes first: its workers keep spinning between back-to-back launches while
-    TBB's go to sleep, so a 20 us kernel (one 128k-class row) runs 1.7x faster on 2
-    threads with omp and 1.1-1.5x with tbb. The price: GNU OpenMP is not fork-safe (a
-    forked child that launches kernels aborts); NUMBA_THREADING_LAYER=tbb picks TBB.
-    """
-    for layer in THREADSAFE_LAYERS:
-        try:
-            importlib.import_module(f"numba.np.ufunc.{layer}pool")
-        except ImportError:
-            continue
-        return layer
-    return None
-
-
-# Must be set before numba launches its thread pool (numba.config.THREADING_LAYER =
-# "threadsafe" would pick tbb before omp). An explicit user choice is respected.
+# Numba's "threadsafe" choice loads TBB if it can, else OpenMP. TBB goes first because
+# it is fork-safe: numba's GNU OpenMP pool kills a forked child that launches a kernel
+# (PyTorch DataLoader workers, multiprocessing with fork), which is a crash to the user.
+# The price: TBB's workers sleep between launches, so one 20 us kernel (a single
+# 128k-class row) gains 1.1-1.5x from 2 threads instead of omp's 1.7x;
+# NUMBA_THREADING_LAYER=omp picks OpenMP for such latency-bound work. Must be set before
+# numba starts its thread pool; an explicit user choice is respected.
 if numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = _first_loadable_threadsafe_layer() or "default"
+    numba.config.THREADING_LAYER = "threadsafe"
 
 _launch_lock = threading.Lock()
 _concurrent_launches_safe = False  # set once the pool runs on a layer in THREADSAFE_LAYERS
