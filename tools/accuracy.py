@@ -45,8 +45,10 @@ def input_families(rng, dtype, full: bool):
     out = {}
     for name, x in families.items():
         x = x.astype(dtype)
-        labels = np.argmax(np.where(np.isfinite(x), x, -1e300) + rng.uniform(size=x.shape) * 0,
-                           axis=1) if name == "masked" else rng.integers(0, x.shape[1], x.shape[0])
+        if name == "masked":  # a random class that is not masked
+            labels = np.argmax(np.isfinite(x) * rng.uniform(size=x.shape), axis=1)
+        else:
+            labels = rng.integers(0, x.shape[1], x.shape[0])
         out[name] = (x, labels)
     return out
 
