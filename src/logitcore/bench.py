@@ -267,6 +267,29 @@ def format_table(rows, meta) -> str:
     return "\n".join(lines)
 
 
+def summary_table(rows) -> str:
+    """One line per case: each logitcore backend's ms, torch's ms, and the best backend's
+    speed-up over torch and distance from the memory floor."""
+    cases: dict = {}
+    for r in rows:
+        cases.setdefault((r.op, r.shape, r.dtype), {})[r.impl] = r
+    backends = sorted({r.impl for r in rows if r.kind == "logitcore"})
+    header = " | ".join(f"{b.removeprefix('logitcore-')} ms" for b in backends)
+    lines = [f"| op | shape | dtype | {header} | torch ms | best × torch | best × floor |",
+             "|---|---|---|" + "---:|" * (len(backends) + 3)]
+    for (op, shape, dtype), impls in cases.items():
+        ours = [impls[b] for b in backends if b in impls]
+        if not ours:
+            continue
+        best = min(ours, key=lambda r: r.ms)
+        torch = impls.get("torch")
+        cells = " | ".join(f"{impls[b].ms:.3f}" if b in impls else "–" for b in backends)
+        torch_cells = (f"{torch.ms:.3f} | {torch.ms / best.ms:.2f}" if torch else "– | –")
+        lines.append(f"| {op} | {shape} | {dtype} | {cells} | {torch_cells} | "
+                     f"{best.x_floor:.2f} |")
+    return "\n".join(lines)
+
+
 def write_json(path, rows, meta) -> None:
     from ._info import info_dict
 

@@ -65,6 +65,10 @@ def main(argv=None) -> int:
                            n_threads=args.threads, repeats=repeats, budget_s=budget,
                            backends=args.backends, peers=not args.no_peers)
     print(bench.format_table(rows, meta))
+    print()
+    print("Summary: logitcore against torch (× > 1: logitcore is faster)")
+    print()
+    print(bench.summary_table(rows))
     if args.json:
         bench.write_json(args.json, rows, meta)
         print(f"wrote {args.json}", file=sys.stderr)
