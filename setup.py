@@ -108,19 +108,29 @@ class OptionalBuildExt(build_ext):
 def extensions():
     try:
         import numpy
-        from Cython.Build import cythonize
-    except ImportError as exc:
-        warn(f"{exc.name} is not installed, so the Cython backend is not built "
+    except ImportError:
+        warn("numpy is not installed, so the Cython backend is not built "
              "(pip installs with build isolation get it from pyproject.toml).")
         return []
-    debug = env_flag("LOGITCORE_CYTHON_DEBUG")
+    pyx_source = os.path.join(SOURCE_DIR, "_cython_kernels.pyx")
+    # An sdist may carry only the C file Cython generated from the .pyx.
+    source = pyx_source if os.path.exists(pyx_source) else pyx_source[:-len(".pyx")] + ".c"
     extension = Extension(
         EXTENSION_NAME,
-        sources=[os.path.join(SOURCE_DIR, "_cython_kernels.pyx")],
+        sources=[source],
         include_dirs=[SOURCE_DIR, numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=[os.path.join(SOURCE_DIR, "fast_math.h")],
     )
+    if not source.endswith(".pyx"):
+        return [extension]
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        warn("Cython is not installed, so the Cython backend is not built "
+             "(pip installs with build isolation get it from pyproject.toml).")
+        return []
+    debug = env_flag("LOGITCORE_CYTHON_DEBUG")
     return cythonize(
         [extension],
         compiler_directives={

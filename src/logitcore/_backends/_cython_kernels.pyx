@@ -71,11 +71,11 @@ cdef extern from "fast_math.h" nogil:
                                           Py_ssize_t n_classes, float* out)
     void lc_log_softmax_backward_rows_f64(const double* dy, const double* y, Py_ssize_t n_rows,
                                           Py_ssize_t n_classes, double* out)
-    double lc_chunk_max_sum_exp_f32(const float* x, Py_ssize_t n, float* max_out)
-    double lc_chunk_max_sum_exp_f64(const double* x, Py_ssize_t n, double* max_out)
-    void lc_chunk_softmax_f32(const float* x, float* out, Py_ssize_t n, float row_max, float factor)
-    void lc_chunk_softmax_f64(const double* x, double* out, Py_ssize_t n, double row_max,
-                              double factor)
+    double lc_chunk_max_sum_exp_f32(const float* x, Py_ssize_t n, float* max_out, float* exp_out)
+    double lc_chunk_max_sum_exp_f64(const double* x, Py_ssize_t n, double* max_out,
+                                    double* exp_out)
+    void lc_chunk_scale_f32(float* x, Py_ssize_t n, float factor)
+    void lc_chunk_scale_f64(double* x, Py_ssize_t n, double factor)
     void lc_chunk_subtract_f32(const float* x, float* out, Py_ssize_t n, float a, float b)
     void lc_chunk_subtract_f64(const double* x, double* out, Py_ssize_t n, double a, double b)
 
@@ -194,19 +194,19 @@ cdef inline void log_softmax_rows(const real* x, Py_ssize_t n_rows, Py_ssize_t n
         lc_log_softmax_rows_f64(x, n_rows, n_classes, out)
 
 
-cdef inline double chunk_max_sum_exp(const real* x, Py_ssize_t n, real* max_out) noexcept nogil:
+cdef inline double chunk_max_sum_exp(const real* x, Py_ssize_t n, real* max_out,
+                                     real* exp_out) noexcept nogil:
     if real is float:
-        return lc_chunk_max_sum_exp_f32(x, n, max_out)
+        return lc_chunk_max_sum_exp_f32(x, n, max_out, exp_out)
     else:
-        return lc_chunk_max_sum_exp_f64(x, n, max_out)
+        return lc_chunk_max_sum_exp_f64(x, n, max_out, exp_out)
 
 
-cdef inline void chunk_softmax(const real* x, real* out, Py_ssize_t n, real row_max,
-                               real factor) noexcept nogil:
+cdef inline void chunk_scale(real* x, Py_ssize_t n, real factor) noexcept nogil:
     if real is float:
-        lc_chunk_softmax_f32(x, out, n, row_max, factor)
+        lc_chunk_scale_f32(x, n, factor)
     else:
-        lc_chunk_softmax_f64(x, out, n, row_max, factor)
+        lc_chunk_scale_f64(x, n, factor)
 
 
 cdef inline void chunk_subtract(const real* x, real* out, Py_ssize_t n, real a, real b) noexcept nogil:
@@ -219,8 +219,8 @@ cdef inline void chunk_subtract(const real* x, real* out, Py_ssize_t n, real a, 
 # ---------------------------------------------------------------- split class axis
 
 cdef void chunk_partials(const real[:, ::1] x, real[:, ::1] chunk_max, double[:, ::1] chunk_sum,
-                         int n_threads) noexcept nogil:
-    """(max, sum of exps) of every piece of every row."""
+                         real* exp_out, int n_threads) noexcept nogil:
+    """(max, sum of exps) of every piece of every row; the exps go to exp_out unless NULL."""
     cdef Py_ssize_t n_classes = x.shape[1], n_chunks = chunk_max.shape[1]
     cdef Py_ssize_t task, row, piece, start, end
     for task in prange(x.shape[0] * n_chunks, num_threads=n_threads, schedule="static"):
@@ -228,8 +228,9 @@ cdef void chunk_partials(const real[:, ::1] x, real[:, ::1] chunk_max, double[:,
         piece = task % n_chunks
         start = range_start(n_classes, piece, n_chunks)
         end = range_start(n_classes, piece + 1, n_chunks)
-        chunk_sum[row, piece] = chunk_max_sum_exp(&x[row, start], end - start,
-                                                  &chunk_max[row, piece])
+        chunk_sum[row, piece] = chunk_max_sum_exp(
+            &x[row, start], end - start, &chunk_max[row, piece],
+            exp_out + row * n_classes + start if exp_out != NULL else NULL)
 
 
 cdef inline void merge_chunks(const real* chunk_max, const double* chunk_sum, Py_ssize_t n_chunks,
@@ -262,7 +263,7 @@ cdef void logsumexp_split(const real[:, ::1] x, real[::1] out, int n_chunks, int
     cdef real row_max
     cdef double normaliser, result
     with nogil:
-        chunk_partials(x, chunk_max, chunk_sum, n_threads)
+        chunk_partials(x, chunk_max, chunk_sum, NULL, n_threads)
         for row in range(n_rows):
             merge_chunks(&chunk_max[row, 0], &chunk_sum[row, 0], n_chunks, &row_max, &normaliser)
             if isfinite(row_max):
@@ -285,10 +286,10 @@ cdef void softmax_split(const real[:, ::1] x, real[:, ::1] out, bint log_probabi
     cdef real[::1] row_max = np.empty(n_rows, dtype=numpy_dtype(<real*>NULL))
     cdef double[::1] normaliser = np.empty(n_rows)
     with nogil:
-        # Two passes over each piece, both from cache: the partial sums, then the output.
-        # Softmax takes the exps again rather than rescaling stored ones: the same rounding
-        # as the one-thread path, and out may be x.
-        chunk_partials(x, chunk_max, chunk_sum, n_threads)
+        # Two passes over each piece, the second from cache: the partial sums (softmax
+        # keeps each piece's exps, relative to the piece's max, in out), then the output.
+        chunk_partials(x, chunk_max, chunk_sum, NULL if log_probabilities else &out[0, 0],
+                       n_threads)
         for row in range(n_rows):
             merge_chunks(&chunk_max[row, 0], &chunk_sum[row, 0], n_chunks, &row_max[row],
                          &normaliser[row])
@@ -301,8 +302,11 @@ cdef void softmax_split(const real[:, ::1] x, real[:, ::1] out, bint log_probabi
                 chunk_subtract(&x[row, start], &out[row, start], end - start, row_max[row],
                                <real>log(normaliser[row]))
             else:
-                chunk_softmax(&x[row, start], &out[row, start], end - start, row_max[row],
-                              <real>(1.0 / normaliser[row]))
+                # exp(x - piece max) * exp(piece max - row max) / normaliser; NaN rows
+                # (normaliser NaN) stay NaN, all -inf pieces of a finite row become 0
+                chunk_scale(&out[row, start], end - start,
+                            <real>(exp(<double>chunk_max[row, piece] - row_max[row])
+                                   / normaliser[row]))
 
 
 # ---------------------------------------------------------------- kernels

@@ -59,10 +59,11 @@ typedef ptrdiff_t lc_index; /* Py_ssize_t-sized: arrays of more than 2^31 elemen
 #endif
 
 /* Runtime dispatch: gcc >= 12 on x86-64 glibc (target_clones needs ifunc, and the
-   x86-64-v3/v4 names need gcc 12). Elsewhere the functions are compiled once, for
-   whatever the compiler targets by default. */
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && \
-    defined(__linux__) && defined(__GLIBC__)
+   x86-64-v3/v4 names need gcc 12). Elsewhere, or with -DLC_NO_DISPATCH (a native build:
+   CFLAGS="-march=native -DLC_NO_DISPATCH"), the functions are compiled once, for whatever
+   the compiler targets. */
+#if !defined(LC_NO_DISPATCH) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
+    defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__)
 #define LC_HAVE_DISPATCH 1
 #define LC_DISPATCH \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -81,6 +82,8 @@ static const char* lc_simd_path(void)
     if (__builtin_cpu_supports("x86-64-v3"))
         return "avx2+fma (x86-64-v3 clone)";
     return "baseline x86-64 (sse2)";
+#elif defined(__x86_64__) && defined(__AVX512F__)
+    return "avx512 (compile-time -march, no runtime dispatch)";
 #elif defined(__x86_64__) && defined(__AVX2__)
     return "avx2 (compile-time -march, no runtime dispatch)";
 #elif defined(__x86_64__) || defined(_M_X64)
@@ -849,21 +852,19 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_backward_rows)(const LC_REAL* dy,
 
 /* ---- pieces of one row, for splitting a row's class axis across threads ---- */
 
-/* (max, sum of exp(x - finite_or_zero(max))) of a piece of a row. */
-LC_DISPATCH static double LC_NAME(lc_chunk_max_sum_exp)(const LC_REAL* x, lc_index n, LC_REAL* max_out)
+/* (max, sum of exp(x - finite_or_zero(max))) of a piece of a row; the exps go to exp_out
+   unless it is NULL (exp_out may be x). */
+LC_DISPATCH static double LC_NAME(lc_chunk_max_sum_exp)(const LC_REAL* x, lc_index n,
+                                                        LC_REAL* max_out, LC_REAL* exp_out)
 {
     LC_REAL chunk_max = LC_NAME(row_max)(x, n);
     *max_out = chunk_max;
-    return LC_NAME(row_sum_exp)(x, n, LC_NAME(finite_or_zero)(chunk_max), NULL);
+    return LC_NAME(row_sum_exp)(x, n, LC_NAME(finite_or_zero)(chunk_max), exp_out);
 }
 
-/* out = exp(x - row_max) * factor, the softmax of a piece once the row's max and
-   normaliser are known (out may be x). */
-LC_DISPATCH static void LC_NAME(lc_chunk_softmax)(const LC_REAL* x, LC_REAL* out, lc_index n,
-                                                  LC_REAL row_max, LC_REAL factor)
+LC_DISPATCH static void LC_NAME(lc_chunk_scale)(LC_REAL* x, lc_index n, LC_REAL factor)
 {
-    LC_NAME(row_sum_exp)(x, n, row_max, out);
-    LC_NAME(row_scale)(out, n, factor);
+    LC_NAME(row_scale)(x, n, factor);
 }
 
 /* out = (x - a) - b: the log_softmax of a piece (out may be x). */
