@@ -18,7 +18,7 @@ AUTO = "auto"
 
 # The order "auto" tries the backends in, fastest first; the reference backend is the
 # last resort and always available. Evidence (`logitcore bench`, README table, 2 threads):
-# numba is faster on 36 of the 48 reference cases (shape x dtype x op), by up to 2.6x on
+# numba is faster on 35 of the 48 reference cases (shape x dtype x op), by up to 2.6x on
 # 256x131072; cython wins the narrow 4194304x10 cross-entropy cases (by <= 1.5x) and
 # single-row float64 calls, and has the lower fixed cost per call (~3 us vs ~5 us on a
 # 1x1000 row) and no JIT compilation on first use. Batch scoring is the main use, so numba
