@@ -104,23 +104,24 @@ def _make_data(shape, dtype, seed=0):
 
 
 def logitcore_runners(op, x, labels, backend):
-    """A zero-argument callable running ``op`` on ``backend``, or None if unsupported."""
-    out = np.empty_like(x)
+    """A zero-argument callable running ``op`` on ``backend``.
+
+    Outputs are allocated by each call, as the peers' are, so that the comparison is fair.
+    """
+    target = (x > 0).astype(x.dtype)
     calls = {
         "logsumexp": lambda: ops.logsumexp(x, backend=backend),
-        "softmax": lambda: ops.softmax(x, out=out, backend=backend),
-        "log_softmax": lambda: ops.log_softmax(x, out=out, backend=backend),
+        "softmax": lambda: ops.softmax(x, backend=backend),
+        "log_softmax": lambda: ops.log_softmax(x, backend=backend),
         "cross_entropy": lambda: ops.cross_entropy(x, labels, backend=backend),
         "cross_entropy_none": lambda: ops.cross_entropy(x, labels, reduction="none",
                                                         backend=backend),
         "cross_entropy_grad": lambda: ops.cross_entropy(x, labels, return_grad=True,
-                                                        grad_out=out, backend=backend),
-        "sigmoid": lambda: ops.sigmoid(x, out=out, backend=backend),
+                                                        backend=backend),
+        "sigmoid": lambda: ops.sigmoid(x, backend=backend),
         "bce_with_logits": lambda: ops.binary_cross_entropy_with_logits(
-            x, out, backend=backend),
+            x, target, backend=backend),
     }
-    if op == "bce_with_logits":
-        out[...] = (x > 0)
     return calls[op]
 
 
@@ -134,7 +135,7 @@ def peer_runners(op, x, labels, n_threads) -> dict:
         torch.set_num_threads(n_threads)
         tx = torch.from_numpy(x)
         tl = torch.from_numpy(labels)
-        tout = torch.empty_like(tx)
+        t_target = (tx > 0).to(tx.dtype)
 
         def torch_ce_grad():
             leaf = tx.detach().requires_grad_(True)
@@ -148,8 +149,8 @@ def peer_runners(op, x, labels, n_threads) -> dict:
             "cross_entropy": lambda: F.cross_entropy(tx, tl),
             "cross_entropy_none": lambda: F.cross_entropy(tx, tl, reduction="none"),
             "cross_entropy_grad": torch_ce_grad,
-            "sigmoid": lambda: torch.sigmoid(tx, out=tout),
-            "bce_with_logits": lambda: F.binary_cross_entropy_with_logits(tx, (tx > 0).to(tx.dtype)),
+            "sigmoid": lambda: torch.sigmoid(tx),
+            "bce_with_logits": lambda: F.binary_cross_entropy_with_logits(tx, t_target),
         }
         if op in torch_calls:
             runners["torch"] = torch_calls[op]
