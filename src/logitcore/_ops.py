@@ -393,6 +393,8 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         denominator = 1.0
     elif probability_targets:
         denominator = float(x2d.shape[0])
+    elif weight is None:  # one counting pass instead of gathering weights
+        denominator = float(np.count_nonzero(labels != ignore_index))
     else:
         kept_labels = labels[labels != ignore_index]
         denominator = float(np.sum(class_weight[kept_labels], dtype=np.float64))

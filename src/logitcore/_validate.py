@@ -121,10 +121,10 @@ def check_labels(labels: np.ndarray, n_classes: int, ignore_index: int) -> np.nd
         raise TypeError(
             f"target with integer class labels must have an integer dtype, got {labels.dtype}"
         )
+    if labels.size and 0 <= labels.min() and labels.max() < n_classes:
+        return labels.astype(np.int64, copy=False)  # the common case: two fast reductions
     with np.errstate(all="ignore"):
-        out_of_range = (labels < 0) | (labels >= n_classes)
-        if out_of_range.any():
-            out_of_range &= labels != ignore_index
+        out_of_range = ((labels < 0) | (labels >= n_classes)) & (labels != ignore_index)
     if out_of_range.any():
         position = tuple(int(i) for i in np.argwhere(out_of_range)[0])
         value = labels[position]
