@@ -60,6 +60,14 @@ import importlib
 import importlib.util
 import threading
 
+# Every kernel of the contract above. A backend that implements all of them says
+# ``SUPPORTED_KERNELS = ALL_KERNELS``.
+ALL_KERNELS = frozenset({
+    "logsumexp", "logsumexp_scaled", "softmax", "log_softmax", "sigmoid", "log_sigmoid",
+    "cross_entropy_labels", "cross_entropy_probs", "bce_with_logits", "softmax_backward",
+    "log_softmax_backward",
+})
+
 # Order in which "auto" tries the backends (see _config.AUTO_PREFERENCE for the
 # per-kernel evidence). "numpy" is the reference and is always available.
 BACKEND_NAMES = ("numpy", "numba", "cython")

@@ -39,21 +39,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-SUPPORTED_KERNELS = frozenset(
-    {
-        "logsumexp",
-        "logsumexp_scaled",
-        "softmax",
-        "log_softmax",
-        "sigmoid",
-        "log_sigmoid",
-        "cross_entropy_labels",
-        "cross_entropy_probs",
-        "bce_with_logits",
-        "softmax_backward",
-        "log_softmax_backward",
-    }
-)
+from logitcore._backends import ALL_KERNELS
+
+SUPPORTED_KERNELS = ALL_KERNELS
 
 # --------------------------------------------------------------------------------------
 # Threading layer
