@@ -11,15 +11,23 @@ run time, see ``SIMD_PATH``). This file only splits the work across OpenMP threa
 contiguous ranges of rows (``schedule(static)``, one range per thread) or, when there are
 fewer rows than threads, pieces of each row's class axis whose partial (max, sum of exps)
 pairs are merged afterwards.
+
+Entry points take plain ndarrays and read their data pointers through NumPy's C API:
+typed memoryviews of fused types cost ~1.2 us per call to acquire and dispatch, more
+than the arithmetic of a 1000-class row. The dtype, layout and shape of every operand
+are still checked (cheap field reads), so a caller that breaks the contract gets a
+ValueError, not a write out of bounds.
 """
 
+cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, NAN, exp, isfinite, isnan, log
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
 
 import os
 
-import numpy as np
+cnp.import_array()
 
 cdef extern from "fast_math.h" nogil:
     int LC_OPENMP_ENABLED
@@ -112,6 +120,49 @@ ctypedef fused real:
 cdef Py_ssize_t MIN_ELEMENTS_PER_THREAD = 32768
 
 
+# ---------------------------------------------------------------- operand checks
+
+cdef int element_type(cnp.ndarray x) except -1:
+    """NPY_FLOAT or NPY_DOUBLE: the kernel's element type, read off its first operand."""
+    cdef int type_num = cnp.PyArray_TYPE(x)
+    if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
+        raise TypeError(f"cython kernels take float32 or float64 arrays, got {(<object>x).dtype}")
+    return type_num
+
+
+cdef int expect(cnp.ndarray a, str name, int type_num, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                bint writable) except -1:
+    """Check one operand: C-contiguous, of type_num, writable if an output, and shaped
+    (n_rows,) when n_cols < 0, else (n_rows, n_cols)."""
+    cdef int ndim = 1 if n_cols < 0 else 2
+    cdef cnp.npy_intp* shape = cnp.PyArray_DIMS(a)
+    if (cnp.PyArray_TYPE(a) != type_num or cnp.PyArray_NDIM(a) != ndim
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or (writable and not cnp.PyArray_ISWRITEABLE(a))
+            or shape[0] != n_rows or (ndim == 2 and shape[1] != n_cols)):
+        array = <object>a
+        wanted = f"({n_rows},)" if n_cols < 0 else f"({n_rows}, {n_cols})"
+        raise ValueError(
+            f"kernel operand {name}: expected a C-contiguous{' writable' if writable else ''} "
+            f"array of shape {wanted} and the dtype of x; got shape {array.shape}, "
+            f"dtype {array.dtype}, C-contiguous={array.flags.c_contiguous}, "
+            f"writable={array.flags.writeable}")
+    return 0
+
+
+cdef inline Py_ssize_t dim(cnp.ndarray a, int axis):
+    return cnp.PyArray_DIMS(a)[axis] if cnp.PyArray_NDIM(a) > axis else 0
+
+
+cdef inline void* data(cnp.ndarray a):
+    return cnp.PyArray_DATA(a)
+
+
+cdef inline void* data_or_null(cnp.ndarray a):
+    """An optional output (the gradient) is passed as an empty array when not wanted."""
+    return cnp.PyArray_DATA(a) if cnp.PyArray_SIZE(a) != 0 else NULL
+
+
 # ---------------------------------------------------------------- work splitting
 
 # GNU OpenMP's thread pool does not survive fork(): a child that opens a parallel region
@@ -157,42 +208,77 @@ cdef inline int chunks_per_row(Py_ssize_t n_rows, Py_ssize_t n_classes, int n_th
     return <int>max(1, min(<Py_ssize_t>(n_threads // n_rows), n_classes // MIN_ELEMENTS_PER_THREAD))
 
 
-cdef inline real* row_pointer_or_null(real* base, Py_ssize_t row, Py_ssize_t row_length) noexcept nogil:
-    return base + row * row_length if base != NULL else NULL
+cdef inline real* offset_or_null(real* base, Py_ssize_t offset) noexcept nogil:
+    return base + offset if base != NULL else NULL
 
 
-cdef inline object numpy_dtype(real* _):
+# ---------------------------------------------------------------- kernels over rows
+#
+# One skeleton runs every kernel whose operands are rows of x (and of a second array of
+# x's shape) and whose output is a row of x's length or one value per row: it cuts the rows
+# into one contiguous range per thread and calls the kernel's C row function on each.
+
+cdef enum RowKernel:
+    LOGSUMEXP
+    SOFTMAX
+    LOG_SOFTMAX
+    SOFTMAX_BACKWARD
+    LOG_SOFTMAX_BACKWARD
+    SIGMOID           # elementwise: called with rows of one element
+    LOG_SIGMOID
+
+
+cdef inline void call_rows(RowKernel kernel, const real* x, const real* y, Py_ssize_t n_rows,
+                           Py_ssize_t n_classes, real* out) noexcept nogil:
+    """The C row function of ``kernel`` on n_rows rows (y: the second operand, if any)."""
     if real is float:
-        return np.float32
+        if kernel == LOGSUMEXP:
+            lc_logsumexp_rows_f32(x, n_rows, n_classes, out)
+        elif kernel == SOFTMAX:
+            lc_softmax_rows_f32(x, n_rows, n_classes, out)
+        elif kernel == LOG_SOFTMAX:
+            lc_log_softmax_rows_f32(x, n_rows, n_classes, out)
+        elif kernel == SOFTMAX_BACKWARD:
+            lc_softmax_backward_rows_f32(x, y, n_rows, n_classes, out)
+        elif kernel == LOG_SOFTMAX_BACKWARD:
+            lc_log_softmax_backward_rows_f32(x, y, n_rows, n_classes, out)
+        elif kernel == SIGMOID:
+            lc_sigmoid_span_f32(x, out, n_rows * n_classes)
+        else:
+            lc_log_sigmoid_span_f32(x, out, n_rows * n_classes)
     else:
-        return np.float64
+        if kernel == LOGSUMEXP:
+            lc_logsumexp_rows_f64(x, n_rows, n_classes, out)
+        elif kernel == SOFTMAX:
+            lc_softmax_rows_f64(x, n_rows, n_classes, out)
+        elif kernel == LOG_SOFTMAX:
+            lc_log_softmax_rows_f64(x, n_rows, n_classes, out)
+        elif kernel == SOFTMAX_BACKWARD:
+            lc_softmax_backward_rows_f64(x, y, n_rows, n_classes, out)
+        elif kernel == LOG_SOFTMAX_BACKWARD:
+            lc_log_softmax_backward_rows_f64(x, y, n_rows, n_classes, out)
+        elif kernel == SIGMOID:
+            lc_sigmoid_span_f64(x, out, n_rows * n_classes)
+        else:
+            lc_log_sigmoid_span_f64(x, out, n_rows * n_classes)
 
 
-# ---------------------------------------------------------------- fused -> C dispatch
-
-cdef inline void logsumexp_rows(const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
-                                real* out) noexcept nogil:
-    if real is float:
-        lc_logsumexp_rows_f32(x, n_rows, n_classes, out)
-    else:
-        lc_logsumexp_rows_f64(x, n_rows, n_classes, out)
-
-
-cdef inline void softmax_rows(const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
-                              real* out) noexcept nogil:
-    if real is float:
-        lc_softmax_rows_f32(x, n_rows, n_classes, out)
-    else:
-        lc_softmax_rows_f64(x, n_rows, n_classes, out)
+cdef void run_rows(RowKernel kernel, const real* x, const real* y, Py_ssize_t n_rows,
+                   Py_ssize_t n_classes, real* out, Py_ssize_t out_row_length,
+                   int n_threads) noexcept nogil:
+    cdef Py_ssize_t part, first, end
+    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
+    if n_parts == 1:  # no parallel region at all: it costs more than a small input
+        call_rows(kernel, x, y, n_rows, n_classes, out)
+        return
+    for part in prange(n_parts, num_threads=n_parts, schedule="static"):
+        first = range_start(n_rows, part, n_parts)
+        end = range_start(n_rows, part + 1, n_parts)
+        call_rows(kernel, x + first * n_classes, offset_or_null(y, first * n_classes),
+                  end - first, n_classes, out + first * out_row_length)
 
 
-cdef inline void log_softmax_rows(const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
-                                  real* out) noexcept nogil:
-    if real is float:
-        lc_log_softmax_rows_f32(x, n_rows, n_classes, out)
-    else:
-        lc_log_softmax_rows_f64(x, n_rows, n_classes, out)
-
+# ---------------------------------------------------------------- split class axis
 
 cdef inline double chunk_max_sum_exp(const real* x, Py_ssize_t n, real* max_out,
                                      real* exp_out) noexcept nogil:
@@ -216,21 +302,20 @@ cdef inline void chunk_subtract(const real* x, real* out, Py_ssize_t n, real a, 
         lc_chunk_subtract_f64(x, out, n, a, b)
 
 
-# ---------------------------------------------------------------- split class axis
-
-cdef void chunk_partials(const real[:, ::1] x, real[:, ::1] chunk_max, double[:, ::1] chunk_sum,
-                         real* exp_out, int n_threads) noexcept nogil:
-    """(max, sum of exps) of every piece of every row; the exps go to exp_out unless NULL."""
-    cdef Py_ssize_t n_classes = x.shape[1], n_chunks = chunk_max.shape[1]
-    cdef Py_ssize_t task, row, piece, start, end
-    for task in prange(x.shape[0] * n_chunks, num_threads=n_threads, schedule="static"):
+cdef void chunk_partials(const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes, int n_chunks,
+                         real* chunk_max, double* chunk_sum, real* exp_out,
+                         int n_threads) noexcept nogil:
+    """(max, sum of exps) of every piece of every row, stored at [row * n_chunks + piece];
+    the exps go to exp_out unless NULL."""
+    cdef Py_ssize_t task, row, start, end
+    cdef int piece
+    for task in prange(n_rows * n_chunks, num_threads=n_threads, schedule="static"):
         row = task // n_chunks
         piece = task % n_chunks
-        start = range_start(n_classes, piece, n_chunks)
-        end = range_start(n_classes, piece + 1, n_chunks)
-        chunk_sum[row, piece] = chunk_max_sum_exp(
-            &x[row, start], end - start, &chunk_max[row, piece],
-            exp_out + row * n_classes + start if exp_out != NULL else NULL)
+        start = row * n_classes + range_start(n_classes, piece, n_chunks)
+        end = row * n_classes + range_start(n_classes, piece + 1, n_chunks)
+        chunk_sum[task] = chunk_max_sum_exp(x + start, end - start, &chunk_max[task],
+                                            offset_or_null(exp_out, start))
 
 
 cdef inline void merge_chunks(const real* chunk_max, const double* chunk_sum, Py_ssize_t n_chunks,
@@ -256,295 +341,403 @@ cdef inline void merge_chunks(const real* chunk_max, const double* chunk_sum, Py
     normaliser[0] = total
 
 
-cdef void logsumexp_split(const real[:, ::1] x, real[::1] out, int n_chunks, int n_threads):
-    cdef Py_ssize_t n_rows = x.shape[0], row, piece
-    cdef real[:, ::1] chunk_max = np.empty((n_rows, n_chunks), dtype=numpy_dtype(<real*>NULL))
-    cdef double[:, ::1] chunk_sum = np.empty((n_rows, n_chunks))
-    cdef real row_max
-    cdef double normaliser, result
-    with nogil:
-        chunk_partials(x, chunk_max, chunk_sum, NULL, n_threads)
+cdef bint split_classes(RowKernel kernel, const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                        real* out, int n_chunks, int n_threads) noexcept nogil:
+    """logsumexp, softmax or log_softmax with each row cut into n_chunks pieces.
+    False (nothing done) if the few bytes of scratch cannot be allocated."""
+    cdef Py_ssize_t row, piece, task, start, end, n_tasks = n_rows * n_chunks
+    cdef real* chunk_max = <real*>malloc(n_tasks * sizeof(real))
+    cdef double* chunk_sum = <double*>malloc(n_tasks * sizeof(double))
+    cdef real* row_max = <real*>malloc(n_rows * sizeof(real))
+    cdef double* normaliser = <double*>malloc(n_rows * sizeof(double))
+    cdef double result
+    if chunk_max == NULL or chunk_sum == NULL or row_max == NULL or normaliser == NULL:
+        free(chunk_max); free(chunk_sum); free(row_max); free(normaliser)
+        return False
+    # Two passes over each piece, the second from cache: the partial sums (softmax keeps
+    # each piece's exps, relative to the piece's max, in out), then the output.
+    chunk_partials(x, n_rows, n_classes, n_chunks, chunk_max, chunk_sum,
+                   out if kernel == SOFTMAX else NULL, n_threads)
+    for row in range(n_rows):
+        merge_chunks(chunk_max + row * n_chunks, chunk_sum + row * n_chunks, n_chunks,
+                     &row_max[row], &normaliser[row])
+    if kernel == LOGSUMEXP:
         for row in range(n_rows):
-            merge_chunks(&chunk_max[row, 0], &chunk_sum[row, 0], n_chunks, &row_max, &normaliser)
-            if isfinite(row_max):
-                result = row_max + log(normaliser)
+            if isfinite(row_max[row]):
+                result = row_max[row] + log(normaliser[row])
             else:
                 # +inf (the row holds +inf) or -inf (only -inf), unless a piece held NaN
-                result = row_max
+                result = row_max[row]
                 for piece in range(n_chunks):
-                    if isnan(chunk_sum[row, piece]):
+                    if isnan(chunk_sum[row * n_chunks + piece]):
                         result = NAN
             out[row] = <real>result
-
-
-cdef void softmax_split(const real[:, ::1] x, real[:, ::1] out, bint log_probabilities,
-                        int n_chunks, int n_threads):
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1]
-    cdef Py_ssize_t row, piece, task, start, end
-    cdef real[:, ::1] chunk_max = np.empty((n_rows, n_chunks), dtype=numpy_dtype(<real*>NULL))
-    cdef double[:, ::1] chunk_sum = np.empty((n_rows, n_chunks))
-    cdef real[::1] row_max = np.empty(n_rows, dtype=numpy_dtype(<real*>NULL))
-    cdef double[::1] normaliser = np.empty(n_rows)
-    with nogil:
-        # Two passes over each piece, the second from cache: the partial sums (softmax
-        # keeps each piece's exps, relative to the piece's max, in out), then the output.
-        chunk_partials(x, chunk_max, chunk_sum, NULL if log_probabilities else &out[0, 0],
-                       n_threads)
-        for row in range(n_rows):
-            merge_chunks(&chunk_max[row, 0], &chunk_sum[row, 0], n_chunks, &row_max[row],
-                         &normaliser[row])
-        for task in prange(n_rows * n_chunks, num_threads=n_threads, schedule="static"):
+    else:
+        for task in prange(n_tasks, num_threads=n_threads, schedule="static"):
             row = task // n_chunks
             piece = task % n_chunks
-            start = range_start(n_classes, piece, n_chunks)
-            end = range_start(n_classes, piece + 1, n_chunks)
-            if log_probabilities:
-                chunk_subtract(&x[row, start], &out[row, start], end - start, row_max[row],
+            start = row * n_classes + range_start(n_classes, piece, n_chunks)
+            end = row * n_classes + range_start(n_classes, piece + 1, n_chunks)
+            if kernel == LOG_SOFTMAX:
+                chunk_subtract(x + start, out + start, end - start, row_max[row],
                                <real>log(normaliser[row]))
             else:
                 # exp(x - piece max) * exp(piece max - row max) / normaliser; NaN rows
                 # (normaliser NaN) stay NaN, all -inf pieces of a finite row become 0
-                chunk_scale(&out[row, start], end - start,
-                            <real>(exp(<double>chunk_max[row, piece] - row_max[row])
-                                   / normaliser[row]))
+                chunk_scale(out + start, end - start,
+                            <real>(exp(<double>chunk_max[task] - row_max[row]) / normaliser[row]))
+    free(chunk_max); free(chunk_sum); free(row_max); free(normaliser)
+    return True
 
 
-# ---------------------------------------------------------------- kernels
-
-def logsumexp(const real[:, ::1] x, real[::1] out, int n_threads=1):
-    n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], part, first, end
+cdef void normalise_rows(RowKernel kernel, const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                         real* out, int n_threads) noexcept nogil:
+    """logsumexp (out: one value per row), softmax or log_softmax (out: x's shape)."""
+    cdef Py_ssize_t row
     if n_rows == 0:
         return
     if n_classes == 0:
-        out[:] = -INFINITY
+        if kernel == LOGSUMEXP:
+            for row in range(n_rows):
+                out[row] = -INFINITY
         return
     cdef int n_chunks = chunks_per_row(n_rows, n_classes, n_threads)
-    if n_chunks > 1:
-        logsumexp_split(x, out, n_chunks, n_threads)
+    if n_chunks > 1 and split_classes(kernel, x, n_rows, n_classes, out, n_chunks, n_threads):
         return
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
-    with nogil:
-        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-            first = range_start(n_rows, part, n_parts)
-            end = range_start(n_rows, part + 1, n_parts)
-            logsumexp_rows(&x[first, 0], end - first, n_classes, &out[first])
+    run_rows(kernel, x, <const real*>NULL, n_rows, n_classes, out,
+             1 if kernel == LOGSUMEXP else n_classes, n_threads)
 
 
-def softmax(const real[:, ::1] x, real[:, ::1] out, int n_threads=1):
+# ---------------------------------------------------------------- entry points
+
+def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
+    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect(out, "out", type_num, n_rows, -1, True)
     n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], part, first, end
-    if n_rows == 0 or n_classes == 0:
-        return
-    cdef int n_chunks = chunks_per_row(n_rows, n_classes, n_threads)
-    if n_chunks > 1:
-        softmax_split(x, out, False, n_chunks, n_threads)
-        return
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
+    cdef void* x_data = data(x)
+    cdef void* out_data = data(out)
     with nogil:
-        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-            first = range_start(n_rows, part, n_parts)
-            end = range_start(n_rows, part + 1, n_parts)
-            softmax_rows(&x[first, 0], end - first, n_classes, &out[first, 0])
+        if type_num == cnp.NPY_FLOAT:
+            normalise_rows(LOGSUMEXP, <const float*>x_data, n_rows, n_classes, <float*>out_data,
+                           n_threads)
+        else:
+            normalise_rows(LOGSUMEXP, <const double*>x_data, n_rows, n_classes,
+                           <double*>out_data, n_threads)
 
 
-def log_softmax(const real[:, ::1] x, real[:, ::1] out, int n_threads=1):
+def softmax(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
+    _normalise_entry(SOFTMAX, x, out, n_threads)
+
+
+def log_softmax(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
+    _normalise_entry(LOG_SOFTMAX, x, out, n_threads)
+
+
+cdef _normalise_entry(RowKernel kernel, cnp.ndarray x, cnp.ndarray out, int n_threads):
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
+    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect(out, "out", type_num, n_rows, n_classes, True)
     n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], part, first, end
-    if n_rows == 0 or n_classes == 0:
-        return
-    cdef int n_chunks = chunks_per_row(n_rows, n_classes, n_threads)
-    if n_chunks > 1:
-        softmax_split(x, out, True, n_chunks, n_threads)
-        return
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
+    cdef void* x_data = data(x)
+    cdef void* out_data = data(out)
     with nogil:
-        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-            first = range_start(n_rows, part, n_parts)
-            end = range_start(n_rows, part + 1, n_parts)
-            log_softmax_rows(&x[first, 0], end - first, n_classes, &out[first, 0])
+        if type_num == cnp.NPY_FLOAT:
+            normalise_rows(kernel, <const float*>x_data, n_rows, n_classes, <float*>out_data,
+                           n_threads)
+        else:
+            normalise_rows(kernel, <const double*>x_data, n_rows, n_classes, <double*>out_data,
+                           n_threads)
 
 
-def logsumexp_scaled(const real[:, ::1] x, const real[:, ::1] b, real[::1] out, real[::1] sign_out,
+def softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarray out not None,
                      int n_threads=1):
+    _backward_entry(SOFTMAX_BACKWARD, dy, y, out, n_threads)
+
+
+def log_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None,
+                         cnp.ndarray out not None, int n_threads=1):
+    _backward_entry(LOG_SOFTMAX_BACKWARD, dy, y, out, n_threads)
+
+
+cdef _backward_entry(RowKernel kernel, cnp.ndarray dy, cnp.ndarray y, cnp.ndarray out,
+                     int n_threads):
+    cdef int type_num = element_type(dy)
+    cdef Py_ssize_t n_rows = dim(dy, 0), n_classes = dim(dy, 1)
+    expect(dy, "dy", type_num, n_rows, n_classes, False)
+    expect(y, "y", type_num, n_rows, n_classes, False)
+    expect(out, "out", type_num, n_rows, n_classes, True)
+    if n_rows == 0 or n_classes == 0:
+        return
     n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], part, first, end
+    cdef void* dy_data = data(dy)
+    cdef void* y_data = data(y)
+    cdef void* out_data = data(out)
+    with nogil:
+        if type_num == cnp.NPY_FLOAT:
+            run_rows(kernel, <const float*>dy_data, <const float*>y_data, n_rows, n_classes,
+                     <float*>out_data, n_classes, n_threads)
+        else:
+            run_rows(kernel, <const double*>dy_data, <const double*>y_data, n_rows, n_classes,
+                     <double*>out_data, n_classes, n_threads)
+
+
+def sigmoid(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
+    _elementwise_entry(SIGMOID, x, out, n_threads)
+
+
+def log_sigmoid(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
+    _elementwise_entry(LOG_SIGMOID, x, out, n_threads)
+
+
+cdef _elementwise_entry(RowKernel kernel, cnp.ndarray x, cnp.ndarray out, int n_threads):
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n = dim(x, 0)
+    expect(x, "x", type_num, n, -1, False)
+    expect(out, "out", type_num, n, -1, True)
+    if n == 0:
+        return
+    n_threads = usable_threads(n_threads)
+    cdef void* x_data = data(x)
+    cdef void* out_data = data(out)
+    with nogil:
+        # n rows of one element: the skeleton hands each thread one contiguous span
+        if type_num == cnp.NPY_FLOAT:
+            run_rows(kernel, <const float*>x_data, <const float*>NULL, n, 1, <float*>out_data, 1,
+                     n_threads)
+        else:
+            run_rows(kernel, <const double*>x_data, <const double*>NULL, n, 1, <double*>out_data,
+                     1, n_threads)
+
+
+# ---------------------------------------------------------------- kernels with more operands
+# (a per-row label or target, class weights, scalars): each has its own loop over the
+# threads' ranges of rows, with the same shape as run_rows.
+
+cdef void scaled_logsumexp_rows(const real* x, const real* b, Py_ssize_t n_rows,
+                                Py_ssize_t n_classes, real* out, real* sign_out,
+                                int n_threads) noexcept nogil:
+    cdef Py_ssize_t part, first, end
+    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
+    for part in prange(n_parts, num_threads=n_parts, schedule="static"):
+        first = range_start(n_rows, part, n_parts)
+        end = range_start(n_rows, part + 1, n_parts)
+        if real is float:
+            lc_logsumexp_scaled_rows_f32(x + first * n_classes, b + first * n_classes,
+                                         end - first, n_classes, out + first, sign_out + first)
+        else:
+            lc_logsumexp_scaled_rows_f64(x + first * n_classes, b + first * n_classes,
+                                         end - first, n_classes, out + first, sign_out + first)
+
+
+def logsumexp_scaled(cnp.ndarray x not None, cnp.ndarray b not None, cnp.ndarray out not None,
+                     cnp.ndarray sign_out not None, int n_threads=1):
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1), row
+    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect(b, "b", type_num, n_rows, n_classes, False)
+    expect(out, "out", type_num, n_rows, -1, True)
+    expect(sign_out, "sign_out", type_num, n_rows, -1, True)
     if n_rows == 0:
         return
     if n_classes == 0:
         out[:] = -INFINITY
         sign_out[:] = 0
         return
+    n_threads = usable_threads(n_threads)
+    cdef void* x_data = data(x)
+    cdef void* b_data = data(b)
+    cdef void* out_data = data(out)
+    cdef void* sign_data = data(sign_out)
+    with nogil:
+        if type_num == cnp.NPY_FLOAT:
+            scaled_logsumexp_rows(<const float*>x_data, <const float*>b_data, n_rows, n_classes,
+                                  <float*>out_data, <float*>sign_data, n_threads)
+        else:
+            scaled_logsumexp_rows(<const double*>x_data, <const double*>b_data, n_rows,
+                                  n_classes, <double*>out_data, <double*>sign_data, n_threads)
+
+
+cdef void label_rows(const real* x, const int64_t* labels, const real* weight,
+                     int64_t ignore_index, double label_smoothing, Py_ssize_t n_rows,
+                     Py_ssize_t n_classes, real* loss_out, real* grad_out, double grad_scale,
+                     int n_threads) noexcept nogil:
+    cdef Py_ssize_t part, first, end
     cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
-    with nogil:
-        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-            first = range_start(n_rows, part, n_parts)
-            end = range_start(n_rows, part + 1, n_parts)
-            if real is float:
-                lc_logsumexp_scaled_rows_f32(&x[first, 0], &b[first, 0], end - first, n_classes,
-                                             &out[first], &sign_out[first])
-            else:
-                lc_logsumexp_scaled_rows_f64(&x[first, 0], &b[first, 0], end - first, n_classes,
-                                             &out[first], &sign_out[first])
+    for part in prange(n_parts, num_threads=n_parts, schedule="static"):
+        first = range_start(n_rows, part, n_parts)
+        end = range_start(n_rows, part + 1, n_parts)
+        if real is float:
+            lc_cross_entropy_labels_rows_f32(
+                x + first * n_classes, labels + first, weight, ignore_index, label_smoothing,
+                end - first, n_classes, loss_out + first,
+                offset_or_null(grad_out, first * n_classes), grad_scale)
+        else:
+            lc_cross_entropy_labels_rows_f64(
+                x + first * n_classes, labels + first, weight, ignore_index, label_smoothing,
+                end - first, n_classes, loss_out + first,
+                offset_or_null(grad_out, first * n_classes), grad_scale)
 
 
-def sigmoid(const real[::1] x, real[::1] out, int n_threads=1):
-    n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t n = x.shape[0], part, first, end
-    if n == 0:
-        return
-    cdef int n_parts = threads_for(n, 1, n_threads)
-    with nogil:
-        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-            first = range_start(n, part, n_parts)
-            end = range_start(n, part + 1, n_parts)
-            if real is float:
-                lc_sigmoid_span_f32(&x[first], &out[first], end - first)
-            else:
-                lc_sigmoid_span_f64(&x[first], &out[first], end - first)
-
-
-def log_sigmoid(const real[::1] x, real[::1] out, int n_threads=1):
-    n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t n = x.shape[0], part, first, end
-    if n == 0:
-        return
-    cdef int n_parts = threads_for(n, 1, n_threads)
-    with nogil:
-        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-            first = range_start(n, part, n_parts)
-            end = range_start(n, part + 1, n_parts)
-            if real is float:
-                lc_log_sigmoid_span_f32(&x[first], &out[first], end - first)
-            else:
-                lc_log_sigmoid_span_f64(&x[first], &out[first], end - first)
-
-
-def cross_entropy_labels(const real[:, ::1] x, const int64_t[::1] labels, const real[::1] weight,
-                         int64_t ignore_index, double label_smoothing, real[::1] loss_out,
-                         real[:, ::1] grad_out, double grad_scale, int n_threads=1):
-    n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], part, first, end
+def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
+                         cnp.ndarray weight not None, int64_t ignore_index,
+                         double label_smoothing, cnp.ndarray loss_out not None,
+                         cnp.ndarray grad_out not None, double grad_scale, int n_threads=1):
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
+    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect(labels, "labels", cnp.NPY_INT64, n_rows, -1, False)
+    expect(weight, "weight", type_num, n_classes, -1, False)
+    expect(loss_out, "loss_out", type_num, n_rows, -1, True)
+    if cnp.PyArray_SIZE(grad_out) != 0:
+        expect(grad_out, "grad_out", type_num, n_rows, n_classes, True)
     if n_rows == 0:
         return
     if n_classes == 0:  # every label is ignore_index (validated): nothing to learn
         loss_out[:] = 0
         return
-    cdef real* grad_base = &grad_out[0, 0] if grad_out.shape[0] != 0 else NULL
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
-    with nogil:
-        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-            first = range_start(n_rows, part, n_parts)
-            end = range_start(n_rows, part + 1, n_parts)
-            if real is float:
-                lc_cross_entropy_labels_rows_f32(
-                    &x[first, 0], &labels[first], &weight[0], ignore_index, label_smoothing,
-                    end - first, n_classes, &loss_out[first],
-                    row_pointer_or_null(grad_base, first, n_classes), grad_scale)
-            else:
-                lc_cross_entropy_labels_rows_f64(
-                    &x[first, 0], &labels[first], &weight[0], ignore_index, label_smoothing,
-                    end - first, n_classes, &loss_out[first],
-                    row_pointer_or_null(grad_base, first, n_classes), grad_scale)
-
-
-def cross_entropy_probs(const real[:, ::1] x, const real[:, ::1] target, const real[::1] weight,
-                        double label_smoothing, real[::1] loss_out, real[:, ::1] grad_out,
-                        double grad_scale, int n_threads=1):
     n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], part, first, end
+    cdef void* x_data = data(x)
+    cdef const int64_t* label_data = <const int64_t*>data(labels)
+    cdef void* weight_data = data(weight)
+    cdef void* loss_data = data(loss_out)
+    cdef void* grad_data = data_or_null(grad_out)
+    with nogil:
+        if type_num == cnp.NPY_FLOAT:
+            label_rows(<const float*>x_data, label_data, <const float*>weight_data, ignore_index,
+                       label_smoothing, n_rows, n_classes, <float*>loss_data, <float*>grad_data,
+                       grad_scale, n_threads)
+        else:
+            label_rows(<const double*>x_data, label_data, <const double*>weight_data,
+                       ignore_index, label_smoothing, n_rows, n_classes, <double*>loss_data,
+                       <double*>grad_data, grad_scale, n_threads)
+
+
+cdef void probability_rows(const real* x, const real* target, const real* weight,
+                           double label_smoothing, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                           real* loss_out, real* grad_out, double grad_scale,
+                           int n_threads) noexcept nogil:
+    cdef Py_ssize_t part, first, end
+    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
+    for part in prange(n_parts, num_threads=n_parts, schedule="static"):
+        first = range_start(n_rows, part, n_parts)
+        end = range_start(n_rows, part + 1, n_parts)
+        if real is float:
+            lc_cross_entropy_probs_rows_f32(
+                x + first * n_classes, target + first * n_classes, weight, label_smoothing,
+                end - first, n_classes, loss_out + first,
+                offset_or_null(grad_out, first * n_classes), grad_scale)
+        else:
+            lc_cross_entropy_probs_rows_f64(
+                x + first * n_classes, target + first * n_classes, weight, label_smoothing,
+                end - first, n_classes, loss_out + first,
+                offset_or_null(grad_out, first * n_classes), grad_scale)
+
+
+def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None,
+                        cnp.ndarray weight not None, double label_smoothing,
+                        cnp.ndarray loss_out not None, cnp.ndarray grad_out not None,
+                        double grad_scale, int n_threads=1):
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
+    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect(target, "target", type_num, n_rows, n_classes, False)
+    expect(weight, "weight", type_num, n_classes, -1, False)
+    expect(loss_out, "loss_out", type_num, n_rows, -1, True)
+    if cnp.PyArray_SIZE(grad_out) != 0:
+        expect(grad_out, "grad_out", type_num, n_rows, n_classes, True)
     if n_rows == 0:
         return
     if n_classes == 0:
         loss_out[:] = 0
         return
-    cdef real* grad_base = &grad_out[0, 0] if grad_out.shape[0] != 0 else NULL
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
-    with nogil:
-        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-            first = range_start(n_rows, part, n_parts)
-            end = range_start(n_rows, part + 1, n_parts)
-            if real is float:
-                lc_cross_entropy_probs_rows_f32(
-                    &x[first, 0], &target[first, 0], &weight[0], label_smoothing, end - first,
-                    n_classes, &loss_out[first], row_pointer_or_null(grad_base, first, n_classes),
-                    grad_scale)
-            else:
-                lc_cross_entropy_probs_rows_f64(
-                    &x[first, 0], &target[first, 0], &weight[0], label_smoothing, end - first,
-                    n_classes, &loss_out[first], row_pointer_or_null(grad_base, first, n_classes),
-                    grad_scale)
-
-
-def bce_with_logits(const real[:, ::1] x, const real[:, ::1] target, const real[:, ::1] weight,
-                    const real[:, ::1] pos_weight, real[:, ::1] loss_out, real[:, ::1] grad_out,
-                    double grad_scale, int n_threads=1):
     n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t n_rows = x.shape[0], n_classes = x.shape[1], part, first, end
+    cdef void* x_data = data(x)
+    cdef void* target_data = data(target)
+    cdef void* weight_data = data(weight)
+    cdef void* loss_data = data(loss_out)
+    cdef void* grad_data = data_or_null(grad_out)
+    with nogil:
+        if type_num == cnp.NPY_FLOAT:
+            probability_rows(<const float*>x_data, <const float*>target_data,
+                             <const float*>weight_data, label_smoothing, n_rows, n_classes,
+                             <float*>loss_data, <float*>grad_data, grad_scale, n_threads)
+        else:
+            probability_rows(<const double*>x_data, <const double*>target_data,
+                             <const double*>weight_data, label_smoothing, n_rows, n_classes,
+                             <double*>loss_data, <double*>grad_data, grad_scale, n_threads)
+
+
+cdef void binary_rows(const real* x, const real* target, const real* weight,
+                      Py_ssize_t weight_stride, const real* pos_weight,
+                      Py_ssize_t pos_weight_stride, Py_ssize_t n_rows, Py_ssize_t n_classes,
+                      real* loss_out, Py_ssize_t loss_row_length, bint loss_row_sums,
+                      real* grad_out, double grad_scale, int n_threads) noexcept nogil:
+    cdef Py_ssize_t part, first, end
+    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
+    for part in prange(n_parts, num_threads=n_parts, schedule="static"):
+        first = range_start(n_rows, part, n_parts)
+        end = range_start(n_rows, part + 1, n_parts)
+        if real is float:
+            lc_bce_rows_f32(
+                x + first * n_classes, target + first * n_classes, weight + first * weight_stride,
+                weight_stride, pos_weight + first * pos_weight_stride, pos_weight_stride,
+                end - first, n_classes, loss_out + first * loss_row_length, loss_row_sums,
+                offset_or_null(grad_out, first * n_classes), grad_scale)
+        else:
+            lc_bce_rows_f64(
+                x + first * n_classes, target + first * n_classes, weight + first * weight_stride,
+                weight_stride, pos_weight + first * pos_weight_stride, pos_weight_stride,
+                end - first, n_classes, loss_out + first * loss_row_length, loss_row_sums,
+                offset_or_null(grad_out, first * n_classes), grad_scale)
+
+
+def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
+                    cnp.ndarray weight not None, cnp.ndarray pos_weight not None,
+                    cnp.ndarray loss_out not None, cnp.ndarray grad_out not None,
+                    double grad_scale, int n_threads=1):
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
+    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect(target, "target", type_num, n_rows, n_classes, False)
+    # a (1, C) weight serves every row: stride 0
+    cdef Py_ssize_t weight_rows = 1 if dim(weight, 0) == 1 else n_rows
+    cdef Py_ssize_t pos_weight_rows = 1 if dim(pos_weight, 0) == 1 else n_rows
+    expect(weight, "weight", type_num, weight_rows, n_classes, False)
+    expect(pos_weight, "pos_weight", type_num, pos_weight_rows, n_classes, False)
     # loss_out (n, 1) with C != 1 asks for each row's sum
-    cdef bint loss_row_sums = loss_out.shape[1] == 1 and n_classes != 1
+    cdef bint loss_row_sums = dim(loss_out, 1) == 1 and n_classes != 1
+    cdef Py_ssize_t loss_row_length = 1 if loss_row_sums else n_classes
+    expect(loss_out, "loss_out", type_num, n_rows, loss_row_length, True)
+    if cnp.PyArray_SIZE(grad_out) != 0:
+        expect(grad_out, "grad_out", type_num, n_rows, n_classes, True)
     if n_rows == 0:
         return
     if n_classes == 0:
         if loss_row_sums:
             loss_out[:, :] = 0
         return
-    # a (1, C) weight serves every row: stride 0
-    cdef Py_ssize_t weight_stride = 0 if weight.shape[0] == 1 else n_classes
-    cdef Py_ssize_t pos_weight_stride = 0 if pos_weight.shape[0] == 1 else n_classes
-    cdef Py_ssize_t loss_row_length = 1 if loss_row_sums else n_classes
-    cdef real* grad_base = &grad_out[0, 0] if grad_out.shape[0] != 0 else NULL
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
-    with nogil:
-        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-            first = range_start(n_rows, part, n_parts)
-            end = range_start(n_rows, part + 1, n_parts)
-            if real is float:
-                lc_bce_rows_f32(
-                    &x[first, 0], &target[first, 0], &weight[0, 0] + first * weight_stride,
-                    weight_stride, &pos_weight[0, 0] + first * pos_weight_stride, pos_weight_stride,
-                    end - first, n_classes, &loss_out[0, 0] + first * loss_row_length,
-                    loss_row_sums, row_pointer_or_null(grad_base, first, n_classes), grad_scale)
-            else:
-                lc_bce_rows_f64(
-                    &x[first, 0], &target[first, 0], &weight[0, 0] + first * weight_stride,
-                    weight_stride, &pos_weight[0, 0] + first * pos_weight_stride, pos_weight_stride,
-                    end - first, n_classes, &loss_out[0, 0] + first * loss_row_length,
-                    loss_row_sums, row_pointer_or_null(grad_base, first, n_classes), grad_scale)
-
-
-def softmax_backward(const real[:, ::1] dy, const real[:, ::1] y, real[:, ::1] out, int n_threads=1):
     n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t n_rows = dy.shape[0], n_classes = dy.shape[1], part, first, end
-    if n_rows == 0 or n_classes == 0:
-        return
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
+    cdef Py_ssize_t weight_stride = 0 if weight_rows == 1 else n_classes
+    cdef Py_ssize_t pos_weight_stride = 0 if pos_weight_rows == 1 else n_classes
+    cdef void* x_data = data(x)
+    cdef void* target_data = data(target)
+    cdef void* weight_data = data(weight)
+    cdef void* pos_weight_data = data(pos_weight)
+    cdef void* loss_data = data(loss_out)
+    cdef void* grad_data = data_or_null(grad_out)
     with nogil:
-        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-            first = range_start(n_rows, part, n_parts)
-            end = range_start(n_rows, part + 1, n_parts)
-            if real is float:
-                lc_softmax_backward_rows_f32(&dy[first, 0], &y[first, 0], end - first, n_classes,
-                                             &out[first, 0])
-            else:
-                lc_softmax_backward_rows_f64(&dy[first, 0], &y[first, 0], end - first, n_classes,
-                                             &out[first, 0])
-
-
-def log_softmax_backward(const real[:, ::1] dy, const real[:, ::1] y, real[:, ::1] out,
-                         int n_threads=1):
-    n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t n_rows = dy.shape[0], n_classes = dy.shape[1], part, first, end
-    if n_rows == 0 or n_classes == 0:
-        return
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
-    with nogil:
-        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-            first = range_start(n_rows, part, n_parts)
-            end = range_start(n_rows, part + 1, n_parts)
-            if real is float:
-                lc_log_softmax_backward_rows_f32(&dy[first, 0], &y[first, 0], end - first,
-                                                 n_classes, &out[first, 0])
-            else:
-                lc_log_softmax_backward_rows_f64(&dy[first, 0], &y[first, 0], end - first,
-                                                 n_classes, &out[first, 0])
+        if type_num == cnp.NPY_FLOAT:
+            binary_rows(<const float*>x_data, <const float*>target_data,
+                        <const float*>weight_data, weight_stride,
+                        <const float*>pos_weight_data, pos_weight_stride, n_rows, n_classes,
+                        <float*>loss_data, loss_row_length, loss_row_sums, <float*>grad_data,
+                        grad_scale, n_threads)
+        else:
+            binary_rows(<const double*>x_data, <const double*>target_data,
+                        <const double*>weight_data, weight_stride,
+                        <const double*>pos_weight_data, pos_weight_stride, n_rows, n_classes,
+                        <double*>loss_data, loss_row_length, loss_row_sums, <double*>grad_data,
+                        grad_scale, n_threads)
