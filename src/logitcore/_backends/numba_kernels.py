@@ -38,6 +38,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
+from numba.np.ufunc import parallel as numba_parallel
 
 from logitcore._backends import ALL_KERNELS
 
@@ -71,10 +72,16 @@ def threading_layer_name():
         return None
 
 
+# The layer's own setter of the (thread-local) thread count, once the pool runs: a C call
+# of ~0.2 us, where numba.set_num_threads re-validates in Python for ~0.8 us, a third of
+# a small kernel's run time. The public function stays the fallback.
+_set_thread_count = numba.set_num_threads
+
+
 def _start_thread_pool():
     """Launch numba's threads (once); if the chosen layer fails to start, numba's default
     (workqueue at worst, whose launches _launch then serialises)."""
-    global _concurrent_launches_safe
+    global _concurrent_launches_safe, _set_thread_count
     if threading_layer_name() is None:
         try:
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
@@ -82,6 +89,7 @@ def _start_thread_pool():
             # "No threading layer could be loaded": the chosen layer failed to start.
             numba.config.THREADING_LAYER = "default"
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    _set_thread_count = getattr(numba_parallel, "_set_num_threads", None) or numba.set_num_threads
     _concurrent_launches_safe = threading_layer_name() in THREADSAFE_LAYERS
 
 
@@ -92,13 +100,13 @@ def _usable_threads(n_threads):
 def _launch(threads, kernel, *args):
     """Run a parallel kernel on ``threads`` threads (numba's thread count is thread-local)."""
     if _concurrent_launches_safe:
-        numba.set_num_threads(threads)
+        _set_thread_count(threads)
         kernel(*args)
         return
     # Before the pool is started, or on a layer that aborts on concurrent launches.
     with _launch_lock:
         _start_thread_pool()
-        numba.set_num_threads(threads)
+        _set_thread_count(threads)
         kernel(*args)
 
 
