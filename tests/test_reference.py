@@ -57,6 +57,22 @@ def test_logsumexp_with_b_matches_scipy(rng, return_sign):
                                sp.logsumexp(x, axis=-1, b=b_row), rtol=1e-13)
 
 
+@pytest.mark.parametrize("x,b", [
+    ([1000.0, 0.0], [0.0, 1.0]),          # a b == 0 term must not set the shift
+    ([np.inf, 0.0], [0.0, 1.0]),          # nor add 0 * inf = NaN
+    ([np.nan, 1.0], [0.0, 2.0]),
+    ([-np.inf, 3.0, 5.0], [1.0, 0.0, -1.0]),
+    ([1.0, 2.0], [0.0, 0.0]),             # nothing left: log 0 = -inf, sign 0
+    ([np.inf, 0.0], [1.0, -1.0]),
+])
+def test_logsumexp_b_zero_terms_match_scipy(x, b):
+    x, b = np.array(x), np.array(b)
+    expected = sp.logsumexp(x, b=b, return_sign=True)
+    got = lc.logsumexp(x, b=b, return_sign=True, **REF)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-14)
+
+
 @pytest.mark.parametrize("op,scipy_op", [(lc.softmax, sp.softmax), (lc.log_softmax, sp.log_softmax)])
 @pytest.mark.parametrize("axis", [-1, 0, (0, 1)])
 def test_softmax_family_matches_scipy(rng, op, scipy_op, axis):

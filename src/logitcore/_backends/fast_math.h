@@ -276,7 +276,7 @@ enum lc_row_term {
     LC_TERM_ABS,              /* |a| */
     LC_TERM_PRODUCT,          /* a * b */
     LC_TERM_WEIGHTED_SHIFTED, /* b * (a - shift), exactly 0 where b == 0 (even if a = -inf) */
-    LC_TERM_SCALED_EXP,       /* b * exp(a - shift) */
+    LC_TERM_SCALED_EXP,       /* b * exp(a - shift), exactly 0 where b == 0 (even if a = inf) */
     LC_TERM_TARGET,           /* q = b * (scale * c + offset): weight times smoothed target */
     LC_TERM_TARGET_SHIFTED,   /* q * (a - shift) */
 };
@@ -349,6 +349,30 @@ LC_INLINE LC_REAL LC_NAME(row_max)(const LC_REAL* x, lc_index n)
     return result;
 }
 
+/* Maximum of the x[i] whose b[i] is not 0: the shift of logsumexp(x, b=b), whose b == 0
+   terms are left out entirely (as scipy does), so they must not set the shift either. */
+LC_INLINE LC_REAL LC_NAME(row_max_where_nonzero)(const LC_REAL* x, const LC_REAL* b, lc_index n)
+{
+    LC_REAL lane_max[LC_LANES];
+    for (int j = 0; j < LC_LANES; j++)
+        lane_max[j] = -INFINITY;
+    lc_index i = 0;
+    for (; i + LC_LANES <= n; i += LC_LANES)
+        LC_NO_UNROLL
+        for (int j = 0; j < LC_LANES; j++) {
+            LC_REAL value = b[i + j] != 0 ? x[i + j] : -INFINITY;
+            lane_max[j] = value > lane_max[j] ? value : lane_max[j];
+        }
+    LC_REAL result = -INFINITY;
+    for (; i < n; i++) {
+        LC_REAL value = b[i] != 0 ? x[i] : -INFINITY;
+        result = value > result ? value : result;
+    }
+    for (int j = 0; j < LC_LANES; j++)
+        result = lane_max[j] > result ? lane_max[j] : result;
+    return result;
+}
+
 /* Sum over a row of exp(x - shift), the hot loop of every kernel, optionally storing each
    exp in `store` (which may be x: element i is read before it is written). The terms are
    positive, so partial sums in the input precision lose nothing worth keeping as long as
@@ -415,7 +439,7 @@ LC_INLINE double LC_NAME(row_term)(enum lc_row_term term, LC_NAME(row_operands) 
     case LC_TERM_WEIGHTED_SHIFTED:
         return op.b[i] != 0 ? (double)op.b[i] * (op.a[i] - op.shift) : 0.0;
     case LC_TERM_SCALED_EXP:
-        return (double)op.b[i] * LC_EXP(op.a[i] - op.shift);
+        return op.b[i] != 0 ? (double)op.b[i] * LC_EXP(op.a[i] - op.shift) : 0.0;
     case LC_TERM_TARGET:
         return LC_NAME(smoothed_target)(op.b[i], op.c[i], op.scale, op.offset);
     case LC_TERM_TARGET_SHIFTED:
@@ -579,8 +603,8 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_rows)(const LC_REAL* x, lc_index 
     }
 }
 
-/* out = log|sum_c b e^x|, sign_out = its sign (NaN for NaN). Row by row: the scaled form
-   is rare, so it has no narrow-row path. */
+/* out = log|sum_c b e^x| over the classes with b != 0, sign_out = its sign (NaN for NaN).
+   Row by row: the scaled form is rare, so it has no narrow-row path. */
 LC_DISPATCH static void LC_NAME(lc_logsumexp_scaled_rows)(const LC_REAL* x, const LC_REAL* b,
                                                           lc_index n_rows, lc_index n_classes,
                                                           LC_REAL* out, LC_REAL* sign_out)
@@ -588,7 +612,8 @@ LC_DISPATCH static void LC_NAME(lc_logsumexp_scaled_rows)(const LC_REAL* x, cons
     for (lc_index r = 0; r < n_rows; r++) {
         const LC_REAL* x_row = x + r * n_classes;
         const LC_REAL* b_row = b + r * n_classes;
-        LC_REAL shift = LC_NAME(finite_or_zero)(LC_NAME(row_max)(x_row, n_classes));
+        LC_REAL shift =
+            LC_NAME(finite_or_zero)(LC_NAME(row_max_where_nonzero)(x_row, b_row, n_classes));
         double total = LC_NAME(row_sum)(
             LC_TERM_SCALED_EXP, (LC_NAME(row_operands)){.a = x_row, .b = b_row, .shift = shift},
             n_classes);

@@ -771,11 +771,25 @@ def logsumexp(x, out, n_threads=1):
 # --------------------------------------------------------------------------------------
 
 
+# logsumexp(x, b=b) leaves the terms with b == 0 out entirely, as scipy does: they neither
+# set the shift (x = [1000, 0], b = [0, 1] gives 0, not -inf) nor add 0 * inf = NaN.
+
+
+@vector_jit
+def max_where_nonzero(values, b):
+    row_max = cast_like(-np.inf, values)
+    for j in range(values.shape[0]):
+        value = values[j] if b[j] != 0 else cast_like(-np.inf, values)
+        row_max = max_ignoring_nan(row_max, value)
+    return row_max
+
+
 @vector_jit
 def sum_scaled_exp(values, b, shift):
     total = 0.0
     for j in range(values.shape[0]):
-        total += np.float64(b[j]) * np.float64(fast_exp(values[j] - shift))
+        term = np.float64(b[j]) * np.float64(fast_exp(values[j] - shift))
+        total += term if b[j] != 0 else 0.0
     return total
 
 
@@ -791,7 +805,7 @@ def sign_of(value):
 @parallel_kernel
 def _logsumexp_scaled_rows(x, b, out, sign_out):
     for i in prange(x.shape[0]):
-        shift = shift_for(max_of(x[i]))
+        shift = shift_for(max_where_nonzero(x[i], b[i]))
         total = sum_scaled_exp(x[i], b[i], shift)
         out[i] = np.log(abs(total)) + np.float64(shift)
         sign_out[i] = sign_of(total)

@@ -46,10 +46,14 @@ def logsumexp(x, out, n_threads=1):
 
 
 def logsumexp_scaled(x, b, out, sign_out, n_threads=1):
+    # Terms with b == 0 are left out entirely, as in scipy: they neither set the shift
+    # (x = [1000, 0], b = [0, 1] gives 0, not -inf) nor add 0 * inf = NaN.
     x64 = x.astype(np.float64)
+    b64 = b.astype(np.float64)
+    kept = b64 != 0
     with np.errstate(**_ERRSTATE):
-        shift = _row_max(x64)
-        total = np.sum(b.astype(np.float64) * np.exp(x64 - shift), axis=1)
+        shift = _row_max(np.where(kept, x64, -np.inf))
+        total = np.sum(np.where(kept, b64 * np.exp(x64 - shift), 0.0), axis=1)
         out[...] = np.log(np.abs(total)) + shift[:, 0]
         sign_out[...] = np.sign(total)
 
