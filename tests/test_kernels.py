@@ -26,8 +26,9 @@ THREADS = [1, 2]
 # (0, 5) no rows; (3, 1) one class; (7, 1000) row path; (2, 131072) long rows;
 # (1, 131072) fewer rows than threads: the class axis is split; (4099, 10) narrow rows.
 SHAPES = [(0, 5), (3, 1), (7, 1000), (2, 131072), (1, 131072), (4099, 10)]
-# Classes that hit the narrow path, the row path, and more than one block per row.
-EDGE_CLASSES = [10, 1000, 9000]
+# Edge rows: narrow, one block, several blocks (numba splits a lone row over 2048
+# classes), and long enough for the cython split (a piece per thread of >= 32768).
+EDGE_CLASSES = [10, 1000, 9000, 70000]
 
 
 @pytest.fixture(params=COMPILED_BACKENDS)

@@ -86,6 +86,18 @@ cdef extern from "fast_math.h" nogil:
     void lc_chunk_scale_f64(double* x, Py_ssize_t n, double factor)
     void lc_chunk_subtract_f32(const float* x, float* out, Py_ssize_t n, float a, float b)
     void lc_chunk_subtract_f64(const double* x, double* out, Py_ssize_t n, double a, double b)
+    float lc_chunk_max_f32(const float* x, Py_ssize_t n)
+    double lc_chunk_max_f64(const double* x, Py_ssize_t n)
+    double lc_chunk_sum_exp_f32(const float* x, Py_ssize_t n, float shift, float* store)
+    double lc_chunk_sum_exp_f64(const double* x, Py_ssize_t n, double shift, double* store)
+    double lc_chunk_weighted_shifted_sum_f32(const float* x, const float* weight, Py_ssize_t n,
+                                             float shift)
+    double lc_chunk_weighted_shifted_sum_f64(const double* x, const double* weight, Py_ssize_t n,
+                                             double shift)
+    void lc_chunk_label_grad_f32(float* grad, const float* weight, Py_ssize_t n, float exp_factor,
+                                 float weight_factor)
+    void lc_chunk_label_grad_f64(double* grad, const double* weight, Py_ssize_t n,
+                                 double exp_factor, double weight_factor)
 
 
 SUPPORTED_KERNELS = frozenset(
@@ -581,6 +593,136 @@ cdef void label_rows(const real* x, const int64_t* labels, const real* weight,
                 offset_or_null(grad_out, first * n_classes), grad_scale)
 
 
+cdef bint split_label_rows(const real* x, const int64_t* labels, const real* weight,
+                           int64_t ignore_index, double eps, Py_ssize_t n_rows,
+                           Py_ssize_t n_classes, real* loss_out, real* grad_out, double grad_scale,
+                           int n_chunks, int n_threads) noexcept nogil:
+    """Cross-entropy of few long rows, each cut into n_chunks pieces: the same formulas as
+    lc_cross_entropy_labels_rows (see fast_math.h), pass by pass over the pieces: the row
+    max; the label logit and smoothing sums (everything the loss reads from x, so that
+    grad_out may be x); the sums of exps, stored in grad_out; the gradient. False (nothing
+    done) if the scratch cannot be allocated."""
+    cdef Py_ssize_t n_tasks = n_rows * n_chunks, task, row, start, end, c
+    cdef int piece
+    cdef real* chunk_max = <real*>malloc(n_tasks * sizeof(real))
+    cdef double* chunk_sum = <double*>malloc(n_tasks * sizeof(double))
+    cdef double* chunk_smoothing = <double*>malloc(n_tasks * sizeof(double))
+    cdef real* row_max = <real*>malloc(n_rows * sizeof(real))
+    cdef double* row_factors = <double*>malloc(3 * n_rows * sizeof(double))
+    if (chunk_max == NULL or chunk_sum == NULL or chunk_smoothing == NULL or row_max == NULL
+            or row_factors == NULL):
+        free(chunk_max); free(chunk_sum); free(chunk_smoothing); free(row_max); free(row_factors)
+        return False
+    # per row: exp_factor, weight_factor of the gradient, and the label's gradient
+    cdef double* exp_factor = row_factors
+    cdef double* weight_factor = row_factors + n_rows
+    cdef double* label_grad = row_factors + 2 * n_rows
+    cdef real top, shift
+    cdef double weight_total = 0.0, normaliser, log_normaliser, loss, label_coef, smoothing_coef
+    cdef double q_total, smoothing_sum
+    cdef bint use_smoothing = False, keep
+    cdef int64_t label
+    if eps > 0.0:
+        for c in range(n_classes):
+            weight_total += weight[c]
+            use_smoothing = use_smoothing or weight[c] != 0
+    # 1. each piece's max, merged into the row's
+    for task in prange(n_tasks, num_threads=n_threads, schedule="static"):
+        row = task // n_chunks
+        piece = task % n_chunks
+        start = range_start(n_classes, piece, n_chunks)
+        end = range_start(n_classes, piece + 1, n_chunks)
+        if real is float:
+            chunk_max[task] = lc_chunk_max_f32(x + row * n_classes + start, end - start)
+        else:
+            chunk_max[task] = lc_chunk_max_f64(x + row * n_classes + start, end - start)
+    for row in range(n_rows):
+        top = -INFINITY
+        for piece in range(n_chunks):
+            if chunk_max[row * n_chunks + piece] > top:
+                top = chunk_max[row * n_chunks + piece]
+        row_max[row] = top
+    # 2. sum_{w != 0} w (x - max) per piece (only with label smoothing), then the sums of
+    #    exp(x - shift), the exps stored in grad_out (which may be x: read last)
+    for task in prange(n_tasks, num_threads=n_threads, schedule="static"):
+        row = task // n_chunks
+        piece = task % n_chunks
+        start = range_start(n_classes, piece, n_chunks)
+        end = range_start(n_classes, piece + 1, n_chunks)
+        if use_smoothing:
+            if real is float:
+                chunk_smoothing[task] = lc_chunk_weighted_shifted_sum_f32(
+                    x + row * n_classes + start, weight + start, end - start, row_max[row])
+            else:
+                chunk_smoothing[task] = lc_chunk_weighted_shifted_sum_f64(
+                    x + row * n_classes + start, weight + start, end - start, row_max[row])
+    for row in range(n_rows):
+        label = labels[row]
+        keep = label != ignore_index
+        # the loss's reads of x, before the exps may overwrite it
+        label_grad[row] = <double>x[row * n_classes + (label if keep else 0)] - row_max[row]
+    for task in prange(n_tasks, num_threads=n_threads, schedule="static"):
+        row = task // n_chunks
+        piece = task % n_chunks
+        start = row * n_classes + range_start(n_classes, piece, n_chunks)
+        end = row * n_classes + range_start(n_classes, piece + 1, n_chunks)
+        shift = row_max[row] if isfinite(row_max[row]) else 0
+        if real is float:
+            chunk_sum[task] = lc_chunk_sum_exp_f32(x + start, end - start, shift,
+                                                   offset_or_null(grad_out, start))
+        else:
+            chunk_sum[task] = lc_chunk_sum_exp_f64(x + start, end - start, shift,
+                                                   offset_or_null(grad_out, start))
+    # 3. the loss of each row and its gradient's coefficients
+    for row in range(n_rows):
+        label = labels[row]
+        keep = label != ignore_index
+        normaliser = 0.0
+        smoothing_sum = 0.0
+        for piece in range(n_chunks):
+            normaliser += chunk_sum[row * n_chunks + piece]
+            if use_smoothing:
+                smoothing_sum += chunk_smoothing[row * n_chunks + piece]
+        if not isfinite(row_max[row]):
+            normaliser = NAN
+        log_normaliser = log(normaliser)
+        label_coef = (1.0 - eps) * <double>weight[label] if keep else 0.0
+        smoothing_coef = eps / n_classes if keep and use_smoothing else 0.0
+        loss = 0.0
+        if label_coef != 0.0:  # q == 0 terms are 0 even where log p is -inf or NaN
+            loss += label_coef * (log_normaliser - label_grad[row])
+        if smoothing_coef != 0.0:
+            loss += smoothing_coef * (weight_total * log_normaliser - smoothing_sum)
+        loss_out[row] = <real>loss
+        q_total = label_coef + smoothing_coef * weight_total
+        exp_factor[row] = grad_scale * q_total / normaliser
+        weight_factor[row] = grad_scale * smoothing_coef
+        if grad_out != NULL and keep:
+            # in double: p[y] sum(q) - q[y] cancels when p[y] -> 1
+            label_grad[row] = grad_scale * (
+                <double>grad_out[row * n_classes + label] / normaliser * q_total
+                - (label_coef + smoothing_coef * <double>weight[label]))
+    # 4. the gradient, from the stored exps
+    if grad_out != NULL:
+        for task in prange(n_tasks, num_threads=n_threads, schedule="static"):
+            row = task // n_chunks
+            piece = task % n_chunks
+            start = range_start(n_classes, piece, n_chunks)
+            end = range_start(n_classes, piece + 1, n_chunks)
+            if real is float:
+                lc_chunk_label_grad_f32(grad_out + row * n_classes + start, weight + start,
+                                        end - start, <float>exp_factor[row],
+                                        <float>weight_factor[row])
+            else:
+                lc_chunk_label_grad_f64(grad_out + row * n_classes + start, weight + start,
+                                        end - start, exp_factor[row], weight_factor[row])
+        for row in range(n_rows):
+            if labels[row] != ignore_index:
+                grad_out[row * n_classes + labels[row]] = <real>label_grad[row]
+    free(chunk_max); free(chunk_sum); free(chunk_smoothing); free(row_max); free(row_factors)
+    return True
+
+
 def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
                          cnp.ndarray weight not None, int64_t ignore_index,
                          double label_smoothing, cnp.ndarray loss_out not None,
@@ -604,15 +746,31 @@ def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
     cdef void* weight_data = data(weight)
     cdef void* loss_data = data(loss_out)
     cdef void* grad_data = data_or_null(grad_out)
+    # few long rows: each row's class axis is cut into pieces (falls back to whole rows
+    # if its scratch cannot be allocated)
+    cdef int n_chunks = chunks_per_row(n_rows, n_classes, n_threads)
+    cdef bint done = False
     with nogil:
         if type_num == cnp.NPY_FLOAT:
-            label_rows(<const float*>x_data, label_data, <const float*>weight_data, ignore_index,
-                       label_smoothing, n_rows, n_classes, <float*>loss_data, <float*>grad_data,
-                       grad_scale, n_threads)
+            if n_chunks > 1:
+                done = split_label_rows(<const float*>x_data, label_data,
+                                        <const float*>weight_data, ignore_index, label_smoothing,
+                                        n_rows, n_classes, <float*>loss_data, <float*>grad_data,
+                                        grad_scale, n_chunks, n_threads)
+            if not done:
+                label_rows(<const float*>x_data, label_data, <const float*>weight_data,
+                           ignore_index, label_smoothing, n_rows, n_classes, <float*>loss_data,
+                           <float*>grad_data, grad_scale, n_threads)
         else:
-            label_rows(<const double*>x_data, label_data, <const double*>weight_data,
-                       ignore_index, label_smoothing, n_rows, n_classes, <double*>loss_data,
-                       <double*>grad_data, grad_scale, n_threads)
+            if n_chunks > 1:
+                done = split_label_rows(<const double*>x_data, label_data,
+                                        <const double*>weight_data, ignore_index,
+                                        label_smoothing, n_rows, n_classes, <double*>loss_data,
+                                        <double*>grad_data, grad_scale, n_chunks, n_threads)
+            if not done:
+                label_rows(<const double*>x_data, label_data, <const double*>weight_data,
+                           ignore_index, label_smoothing, n_rows, n_classes, <double*>loss_data,
+                           <double*>grad_data, grad_scale, n_threads)
 
 
 cdef void probability_rows(const real* x, const real* target, const real* weight,

@@ -638,15 +638,19 @@ LC_DISPATCH static void LC_NAME(lc_cross_entropy_labels_rows)(
     double label_smoothing, lc_index n_rows, lc_index n_classes, LC_REAL* loss_out,
     LC_REAL* grad_out, double grad_scale)
 {
+    /* The weight sums only matter with label smoothing; on one long row they would cost
+       two extra passes over a weight vector as long as the row. */
     LC_NAME(row_operands) weights = {.a = weight};
-    const double weight_total = LC_NAME(row_sum)(LC_TERM_VALUE, weights, n_classes);
+    const int smoothing = label_smoothing > 0.0;
+    const double weight_total = smoothing ? LC_NAME(row_sum)(LC_TERM_VALUE, weights, n_classes) : 0.0;
     /* All-zero weights make every q zero: no smoothing term even where log S is NaN. */
-    const int any_nonzero_weight = LC_NAME(row_sum)(LC_TERM_ABS, weights, n_classes) != 0.0;
+    const int any_nonzero_weight =
+        smoothing && LC_NAME(row_sum)(LC_TERM_ABS, weights, n_classes) != 0.0;
     LC_REAL row_max[LC_BLOCK_ROWS];
     double row_sum[LC_BLOCK_ROWS], log_normaliser[LC_BLOCK_ROWS];
     double shifted_label_logit[LC_BLOCK_ROWS], smoothing_sum[LC_BLOCK_ROWS];
     const double smoothing_per_class = label_smoothing / (double)n_classes;
-    const int use_smoothing = label_smoothing > 0.0 && any_nonzero_weight;
+    const int use_smoothing = smoothing && any_nonzero_weight;
     lc_index rows_per_block = lc_rows_per_block(n_classes);
     for (lc_index first = 0; first < n_rows; first += rows_per_block) {
         lc_index rows = lc_min_index(rows_per_block, n_rows - first);
@@ -897,6 +901,40 @@ LC_DISPATCH static void LC_NAME(lc_chunk_subtract)(const LC_REAL* x, LC_REAL* ou
                                                    LC_REAL a, LC_REAL b)
 {
     LC_NAME(row_subtract)(x, out, n, a, b);
+}
+
+/* The pieces cross-entropy with labels needs when a row is split: its max, its sum of
+   exp(x - shift) (exps stored unless store is NULL; store may be x), its smoothing sum
+   sum_{w != 0} w (x - shift), and the gradient formed in place from the stored exps. */
+LC_DISPATCH static LC_REAL LC_NAME(lc_chunk_max)(const LC_REAL* x, lc_index n)
+{
+    return LC_NAME(row_max)(x, n);
+}
+
+LC_DISPATCH static double LC_NAME(lc_chunk_sum_exp)(const LC_REAL* x, lc_index n, LC_REAL shift,
+                                                    LC_REAL* store)
+{
+    return LC_NAME(row_sum_exp)(x, n, shift, store);
+}
+
+LC_DISPATCH static double LC_NAME(lc_chunk_weighted_shifted_sum)(const LC_REAL* x,
+                                                                 const LC_REAL* weight,
+                                                                 lc_index n, LC_REAL shift)
+{
+    return LC_NAME(row_sum)(LC_TERM_WEIGHTED_SHIFTED,
+                            (LC_NAME(row_operands)){.a = x, .b = weight, .shift = shift}, n);
+}
+
+/* grad = exp_factor * grad - weight_factor * weight (grad holds exps on entry). */
+LC_DISPATCH static void LC_NAME(lc_chunk_label_grad)(LC_REAL* grad, const LC_REAL* weight,
+                                                     lc_index n, LC_REAL exp_factor,
+                                                     LC_REAL weight_factor)
+{
+    if (weight_factor != 0)
+        for (lc_index c = 0; c < n; c++)
+            grad[c] = exp_factor * grad[c] - weight_factor * weight[c];
+    else
+        LC_NAME(row_scale)(grad, n, exp_factor);
 }
 
 #undef LC_LANES
