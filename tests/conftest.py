@@ -3,6 +3,20 @@ import pytest
 
 from logitcore._backends import availability
 
+
+def _numba_jit_disabled():
+    try:
+        import numba
+    except ImportError:
+        return False
+    return bool(numba.config.DISABLE_JIT)
+
+
+# NUMBA_DISABLE_JIT=1: numba runs the numba backend's kernels as plain Python, about 10^4
+# times slower (CI runs `tests/test_kernels.py -k numba` this way, see README "Tests").
+# Tests then use the smallest shapes that take the same code paths.
+NUMBA_PYTHON_MODE = _numba_jit_disabled()
+
 ALL_BACKENDS = ("numpy", "numba", "cython")
 COMPILED_BACKENDS = ("numba", "cython")
 

@@ -16,6 +16,7 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import NUMBA_PYTHON_MODE
 from logitcore._backends import availability, load
 
 reference = load("numpy")
@@ -26,9 +27,27 @@ THREADS = [1, 2]
 # (0, 5) no rows; (3, 1) one class; (7, 1000) row path; (2, 131072) long rows;
 # (1, 131072) fewer rows than threads: the class axis is split; (4099, 10) narrow rows.
 SHAPES = [(0, 5), (3, 1), (7, 1000), (2, 131072), (1, 131072), (4099, 10)]
+SOME_SHAPES = [(0, 5), (3, 1), (7, 1000), (1, 131072), (4099, 10)]  # less (2, 131072)
 # Edge rows: narrow, one block, several blocks (numba splits a lone row over 2048
 # classes), and long enough for the cython split (a piece per thread of >= 32768).
 EDGE_CLASSES = [10, 1000, 9000, 70000]
+THREAD_INVARIANCE_SHAPES = [(1, 131072), (3, 9000), (7, 1000), (4099, 10)]
+SIGMOID_SIZES = [0, 1, 1000, 200001]  # 200001: the flat kernels split into tasks
+if NUMBA_PYTHON_MODE:
+    # Kernels run as Python (conftest.py): the smallest shapes taking the numba paths.
+    # 2100 classes > BLOCK (2048): two blocks per row, and the class split when a row
+    # has fewer than 2 per thread; 250 x 10: narrow rows, two blocks of rows per task.
+    SHAPES = [(0, 5), (3, 1), (7, 100), (2, 2100), (1, 2100), (250, 10)]
+    SOME_SHAPES = [(0, 5), (3, 1), (7, 100), (1, 2100), (250, 10)]
+    EDGE_CLASSES = [10, 100, 2100]
+    THREAD_INVARIANCE_SHAPES = [(1, 2100), (3, 2100), (7, 100), (250, 10)]
+    # The task split of sigmoid needs 131072+ elements: about a minute as Python.
+    SIGMOID_SIZES = [0, 1, 1000]
+SKIP_IN_PYTHON_MODE = pytest.mark.skipif(
+    NUMBA_PYTHON_MODE,
+    reason="NUMBA_DISABLE_JIT=1: the kernels run as Python, with no native threads to "
+           "race, and these callers' shapes would take minutes",
+)
 
 
 @pytest.fixture(params=COMPILED_BACKENDS)
@@ -301,7 +320,7 @@ SPECIAL_VALUES = [0.0, -0.0, 1e-30, -1e-30, 1.0, -1.0, 30.0, -30.0, 87.0, -87.0,
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("size", [0, 1, 1000, 200001])
+@pytest.mark.parametrize("size", SIGMOID_SIZES)
 def test_sigmoid_and_log_sigmoid(backend, size, dtype):
     with np.errstate(over="ignore"):
         special = np.array(SPECIAL_VALUES, dtype=dtype)
@@ -471,7 +490,7 @@ def test_cross_entropy_probs_edge_rows(backend, n_classes, dtype):
 @pytest.mark.parametrize("loss_shape", ["elementwise", "row_sums"])
 @pytest.mark.parametrize("weights", ["none", "one_row", "per_row"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(0, 5), (3, 1), (7, 1000), (1, 131072), (4099, 10)])
+@pytest.mark.parametrize("shape", SOME_SHAPES)
 def test_bce_with_logits(backend, shape, dtype, weights, loss_shape):
     require(backend, "bce_with_logits")
     n_rows, n_classes = shape
@@ -557,7 +576,7 @@ def test_backward(backend, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(0, 5), (3, 1), (7, 1000), (1, 131072), (4099, 10)])
+@pytest.mark.parametrize("shape", SOME_SHAPES)
 def test_logsumexp_scaled(backend, shape, dtype):
     require(backend, "logsumexp_scaled")
     rng = np.random.default_rng(10)
@@ -587,7 +606,7 @@ def test_logsumexp_scaled(backend, shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 131072), (3, 9000), (7, 1000), (4099, 10)])
+@pytest.mark.parametrize("shape", THREAD_INVARIANCE_SHAPES)
 def test_row_reductions_do_not_depend_on_threads(backend, shape, dtype):
     """DESIGN.md: reductions are deterministic for any thread count."""
     x, labels, weight, ignore_index, smoothing = label_problem(shape, dtype, "everything")
@@ -630,11 +649,13 @@ def test_numba_exports_everything_and_a_thread_safe_layer():
     assert numba_kernels.threading_layer_name() in ("omp", "tbb", "workqueue")
 
 
+@SKIP_IN_PYTHON_MODE
 def test_concurrent_python_threads(backend):
     """8 Python threads launching kernels at once: no abort, every result right."""
     check_concurrent_callers(backend)
 
 
+@SKIP_IN_PYTHON_MODE
 def test_numba_serialised_launches(monkeypatch):
     """The fallback for a threading layer that is not thread-safe: launches take a lock."""
     available, reason = availability("numba")

@@ -30,6 +30,7 @@ parallel kernels at once. If none can be loaded, launches are serialised with a 
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numba
@@ -372,6 +373,9 @@ def log_of_sum(x):
     libm call per row. x = 2^k m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s),
     s = (m - 1) / (m + 1). (Subnormal x, which no sum of exps produces, is not handled.)
     """
+    # A no-op when compiled; in Python mode a sum accumulated from 0.0 + float32 terms
+    # arrives as float32 (NumPy 2 keeps it float32, numba widens to float64).
+    x = np.float64(x)
     bits = float_to_bits(x)
     exponent = ((bits >> 52) & 0x7FF) - 1023
     mantissa = bits_to_float((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # [1, 2)
@@ -422,6 +426,85 @@ def _log1p_unit(u):
     if u == types.float64:
         return lambda u: log1p_unit_float64(u)
     return None
+
+
+# --------------------------------------------------------------------------------------
+# Python mode (NUMBA_DISABLE_JIT=1): pure-Python twins of the intrinsics and overloads
+# --------------------------------------------------------------------------------------
+# With JIT disabled numba leaves every @njit function as plain Python (prange is range),
+# but intrinsics and @overload stubs have no Python body. These twins replace them with
+# the same semantics on NumPy scalars, so that the whole backend runs (slowly) as Python:
+# CI runs a small kernel-test subset this way to check the kernels' logic and coverage.
+# Under JIT nothing here is defined and the definitions above are used unchanged.
+# Python-mode caveats: no fast-math, so results differ from the compiled ones by a few
+# ulps (no FMA contraction, sums in order). And NumPy 2 keeps float32 + Python float in
+# float32 where numba types 0.0 as float64 and widens: a float64 sum of float32 terms
+# must start at np.float64(0.0), not 0.0 (see sum_exp_of and log_of_sum).
+if numba.config.DISABLE_JIT:
+
+    def bits_to_float(bits):
+        """Reinterpret an int32 as float32 or an int64 (a Python int: numba's int64) as
+        float64. The callers' bit arithmetic on NumPy int32/int64 scalars wraps (shifts
+        silently) as in machine code, so it needs no masking here."""
+        if isinstance(bits, np.int32):
+            return bits.view(np.float32)
+        if isinstance(bits, (np.int64, int)):
+            return np.int64(bits).view(np.float64)
+        raise TypeError(f"bits_to_float: int32 or int64 expected, got {type(bits).__name__}")
+
+    def float_to_bits(value):
+        """Reinterpret a float32 as int32 or a float64 (or a Python float) as int64."""
+        if isinstance(value, np.float32):
+            return value.view(np.int32)
+        if isinstance(value, float):  # np.float64 is a subclass of float
+            return np.float64(value).view(np.int64)
+        raise TypeError(f"float_to_bits: float32 or float64 expected, got "
+                        f"{type(value).__name__}")
+
+    def max_ignoring_nan(a, b):
+        """llvm.maxnum: the larger of a and b, the other one if either is NaN."""
+        if a != a:
+            return b
+        if b != b:
+            return a
+        return a if a >= b else b
+
+    def prefetch(array, index):
+        """A cache hint: nothing to do in Python."""
+
+    def cast_like(value, like):
+        """``value`` converted to the float type of ``like`` (a scalar or an array)."""
+        return np.result_type(like).type(value)
+
+    def _by_float_type(value, float32_version, float64_version):
+        # np.float64 is a subclass of float; a Python float is numba's float64.
+        if isinstance(value, np.float32):
+            return float32_version(value)
+        if isinstance(value, float):
+            return float64_version(np.float64(value))
+        raise TypeError(f"float32 or float64 expected, got {type(value).__name__}")
+
+    def fast_exp(x):
+        """exp(x) in x's float type (see exp_float32 / exp_float64)."""
+        return _by_float_type(x, exp_float32, exp_float64)
+
+    def log1p_unit(u):
+        """log(1 + u) for u in [0, 1], in u's float type."""
+        return _by_float_type(u, log1p_unit_float32, log1p_unit_float64)
+
+    def _ieee_quiet(kernel):
+        """error_model="numpy" in Python: IEEE results (inf - inf = NaN, x / 0 = inf)
+        without NumPy's scalar RuntimeWarnings, which the edge table would raise by the
+        thousand. Applied to the kernels, the entry points of every helper call."""
+
+        @functools.wraps(kernel)
+        def run(*args, **kwargs):
+            with np.errstate(all="ignore"):
+                return kernel(*args, **kwargs)
+
+        return run
+
+    parallel_kernel = serial_kernel = _ieee_quiet
 
 
 # --------------------------------------------------------------------------------------
@@ -502,7 +585,7 @@ def prefetch_ahead(values, start):
 
 @vector_jit
 def sum_exp_of(values, shift):
-    sum_exp = 0.0
+    sum_exp = np.float64(0.0)  # float64 in Python mode too (float32 + 0.0 stays float32)
     for start in range(0, values.shape[0], SUM_CHUNK):
         prefetch_ahead(values, start)
         chunk = values[start : start + SUM_CHUNK]
@@ -516,7 +599,7 @@ def sum_exp_of(values, shift):
 @vector_jit
 def store_exp(values, out, shift):
     """out[j] = exp(values[j] - shift); returns their float64 sum."""
-    sum_exp = 0.0
+    sum_exp = np.float64(0.0)
     for start in range(0, values.shape[0], SUM_CHUNK):
         prefetch_ahead(values, start)
         chunk = values[start : start + SUM_CHUNK]
@@ -1281,7 +1364,7 @@ def cross_entropy_labels(x, labels, weight, ignore_index, label_smoothing, loss_
 @vector_jit
 def probs_sums(values, target, weight, shift, keep, spread):
     """(sum exp(x - shift), sum q, sum q (x - shift)) in float64."""
-    sum_exp = 0.0
+    sum_exp = np.float64(0.0)  # float64 in Python mode too (float32 + 0.0 stays float32)
     sum_q = 0.0
     sum_q_shifted = 0.0
     for j in range(values.shape[0]):
@@ -1297,7 +1380,7 @@ def row_probs_sums(row, target, weight, shift, keep, spread):
     """The three sums of a row, block by block: one running sum over 100k+ terms loses
     ~1e-14 relative, which the probabilities and the loss would inherit."""
     n_classes = row.shape[0]
-    sum_exp = 0.0
+    sum_exp = np.float64(0.0)
     sum_q = 0.0
     sum_q_shifted = 0.0
     for block in range(n_blocks_of(n_classes)):
