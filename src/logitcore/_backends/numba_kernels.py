@@ -1250,20 +1250,50 @@ def _cross_entropy_labels_rows(x, labels, weight, ignore_index, eps, loss_out, g
 
 
 @parallel_kernel
+def split_smoothing_sums(x, weight, row_maxes):
+    """Per-(row, block) sum_{w != 0} w (x - max), the blocks spread over the threads."""
+    n_rows, n_classes = x.shape
+    n_blocks = n_blocks_of(n_classes)
+    block_smoothing = np.empty((n_rows, n_blocks))
+    for task in prange(n_rows * n_blocks):
+        i, block = task // n_blocks, task % n_blocks
+        start, stop = block_bounds(n_classes, block)
+        block_smoothing[i, block] = weighted_shifted_sum(
+            x[i, start:stop], weight[start:stop], shift_for(row_maxes[i]))
+    return block_smoothing
+
+
+@parallel_kernel
+def split_label_grads(x, labels, weight, ignore_index, grad_out, row_maxes, prob_factors,
+                      smoothing_grads):
+    """The gradient of few long rows from their coefficients, blocks spread over threads."""
+    n_rows, n_classes = x.shape
+    n_blocks = n_blocks_of(n_classes)
+    for task in prange(n_rows * n_blocks):
+        i, block = task // n_blocks, task % n_blocks
+        start, stop = block_bounds(n_classes, block)
+        if labels[i] == ignore_index:
+            fill(grad_out[i, start:stop], cast_like(0.0, grad_out))
+        else:
+            store_label_grad(x[i, start:stop], grad_out[i, start:stop], weight[start:stop],
+                             row_maxes[i], prob_factors[i], smoothing_grads[i])
+
+
+@serial_kernel
 def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, grad_out,
                                 grad_scale, want_grad):
+    # Serial glue around the parallel passes (split_row_stats, split_smoothing_sums,
+    # split_label_grads): in a parallel function every np.zeros would be a parallel loop
+    # of its own, and those launches cost more than this whole kernel gains from threads.
     n_rows, n_classes = x.shape
     n_blocks = n_blocks_of(n_classes)
     weight_sum, any_weight = smoothing_weight_summary(weight, eps)
     smoothing_coef = eps / n_classes
     row_maxes, sums = split_row_stats(x)
-    block_smoothing = np.zeros((n_rows, n_blocks))
     if smoothing_coef != 0.0 and any_weight:
-        for task in prange(n_rows * n_blocks):
-            i, block = task // n_blocks, task % n_blocks
-            start, stop = block_bounds(n_classes, block)
-            block_smoothing[i, block] = weighted_shifted_sum(
-                x[i, start:stop], weight[start:stop], shift_for(row_maxes[i]))
+        block_smoothing = split_smoothing_sums(x, weight, row_maxes)
+    else:
+        block_smoothing = np.zeros((n_rows, n_blocks))
     prob_factors = np.zeros(n_rows)
     smoothing_grads = np.zeros(n_rows)
     label_grads = np.zeros(n_rows)
@@ -1281,14 +1311,8 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
         prob_factors[i], smoothing_grads[i], label_grads[i] = label_grad_coefficients(
             row_maxes[i], sums[i], label_coef, smoothing_coef, weight_sum, grad_scale)
     if want_grad:
-        for task in prange(n_rows * n_blocks):
-            i, block = task // n_blocks, task % n_blocks
-            start, stop = block_bounds(n_classes, block)
-            if labels[i] == ignore_index:
-                fill(grad_out[i, start:stop], cast_like(0.0, grad_out))
-            else:
-                store_label_grad(x[i, start:stop], grad_out[i, start:stop], weight[start:stop],
-                                 row_maxes[i], prob_factors[i], smoothing_grads[i])
+        split_label_grads(x, labels, weight, ignore_index, grad_out, row_maxes, prob_factors,
+                          smoothing_grads)
         for i in range(n_rows):
             if labels[i] != ignore_index:
                 grad_out[i, labels[i]] -= cast_like(label_grads[i], grad_out)
