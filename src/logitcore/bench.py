@@ -55,11 +55,21 @@ class Row:
     x_floor: float | None = None
 
 
+# Pause before timing an implementation: the thread pool of the one timed before it (GNU
+# OpenMP's workers spin for a few milliseconds after each parallel region) would otherwise
+# compete for the cores while a fast case is timed.
+SETTLE_S = 0.05
+# Fast calls (a single row: tens of microseconds) repeat up to this many times.
+MAX_REPEATS = 1000
+
+
 def _median_seconds(func, repeats: int, budget_s: float) -> float:
+    time.sleep(SETTLE_S)
     func()  # warm-up: JIT compilation, page faults of fresh outputs
     times = []
     start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start < budget_s and len(times) < 50):
+    while len(times) < repeats or (time.perf_counter() - start < budget_s
+                                   and len(times) < MAX_REPEATS):
         t0 = time.perf_counter()
         func()
         times.append(time.perf_counter() - t0)
