@@ -31,7 +31,9 @@ class CountingBackend:
 
 
 @pytest.fixture
-def counting():
+def counting(monkeypatch):
+    # these tests are about the order mechanics on tiny arrays: no small-call rule
+    monkeypatch.setattr(_config, "SMALL_CALL_ELEMENTS", 0)
     backend = CountingBackend()
     _backends.register_backend("counting", backend)
     yield backend
@@ -72,6 +74,32 @@ def test_auto_uses_per_kernel_order(counting, monkeypatch):
     lc.logsumexp(np.zeros((2, 2)))
     lc.softmax(np.zeros((2, 2)))
     assert [c[0] for c in counting.calls] == ["logsumexp"]
+
+
+@pytest.mark.skipif(not (_backends.is_available("numba") and _backends.is_available("cython")),
+                    reason="needs both compiled backends")
+def test_auto_follows_the_measured_evidence():
+    """_config's evidence: cython for small calls and for the fused cross-entropy + gradient,
+    numba for other large calls."""
+    small = np.zeros((1, 1000), np.float32)
+    large = np.zeros((128, 1000), np.float32)
+    labels = np.zeros(128, np.int64)
+    lc.softmax(small)
+    assert lc.last_dispatch()["backend"] == "cython"
+    lc.softmax(large)
+    assert lc.last_dispatch()["backend"] == "numba"
+    lc.cross_entropy(large, labels)
+    assert lc.last_dispatch()["backend"] == "numba"
+    lc.cross_entropy(large, labels, return_grad=True)
+    assert lc.last_dispatch()["backend"] == "cython"
+
+
+def test_auto_small_calls_fall_back_when_cython_is_missing(monkeypatch):
+    monkeypatch.setattr(_config, "SMALL_CALL_ORDER", ("missing-backend", "numpy"))
+    monkeypatch.setattr(_backends, "is_available", lambda name: name == "numpy")
+    monkeypatch.setattr(_config, "_auto_choices", {})
+    lc.softmax(np.zeros((1, 10)))
+    assert lc.last_dispatch()["backend"] == "numpy"
 
 
 def test_unknown_backend_lists_valid_names():
@@ -186,5 +214,6 @@ def test_unavailable_backend_reports_reason(monkeypatch):
     with pytest.raises(RuntimeError, match="backend 'cython' is not available: the compiled"):
         lc.softmax(np.zeros(2), backend="cython")
     monkeypatch.setattr(_config, "DEFAULT_AUTO_ORDER", ("cython", "numpy"))
+    monkeypatch.setattr(_config, "SMALL_CALL_ORDER", ("cython", "numpy"))
     lc.softmax(np.zeros(2))
     assert lc.last_dispatch()["backend"] == "numpy"

@@ -17,14 +17,22 @@ from . import _backends
 AUTO = "auto"
 
 # The order "auto" tries the backends in, fastest first; the reference backend is the
-# last resort and always available. Evidence (`logitcore bench`, README table, 2 threads):
-# numba is faster on 35 of the 48 reference cases (shape x dtype x op), by up to 2.6x on
-# 256x131072; cython wins the narrow 4194304x10 cross-entropy cases (by <= 1.5x) and
-# single-row float64 calls, and has the lower fixed cost per call (~3 us vs ~5 us on a
-# 1x1000 row) and no JIT compilation on first use. Batch scoring is the main use, so numba
-# goes first everywhere; AUTO_ORDER_BY_KERNEL can override the order per kernel.
+# last resort and always available. Evidence: `logitcore bench --backends numba cython
+# --json docs/bench-reference.json` (2 threads, the DESIGN.md reference shapes x float32 /
+# float64, 2026-11-23; README "Measured speed"):
+# - numba is faster on 28 of the 40 cases of logsumexp, softmax, log_softmax and
+#   cross_entropy (mean / none), by up to 1.46x (logsumexp 256x131072 float64); cython's
+#   wins there are by <= 1.4x (narrow cross-entropy). So numba goes first by default.
+# - cython is faster on all 8 cases of the fused cross_entropy + gradient, by up to 1.7x
+#   (4194304x10 float64): it goes first for that variant ("cross_entropy_labels:grad").
+# - Small calls are fixed costs: a whole call on a 1x1000 float32 row takes 1.9 us on
+#   cython and 4.7 us on numba (whose parallel launch alone is ~2 us), so below
+#   SMALL_CALL_ELEMENTS elements cython goes first for every kernel.
 DEFAULT_AUTO_ORDER = ("numba", "cython", "numpy")
-AUTO_ORDER_BY_KERNEL: dict[str, tuple[str, ...]] = {}
+CYTHON_FIRST = ("cython", "numba", "numpy")
+AUTO_ORDER_BY_KERNEL: dict[str, tuple[str, ...]] = {"cross_entropy_labels:grad": CYTHON_FIRST}
+SMALL_CALL_ELEMENTS = 65536
+SMALL_CALL_ORDER = CYTHON_FIRST
 
 
 def _valid_backend_name(name, argument_name="backend"):
@@ -162,8 +170,13 @@ def config(*, backend: str | None = None, n_threads: int | None = None):
         del thread_stack[thread_depth:]
 
 
-def resolve(kernel: str, backend: str | None):
-    """Return ``(name, module)`` of the backend that runs ``kernel`` for this call."""
+def resolve(kernel: str, backend: str | None, variant: str | None = None,
+            n_elements: int | None = None):
+    """Return ``(name, module)`` of the backend that runs ``kernel`` for this call.
+
+    For ``"auto"``, ``variant`` (e.g. ``"cross_entropy_labels:grad"``) and the input's
+    size may pick another order than the kernel's (see AUTO_ORDER_BY_KERNEL).
+    """
     name = get_backend() if backend is None else backend
     if name != AUTO:
         module = _backends.load(name)  # raises for unknown or unavailable names
@@ -173,7 +186,11 @@ def resolve(kernel: str, backend: str | None):
                 f"use backend='auto' or another backend"
             )
         return name, module
-    order = AUTO_ORDER_BY_KERNEL.get(kernel, DEFAULT_AUTO_ORDER)
+    if n_elements is not None and n_elements < SMALL_CALL_ELEMENTS:
+        order = SMALL_CALL_ORDER
+    else:
+        order = AUTO_ORDER_BY_KERNEL.get(variant) or AUTO_ORDER_BY_KERNEL.get(
+            kernel, DEFAULT_AUTO_ORDER)
     key = (kernel, order, _backends.generation)
     choice = _auto_choices.get(key)
     if choice is None:
