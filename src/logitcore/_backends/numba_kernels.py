@@ -54,9 +54,9 @@ THREADSAFE_LAYERS = ("tbb", "omp")
 # Numba's "threadsafe" choice loads TBB if it can, else OpenMP. TBB goes first because
 # it is fork-safe: numba's GNU OpenMP pool kills a forked child that launches a kernel
 # (PyTorch DataLoader workers, multiprocessing with fork), which is a crash to the user.
-# The price: TBB's workers sleep between launches, so one 20 us kernel (a single
-# 128k-class row) gains 1.1-1.5x from 2 threads instead of omp's 1.7x;
-# NUMBA_THREADING_LAYER=omp picks OpenMP for such latency-bound work. Must be set before
+# The price: TBB's worker sometimes sleeps between launches, so one ~25 us call (a single
+# 128k-class row) gains 1.0-1.5x from 2 threads, varying from run to run (omp: a steady
+# ~1.5x); NUMBA_THREADING_LAYER=omp picks OpenMP for such latency-bound work. Must be set before
 # numba starts its thread pool; an explicit user choice is respected.
 if numba.config.THREADING_LAYER == "default":
     numba.config.THREADING_LAYER = "threadsafe"
