@@ -637,6 +637,43 @@ def test_supported_kernels(backend):
         assert callable(getattr(backend, kernel))
 
 
+@pytest.mark.skipif(not availability("cython")[0], reason="cython backend not built")
+def test_cython_kernels_reject_operands_that_break_the_contract():
+    """The cython entry points read raw data pointers: an operand of the wrong dtype,
+    layout, shape or writability must raise, never be read or written out of bounds."""
+    cython = load("cython")
+    x = np.zeros((3, 5), np.float32)
+    out = np.empty(3, np.float32)
+    read_only = np.empty((3, 5), np.float32)
+    read_only.flags.writeable = False
+    bad_calls = {
+        "int dtype": (TypeError, lambda: cython.softmax(x.astype(np.int64), np.empty((3, 5)))),
+        "mixed dtypes": (ValueError, lambda: cython.logsumexp(x, np.empty(3, np.float64))),
+        "short out": (ValueError, lambda: cython.logsumexp(x, np.empty(2, np.float32))),
+        "wrong out shape": (ValueError, lambda: cython.softmax(x, np.empty((5, 3), np.float32))),
+        "strided x": (ValueError, lambda: cython.softmax(np.zeros((3, 10), np.float32)[:, ::2],
+                                                         np.empty((3, 5), np.float32))),
+        "read-only out": (ValueError, lambda: cython.softmax(x, read_only)),
+        "short labels": (ValueError, lambda: cython.cross_entropy_labels(
+            x, np.zeros(2, np.int64), np.ones(5, np.float32), -100, 0.0, out,
+            np.empty((0, 0), np.float32), 1.0)),
+        "int32 labels": (ValueError, lambda: cython.cross_entropy_labels(
+            x, np.zeros(3, np.int32), np.ones(5, np.float32), -100, 0.0, out,
+            np.empty((0, 0), np.float32), 1.0)),
+        "short weight": (ValueError, lambda: cython.cross_entropy_labels(
+            x, np.zeros(3, np.int64), np.ones(4, np.float32), -100, 0.0, out,
+            np.empty((0, 0), np.float32), 1.0)),
+        "wrong grad shape": (ValueError, lambda: cython.cross_entropy_labels(
+            x, np.zeros(3, np.int64), np.ones(5, np.float32), -100, 0.0, out,
+            np.empty((3, 4), np.float32), 1.0)),
+        "None": (TypeError, lambda: cython.logsumexp(None, out)),
+    }
+    for what, (error, call) in bad_calls.items():
+        with pytest.raises(error):
+            call()
+        assert np.all(x == 0), what
+
+
 def test_numba_exports_everything_and_a_thread_safe_layer():
     available, reason = availability("numba")
     if not available:
