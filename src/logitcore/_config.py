@@ -23,16 +23,22 @@ AUTO = "auto"
 # - numba is faster on 28 of the 40 cases of logsumexp, softmax, log_softmax and
 #   cross_entropy (mean / none), by up to 1.46x (logsumexp 256x131072 float64); cython's
 #   wins there are by <= 1.6x (narrow cross-entropy). So numba goes first by default.
-# - cython is faster on all 8 cases of the fused cross_entropy + gradient, by up to 1.7x
-#   (4194304x10 float64): it goes first for that variant ("cross_entropy_labels:grad").
+# - cython wins all 8 cases of the fused cross_entropy + gradient in that table (by up to
+#   1.7x), but that table allocates the gradient per call; with grad_out given the two are
+#   level (65536x1000 float32: 16.0 ms numba, 16.4 ms cython). And one process should not
+#   alternate the two thread pools: GNU OpenMP's workers spin for milliseconds after each
+#   cython call and take the second core from numba's (numba softmax then cython CE+grad
+#   on 65536x1000, in a loop: 37.8 ms a pair, against 31.0 all-numba and 31.9 all-cython).
+#   So no per-op exception for large calls.
 # - Small calls are fixed costs: a whole call on a 1x1000 float32 row takes 1.9 us on
-#   cython and 4.7 us on numba (whose parallel launch alone is ~2 us), so below
-#   SMALL_CALL_ELEMENTS elements cython goes first for every kernel.
+#   cython and 4.7 us on numba (whose parallel launch alone is ~2 us). Below
+#   SMALL_CALL_ELEMENTS cython runs the call on the calling thread (its pool untouched, so
+#   nothing spins), and goes first.
 DEFAULT_AUTO_ORDER = ("numba", "cython", "numpy")
-CYTHON_FIRST = ("cython", "numba", "numpy")
-AUTO_ORDER_BY_KERNEL: dict[str, tuple[str, ...]] = {"cross_entropy_labels:grad": CYTHON_FIRST}
-SMALL_CALL_ELEMENTS = 65536
-SMALL_CALL_ORDER = CYTHON_FIRST
+AUTO_ORDER_BY_KERNEL: dict[str, tuple[str, ...]] = {}
+# cython gives a thread at least 32768 elements, so below this it never wakes its pool
+SMALL_CALL_ELEMENTS = 32768
+SMALL_CALL_ORDER = ("cython", "numba", "numpy")
 
 
 def _valid_backend_name(name, argument_name="backend"):
@@ -170,12 +176,10 @@ def config(*, backend: str | None = None, n_threads: int | None = None):
         del thread_stack[thread_depth:]
 
 
-def resolve(kernel: str, backend: str | None, variant: str | None = None,
-            n_elements: int | None = None):
+def resolve(kernel: str, backend: str | None, n_elements: int | None = None):
     """Return ``(name, module)`` of the backend that runs ``kernel`` for this call.
 
-    For ``"auto"``, ``variant`` (e.g. ``"cross_entropy_labels:grad"``) and the input's
-    size may pick another order than the kernel's (see AUTO_ORDER_BY_KERNEL).
+    For ``"auto"``, calls on fewer than SMALL_CALL_ELEMENTS elements follow their own order.
     """
     name = get_backend() if backend is None else backend
     if name != AUTO:
@@ -189,8 +193,7 @@ def resolve(kernel: str, backend: str | None, variant: str | None = None,
     if n_elements is not None and n_elements < SMALL_CALL_ELEMENTS:
         order = SMALL_CALL_ORDER
     else:
-        order = AUTO_ORDER_BY_KERNEL.get(variant) or AUTO_ORDER_BY_KERNEL.get(
-            kernel, DEFAULT_AUTO_ORDER)
+        order = AUTO_ORDER_BY_KERNEL.get(kernel, DEFAULT_AUTO_ORDER)
     key = (kernel, order, _backends.generation)
     choice = _auto_choices.get(key)
     if choice is None:

@@ -40,12 +40,12 @@ def last_dispatch() -> dict:
     return dict(zip(("op", "kernel", "backend", "n_threads"), info))
 
 
-def _run(kernel: str, op: str, backend, *args, variant=None):
+def _run(kernel: str, op: str, backend, *args):
     """Resolve the backend for ``kernel`` and call it with the configured threads.
 
-    ``args[0]`` is the main input; its size and ``variant`` steer the "auto" choice.
+    ``args[0]`` is the main input; its size steers the "auto" choice.
     """
-    name, module = _config.resolve(kernel, backend, variant, args[0].size)
+    name, module = _config.resolve(kernel, backend, args[0].size)
     n_threads = _config.get_num_threads()
     _last_dispatch.info = (op, kernel, name, n_threads)
     getattr(module, kernel)(*args, n_threads)
@@ -418,8 +418,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
              class_weight, label_smoothing, row_losses, grad2d, grad_scale)
     else:
         _run("cross_entropy_labels", "cross_entropy", backend, x2d, labels, class_weight,
-             ignore_index, label_smoothing, row_losses, grad2d, grad_scale,
-             variant="cross_entropy_labels:grad" if gradient is not None else None)
+             ignore_index, label_smoothing, row_losses, grad2d, grad_scale)
 
     loss = _reduce(row_losses.reshape(loss_shape), reduction, denominator, logits.dtype)
     return _finish_gradient(loss, gradient, grad2d, axes)
