@@ -28,8 +28,8 @@ AUTO = "auto"
 #   level (65536x1000 float32: 16.0 ms numba, 16.4 ms cython). And one process should not
 #   alternate the two thread pools: GNU OpenMP's workers spin for milliseconds after each
 #   cython call and take the second core from numba's (numba softmax then cython CE+grad
-#   on 65536x1000, in a loop: 37.8 ms a pair, against 31.0 all-numba and 31.9 all-cython).
-#   So no per-op exception for large calls.
+#   on 65536x1000, in a loop: 35-38 ms a pair, against 29-31 all-numba and 27-32
+#   all-cython; `python tools/pool_interference.py`). So no per-op exception for large calls.
 # - Small calls are fixed costs: a whole call on a 1x1000 float32 row takes 1.9 us on
 #   cython and 4.7 us on numba (whose parallel launch alone is ~2 us). Below
 #   SMALL_CALL_ELEMENTS cython runs the call on the calling thread (its pool untouched, so

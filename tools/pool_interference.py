@@ -1,0 +1,62 @@
+"""Cost of alternating the numba (TBB) and cython (GNU OpenMP) thread pools in one loop.
+
+The evidence behind "auto" not mixing the two backends on large calls (see
+src/logitcore/_config.py): after each parallel region libgomp's idle workers spin for a
+few milliseconds and take the second core from numba's pool. Run from the repository
+root: ``python tools/pool_interference.py``. Prints the median time of each pattern.
+"""
+
+import time
+
+import numpy as np
+
+import logitcore as lc
+
+
+def median_ms(step, repeats=15):
+    step()  # warm-up: compilation, page faults
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def main():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((65536, 1000)).astype(np.float32)
+    labels = rng.integers(0, 1000, 65536)
+    probs, grad = np.empty_like(logits), np.empty_like(logits)
+    one_row = rng.standard_normal((1, 1000)).astype(np.float32)
+
+    def softmax(backend):
+        lc.softmax(logits, out=probs, backend=backend)
+
+    def loss_and_grad(backend):
+        lc.cross_entropy(logits, labels, return_grad=True, grad_out=grad, backend=backend)
+
+    def small_softmax(backend):
+        lc.softmax(one_row, backend=backend)
+
+    patterns = {
+        "numba softmax alone": lambda: softmax("numba"),
+        "cython softmax alone": lambda: softmax("cython"),
+        "numba cross_entropy+grad alone": lambda: loss_and_grad("numba"),
+        "cython cross_entropy+grad alone": lambda: loss_and_grad("cython"),
+        "numba softmax + numba cross_entropy+grad": lambda: (softmax("numba"),
+                                                             loss_and_grad("numba")),
+        "cython softmax + cython cross_entropy+grad": lambda: (softmax("cython"),
+                                                               loss_and_grad("cython")),
+        "numba softmax + cython cross_entropy+grad": lambda: (softmax("numba"),
+                                                              loss_and_grad("cython")),
+        "numba softmax + 1x1000 cython softmax": lambda: (softmax("numba"),
+                                                          small_softmax("cython")),
+    }
+    print("65536x1000 float32, threads:", lc.get_num_threads())
+    for name, step in patterns.items():
+        print(f"{name:<45} {median_ms(step):8.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
