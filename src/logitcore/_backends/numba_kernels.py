@@ -836,17 +836,24 @@ def _is_narrow(n_classes):
     return 0 < n_classes < NARROW_MAX_CLASSES
 
 
-def logsumexp(x, out, n_threads=1):
+def _launch_by_shape(threads, split, narrow, rows, x, *args):
+    """Run the kernel variant for x's shape: few long rows split the class axis, short
+    rows take the narrow path (whose last argument is its task count), others a row per
+    iteration."""
     n_rows, n_classes = x.shape
-    if n_rows == 0:
-        return
-    threads = _usable_threads(n_threads)
     if _splits_classes(n_rows, n_classes, threads):
-        _launch(threads, _logsumexp_split, x, out)
+        _launch(threads, split, x, *args)
     elif _is_narrow(n_classes):
-        _launch(threads, _logsumexp_narrow, x, out, threads)
+        _launch(threads, narrow, x, *args, threads)
     else:
-        _launch(threads, _logsumexp_rows, x, out)
+        _launch(threads, rows, x, *args)
+
+
+def logsumexp(x, out, n_threads=1):
+    if x.shape[0] == 0:
+        return
+    _launch_by_shape(_usable_threads(n_threads), _logsumexp_split, _logsumexp_narrow,
+                     _logsumexp_rows, x, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -993,13 +1000,8 @@ def softmax(x, out, n_threads=1):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
-    threads = _usable_threads(n_threads)
-    if _splits_classes(n_rows, n_classes, threads):
-        _launch(threads, _softmax_split, x, out)
-    elif _is_narrow(n_classes):
-        _launch(threads, _softmax_narrow, x, out, threads)
-    else:
-        _launch(threads, _softmax_rows, x, out)
+    _launch_by_shape(_usable_threads(n_threads), _softmax_split, _softmax_narrow,
+                     _softmax_rows, x, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1064,13 +1066,8 @@ def log_softmax(x, out, n_threads=1):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
-    threads = _usable_threads(n_threads)
-    if _splits_classes(n_rows, n_classes, threads):
-        _launch(threads, _log_softmax_split, x, out)
-    elif _is_narrow(n_classes):
-        _launch(threads, _log_softmax_narrow, x, out, threads)
-    else:
-        _launch(threads, _log_softmax_rows, x, out)
+    _launch_by_shape(_usable_threads(n_threads), _log_softmax_split, _log_softmax_narrow,
+                     _log_softmax_rows, x, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1363,18 +1360,12 @@ def _wants_grad(grad_out, x):
 
 def cross_entropy_labels(x, labels, weight, ignore_index, label_smoothing, loss_out,
                          grad_out, grad_scale, n_threads=1):
-    n_rows, n_classes = x.shape
-    if n_rows == 0:
+    if x.shape[0] == 0:
         return
-    threads = _usable_threads(n_threads)
-    args = (x, labels, weight, int(ignore_index), float(label_smoothing), loss_out,
-            grad_out, float(grad_scale), _wants_grad(grad_out, x))
-    if _splits_classes(n_rows, n_classes, threads):
-        _launch(threads, _cross_entropy_labels_split, *args)
-    elif _is_narrow(n_classes):
-        _launch(threads, _cross_entropy_labels_narrow, *args, threads)
-    else:
-        _launch(threads, _cross_entropy_labels_rows, *args)
+    _launch_by_shape(_usable_threads(n_threads), _cross_entropy_labels_split,
+                     _cross_entropy_labels_narrow, _cross_entropy_labels_rows, x, labels,
+                     weight, int(ignore_index), float(label_smoothing), loss_out, grad_out,
+                     float(grad_scale), _wants_grad(grad_out, x))
 
 
 # --------------------------------------------------------------------------------------
