@@ -66,27 +66,52 @@ def _run_child(code, timeout=180):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_calls_after_fork_work_in_the_child(backend):
-    """The parent uses its thread pool, then forks; the child must finish promptly with a
-    correct result or a clear error, never hang."""
+    """The parent runs ``backend`` on two threads, then forks; the child and a grandchild
+    call every available backend (the two compiled ones share GNU OpenMP's pool, which a
+    forked child cannot use). Each must finish promptly with the right result, never hang
+    or be killed."""
     result = _run_child(f"""
-        import os, sys, numpy as np, logitcore as lc
+        import os, signal, numpy as np, logitcore as lc
+        from logitcore import _backends
         x = np.random.default_rng(0).normal(size=(512, 1000)).astype(np.float32)
+        row = x[:1] * 3                                    # a single row splits its classes
         expected = lc.logsumexp(x, backend="numpy")
-        lc.logsumexp(x, backend="{backend}")            # parent starts its threads
-        pid = os.fork()
-        if pid == 0:
-            try:
-                ok = np.allclose(lc.logsumexp(x, backend="{backend}"), expected, rtol=1e-5)
-                os._exit(0 if ok else 3)
-            except Exception as exc:
-                print("child error:", type(exc).__name__, exc, flush=True)
-                os._exit(4)
-        _, status = os.waitpid(pid, 0)
-        print("child exit", os.waitstatus_to_exitcode(status))
-        assert np.allclose(lc.logsumexp(x, backend="{backend}"), expected, rtol=1e-5)
-        """, timeout=120)
+        expected_row = lc.logsumexp(row, backend="numpy")
+        names = [n for n in _backends.valid_names() if _backends.availability(n)[0]]
+        lc.set_num_threads(2)
+        lc.logsumexp(x, backend="{backend}")               # parent starts its threads
+        lc.logsumexp(row, backend="{backend}")
+
+        def check_every_backend():
+            for name in names:
+                ok = (np.allclose(lc.logsumexp(x, backend=name), expected, rtol=1e-5)
+                      and np.allclose(lc.logsumexp(row, backend=name), expected_row,
+                                      rtol=1e-5))
+                if not ok:
+                    print("wrong result from", name, flush=True)
+                    os._exit(3)
+
+        def fork_and_check(depth):
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(60)                           # a hang becomes SIGALRM
+                try:
+                    check_every_backend()
+                    if depth < 2:
+                        fork_and_check(depth + 1)
+                except Exception as exc:
+                    print("child error:", type(exc).__name__, exc, flush=True)
+                    os._exit(4)
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            print("depth", depth, "exit", os.waitstatus_to_exitcode(status), flush=True)
+
+        fork_and_check(1)
+        check_every_backend()                              # the parent keeps its threads
+        """, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "child exit 0" in result.stdout, result.stdout + result.stderr[-3000:]
+    assert "depth 1 exit 0" in result.stdout and "depth 2 exit 0" in result.stdout, (
+        result.stdout + result.stderr[-3000:])
 
 
 def _peak_extra_bytes(backend, call):

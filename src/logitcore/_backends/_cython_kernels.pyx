@@ -27,6 +27,8 @@ from libc.stdlib cimport free, malloc
 
 import os
 
+from logitcore._backends import gnu_openmp
+
 cnp.import_array()
 
 cdef extern from "fast_math.h" nogil:
@@ -177,16 +179,18 @@ cdef inline void* data_or_null(cnp.ndarray a):
 
 # ---------------------------------------------------------------- work splitting
 
-# GNU OpenMP's thread pool does not survive fork(): a child that opens a parallel region
-# after its parent ran one hangs. Such a child runs every kernel on one thread (a team of
-# one does not touch the pool).
-cdef bint threads_were_used = False
+# A child forked after this process ran GNU OpenMP threads (here or in numba's "omp"
+# layer: one libgomp) runs every kernel on one thread; see gnu_openmp.py. The flags are
+# copied into C so that small calls do not pay for Python attribute lookups.
+cdef bint threads_noted = False
 cdef bint forked_after_threads = False
 
 
 def _note_fork_in_child():
+    # after_in_child hooks run in registration order: gnu_openmp's (registered when it was
+    # imported, above) has already updated its flag.
     global forked_after_threads
-    forked_after_threads = threads_were_used
+    forked_after_threads = gnu_openmp.forked_after_threads
 
 
 if hasattr(os, "register_at_fork"):
@@ -194,11 +198,12 @@ if hasattr(os, "register_at_fork"):
 
 
 cdef int usable_threads(int n_threads):
-    global threads_were_used
+    global threads_noted
     if forked_after_threads or n_threads < 1:
         return 1
-    if n_threads > 1:
-        threads_were_used = True
+    if n_threads > 1 and not threads_noted:
+        gnu_openmp.note_threads(n_threads)
+        threads_noted = True
     return n_threads
 
 
