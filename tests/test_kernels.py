@@ -11,6 +11,7 @@ outputs. Accuracy bounds (DESIGN.md, "Numerics and speed"):
 * float64: 1e-14 relative (with the same 1 + |ref| floor for log-domain values)
 """
 
+import math
 import threading
 
 import numpy as np
@@ -424,6 +425,55 @@ def test_cross_entropy_labels_edge_rows(backend, n_classes, dtype, threads):
             assert_gradient(grad, want_grad, dtype, f"grad smoothing={smoothing}")
 
 
+# Label counts around the scan's chunk of 16384 labels: empty, one, one chunk, several
+# chunks with a short last one.
+LABEL_COUNTS = [0, 1, 16384, 3 * 16384 + 5]
+if NUMBA_PYTHON_MODE:
+    LABEL_COUNTS = [0, 1, 16384 + 5]
+
+
+def expected_label_stats(labels, weight, ignore_index):
+    """Independent of every backend: a Python loop, with an exactly rounded sum."""
+    kept = []
+    for i, label in enumerate(labels.tolist()):
+        if label == ignore_index:
+            continue
+        if not 0 <= label < weight.shape[0]:
+            return i, None
+        kept.append(float(weight[label]))
+    return -1, math.fsum(kept)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_labels", LABEL_COUNTS)
+def test_label_stats(backend, n_labels, dtype):
+    rng = np.random.default_rng(n_labels)
+    n_classes = 37
+    weight = rng.uniform(0.1, 3.0, n_classes).astype(dtype)
+    labels = rng.integers(0, n_classes, n_labels).astype(np.int64)
+    labels[rng.random(n_labels) < 0.1] = -100
+    cases = {"valid": labels}
+    for name, position, value in [("too_large", 0.9, n_classes), ("negative", 0.5, -1),
+                                  ("first", 0.0, 10**12), ("last", 1.0, -(2**62))]:
+        if n_labels:
+            bad = labels.copy()
+            # an early bad label in a later chunk too: the first one must be reported
+            bad[int(position * (n_labels - 1))] = value
+            bad[-1] = n_classes + 5
+            cases[name] = bad
+    cases["ignore_index_is_a_class"] = labels.clip(0)  # label 3 ignored, not counted
+    for name, case in cases.items():
+        ignore_index = 3 if name == "ignore_index_is_a_class" else -100
+        want_first, want_weight = expected_label_stats(case, weight, ignore_index)
+        got = [backend.label_stats(case, weight, ignore_index, threads) for threads in (1, 2, 3)]
+        for threads, (first, kept_weight) in zip((1, 2, 3), got):
+            assert first == want_first, f"{name} threads={threads}"
+            if want_first < 0:
+                assert kept_weight == pytest.approx(want_weight, rel=1e-13, abs=0.0), name
+        # the sum is taken over fixed chunks: the same bits on any thread count
+        assert got[0][1] == got[1][1] == got[2][1] or want_first >= 0, name
+
+
 # --------------------------------------------------------------------------------------
 # cross-entropy with probability targets
 # --------------------------------------------------------------------------------------
@@ -667,6 +717,12 @@ def test_cython_kernels_reject_operands_that_break_the_contract():
             x, np.zeros(3, np.int64), np.ones(5, np.float32), -100, 0.0, out,
             np.empty((3, 4), np.float32), 1.0)),
         "None": (TypeError, lambda: cython.logsumexp(None, out)),
+        "int32 labels to label_stats": (ValueError, lambda: cython.label_stats(
+            np.zeros(3, np.int32), np.ones(5, np.float32), -100)),
+        "strided labels to label_stats": (ValueError, lambda: cython.label_stats(
+            np.zeros(6, np.int64)[::2], np.ones(5, np.float32), -100)),
+        "int weight to label_stats": (TypeError, lambda: cython.label_stats(
+            np.zeros(3, np.int64), np.ones(5, np.int64), -100)),
     }
     for what, (error, call) in bad_calls.items():
         with pytest.raises(error):

@@ -114,25 +114,14 @@ def check_ignore_index(value) -> int:
     return int(value)
 
 
-def check_labels(labels: np.ndarray, n_classes: int, ignore_index: int) -> np.ndarray:
-    """Integer class labels as int64; any label outside [0, n_classes) that is not
-    ``ignore_index`` raises IndexError naming its position and value."""
-    if labels.dtype.kind not in "iu":
-        raise TypeError(
-            f"target with integer class labels must have an integer dtype, got {labels.dtype}"
-        )
-    if labels.size and 0 <= labels.min() and labels.max() < n_classes:
-        return labels.astype(np.int64, copy=False)  # the common case: two fast reductions
-    with np.errstate(all="ignore"):
-        out_of_range = ((labels < 0) | (labels >= n_classes)) & (labels != ignore_index)
-    if out_of_range.any():
-        position = tuple(int(i) for i in np.argwhere(out_of_range)[0])
-        value = labels[position]
-        raise IndexError(
-            f"target{list(position)} = {value} is not a class index in [0, {n_classes}) "
-            f"and not ignore_index ({ignore_index})"
-        )
-    return labels.astype(np.int64, copy=False)
+def int64_labels(labels: np.ndarray) -> np.ndarray:
+    """Integer class labels as a flat C-contiguous int64 array, and the flat position of
+    the first uint64 label too large for int64 (-1 if none; the cast would wrap it to a
+    negative number, possibly ignore_index). The range of the others is checked by the
+    ``label_stats`` kernel, in one pass."""
+    if labels.dtype == np.uint64 and labels.size and labels.max() > np.iinfo(np.int64).max:
+        return None, int(np.argmax(labels.reshape(-1) > np.iinfo(np.int64).max))
+    return np.ascontiguousarray(labels, dtype=np.int64).reshape(-1), -1
 
 
 def check_class_weight(weight, n_classes: int, dtype: np.dtype) -> np.ndarray:

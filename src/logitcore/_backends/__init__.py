@@ -8,7 +8,7 @@ functions with the same signatures. All arrays handed to a kernel are
 
 * C-contiguous, of one floating dtype (float32 or float64) per call;
 * already validated: shapes agree, labels are in ``[0, n_classes)`` or equal to
-  ``ignore_index``, weights are finite;
+  ``ignore_index`` (``label_stats`` below checks that), weights are finite;
 * preallocated outputs, which may *be* the input (in-place softmax, gradient over the
   logits), but never overlap it partially.
 
@@ -22,6 +22,14 @@ threads the kernel may use. Rows are independent.
     x (n, C) -> out (n, C).
 ``sigmoid(x, out, n_threads)`` / ``log_sigmoid(x, out, n_threads)``
     x (m,) -> out (m,), elementwise on flat arrays.
+``label_stats(labels, weight, ignore_index, n_threads)``
+    labels int64 (n,) as the user gave them, weight (C,). Returns the pair
+    ``(first_invalid, kept_weight)``: the position of the first label that is neither in
+    ``[0, C)`` nor ``ignore_index`` (-1 when there is none), and the float64 sum of
+    ``weight[label]`` over the other labels (the denominator of the weighted mean). The
+    only kernel that returns a value and the one that checks labels, before the
+    cross-entropy kernel runs. The sum is taken over fixed chunks of rows in order, so it
+    does not depend on ``n_threads``.
 ``cross_entropy_labels(x, labels, weight, ignore_index, label_smoothing, loss_out,
 grad_out, grad_scale, n_threads)``
     x (n, C); labels int64 (n,); weight (C,) (all ones when the user gave none).
@@ -64,8 +72,8 @@ import threading
 # ``SUPPORTED_KERNELS = ALL_KERNELS``.
 ALL_KERNELS = frozenset({
     "logsumexp", "logsumexp_scaled", "softmax", "log_softmax", "sigmoid", "log_sigmoid",
-    "cross_entropy_labels", "cross_entropy_probs", "bce_with_logits", "softmax_backward",
-    "log_softmax_backward",
+    "label_stats", "cross_entropy_labels", "cross_entropy_probs", "bce_with_logits",
+    "softmax_backward", "log_softmax_backward",
 })
 
 # Order in which "auto" tries the backends (see _config.AUTO_PREFERENCE for the

@@ -110,6 +110,7 @@ SUPPORTED_KERNELS = frozenset(
         "log_softmax",
         "sigmoid",
         "log_sigmoid",
+        "label_stats",
         "cross_entropy_labels",
         "cross_entropy_probs",
         "bce_with_logits",
@@ -527,6 +528,93 @@ cdef _elementwise_entry(RowKernel kernel, cnp.ndarray x, cnp.ndarray out, int n_
         else:
             run_rows(kernel, <const double*>x_data, <const double*>NULL, n, 1, <double*>out_data,
                      1, n_threads)
+
+
+# ---------------------------------------------------------------- labels
+
+# Labels per chunk of the label scan (as in the numba backend): a fixed decomposition, so
+# the float64 sum of the weights does not depend on the thread count.
+cdef Py_ssize_t LABEL_CHUNK = 16384
+
+
+cdef void scan_label_chunk(const int64_t* labels, Py_ssize_t n, const real* weight,
+                           Py_ssize_t n_classes, int64_t ignore_index, Py_ssize_t chunk,
+                           Py_ssize_t* n_invalid, double* kept_weight) noexcept nogil:
+    """Invalid labels counted, and weights of the kept valid ones summed, in one chunk."""
+    cdef Py_ssize_t i, bad = 0
+    cdef double total = 0.0
+    cdef int64_t label
+    for i in range(chunk * LABEL_CHUNK, min(n, (chunk + 1) * LABEL_CHUNK)):
+        label = labels[i]
+        if label != ignore_index:
+            if 0 <= label < n_classes:
+                total += weight[label]
+            else:
+                bad += 1
+    n_invalid[chunk] = bad
+    kept_weight[chunk] = total
+
+
+cdef Py_ssize_t first_invalid_label(const int64_t* labels, Py_ssize_t n, Py_ssize_t n_classes,
+                                    int64_t ignore_index, Py_ssize_t start) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(start, n):
+        if labels[i] != ignore_index and not (0 <= labels[i] < n_classes):
+            return i
+    return -1
+
+
+cdef Py_ssize_t scan_labels(const int64_t* labels, Py_ssize_t n, const real* weight,
+                            Py_ssize_t n_classes, int64_t ignore_index, double* kept,
+                            int n_threads) noexcept nogil:
+    """First invalid position (-1 if none); the kept weight, summed in chunk order, in
+    kept[0]. Returns -2 if its scratch cannot be allocated."""
+    cdef Py_ssize_t n_chunks = (n + LABEL_CHUNK - 1) // LABEL_CHUNK, chunk
+    cdef Py_ssize_t* n_invalid = <Py_ssize_t*>malloc(n_chunks * sizeof(Py_ssize_t))
+    cdef double* kept_weight = <double*>malloc(n_chunks * sizeof(double))
+    cdef Py_ssize_t result = -1
+    if n_invalid == NULL or kept_weight == NULL:
+        free(n_invalid); free(kept_weight)
+        return -2
+    n_threads = <int>min(<Py_ssize_t>n_threads, n_chunks)
+    if n_threads == 1:
+        for chunk in range(n_chunks):
+            scan_label_chunk(labels, n, weight, n_classes, ignore_index, chunk, n_invalid,
+                             kept_weight)
+    else:
+        for chunk in prange(n_chunks, num_threads=n_threads, schedule="static"):
+            scan_label_chunk(labels, n, weight, n_classes, ignore_index, chunk, n_invalid,
+                             kept_weight)
+    kept[0] = 0.0
+    for chunk in range(n_chunks):
+        if n_invalid[chunk] != 0:
+            result = first_invalid_label(labels, n, n_classes, ignore_index, chunk * LABEL_CHUNK)
+            break
+        kept[0] += kept_weight[chunk]
+    free(n_invalid); free(kept_weight)
+    return result
+
+
+def label_stats(cnp.ndarray labels not None, cnp.ndarray weight not None,
+                int64_t ignore_index, int n_threads=1):
+    cdef int type_num = element_type(weight)
+    cdef Py_ssize_t n = dim(labels, 0), n_classes = dim(weight, 0), first_invalid
+    expect(labels, "labels", cnp.NPY_INT64, n, -1, False)
+    expect(weight, "weight", type_num, n_classes, -1, False)
+    n_threads = usable_threads(n_threads)
+    cdef const int64_t* label_data = <const int64_t*>data(labels)
+    cdef void* weight_data = data(weight)
+    cdef double kept = 0.0
+    with nogil:
+        if type_num == cnp.NPY_FLOAT:
+            first_invalid = scan_labels(label_data, n, <const float*>weight_data, n_classes,
+                                        ignore_index, &kept, n_threads)
+        else:
+            first_invalid = scan_labels(label_data, n, <const double*>weight_data, n_classes,
+                                        ignore_index, &kept, n_threads)
+    if first_invalid == -2:
+        raise MemoryError("label_stats: no memory for its per-chunk scratch")
+    return first_invalid, (kept if first_invalid < 0 else float("nan"))
 
 
 # ---------------------------------------------------------------- kernels with more operands

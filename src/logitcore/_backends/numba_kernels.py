@@ -137,13 +137,12 @@ def _launch(threads, kernel, *args):
     """Run a parallel kernel on ``threads`` threads (numba's thread count is thread-local)."""
     if _concurrent_launches_safe:
         _set_thread_count(threads)
-        kernel(*args)
-        return
+        return kernel(*args)
     # Before the pool is started, or on a layer that aborts on concurrent launches.
     with _launch_lock:
         _start_thread_pool()
         _set_thread_count(threads)
-        kernel(*args)
+        return kernel(*args)
 
 
 # --------------------------------------------------------------------------------------
@@ -163,6 +162,9 @@ SUM_CHUNK = 256
 NARROW_BLOCK_ELEMENTS = 2048
 # Split the class axis across threads while there are fewer than this many rows per thread.
 SPLIT_ROWS_PER_THREAD = 2
+# Labels per chunk of the label scan: a fixed decomposition, so the float64 sum of the
+# weights does not depend on the thread count.
+LABEL_CHUNK = 16384
 
 VECTOR_MATH = {"contract", "reassoc", "afn", "arcp"}
 ORDERED_MATH = {"contract"}
@@ -1153,6 +1155,89 @@ def log_sigmoid(x, out, n_threads=1):
         return
     threads = _usable_threads(n_threads)
     _launch(threads, _log_sigmoid_flat, x, out, _flat_tasks(x.shape[0], threads))
+
+
+# --------------------------------------------------------------------------------------
+# Labels: which are invalid, and the weight of the others
+# --------------------------------------------------------------------------------------
+# One pass over the labels replaces the NumPy checks (min, max, count of kept labels: three
+# passes and a temporary) that cost as much as the narrow cross-entropy kernel itself.
+
+
+@vector_jit
+def label_chunk_stats(labels, weight, ignore_index):
+    """(count of invalid labels, float64 sum of weight[label] over the kept valid ones)."""
+    n_classes = weight.shape[0]
+    n_invalid = 0
+    kept_weight = 0.0
+    for i in range(labels.shape[0]):
+        label = labels[i]
+        kept = label != ignore_index
+        valid = label >= 0 and label < n_classes
+        n_invalid += kept and not valid
+        if kept and valid:
+            kept_weight += np.float64(weight[label])
+    return n_invalid, kept_weight
+
+
+@plain_jit
+def first_invalid_label(labels, n_classes, ignore_index, start):
+    for i in range(start, labels.shape[0]):
+        label = labels[i]
+        if label != ignore_index and (label < 0 or label >= n_classes):
+            return i
+    return -1
+
+
+@plain_jit
+def merge_label_chunks(labels, n_classes, ignore_index, n_invalid, kept_weight):
+    """(first invalid position or -1, the kept weight summed in chunk order)."""
+    total = 0.0
+    for chunk in range(n_invalid.shape[0]):
+        if n_invalid[chunk]:
+            return first_invalid_label(labels, n_classes, ignore_index, chunk * LABEL_CHUNK), np.nan
+        total += kept_weight[chunk]
+    return -1, total
+
+
+@plain_jit
+def label_chunk_buffers(labels):
+    n_chunks = (labels.shape[0] + LABEL_CHUNK - 1) // LABEL_CHUNK
+    return np.empty(n_chunks, dtype=np.int64), np.empty(n_chunks, dtype=np.float64)
+
+
+@plain_jit
+def scan_label_chunk(labels, weight, ignore_index, chunk, n_invalid, kept_weight):
+    start = chunk * LABEL_CHUNK
+    n_invalid[chunk], kept_weight[chunk] = label_chunk_stats(
+        labels[start:start + LABEL_CHUNK], weight, ignore_index)
+
+
+@serial_kernel
+def _label_stats_serial(labels, weight, ignore_index):
+    # One chunk, or one thread: no parallel launch (~1 us) for the common small batch.
+    n_invalid, kept_weight = label_chunk_buffers(labels)
+    for chunk in range(n_invalid.shape[0]):
+        scan_label_chunk(labels, weight, ignore_index, chunk, n_invalid, kept_weight)
+    return merge_label_chunks(labels, weight.shape[0], ignore_index, n_invalid, kept_weight)
+
+
+@parallel_kernel
+def _label_stats_parallel(labels, weight, ignore_index):
+    n_invalid, kept_weight = label_chunk_buffers(labels)
+    for chunk in prange(n_invalid.shape[0]):
+        scan_label_chunk(labels, weight, ignore_index, chunk, n_invalid, kept_weight)
+    return merge_label_chunks(labels, weight.shape[0], ignore_index, n_invalid, kept_weight)
+
+
+def label_stats(labels, weight, ignore_index, n_threads=1):
+    threads = _usable_threads(n_threads)
+    if threads == 1 or labels.shape[0] <= LABEL_CHUNK:
+        first_invalid, kept_weight = _label_stats_serial(labels, weight, int(ignore_index))
+    else:
+        first_invalid, kept_weight = _launch(threads, _label_stats_parallel, labels, weight,
+                                             int(ignore_index))
+    return int(first_invalid), float(kept_weight)
 
 
 # --------------------------------------------------------------------------------------

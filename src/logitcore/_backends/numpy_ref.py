@@ -89,6 +89,14 @@ def log_sigmoid(x, out, n_threads=1):
     out[...] = -_softplus64(-x.astype(np.float64))
 
 
+def label_stats(labels, weight, ignore_index, n_threads=1):
+    kept = labels != ignore_index
+    invalid = kept & ((labels < 0) | (labels >= weight.shape[0]))
+    if invalid.any():
+        return int(np.flatnonzero(invalid)[0]), float("nan")
+    return -1, float(np.sum(weight[labels[kept]], dtype=np.float64))
+
+
 def cross_entropy_labels(
     x, labels, weight, ignore_index, label_smoothing, loss_out, grad_out, grad_scale,
     n_threads=1,
