@@ -183,6 +183,23 @@ def test_log_softmax(backend, shape, dtype, offset):
             assert_log_values(out, want, dtype, f"threads={threads} in_place={in_place}")
 
 
+@SKIP_IN_PYTHON_MODE
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_longer_than_the_piece_limit(backend, dtype):
+    """A row of more than 256 x 4096 classes: cython's pieces grow beyond 4096 elements
+    (its per-row stack array holds 256 pieces); the row's max sits in the last piece."""
+    n_classes = 256 * 4096 + 4099
+    x = logits((2, n_classes), dtype)
+    x[1, -1] = 40.0
+    for kernel, check in (("softmax", assert_probabilities), ("log_softmax", assert_log_values)):
+        want = np.empty(x.shape)
+        getattr(reference, kernel)(x, want)
+        for threads in THREADS:
+            out = np.full(x.shape, 7.0, dtype)
+            getattr(backend, kernel)(x, out, threads)
+            check(out, want, dtype, f"{kernel} threads={threads}")
+
+
 @pytest.mark.parametrize("threads", THREADS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_classes", EDGE_CLASSES)

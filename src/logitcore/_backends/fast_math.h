@@ -290,6 +290,16 @@ LC_INLINE lc_index lc_rows_per_block(lc_index n_classes)
     return rows < 1 ? 1 : rows > most ? most : rows;
 }
 
+/* Rows longer than LC_WIDE_BLOCK_ELEMS are cut into pieces of that many elements (see
+   row_pieces), at most LC_MAX_PIECES of them (a stack array); longer pieces beyond. */
+#define LC_MAX_PIECES 256
+
+LC_INLINE lc_index lc_piece_length(lc_index n_classes)
+{
+    lc_index per_piece = (n_classes + LC_MAX_PIECES - 1) / LC_MAX_PIECES;
+    return per_piece > LC_WIDE_BLOCK_ELEMS ? per_piece : LC_WIDE_BLOCK_ELEMS;
+}
+
 /* The terms the signed row reduction (row_sum below) can add up, from the arrays a, b, c
    and the numbers shift, scale, offset of its operands. */
 enum lc_row_term {
@@ -587,6 +597,88 @@ LC_INLINE void LC_NAME(block_log_normaliser)(const LC_REAL* row_max, const doubl
         log_normaliser[r] = lc_log_f64(LC_NAME(row_normaliser)(row_max[r], row_sum[r]));
 }
 
+/* ---- rows longer than LC_WIDE_BLOCK_ELEMS: pieces of one row ----
+   Such a row is a block of its own, and a pass after the first over all of it (the sum of
+   exps, the output) would read it back from L2. Instead the row is cut into pieces of
+   LC_WIDE_BLOCK_ELEMS: each piece's maximum and its sum of exps relative to that maximum
+   are taken while the piece is in L1 (softmax stores the exps in the output), and the
+   pairs are merged like online softmax, as in the class split of _cython_kernels.pyx.
+   Measured (kernel calls on 256 x 131072 float32, outputs preallocated): softmax on one
+   thread 16.1 -> 13.2 ms, log_softmax on two 8.2 -> 7.6 ms. */
+/* Each piece's max (NaN ignored) and sum of exp(x - finite_or_zero(max)); the exps go to
+   exp_out unless it is NULL. Returns the number of pieces. */
+LC_INLINE lc_index LC_NAME(row_pieces)(const LC_REAL* x, lc_index n, LC_REAL* exp_out,
+                                       LC_REAL* piece_max, double* piece_sum)
+{
+    lc_index length = lc_piece_length(n), count = 0;
+    for (lc_index start = 0; start < n; start += length, count++) {
+        lc_index m = lc_min_index(length, n - start);
+        LC_REAL top = LC_NAME(row_max)(x + start, m);
+        LC_REAL shift = LC_NAME(finite_or_zero)(top);
+        double sum = 0.0;
+        /* The exps come from L1; meanwhile the next piece (what the next memory-bound max
+           pass reads, and where its exps go) is prefetched. Cut at LC_SUM_BLOCK, the sum is
+           the same. */
+        for (lc_index at = start; at < start + m; at += LC_SUM_BLOCK) {
+            lc_index k = lc_min_index(LC_SUM_BLOCK, start + m - at);
+            lc_prefetch(x + at + length, k * (lc_index)sizeof(LC_REAL), 0);
+            if (exp_out)
+                lc_prefetch(exp_out + at + length, k * (lc_index)sizeof(LC_REAL), 1);
+            sum += LC_NAME(row_sum_exp)(x + at, k, shift, exp_out ? exp_out + at : NULL);
+        }
+        piece_max[count] = top;
+        piece_sum[count] = sum;
+    }
+    return count;
+}
+
+/* The row's max and the sum of exp(x - max) over its pieces; the sum is NaN when the max is
+   not finite (the row holds +inf or only -inf: NaN softmax rows), or when a piece holds NaN. */
+LC_INLINE double LC_NAME(merge_pieces)(const LC_REAL* piece_max, const double* piece_sum,
+                                       lc_index count, LC_REAL* row_max)
+{
+    LC_REAL top = -INFINITY;
+    for (lc_index p = 0; p < count; p++)
+        if (piece_max[p] > top)
+            top = piece_max[p];
+    *row_max = top;
+    if (!isfinite(top))
+        return NAN;
+    double total = 0.0;
+    for (lc_index p = 0; p < count; p++) /* an all -inf piece: sum 0, factor 0 */
+        total += piece_sum[p] * lc_exp_f64((double)piece_max[p] - (double)top);
+    return total;
+}
+
+/* softmax of one long row, piece by piece. */
+LC_INLINE void LC_NAME(long_row_softmax)(const LC_REAL* x, lc_index n, LC_REAL* out)
+{
+    LC_REAL piece_max[LC_MAX_PIECES];
+    double piece_sum[LC_MAX_PIECES];
+    LC_REAL row_max;
+    lc_index count = LC_NAME(row_pieces)(x, n, out, piece_max, piece_sum);
+    double total = LC_NAME(merge_pieces)(piece_max, piece_sum, count, &row_max);
+    lc_index length = lc_piece_length(n);
+    for (lc_index p = 0; p < count; p++) {
+        /* out holds exp(x - piece max): times exp(piece max - row max) / total. A NaN
+           total makes the row NaN; an all -inf piece of a finite row becomes 0. */
+        double factor = lc_exp_f64((double)piece_max[p] - (double)row_max) / total;
+        lc_index start = p * length;
+        LC_NAME(row_scale)(out + start, lc_min_index(length, n - start), (LC_REAL)factor);
+    }
+}
+
+/* log_softmax of one long row: (max, sum) piece by piece, then one pass x - max - log(sum). */
+LC_INLINE void LC_NAME(long_row_log_softmax)(const LC_REAL* x, lc_index n, LC_REAL* out)
+{
+    LC_REAL piece_max[LC_MAX_PIECES];
+    double piece_sum[LC_MAX_PIECES];
+    LC_REAL row_max;
+    lc_index count = LC_NAME(row_pieces)(x, n, NULL, piece_max, piece_sum);
+    double total = LC_NAME(merge_pieces)(piece_max, piece_sum, count, &row_max);
+    LC_NAME(row_subtract)(x, out, n, row_max, (LC_REAL)lc_log_f64(total));
+}
+
 /* ====================== the kernels: a contiguous range of rows ====================== */
 
 LC_DISPATCH static void LC_NAME(lc_logsumexp_rows)(const LC_REAL* x, lc_index n_rows,
@@ -612,6 +704,11 @@ LC_DISPATCH static void LC_NAME(lc_softmax_rows)(const LC_REAL* x, lc_index n_ro
     LC_REAL row_max[LC_BLOCK_ROWS];
     double row_sum[LC_BLOCK_ROWS];
     lc_index rows_per_block = lc_rows_per_block(n_classes);
+    if (n_classes > LC_WIDE_BLOCK_ELEMS) {
+        for (lc_index r = 0; r < n_rows; r++)
+            LC_NAME(long_row_softmax)(x + r * n_classes, n_classes, out + r * n_classes);
+        return;
+    }
     for (lc_index first = 0; first < n_rows; first += rows_per_block) {
         lc_index rows = lc_min_index(rows_per_block, n_rows - first);
         LC_REAL* out_block = out + first * n_classes;
@@ -631,6 +728,11 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_rows)(const LC_REAL* x, lc_index 
     LC_REAL row_max[LC_BLOCK_ROWS];
     double row_sum[LC_BLOCK_ROWS], log_normaliser[LC_BLOCK_ROWS];
     lc_index rows_per_block = lc_rows_per_block(n_classes);
+    if (n_classes > LC_WIDE_BLOCK_ELEMS) {
+        for (lc_index r = 0; r < n_rows; r++)
+            LC_NAME(long_row_log_softmax)(x + r * n_classes, n_classes, out + r * n_classes);
+        return;
+    }
     for (lc_index first = 0; first < n_rows; first += rows_per_block) {
         lc_index rows = lc_min_index(rows_per_block, n_rows - first);
         const LC_REAL* x_block = x + first * n_classes;
