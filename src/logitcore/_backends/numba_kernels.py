@@ -1286,13 +1286,18 @@ def smoothing_weight_summary(weight, eps):
 
 
 @plain_jit
-def label_loss(row_max, sum_exp, label_logit, label_coef, smoothing_coef, smoothing_sum,
+def log_sum_or_nan(row_max, sum_exp):
+    """log(sum exp(x - max)), NaN where softmax is undefined (every log-probability is NaN
+    there, so each nonzero-weight term of the loss is NaN). Branch-free: it vectorises
+    over the rows of a narrow block."""
+    return log_of_sum(sum_exp) if softmax_is_defined(row_max, sum_exp) else np.nan
+
+
+@plain_jit
+def label_loss(row_max, log_sum, label_logit, label_coef, smoothing_coef, smoothing_sum,
                weight_sum, any_weight):
-    """One row's loss from its statistics. smoothing_sum = sum w (x - max) over w != 0."""
-    if softmax_is_defined(row_max, sum_exp):
-        log_sum = log_of_sum(sum_exp)
-    else:
-        log_sum = np.nan  # every log-probability is NaN: each nonzero-weight term is NaN
+    """One row's loss from its statistics (log_sum from log_sum_or_nan).
+    smoothing_sum = sum w (x - max) over w != 0."""
     loss = 0.0
     if label_coef != 0.0:
         loss += label_coef * (log_sum - (np.float64(label_logit) - np.float64(row_max)))
@@ -1343,8 +1348,8 @@ def row_cross_entropy_labels(row, grad, label, weight, eps, weight_sum, any_weig
     smoothing_sum = 0.0
     if smoothing_coef != 0.0 and any_weight:
         smoothing_sum = row_weighted_shifted_sum(row, weight, shift_for(row_max))
-    loss = label_loss(row_max, sum_exp, row[label], label_coef, smoothing_coef,
-                      smoothing_sum, weight_sum, any_weight)
+    loss = label_loss(row_max, log_sum_or_nan(row_max, sum_exp), row[label], label_coef,
+                      smoothing_coef, smoothing_sum, weight_sum, any_weight)
     if want_grad:
         prob_factor, smoothing_grad, label_grad = label_grad_coefficients(
             row_max, sum_exp, label_coef, smoothing_coef, weight_sum, grad_scale)
@@ -1423,7 +1428,8 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
         for block in range(n_blocks):  # same order as row_weighted_shifted_sum
             smoothing_sum += block_smoothing[i, block]
         label_coef = (1.0 - eps) * np.float64(weight[label])
-        loss_out[i] = label_loss(row_maxes[i], sums[i], x[i, label], label_coef,
+        loss_out[i] = label_loss(row_maxes[i], log_sum_or_nan(row_maxes[i], sums[i]),
+                                 x[i, label], label_coef,
                                  smoothing_coef, smoothing_sum, weight_sum, any_weight)
         prob_factors[i], smoothing_grads[i], label_grads[i] = label_grad_coefficients(
             row_maxes[i], sums[i], label_coef, smoothing_coef, weight_sum, grad_scale)
@@ -1445,9 +1451,14 @@ def _cross_entropy_labels_narrow(x, labels, weight, ignore_index, eps, loss_out,
     for task in prange(n_tasks):
         first, stop = task_range(n_rows, n_tasks, task)
         row_max, sums, transposed = narrow_scratch(x)
+        log_sums = np.empty_like(sums)
         for block_start in range(first, stop, rows_per_block):
             block_stop = min(block_start + rows_per_block, stop)
             exps = narrow_block_stats(x[block_start:block_stop], row_max, sums, transposed)
+            # The logs first, in a loop of their own that vectorises across the rows: in the
+            # branchy per-row loop below each would be a scalar call (it was 2x the time).
+            for r in range(block_stop - block_start):
+                log_sums[r] = log_sum_or_nan(row_max[r], sums[r])
             for r in range(block_stop - block_start):
                 i = block_start + r
                 label = labels[i]
@@ -1460,7 +1471,7 @@ def _cross_entropy_labels_narrow(x, labels, weight, ignore_index, eps, loss_out,
                 smoothing_sum = 0.0
                 if smoothing_coef != 0.0 and any_weight:
                     smoothing_sum = weighted_shifted_sum(x[i], weight, shift_for(row_max[r]))
-                loss_out[i] = label_loss(row_max[r], sums[r], x[i, label], label_coef,
+                loss_out[i] = label_loss(row_max[r], log_sums[r], x[i, label], label_coef,
                                          smoothing_coef, smoothing_sum, weight_sum, any_weight)
                 if want_grad:
                     prob_factor, smoothing_grad, label_grad = label_grad_coefficients(
