@@ -12,6 +12,10 @@ outputs. Accuracy bounds (DESIGN.md, "Numerics and speed"):
 """
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -776,6 +780,39 @@ def test_numba_serialised_launches(monkeypatch):
     monkeypatch.setattr(numba_kernels, "_concurrent_launches_safe", False)
     check_concurrent_callers(numba_kernels)
     assert numba_kernels._concurrent_launches_safe is False
+
+
+@SKIP_IN_PYTHON_MODE
+@pytest.mark.parametrize("layers, expected", [
+    (None, "omp"),                                         # the default choice
+    (("no-such-layer", "threadsafe", "default"), "tbb"),   # OpenMP fails to load: TBB
+])
+def test_numba_threading_layer_choice(layers, expected):
+    """GNU OpenMP first; the next layer when one cannot be loaded (a fresh process: numba
+    picks its layer once). Skips where the expected layer's library is not installed."""
+    available, reason = availability("numba")
+    if not available:
+        pytest.skip(reason)
+    setup = "" if layers is None else f"numba_kernels.PREFERRED_LAYERS = {layers!r}"
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from logitcore._backends import numba_kernels
+        {setup}
+        x = np.random.default_rng(0).normal(size=(64, 1000))
+        out = np.empty(64)
+        numba_kernels.logsumexp(x, out, 2)
+        want = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
+        assert np.allclose(out, want, rtol=1e-13), "wrong logsumexp"
+        print("layer", numba_kernels.threading_layer_name())
+        """)
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    layer = result.stdout.split()[-1]
+    if layer != expected and layer == "workqueue":
+        pytest.skip(f"numba could not load the {expected} layer here")
+    assert layer == expected
 
 
 def check_concurrent_callers(backend):

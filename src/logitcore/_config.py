@@ -25,11 +25,11 @@ AUTO = "auto"
 #   wins there are by <= 1.6x (narrow cross-entropy). So numba goes first by default.
 # - cython wins all 8 cases of the fused cross_entropy + gradient in that table (by up to
 #   1.7x), but that table allocates the gradient per call; with grad_out given the two are
-#   level (65536x1000 float32: 16.0 ms numba, 16.4 ms cython). And one process should not
-#   alternate the two thread pools: GNU OpenMP's workers spin for milliseconds after each
-#   cython call and take the second core from numba's (numba softmax then cython CE+grad
-#   on 65536x1000, in a loop: 35-38 ms a pair, against 29-31 all-numba and 27-32
-#   all-cython; `python tools/pool_interference.py`). So no per-op exception for large calls.
+#   level (65536x1000 float32: 15.5 ms numba, 15.5-15.8 ms cython; `python
+#   tools/pool_interference.py`). So no per-op exception for large calls. (Both backends
+#   now run on GNU OpenMP's one pool, so alternating them costs nothing: 30.5 ms for a
+#   numba softmax + cython CE+grad pair against 30.3 all-numba; on numba's TBB layer the
+#   same pair took 36.9 ms.)
 # - Small calls are fixed costs: a whole call on a 1x1000 float32 row takes 1.9 us on
 #   cython and 4.7 us on numba (whose parallel launch alone is ~2 us). Below
 #   SMALL_CALL_ELEMENTS cython runs the call on the calling thread (its pool untouched, so
