@@ -19,19 +19,19 @@ AUTO = "auto"
 # The order "auto" tries the backends in, fastest first; the reference backend is the
 # last resort and always available. Evidence: `logitcore bench --backends numba cython
 # --json docs/bench-reference.json` (2 threads, the DESIGN.md reference shapes x float32 /
-# float64, 2026-11-23; README "Measured speed"):
-# - numba is faster on 28 of the 40 cases of logsumexp, softmax, log_softmax and
-#   cross_entropy (mean / none), by up to 1.46x (logsumexp 256x131072 float64); cython's
-#   wins there are by <= 1.6x (narrow cross-entropy). So numba goes first by default.
+# float64, 2026-11-23, lowest of three runs; README "Measured speed"):
+# - numba is faster on 33 of the 40 cases of logsumexp, softmax, log_softmax and
+#   cross_entropy (mean / none), by up to 1.44x (logsumexp 256x131072 float64); cython's
+#   wins there are by <= 1.21x (narrow cross-entropy). So numba goes first by default.
 # - cython wins all 8 cases of the fused cross_entropy + gradient in that table (by up to
-#   1.7x), but that table allocates the gradient per call; with grad_out given the two are
+#   1.4x), but that table allocates the gradient per call; with grad_out given the two are
 #   level (65536x1000 float32: 15.5 ms numba, 15.5-15.8 ms cython; `python
 #   tools/pool_interference.py`). So no per-op exception for large calls. (Both backends
 #   now run on GNU OpenMP's one pool, so alternating them costs nothing: 30.5 ms for a
 #   numba softmax + cython CE+grad pair against 30.3 all-numba; on numba's TBB layer the
 #   same pair took 36.9 ms.)
 # - Small calls are fixed costs: a whole call on a 1x1000 float32 row takes 1.9 us on
-#   cython and 4.7 us on numba (whose parallel launch alone is ~2 us). Below
+#   cython and 4.2 us on numba (whose parallel launch alone is ~1 us). Below
 #   SMALL_CALL_ELEMENTS cython runs the call on the calling thread (its pool untouched, so
 #   nothing spins), and goes first.
 DEFAULT_AUTO_ORDER = ("numba", "cython", "numpy")
