@@ -47,6 +47,8 @@ CASES = [
      r"target\[1\] = -3"),
     ("label-huge-uint64", f"lc.cross_entropy({X}, np.array([2**64 - 1, 0, 0, 0], dtype=np.uint64), backend=b)",
      "IndexError", r"target\[0\] = 18446744073709551615"),
+    ("label-uint64-wraps-to-ignore-index", f"lc.cross_entropy({X}, np.array([0, 2**64 - 100, 0, 0], dtype=np.uint64), backend=b)",
+     "IndexError", r"target\[1\] = 18446744073709551516"),
     ("label-int64-max", f"lc.cross_entropy({X}, np.array([0, 0, 0, 2**63 - 1]), backend=b)",
      "IndexError", r"target\[3\] = 9223372036854775807"),
     ("label-2d-position", "lc.cross_entropy(np.zeros((2, 3, 2)), np.array([[0, 1], [1, 5]]), axis=1, backend=b)",

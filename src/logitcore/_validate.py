@@ -114,7 +114,7 @@ def check_ignore_index(value) -> int:
     return int(value)
 
 
-def int64_labels(labels: np.ndarray) -> np.ndarray:
+def int64_labels(labels: np.ndarray) -> tuple[np.ndarray | None, int]:
     """Integer class labels as a flat C-contiguous int64 array, and the flat position of
     the first uint64 label too large for int64 (-1 if none; the cast would wrap it to a
     negative number, possibly ignore_index). The range of the others is checked by the
