@@ -81,6 +81,10 @@ cdef extern from "fast_math.h" nogil:
                                           Py_ssize_t n_classes, float* out)
     void lc_log_softmax_backward_rows_f64(const double* dy, const double* y, Py_ssize_t n_rows,
                                           Py_ssize_t n_classes, double* out)
+    double merge_pieces_f32(const float* piece_max, const double* piece_sum, Py_ssize_t count,
+                            float* row_max)
+    double merge_pieces_f64(const double* piece_max, const double* piece_sum,
+                            Py_ssize_t count, double* row_max)
     double lc_chunk_max_sum_exp_f32(const float* x, Py_ssize_t n, float* max_out, float* exp_out)
     double lc_chunk_max_sum_exp_f64(const double* x, Py_ssize_t n, double* max_out,
                                     double* exp_out)
@@ -338,25 +342,12 @@ cdef void chunk_partials(const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
 
 cdef inline void merge_chunks(const real* chunk_max, const double* chunk_sum, Py_ssize_t n_chunks,
                               real* row_max, double* normaliser) noexcept nogil:
-    """A row's max and sum_c exp(x_c - max) from its pieces' pairs (the online-softmax merge).
-
-    Each piece's sum is relative to its own max (or to 0 when that is not finite, so an
-    all -inf piece contributes 0 and a NaN piece NaN). The normaliser is NaN when the
-    row's max is not finite: softmax rows holding +inf or only -inf are NaN.
-    """
-    cdef Py_ssize_t piece
-    cdef real top = -INFINITY
-    cdef double total = 0.0
-    for piece in range(n_chunks):
-        if chunk_max[piece] > top:
-            top = chunk_max[piece]
-    if isfinite(top):
-        for piece in range(n_chunks):
-            total += chunk_sum[piece] * exp(<double>chunk_max[piece] - top)
+    """A row's max and sum_c exp(x_c - max) from its pieces' pairs: fast_math.h's
+    merge_pieces, the merge its long-row kernels use too (NaN when the max is not finite)."""
+    if real is float:
+        normaliser[0] = merge_pieces_f32(chunk_max, chunk_sum, n_chunks, row_max)
     else:
-        total = NAN
-    row_max[0] = top
-    normaliser[0] = total
+        normaliser[0] = merge_pieces_f64(chunk_max, chunk_sum, n_chunks, row_max)
 
 
 cdef bint split_classes(RowKernel kernel, const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes,

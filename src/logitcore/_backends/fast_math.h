@@ -602,7 +602,8 @@ LC_INLINE void LC_NAME(block_log_normaliser)(const LC_REAL* row_max, const doubl
    exps, the output) would read it back from L2. Instead the row is cut into pieces of
    LC_WIDE_BLOCK_ELEMS: each piece's maximum and its sum of exps relative to that maximum
    are taken while the piece is in L1 (softmax stores the exps in the output), and the
-   pairs are merged like online softmax, as in the class split of _cython_kernels.pyx.
+   pairs are merged like online softmax (merge_pieces, which the class split of
+   _cython_kernels.pyx calls too).
    Measured (kernel calls on 256 x 131072 float32, outputs preallocated): softmax on one
    thread 16.1 -> 13.2 ms, log_softmax on two 8.2 -> 7.6 ms. */
 /* Each piece's max (NaN ignored) and sum of exp(x - finite_or_zero(max)); the exps go to
