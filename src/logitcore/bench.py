@@ -15,29 +15,42 @@ import json
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import _backends, _config
+from . import _backends, _config, memory_bandwidth
 from . import _ops as ops
 
 REFERENCE_SHAPES = [(65536, 1000), (256, 131072), (4194304, 10), (1, 131072)]
 QUICK_SHAPES = [(8192, 1000), (32, 131072), (524288, 10), (1, 131072)]
 
-# op -> (elements read per logit, elements written per logit, whether rows of output)
-# used for the memory floor: logits are read once; row outputs are negligible.
+# What each op must move, for the memory floor: arrays of the logits' size read and written
+# (a BCE target is a second one), whether an int64 label per row is read, and how many
+# values per row are written (a loss per row, a log-sum-exp per row).
 OPS = {
-    "logsumexp": dict(reads=1, writes=0),
-    "softmax": dict(reads=1, writes=1),
-    "log_softmax": dict(reads=1, writes=1),
-    "cross_entropy": dict(reads=1, writes=0),
-    "cross_entropy_none": dict(reads=1, writes=0),
-    "cross_entropy_grad": dict(reads=1, writes=1),
-    "sigmoid": dict(reads=1, writes=1),
-    "bce_with_logits": dict(reads=2, writes=0),
+    "logsumexp": dict(full_reads=1, full_writes=0, labels=False, row_writes=1),
+    "softmax": dict(full_reads=1, full_writes=1, labels=False, row_writes=0),
+    "log_softmax": dict(full_reads=1, full_writes=1, labels=False, row_writes=0),
+    "cross_entropy": dict(full_reads=1, full_writes=0, labels=True, row_writes=0),
+    "cross_entropy_none": dict(full_reads=1, full_writes=0, labels=True, row_writes=1),
+    "cross_entropy_grad": dict(full_reads=1, full_writes=1, labels=True, row_writes=0),
+    "sigmoid": dict(full_reads=1, full_writes=1, labels=False, row_writes=0),
+    "bce_with_logits": dict(full_reads=2, full_writes=0, labels=False, row_writes=0),
 }
+
+
+def traffic_bytes(op: str, shape: tuple[int, int], dtype) -> tuple[int, int]:
+    """(bytes read, bytes written) that ``op`` must move on logits of ``shape``."""
+    spec = OPS[op]
+    n_rows, n_classes = shape
+    itemsize = np.dtype(dtype).itemsize
+    full = n_rows * n_classes * itemsize
+    read = spec["full_reads"] * full + (8 * n_rows if spec["labels"] else 0)
+    written = spec["full_writes"] * full + spec["row_writes"] * n_rows * itemsize
+    return read, written
+
+
 DEFAULT_OPS = ["logsumexp", "softmax", "log_softmax", "cross_entropy", "cross_entropy_none",
                "cross_entropy_grad"]
 
@@ -78,32 +91,26 @@ def _median_seconds(func, repeats: int, budget_s: float) -> float:
     return statistics.median(times)
 
 
-def measure_bandwidth(n_threads: int, n_bytes: int = 1 << 29) -> dict:
-    """Read and copy bandwidth (bytes/s) with ``n_threads`` NumPy threads (GIL released)."""
-    source = np.ones(n_bytes // 8)
-    target = np.empty_like(source)
-    chunks = np.array_split(np.arange(source.size), n_threads)
-    bounds = [(c[0], c[-1] + 1) for c in chunks if c.size]
-
-    def read_all():
-        with ThreadPoolExecutor(n_threads) as pool:
-            list(pool.map(lambda b: source[b[0]:b[1]].sum(), bounds))
-
-    def copy_all():
-        with ThreadPoolExecutor(n_threads) as pool:
-            list(pool.map(lambda b: np.copyto(target[b[0]:b[1]], source[b[0]:b[1]]), bounds))
-
-    read_s = _median_seconds(read_all, 5, 0.5)
-    copy_s = _median_seconds(copy_all, 5, 0.5)
-    return {"read": source.nbytes / read_s, "copy": 2 * source.nbytes / copy_s}
+def measure_bandwidth(n_threads: int) -> dict:
+    """Read and copy bandwidth (bytes/s) on ``n_threads`` threads, measured as STREAM does
+    (compiled vectorised loops, best of several runs: ``logitcore.memory_bandwidth``)."""
+    return memory_bandwidth.measure(n_threads)
 
 
-def floor_seconds(op: str, n_bytes: int, bandwidth: dict) -> float:
-    """Time to move the bytes the op must move: reads at read speed, writes at copy
-    speed counted twice (write-allocate reads the line first)."""
-    spec = OPS[op]
-    return (spec["reads"] * n_bytes / bandwidth["read"]
-            + spec["writes"] * 2 * n_bytes / bandwidth["copy"])
+def floor_seconds(read_bytes: int, write_bytes: int, bandwidth: dict) -> float:
+    """The least time in which the memory bus moves what an op must move.
+
+    Bytes read and written back (softmax: each logit in, each probability out) move as in
+    STREAM's Copy, whose rate counts the bytes read plus the bytes written. Bytes only read
+    move at the read rate. Bytes only written (outputs larger than the input) cost two
+    thirds of a copied byte pair: the hardware fetches each line before writing it, two of
+    the three transfers a copied byte makes.
+    """
+    paired = min(read_bytes, write_bytes)
+    read_only = read_bytes - paired
+    write_only = write_bytes - paired
+    return (read_only / bandwidth["read"] + 2 * paired / bandwidth["copy"]
+            + (4 / 3) * write_only / bandwidth["copy"])
 
 
 def _make_data(shape, dtype, seed=0):
@@ -254,7 +261,7 @@ def run(shapes, dtypes, op_names, *, n_threads=None, repeats=5, budget_s=1.0,
                     case_rows.append(Row(op, f"{shape[0]}x{shape[1]}", np.dtype(dtype).name,
                                          name, kind, seconds * 1e3, x.nbytes / seconds / 1e9))
                 peer_ms = [r.ms for r in case_rows if r.kind == "peer"]
-                floor_ms = floor_seconds(op, x.nbytes, bandwidth) * 1e3
+                floor_ms = floor_seconds(*traffic_bytes(op, shape, dtype), bandwidth) * 1e3
                 for r in case_rows:
                     r.x_fastest_peer = min(peer_ms) / r.ms if peer_ms else None
                     r.x_floor = r.ms / floor_ms
