@@ -20,23 +20,27 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import _backends, _config, memory_bandwidth
+from ._backends import op_table
 from . import _ops as ops
 
 REFERENCE_SHAPES = [(65536, 1000), (256, 131072), (4194304, 10), (1, 131072)]
 QUICK_SHAPES = [(8192, 1000), (32, 131072), (524288, 10), (1, 131072)]
 
-# What each op must move, for the memory floor: arrays of the logits' size read and written
-# (a BCE target is a second one), whether an int64 label per row is read, and how many
-# values per row are written (a loss per row, a log-sum-exp per row).
+# Each benchmark op: the kernel of the op table it runs, whether the call asks for the
+# gradient, and whether its per-row results are returned (a mean loss returns one number).
+# The bytes it must move (the memory floor) come from the op table.
 OPS = {
-    "logsumexp": dict(full_reads=1, full_writes=0, labels=False, row_writes=1),
-    "softmax": dict(full_reads=1, full_writes=1, labels=False, row_writes=0),
-    "log_softmax": dict(full_reads=1, full_writes=1, labels=False, row_writes=0),
-    "cross_entropy": dict(full_reads=1, full_writes=0, labels=True, row_writes=0),
-    "cross_entropy_none": dict(full_reads=1, full_writes=0, labels=True, row_writes=1),
-    "cross_entropy_grad": dict(full_reads=1, full_writes=1, labels=True, row_writes=0),
-    "sigmoid": dict(full_reads=1, full_writes=1, labels=False, row_writes=0),
-    "bce_with_logits": dict(full_reads=2, full_writes=0, labels=False, row_writes=0),
+    "logsumexp": dict(kernel="logsumexp", with_gradient=False, row_outputs=True),
+    "softmax": dict(kernel="softmax", with_gradient=False, row_outputs=True),
+    "log_softmax": dict(kernel="log_softmax", with_gradient=False, row_outputs=True),
+    "cross_entropy": dict(kernel="cross_entropy_labels", with_gradient=False,
+                          row_outputs=False),
+    "cross_entropy_none": dict(kernel="cross_entropy_labels", with_gradient=False,
+                               row_outputs=True),
+    "cross_entropy_grad": dict(kernel="cross_entropy_labels", with_gradient=True,
+                               row_outputs=False),
+    "sigmoid": dict(kernel="sigmoid", with_gradient=False, row_outputs=True),
+    "bce_with_logits": dict(kernel="bce_with_logits", with_gradient=False, row_outputs=False),
 }
 
 
@@ -44,11 +48,9 @@ def traffic_bytes(op: str, shape: tuple[int, int], dtype) -> tuple[int, int]:
     """(bytes read, bytes written) that ``op`` must move on logits of ``shape``."""
     spec = OPS[op]
     n_rows, n_classes = shape
-    itemsize = np.dtype(dtype).itemsize
-    full = n_rows * n_classes * itemsize
-    read = spec["full_reads"] * full + (8 * n_rows if spec["labels"] else 0)
-    written = spec["full_writes"] * full + spec["row_writes"] * n_rows * itemsize
-    return read, written
+    return op_table.KERNELS[spec["kernel"]].traffic(
+        n_rows, n_classes, np.dtype(dtype).itemsize, with_gradient=spec["with_gradient"],
+        row_outputs=spec["row_outputs"])
 
 
 DEFAULT_OPS = ["logsumexp", "softmax", "log_softmax", "cross_entropy", "cross_entropy_none",

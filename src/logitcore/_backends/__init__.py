@@ -15,49 +15,8 @@ functions with the same signatures. All arrays handed to a kernel are
 Kernels write into their outputs and return ``None``. ``n_threads`` is the number of
 threads the kernel may use. Rows are independent.
 
-``logsumexp(x, out, n_threads)``
-    x (n, C) -> out (n,). Edge semantics of DESIGN.md: NaN -> NaN, +inf -> +inf,
-    all -inf -> -inf, C == 0 -> -inf.
-``softmax(x, out, n_threads)`` / ``log_softmax(x, out, n_threads)``
-    x (n, C) -> out (n, C).
-``sigmoid(x, out, n_threads)`` / ``log_sigmoid(x, out, n_threads)``
-    x (m,) -> out (m,), elementwise on flat arrays.
-``label_stats(labels, weight, ignore_index, n_threads)``
-    labels int64 (n,) as the user gave them, weight (C,). Returns the pair
-    ``(first_invalid, kept_weight)``: the position of the first label that is neither in
-    ``[0, C)`` nor ``ignore_index`` (-1 when there is none), and the float64 sum of
-    ``weight[label]`` over the other labels (the denominator of the weighted mean). The
-    only kernel that returns a value and the one that checks labels, before the
-    cross-entropy kernel runs. The sum is taken over fixed chunks of rows in order, so it
-    does not depend on ``n_threads``.
-``cross_entropy_labels(x, labels, weight, ignore_index, label_smoothing, loss_out,
-grad_out, grad_scale, n_threads)``
-    x (n, C); labels int64 (n,); weight (C,) (all ones when the user gave none).
-    loss_out (n,) receives each row's loss
-    ``(1 - eps) * w[y] * (lse - x[y]) + eps / C * sum_c w[c] * (lse - x[c])``,
-    0 for ignored rows. When ``grad_out`` has shape (n, C) it receives
-    ``grad_scale * (softmax(x) * sum(q) - q)`` where
-    ``q = (1 - eps) * w[y] * onehot(y) + eps / C * w`` (0 for ignored rows); a (0, 0)
-    ``grad_out`` means "no gradient".
-``cross_entropy_probs(x, target, weight, label_smoothing, loss_out, grad_out,
-grad_scale, n_threads)``
-    target (n, C) of x's dtype; with ``t' = (1 - eps) * t + eps / C`` the row loss is
-    ``-sum_c w[c] t'[c] log_softmax(x)[c]`` and the gradient
-    ``grad_scale * (softmax(x) * sum(w t') - w t')``.
-``bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scale,
-n_threads)``
-    x, target (n, C); weight and pos_weight (1, C) or (n, C): a single row is used for
-    every row. Element loss
-    ``w * ((1 - t) * x + (1 + (pw - 1) t) * softplus(-x))``; loss_out is (n, C) for the
-    elementwise loss or (n, 1) for each row's sum. Gradient
-    ``grad_scale * w * (sigmoid(x) * (1 + (pw - 1) t) - pw t)``.
-``softmax_backward(dy, y, out, n_threads)``
-    y = softmax(x): ``out = y * (dy - sum(dy * y))``.
-``log_softmax_backward(dy, y, out, n_threads)``
-    y = log_softmax(x): ``out = dy - exp(y) * sum(dy)``.
-
-A backend may also implement ``logsumexp_scaled(x, b, out, sign_out, n_threads)``:
-``out = log|sum_c b e^x|``, ``sign_out`` its sign; b is (n, C) of x's dtype.
+The kernels, their arguments and what each computes are listed once, in the op table
+(``op_table.py`` beside this file); ``op_table.check_backend`` checks a backend against it.
 Each module lists what it implements in ``SUPPORTED_KERNELS``; asking a named backend
 for a kernel it lacks raises ``NotImplementedError``; ``backend="auto"`` skips it.
 """
@@ -68,13 +27,11 @@ import importlib
 import importlib.util
 import threading
 
-# Every kernel of the contract above. A backend that implements all of them says
+from . import op_table
+
+# Every kernel of the op table. A backend that implements all of them says
 # ``SUPPORTED_KERNELS = ALL_KERNELS``.
-ALL_KERNELS = frozenset({
-    "logsumexp", "logsumexp_scaled", "softmax", "log_softmax", "sigmoid", "log_sigmoid",
-    "label_stats", "cross_entropy_labels", "cross_entropy_probs", "bce_with_logits",
-    "softmax_backward", "log_softmax_backward",
-})
+ALL_KERNELS = op_table.ALL_KERNELS
 
 # Order in which "auto" tries the backends (see _config.AUTO_PREFERENCE for the
 # per-kernel evidence). "numpy" is the reference and is always available.

@@ -1,0 +1,177 @@
+"""The op table: every kernel of the backend contract, named once.
+
+Each entry says what a kernel takes and writes, which public functions call it, and how
+many bytes it must move (the memory floor of ``logitcore bench``). The rest of the code
+reads it from here:
+
+* ``ALL_KERNELS`` (the backend contract) is the set of names below;
+* ``check_backend`` verifies, by code, that a backend module has every kernel it claims
+  with the table's arguments in the table's order (tests run it on every backend);
+* ``logitcore bench`` and the asv suite take each case's bytes moved from ``traffic``;
+* tests take their kernel ids from ``KERNELS``.
+
+The reference implementation of a kernel is the function of the same name in
+``numpy_ref.py``; the numba one is in ``numba_kernels.py``, the cython one in
+``_cython_kernels.pyx``. See docs/architecture.md for the layers and how to add an op.
+
+Argument roles (what the Python layer hands a kernel, all C-contiguous, one float dtype
+per call, float32 or float64):
+
+============  =============================================================
+``rows``      (n, C) input of the call's float dtype
+``labels``    (n,) int64, checked to be in [0, C) or ``ignore_index``
+``classes``   (C,) per-class vector of the float dtype
+``broadcast`` (1, C) or (n, C) of the float dtype: a single row serves every row
+``scalar``    a Python int or float
+``row_out``   (n,) output of the float dtype
+``rows_out``  (n, C) output; may *be* the ``rows`` input, never overlap it partially
+``grad_out``  (n, C) output, or a (0, 0) array meaning "no gradient"
+``flat``      (m,) input, elementwise kernels
+``flat_out``  (m,) output, elementwise kernels
+============  =============================================================
+
+Every kernel takes ``n_threads`` last, writes its outputs and returns None, except
+``label_stats``, which returns a value.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+INT64_BYTES = 8
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel of the contract.
+
+    ``arguments``: (name, role) pairs in call order, ``n_threads`` excluded.
+    ``public``: the public functions that reach it.
+    ``contract``: what it computes, in the notation of the reference implementation.
+    ``reads`` / ``writes``: per arrays of the logits' size, the (n, C) operands read and
+    written, and per row the int64 labels read and float values written.
+    """
+
+    name: str
+    arguments: tuple[tuple[str, str], ...]
+    public: tuple[str, ...]
+    contract: str
+    full_reads: int = 1
+    full_writes: int = 0
+    label_reads: int = 0
+    row_writes: int = 0
+
+    @property
+    def argument_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.arguments) + ("n_threads",)
+
+    def traffic(self, n_rows: int, n_classes: int, itemsize: int, *,
+                with_gradient: bool = False, row_outputs: bool = True) -> tuple[int, int]:
+        """(bytes read, bytes written) the kernel must move on an (n_rows, n_classes)
+        problem; ``with_gradient`` adds the (n, C) gradient of the loss kernels;
+        ``row_outputs=False`` leaves out per-row outputs that a reduced loss (a mean)
+        does not need to move."""
+        full = n_rows * n_classes * itemsize
+        read = self.full_reads * full + self.label_reads * n_rows * INT64_BYTES
+        written = self.full_writes * full
+        if row_outputs:
+            written += self.row_writes * n_rows * itemsize
+        if with_gradient:
+            written += full
+        return read, written
+
+
+KERNELS: dict[str, Kernel] = {k.name: k for k in (
+    Kernel("logsumexp", (("x", "rows"), ("out", "row_out")),
+           ("logsumexp",),
+           "out[i] = log(sum_c exp(x[i, c])); NaN row -> NaN, +inf -> +inf, all -inf or "
+           "C == 0 -> -inf",
+           row_writes=1),
+    Kernel("logsumexp_scaled",
+           (("x", "rows"), ("b", "rows"), ("out", "row_out"), ("sign_out", "row_out")),
+           ("logsumexp",),
+           "out[i] = log|sum_c b[i, c] exp(x[i, c])|, sign_out[i] its sign; terms with "
+           "b == 0 are left out",
+           full_reads=2, row_writes=2),
+    Kernel("softmax", (("x", "rows"), ("out", "rows_out")),
+           ("softmax",),
+           "out = exp(x - logsumexp(x)) row by row", full_writes=1),
+    Kernel("log_softmax", (("x", "rows"), ("out", "rows_out")),
+           ("log_softmax",),
+           "out = x - logsumexp(x) row by row", full_writes=1),
+    Kernel("sigmoid", (("x", "flat"), ("out", "flat_out")),
+           ("sigmoid",),
+           "out = 1 / (1 + exp(-x)), elementwise", full_writes=1),
+    Kernel("log_sigmoid", (("x", "flat"), ("out", "flat_out")),
+           ("log_sigmoid",),
+           "out = -softplus(-x), elementwise", full_writes=1),
+    Kernel("label_stats",
+           (("labels", "labels"), ("weight", "classes"), ("ignore_index", "scalar")),
+           ("cross_entropy",),
+           "returns (first_invalid, kept_weight): the position of the first label neither "
+           "in [0, C) nor ignore_index (-1 if none) and the float64 sum of weight[label] "
+           "over the kept labels, summed over fixed chunks (independent of n_threads)",
+           full_reads=0, label_reads=1),
+    Kernel("cross_entropy_labels",
+           (("x", "rows"), ("labels", "labels"), ("weight", "classes"),
+            ("ignore_index", "scalar"), ("label_smoothing", "scalar"),
+            ("loss_out", "row_out"), ("grad_out", "grad_out"), ("grad_scale", "scalar")),
+           ("cross_entropy",),
+           "loss_out[i] = (1 - eps) w[y] (lse - x[y]) + eps / C sum_c w[c] (lse - x[c]), "
+           "0 for ignored rows; grad_out = grad_scale (softmax(x) sum(q) - q) with "
+           "q = (1 - eps) w[y] onehot(y) + eps / C w (0 for ignored rows)",
+           label_reads=1, row_writes=1),
+    Kernel("cross_entropy_probs",
+           (("x", "rows"), ("target", "rows"), ("weight", "classes"),
+            ("label_smoothing", "scalar"), ("loss_out", "row_out"),
+            ("grad_out", "grad_out"), ("grad_scale", "scalar")),
+           ("cross_entropy",),
+           "with t' = (1 - eps) t + eps / C: loss_out[i] = -sum_c w[c] t'[c] "
+           "log_softmax(x)[c]; grad_out = grad_scale (softmax(x) sum(w t') - w t')",
+           full_reads=2, row_writes=1),
+    Kernel("bce_with_logits",
+           (("x", "rows"), ("target", "rows"), ("weight", "broadcast"),
+            ("pos_weight", "broadcast"), ("loss_out", "rows_out"), ("grad_out", "grad_out"),
+            ("grad_scale", "scalar")),
+           ("binary_cross_entropy_with_logits",),
+           "element loss w ((1 - t) x + (1 + (pw - 1) t) softplus(-x)); loss_out (n, C) "
+           "elementwise or (n, 1) row sums; grad_out = grad_scale w (sigmoid(x) "
+           "(1 + (pw - 1) t) - pw t)",
+           full_reads=2, row_writes=1),
+    Kernel("softmax_backward", (("dy", "rows"), ("y", "rows"), ("out", "rows_out")),
+           ("softmax_backward",),
+           "y = softmax(x): out = y (dy - sum(dy y))", full_reads=2, full_writes=1),
+    Kernel("log_softmax_backward", (("dy", "rows"), ("y", "rows"), ("out", "rows_out")),
+           ("log_softmax_backward",),
+           "y = log_softmax(x): out = dy - exp(y) sum(dy)", full_reads=2, full_writes=1),
+)}
+
+ALL_KERNELS = frozenset(KERNELS)
+
+
+def check_backend(module) -> list[str]:
+    """Every way ``module`` breaks the table: a kernel it claims in SUPPORTED_KERNELS that
+    is missing, not in the table, or has other arguments. An empty list means it fits."""
+    problems = []
+    claimed = getattr(module, "SUPPORTED_KERNELS", None)
+    if not isinstance(claimed, frozenset):
+        return ["SUPPORTED_KERNELS is not a frozenset"]
+    for name in sorted(claimed):
+        kernel = KERNELS.get(name)
+        if kernel is None:
+            problems.append(f"{name}: not a kernel of the op table")
+            continue
+        function = getattr(module, name, None)
+        if not callable(function):
+            problems.append(f"{name}: claimed but missing")
+            continue
+        try:
+            names = tuple(inspect.signature(function).parameters)
+        except (TypeError, ValueError):
+            problems.append(f"{name}: its signature cannot be read")
+            continue
+        if names != kernel.argument_names:
+            problems.append(f"{name}: arguments {names}, the table says "
+                            f"{kernel.argument_names}")
+    return problems
