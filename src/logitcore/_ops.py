@@ -88,11 +88,12 @@ def _rows_view(array: np.ndarray, axes: tuple[int, ...]):
 
 
 def _from_rows(rows: np.ndarray, template: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """Inverse of ``_as_rows`` for a result shaped like ``template``."""
-    if rows.shape == template.shape:  # 2-D with the class axis last: nothing to undo
-        return rows
-    moved_shape = _moved_last(template, axes).shape
-    result = rows.reshape(moved_shape)
+    """Inverse of ``_as_rows`` for a result shaped like ``template``.
+
+    Whether the class axes move back depends on ``axes``, never on the shapes: a (3, 3)
+    result with the class axis 0 has the right shape but is transposed.
+    """
+    result = rows.reshape(_moved_last(template, axes).shape)
     last = tuple(range(template.ndim - len(axes), template.ndim))
     if axes != last:
         result = np.ascontiguousarray(np.moveaxis(result, last, axes))
@@ -109,7 +110,8 @@ def _same_shape_op(kernel, op, x, axes, out, backend, extra_inputs=()):
     if out is None:
         result2d = np.empty(x2d.shape, x.dtype)
         _run(kernel, op, backend, *operands, result2d)
-        return _from_rows(result2d, x, axes)
+        # x2d is x itself only when x already is (rows, classes): nothing to undo
+        return result2d if x2d is x else _from_rows(result2d, x, axes)
     out2d = _rows_view(out, axes)
     if out2d is not None:
         _run(kernel, op, backend, *operands, out2d)
