@@ -284,18 +284,21 @@ def log_sigmoid(x, *, out=None, backend=None):
 
 # --- losses -----------------------------------------------------------------------
 
-def _gradient_buffer(return_grad, grad_out, logits, original_logits):
-    """The array the kernel writes the gradient into, or None without return_grad."""
+def _gradient_buffer(return_grad, grad_out, logits, operands):
+    """The array (a plain ndarray) the gradient goes into, or None without return_grad.
+
+    ``operands`` are the caller's arrays by argument name; ``grad_out`` may be one of
+    them exactly but may not overlap any partially.
+    """
     if grad_out is not None and not return_grad:
         raise ValueError("grad_out is only used with return_grad=True")
     if not return_grad:
         return None
     if grad_out is None:
         return np.empty(logits.shape, logits.dtype)
-    v.check_out(grad_out, logits.shape, logits.dtype, "grad_out")
-    inputs = {"logits": original_logits} if isinstance(original_logits, np.ndarray) else {}
-    v.check_no_partial_overlap(grad_out, inputs, "grad_out")
-    return grad_out
+    gradient = v.check_out(grad_out, logits.shape, logits.dtype, "grad_out")
+    v.check_no_partial_overlap(gradient, operands, "grad_out")
+    return gradient
 
 
 def _reduce(row_losses: np.ndarray, reduction: str, denominator: float, dtype):
@@ -321,21 +324,30 @@ def _ieee_divide(numerator: float, denominator: float) -> float:
     return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
 
 
-def _gradient_rows(gradient, x2d, axes):
+def _gradient_rows(gradient, x2d, axes, other_reads):
     """The 2-D array the kernel writes the gradient into: a view of ``gradient`` when
-    its layout allows, else a dense scratch array copied back by ``_finish_gradient``."""
+    its layout allows, else a dense scratch array copied back by ``_finish_gradient``.
+
+    The kernels may write the gradient over the logits they read (``x2d``), but not over
+    another operand (``other_reads``: targets, weights): they read those again after
+    writing. So a gradient that shares memory with one goes to scratch as well.
+    """
     if gradient is None:
         return _NO_GRADIENT[x2d.dtype]
     rows = _rows_view(gradient, axes)
-    return rows if rows is not None else np.empty(x2d.shape, x2d.dtype)
+    if rows is None or any(np.may_share_memory(rows, read) for read in other_reads):
+        return np.empty(x2d.shape, x2d.dtype)
+    return rows
 
 
-def _finish_gradient(loss, gradient, grad2d, axes):
+def _finish_gradient(loss, gradient, grad2d, axes, grad_out):
+    """``(loss, gradient)`` with the gradient in the caller's layout (and the caller's
+    own ``grad_out`` object), or ``loss`` alone without a gradient."""
     if gradient is None:
         return loss
     if not np.shares_memory(grad2d, gradient):
         gradient[...] = _from_rows(grad2d, gradient, axes)
-    return loss, gradient
+    return loss, gradient if grad_out is None else grad_out
 
 
 def _checked_labels(target, loss_shape, logits_shape, class_axis, n_classes, ignore_index,
@@ -411,6 +423,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         _ones(n_classes, logits.dtype) if weight is None
         else v.check_class_weight(weight, n_classes, logits.dtype)
     )
+    original_target = target
     target = np.asarray(target)
     loss_shape = logits.shape[:class_axis] + logits.shape[class_axis + 1:]
     probability_targets = target.dtype.kind == "f" and target.shape == logits.shape
@@ -420,9 +433,11 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         labels, kept_weight = _checked_labels(target, loss_shape, logits.shape, class_axis,
                                               n_classes, ignore_index, class_weight, backend)
 
-    gradient = _gradient_buffer(return_grad, grad_out, logits, original_logits)
+    gradient = _gradient_buffer(return_grad, grad_out, logits, {
+        "logits": original_logits, "target": original_target, "weight": weight})
     x2d = _as_rows(logits, axes)
-    grad2d = _gradient_rows(gradient, x2d, axes)
+    target2d = _as_rows(target, axes) if probability_targets else labels
+    grad2d = _gradient_rows(gradient, x2d, axes, (target2d, class_weight))
     row_losses = np.empty(x2d.shape[0], logits.dtype)
     # The mean divides by the row count (probabilities) or by the summed weight of the
     # labels that are not ignored (torch's weighted mean); the gradient carries 1/that.
@@ -435,14 +450,13 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     grad_scale = 1.0 / denominator if denominator else 0.0
 
     if probability_targets:
-        _run("cross_entropy_probs", "cross_entropy", backend, x2d, _as_rows(target, axes),
-             class_weight, label_smoothing, row_losses, grad2d, grad_scale)
+        _run("cross_entropy_probs", "cross_entropy", backend, x2d, target2d, class_weight, label_smoothing, row_losses, grad2d, grad_scale)
     else:
-        _run("cross_entropy_labels", "cross_entropy", backend, x2d, labels, class_weight,
+        _run("cross_entropy_labels", "cross_entropy", backend, x2d, target2d, class_weight,
              ignore_index, label_smoothing, row_losses, grad2d, grad_scale)
 
     loss = _reduce(row_losses.reshape(loss_shape), reduction, denominator, logits.dtype)
-    return _finish_gradient(loss, gradient, grad2d, axes)
+    return _finish_gradient(loss, gradient, grad2d, axes, grad_out)
 
 
 def _elementwise_weight(weight, logits_shape, name, dtype):
@@ -481,12 +495,13 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     ...                                            reduction="none")
     array([0.69314718, 2.12692801])
     """
-    original_logits = logits
+    operands = {"logits": logits, "target": target, "weight": weight, "pos_weight": pos_weight}
+    original_shape = np.shape(logits)
     logits = v.as_float_array(logits, "logits")
     target = v.float_array_like(target, "target", logits.dtype)
     v.check_same_shape(logits, target, "logits", "target")
     reduction = v.check_reduction(reduction)
-    gradient = _gradient_buffer(return_grad, grad_out, logits, original_logits)
+    gradient = _gradient_buffer(return_grad, grad_out, logits, operands)
     # Elementwise loss: any shape works as (rows, last axis); a 0-d input is one element.
     if logits.ndim == 0:
         logits, target = logits.reshape(1), target.reshape(1)
@@ -498,22 +513,23 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     pos_weight2d = ones if pos_weight is None else _elementwise_weight(
         pos_weight, logits.shape, "pos_weight", logits.dtype)
     x2d = _as_rows(logits, axes)
-    grad2d = _gradient_rows(
-        None if gradient is None else gradient.reshape(logits.shape), x2d, axes)
+    target2d = _as_rows(target, axes)
+    grad2d = _gradient_rows(None if gradient is None else gradient.reshape(logits.shape),
+                            x2d, axes, (target2d, weight2d, pos_weight2d))
     loss2d = np.empty((x2d.shape[0], n_classes if reduction == "none" else 1), logits.dtype)
     n_elements = logits.size
     grad_scale = 1.0 / n_elements if reduction == "mean" and n_elements else 1.0
     _run("bce_with_logits", "binary_cross_entropy_with_logits", backend, x2d,
-         _as_rows(target, axes), weight2d, pos_weight2d, loss2d, grad2d, grad_scale)
+         target2d, weight2d, pos_weight2d, loss2d, grad2d, grad_scale)
     if reduction == "none":
-        loss = _scalar_or_array(loss2d.reshape(np.shape(original_logits)))
+        loss = _scalar_or_array(loss2d.reshape(original_shape))
     else:
         loss = _reduce(loss2d, reduction, n_elements, logits.dtype)
     if gradient is None:
         return loss
     if not np.shares_memory(grad2d, gradient):
         gradient[...] = grad2d.reshape(gradient.shape)
-    return loss, gradient
+    return loss, gradient if grad_out is None else grad_out
 
 
 # --- backward passes --------------------------------------------------------------
