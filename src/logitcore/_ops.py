@@ -502,7 +502,8 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     grad_scale = 1.0 / denominator if denominator else 0.0
 
     if probability_targets:
-        _run("cross_entropy_probs", "cross_entropy", backend, x2d, target2d, class_weight, label_smoothing, row_losses, grad2d, grad_scale)
+        _run("cross_entropy_probs", "cross_entropy", backend, x2d, target2d, class_weight,
+             label_smoothing, row_losses, grad2d, grad_scale)
     else:
         _run("cross_entropy_labels", "cross_entropy", backend, x2d, target2d, class_weight,
              ignore_index, label_smoothing, row_losses, grad2d, grad_scale)
