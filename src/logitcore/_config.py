@@ -52,11 +52,17 @@ def _valid_backend_name(name, argument_name="backend"):
     return name
 
 
+# The most threads a call may ask for: above the hardware thread count of any machine
+# this runs on, far below the C int the kernels take (a larger count overflowed there and
+# made every cython call fail after set_num_threads had accepted it).
+MAX_THREADS = 2**15
+
+
 def _valid_thread_count(n, argument_name="n_threads"):
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"{argument_name} must be a positive int, got {n!r}")
-    if n < 1:
-        raise ValueError(f"{argument_name} must be >= 1, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{argument_name} must be in [1, {MAX_THREADS}], got {n}")
     return n
 
 

@@ -14,6 +14,7 @@ import math
 import threading
 
 import numpy as np
+from numpy.exceptions import AxisError
 
 from . import _config
 from . import _validate as v
@@ -88,11 +89,12 @@ def _rows_view(array: np.ndarray, axes: tuple[int, ...]):
 
 
 def _from_rows(rows: np.ndarray, template: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """Inverse of ``_as_rows`` for a result shaped like ``template``."""
-    if rows.shape == template.shape:  # 2-D with the class axis last: nothing to undo
-        return rows
-    moved_shape = _moved_last(template, axes).shape
-    result = rows.reshape(moved_shape)
+    """Inverse of ``_as_rows`` for a result shaped like ``template``.
+
+    Whether the class axes move back depends on ``axes``, never on the shapes: a (3, 3)
+    result with the class axis 0 has the right shape but is transposed.
+    """
+    result = rows.reshape(_moved_last(template, axes).shape)
     last = tuple(range(template.ndim - len(axes), template.ndim))
     if axes != last:
         result = np.ascontiguousarray(np.moveaxis(result, last, axes))
@@ -109,7 +111,8 @@ def _same_shape_op(kernel, op, x, axes, out, backend, extra_inputs=()):
     if out is None:
         result2d = np.empty(x2d.shape, x.dtype)
         _run(kernel, op, backend, *operands, result2d)
-        return _from_rows(result2d, x, axes)
+        # x2d is x itself only when x already is (rows, classes): nothing to undo
+        return result2d if x2d is x else _from_rows(result2d, x, axes)
     out2d = _rows_view(out, axes)
     if out2d is not None:
         _run(kernel, op, backend, *operands, out2d)
@@ -130,16 +133,24 @@ def _ones(n: int, dtype: np.dtype) -> np.ndarray:
 
 
 def _checked_out(out, shape, dtype, inputs):
+    """The plain-ndarray view of the caller's ``out`` that the kernels write through (the
+    public functions return the caller's own object), or None."""
     if out is None:
         return None
-    v.check_out(out, shape, dtype)
-    v.check_no_partial_overlap(out, inputs)
-    return out
+    out_view = v.check_out(out, shape, dtype)
+    v.check_no_partial_overlap(out_view, inputs)
+    return out_view
 
 
 def _scalar_or_array(result: np.ndarray):
     """0-d results come back as NumPy scalars, like NumPy reductions."""
     return result[()] if result.ndim == 0 else result
+
+
+def _result_or_out(result: np.ndarray, out):
+    """The caller's ``out`` object when given (a subclass stays itself), else ``result``,
+    a NumPy scalar when 0-d (as SciPy's softmax of a scalar)."""
+    return _scalar_or_array(result) if out is None else out
 
 
 # --- log-sum-exp, softmax, log-softmax --------------------------------------------
@@ -149,10 +160,12 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
     """Log of the sum of exponentials along ``axis``, computed without overflow.
 
     Matches ``scipy.special.logsumexp``: ``axis`` may be an int, a tuple of ints or None
-    (all axes); ``b`` scales each ``exp(x)`` (broadcast against ``x``); with
-    ``return_sign=True`` the result is ``(log|sum|, sign)``, otherwise a negative sum
-    gives NaN. A row holding NaN gives NaN, one holding +inf gives +inf, an all -inf or
-    empty row gives -inf.
+    (all axes); ``b`` scales each ``exp(x)``; ``x`` and ``b`` broadcast against each
+    other and the result has the dtype NumPy promotes them to (half precision and
+    integers mapped as everywhere else); with ``return_sign=True`` the result is
+    ``(log|sum|, sign)``, otherwise a negative sum gives NaN. A row holding NaN gives NaN
+    (sign NaN), one holding +inf gives +inf, an all -inf or empty row gives -inf (sign 0).
+    A scalar ``x`` is a single class.
 
     >>> import numpy as np, logitcore
     >>> round(float(logitcore.logsumexp(np.array([0.0, np.log(3.0)]))), 12)  # log(1 + 3)
@@ -162,7 +175,15 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
     >>> logitcore.logsumexp([1.0, 2.0], b=[1.0, -1.0], return_sign=True)
     (np.float64(1.5413248546129181), np.float64(-1.0))
     """
-    x = v.as_float_array(x, "x")
+    if b is None:
+        x = v.as_float_array(x, "x")
+        x_given = x
+    else:
+        x_given = x
+        x, b = _promoted_with_scale(x, b)
+    if x.ndim == 0:  # as SciPy: a scalar is one class (axis 0, -1 or None all work)
+        x = x.reshape(1)
+        b = None if b is None else b.reshape(1)
     axes = v.normalize_axes(axis, x.ndim)
     if axes == (x.ndim - 1,):  # the common case, kept cheap
         kept_shape = x.shape[:-1]
@@ -171,36 +192,48 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
         kept_shape = tuple(n for i, n in enumerate(x.shape) if i not in axes)
         result_shape = (tuple(1 if i in axes else n for i, n in enumerate(x.shape))
                         if keepdims else kept_shape)
-    out = _checked_out(out, result_shape, x.dtype, {"x": x})
+    out_view = _checked_out(out, result_shape, x.dtype, {"x": x_given})
     x2d = _as_rows(x, axes)
     result = np.empty(x2d.shape[0], x.dtype)
     if b is None:
         _run("logsumexp", "logsumexp", backend, x2d, result)
-        sign = None
+        if return_sign:
+            # Without b the sum of exponentials is positive unless it is 0 (an all -inf
+            # or empty row: sign 0, as SciPy for all -inf) or NaN.
+            sign = np.where(result == -np.inf, 0.0, 1.0).astype(x.dtype)
+            sign[np.isnan(result)] = np.nan
     else:
-        b = v.float_array_like(b, "b", x.dtype)
-        try:
-            b_full = np.broadcast_to(b, x.shape)
-        except ValueError:
-            raise ValueError(
-                f"b must broadcast to the shape of x: x has shape {x.shape}, "
-                f"b has shape {b.shape}"
-            ) from None
         sign = np.empty(x2d.shape[0], x.dtype)
-        _run("logsumexp_scaled", "logsumexp", backend, x2d, _as_rows(b_full, axes), result, sign)
+        _run("logsumexp_scaled", "logsumexp", backend, x2d, _as_rows(b, axes), result, sign)
         if not return_sign:
             result[sign < 0] = np.nan
     result = result.reshape(result_shape)
-    if out is not None:
-        out[...] = result
-        result = out
-    else:
-        result = _scalar_or_array(result)
+    if out_view is not None:
+        out_view[...] = result
+    result = _scalar_or_array(result) if out is None else out
     if return_sign:
-        if sign is None:  # without b every finite sum of exponentials is positive
-            sign = np.where(np.isnan(result), np.nan, 1.0).astype(x.dtype)
-        return result, _scalar_or_array(np.asarray(sign, x.dtype).reshape(result_shape))
+        return result, _scalar_or_array(sign.reshape(result_shape))
     return result
+
+
+def _promoted_with_scale(x, b):
+    """``x`` and ``b`` of logsumexp broadcast against each other, in the dtype NumPy
+    promotes the pair to (``np.result_type``; a Python scalar ``b`` takes x's dtype), then
+    mapped by the dtype policy (half -> float32, integers -> float64), as SciPy does."""
+    x = np.asarray(x)
+    v.compute_dtype(x.dtype, "x")  # names the argument of a complex / object input
+    b_array = np.asarray(b)
+    v.compute_dtype(b_array.dtype, "b")
+    weak_scalar = type(b) in (int, float)  # NumPy >= 2 promotion (NEP 50)
+    dtype = v.compute_dtype(np.result_type(x, b if weak_scalar else b_array), "b")
+    try:
+        shape = np.broadcast_shapes(x.shape, b_array.shape)
+    except ValueError:
+        raise ValueError(
+            f"b must broadcast against x: x has shape {x.shape}, b has shape {b_array.shape}"
+        ) from None
+    return (np.broadcast_to(x.astype(dtype, copy=False), shape),
+            np.broadcast_to(b_array.astype(dtype, copy=False), shape))
 
 
 def softmax(x, axis=-1, *, out=None, backend=None):
@@ -218,9 +251,12 @@ def softmax(x, axis=-1, *, out=None, backend=None):
     array([[0.5, 0.5]], dtype=float32)
     """
     x = v.as_float_array(x, "x")
+    if x.ndim == 0:
+        return _of_scalar(softmax, x, axis, out, backend)
     axes = v.normalize_axes(axis, x.ndim)
-    out = _checked_out(out, x.shape, x.dtype, {"x": x})
-    return _same_shape_op("softmax", "softmax", x, axes, out, backend)
+    out_view = _checked_out(out, x.shape, x.dtype, {"x": x})
+    result = _same_shape_op("softmax", "softmax", x, axes, out_view, backend)
+    return result if out is None else out  # >= 1-D: 0-d x went to _of_scalar
 
 
 def log_softmax(x, axis=-1, *, out=None, backend=None):
@@ -234,26 +270,44 @@ def log_softmax(x, axis=-1, *, out=None, backend=None):
     array([-0.69314718, -0.69314718])
     """
     x = v.as_float_array(x, "x")
+    if x.ndim == 0:
+        return _of_scalar(log_softmax, x, axis, out, backend)
     axes = v.normalize_axes(axis, x.ndim)
-    out = _checked_out(out, x.shape, x.dtype, {"x": x})
-    return _same_shape_op("log_softmax", "log_softmax", x, axes, out, backend)
+    out_view = _checked_out(out, x.shape, x.dtype, {"x": x})
+    result = _same_shape_op("log_softmax", "log_softmax", x, axes, out_view, backend)
+    return result if out is None else out  # >= 1-D: 0-d x went to _of_scalar
+
+
+def _of_scalar(function, x, axis, out, backend):
+    """softmax / log_softmax of a 0-d ``x``: as SciPy, a single class (axis 0, -1 or
+    None), returned as a NumPy scalar (or written into a 0-d ``out``)."""
+    try:
+        v.normalize_axes(axis, 1)
+    except AxisError:
+        raise AxisError(
+            f"axis={axis!r} is out of bounds for a 0-d x (a single class: axis 0, -1 or None)"
+        ) from None
+    if out is not None:
+        out_view = v.check_out(out, (), x.dtype)
+        function(x.reshape(1), axis, out=out_view.reshape(1), backend=backend)
+        return out
+    return function(x.reshape(1), axis, backend=backend)[0]
 
 
 # --- elementwise ------------------------------------------------------------------
 
 def _elementwise(kernel, x, out, backend):
     x = v.as_float_array(x, "x")
-    out = _checked_out(out, x.shape, x.dtype, {"x": x})
+    out_view = _checked_out(out, x.shape, x.dtype, {"x": x})
     flat = np.ascontiguousarray(x).reshape(-1)
-    if out is not None and out.flags.c_contiguous:
-        _run(kernel, kernel, backend, flat, out.reshape(-1))
+    if out_view is not None and out_view.flags.c_contiguous:
+        _run(kernel, kernel, backend, flat, out_view.reshape(-1))
         return out
     result = np.empty(flat.shape, x.dtype)
     _run(kernel, kernel, backend, flat, result)
-    if out is not None:
-        out[...] = result.reshape(x.shape)
-        return out
-    return _scalar_or_array(result.reshape(x.shape))
+    if out_view is not None:
+        out_view[...] = result.reshape(x.shape)
+    return _result_or_out(result.reshape(x.shape), out)
 
 
 def sigmoid(x, *, out=None, backend=None):
@@ -282,18 +336,21 @@ def log_sigmoid(x, *, out=None, backend=None):
 
 # --- losses -----------------------------------------------------------------------
 
-def _gradient_buffer(return_grad, grad_out, logits, original_logits):
-    """The array the kernel writes the gradient into, or None without return_grad."""
+def _gradient_buffer(return_grad, grad_out, logits, operands):
+    """The array (a plain ndarray) the gradient goes into, or None without return_grad.
+
+    ``operands`` are the caller's arrays by argument name; ``grad_out`` may be one of
+    them exactly but may not overlap any partially.
+    """
     if grad_out is not None and not return_grad:
         raise ValueError("grad_out is only used with return_grad=True")
     if not return_grad:
         return None
     if grad_out is None:
         return np.empty(logits.shape, logits.dtype)
-    v.check_out(grad_out, logits.shape, logits.dtype, "grad_out")
-    inputs = {"logits": original_logits} if isinstance(original_logits, np.ndarray) else {}
-    v.check_no_partial_overlap(grad_out, inputs, "grad_out")
-    return grad_out
+    gradient = v.check_out(grad_out, logits.shape, logits.dtype, "grad_out")
+    v.check_no_partial_overlap(gradient, operands, "grad_out")
+    return gradient
 
 
 def _reduce(row_losses: np.ndarray, reduction: str, denominator: float, dtype):
@@ -319,21 +376,30 @@ def _ieee_divide(numerator: float, denominator: float) -> float:
     return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
 
 
-def _gradient_rows(gradient, x2d, axes):
+def _gradient_rows(gradient, x2d, axes, other_reads):
     """The 2-D array the kernel writes the gradient into: a view of ``gradient`` when
-    its layout allows, else a dense scratch array copied back by ``_finish_gradient``."""
+    its layout allows, else a dense scratch array copied back by ``_finish_gradient``.
+
+    The kernels may write the gradient over the logits they read (``x2d``), but not over
+    another operand (``other_reads``: targets, weights): they read those again after
+    writing. So a gradient that shares memory with one goes to scratch as well.
+    """
     if gradient is None:
         return _NO_GRADIENT[x2d.dtype]
     rows = _rows_view(gradient, axes)
-    return rows if rows is not None else np.empty(x2d.shape, x2d.dtype)
+    if rows is None or any(np.may_share_memory(rows, read) for read in other_reads):
+        return np.empty(x2d.shape, x2d.dtype)
+    return rows
 
 
-def _finish_gradient(loss, gradient, grad2d, axes):
+def _finish_gradient(loss, gradient, grad2d, axes, grad_out):
+    """``(loss, gradient)`` with the gradient in the caller's layout (and the caller's
+    own ``grad_out`` object), or ``loss`` alone without a gradient."""
     if gradient is None:
         return loss
     if not np.shares_memory(grad2d, gradient):
         gradient[...] = _from_rows(grad2d, gradient, axes)
-    return loss, gradient
+    return loss, gradient if grad_out is None else grad_out
 
 
 def _checked_labels(target, loss_shape, logits_shape, class_axis, n_classes, ignore_index,
@@ -409,6 +475,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         _ones(n_classes, logits.dtype) if weight is None
         else v.check_class_weight(weight, n_classes, logits.dtype)
     )
+    original_target = target
     target = np.asarray(target)
     loss_shape = logits.shape[:class_axis] + logits.shape[class_axis + 1:]
     probability_targets = target.dtype.kind == "f" and target.shape == logits.shape
@@ -418,9 +485,11 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         labels, kept_weight = _checked_labels(target, loss_shape, logits.shape, class_axis,
                                               n_classes, ignore_index, class_weight, backend)
 
-    gradient = _gradient_buffer(return_grad, grad_out, logits, original_logits)
+    gradient = _gradient_buffer(return_grad, grad_out, logits, {
+        "logits": original_logits, "target": original_target, "weight": weight})
     x2d = _as_rows(logits, axes)
-    grad2d = _gradient_rows(gradient, x2d, axes)
+    target2d = _as_rows(target, axes) if probability_targets else labels
+    grad2d = _gradient_rows(gradient, x2d, axes, (target2d, class_weight))
     row_losses = np.empty(x2d.shape[0], logits.dtype)
     # The mean divides by the row count (probabilities) or by the summed weight of the
     # labels that are not ignored (torch's weighted mean); the gradient carries 1/that.
@@ -433,14 +502,14 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     grad_scale = 1.0 / denominator if denominator else 0.0
 
     if probability_targets:
-        _run("cross_entropy_probs", "cross_entropy", backend, x2d, _as_rows(target, axes),
-             class_weight, label_smoothing, row_losses, grad2d, grad_scale)
+        _run("cross_entropy_probs", "cross_entropy", backend, x2d, target2d, class_weight,
+             label_smoothing, row_losses, grad2d, grad_scale)
     else:
-        _run("cross_entropy_labels", "cross_entropy", backend, x2d, labels, class_weight,
+        _run("cross_entropy_labels", "cross_entropy", backend, x2d, target2d, class_weight,
              ignore_index, label_smoothing, row_losses, grad2d, grad_scale)
 
     loss = _reduce(row_losses.reshape(loss_shape), reduction, denominator, logits.dtype)
-    return _finish_gradient(loss, gradient, grad2d, axes)
+    return _finish_gradient(loss, gradient, grad2d, axes, grad_out)
 
 
 def _elementwise_weight(weight, logits_shape, name, dtype):
@@ -479,12 +548,13 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     ...                                            reduction="none")
     array([0.69314718, 2.12692801])
     """
-    original_logits = logits
+    operands = {"logits": logits, "target": target, "weight": weight, "pos_weight": pos_weight}
+    original_shape = np.shape(logits)
     logits = v.as_float_array(logits, "logits")
     target = v.float_array_like(target, "target", logits.dtype)
     v.check_same_shape(logits, target, "logits", "target")
     reduction = v.check_reduction(reduction)
-    gradient = _gradient_buffer(return_grad, grad_out, logits, original_logits)
+    gradient = _gradient_buffer(return_grad, grad_out, logits, operands)
     # Elementwise loss: any shape works as (rows, last axis); a 0-d input is one element.
     if logits.ndim == 0:
         logits, target = logits.reshape(1), target.reshape(1)
@@ -496,22 +566,23 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     pos_weight2d = ones if pos_weight is None else _elementwise_weight(
         pos_weight, logits.shape, "pos_weight", logits.dtype)
     x2d = _as_rows(logits, axes)
-    grad2d = _gradient_rows(
-        None if gradient is None else gradient.reshape(logits.shape), x2d, axes)
+    target2d = _as_rows(target, axes)
+    grad2d = _gradient_rows(None if gradient is None else gradient.reshape(logits.shape),
+                            x2d, axes, (target2d, weight2d, pos_weight2d))
     loss2d = np.empty((x2d.shape[0], n_classes if reduction == "none" else 1), logits.dtype)
     n_elements = logits.size
     grad_scale = 1.0 / n_elements if reduction == "mean" and n_elements else 1.0
     _run("bce_with_logits", "binary_cross_entropy_with_logits", backend, x2d,
-         _as_rows(target, axes), weight2d, pos_weight2d, loss2d, grad2d, grad_scale)
+         target2d, weight2d, pos_weight2d, loss2d, grad2d, grad_scale)
     if reduction == "none":
-        loss = _scalar_or_array(loss2d.reshape(np.shape(original_logits)))
+        loss = _scalar_or_array(loss2d.reshape(original_shape))
     else:
         loss = _reduce(loss2d, reduction, n_elements, logits.dtype)
     if gradient is None:
         return loss
     if not np.shares_memory(grad2d, gradient):
         gradient[...] = grad2d.reshape(gradient.shape)
-    return loss, gradient
+    return loss, gradient if grad_out is None else grad_out
 
 
 # --- backward passes --------------------------------------------------------------
@@ -521,9 +592,10 @@ def _backward(kernel, dy, y, axis, out, backend):
     dy = v.float_array_like(dy, "dy", y.dtype)
     v.check_same_shape(y, dy, "y", "dy")
     axes = v.normalize_axes(axis, y.ndim)
-    out = _checked_out(out, y.shape, y.dtype, {"y": y, "dy": dy})
+    out_view = _checked_out(out, y.shape, y.dtype, {"y": y, "dy": dy})
     # The kernel signature is (dy, y, out): dy goes first.
-    return _same_shape_op(kernel, kernel, dy, axes, out, backend, extra_inputs=(y,))
+    result = _same_shape_op(kernel, kernel, dy, axes, out_view, backend, extra_inputs=(y,))
+    return _result_or_out(result, out)
 
 
 def softmax_backward(dy, y, axis=-1, *, out=None, backend=None):

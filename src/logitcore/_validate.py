@@ -13,14 +13,14 @@ REDUCTIONS = ("none", "mean", "sum")
 
 
 def compute_dtype(dtype: np.dtype, name: str) -> np.dtype:
-    """The dtype a kernel computes and returns in, per DESIGN.md's dtype policy."""
-    if dtype == np.float32 or dtype == np.float64:
-        return dtype
-    if dtype == np.float16:
-        return np.dtype(np.float32)
+    """The (native byte order) dtype a kernel computes and returns in, per the dtype
+    policy: float32 stays float32 and float16 becomes float32, in either byte order;
+    float64 and wider stay or become float64; integers and bools become float64."""
+    if dtype.kind == "f":
+        # Decided by the size, not by equality with np.float32: '>f4' != np.float32.
+        # longdouble: no kernel computes in it; float64 is the widest.
+        return np.dtype(np.float32) if dtype.itemsize <= 4 else np.dtype(np.float64)
     if dtype.kind in "biu":
-        return np.dtype(np.float64)
-    if dtype.kind == "f":  # longdouble: no kernel computes in it; float64 is the widest
         return np.dtype(np.float64)
     raise TypeError(
         f"{name} must hold real numbers (float, int or bool), got dtype {dtype}"
@@ -108,10 +108,19 @@ def check_label_smoothing(value) -> float:
     return value
 
 
+INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
+
 def check_ignore_index(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"ignore_index must be an int, got {value!r}")
-    return int(value)
+    value = int(value)
+    # Labels are compared as int64 in the kernels; a wider value would overflow there.
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(
+            f"ignore_index must be in the int64 range [{INT64_MIN}, {INT64_MAX}], got {value}"
+        )
+    return value
 
 
 def int64_labels(labels: np.ndarray) -> tuple[np.ndarray | None, int]:
@@ -119,8 +128,10 @@ def int64_labels(labels: np.ndarray) -> tuple[np.ndarray | None, int]:
     the first uint64 label too large for int64 (-1 if none; the cast would wrap it to a
     negative number, possibly ignore_index). The range of the others is checked by the
     ``label_stats`` kernel, in one pass."""
-    if labels.dtype == np.uint64 and labels.size and labels.max() > np.iinfo(np.int64).max:
-        return None, int(np.argmax(labels.reshape(-1) > np.iinfo(np.int64).max))
+    # kind and size, not ``== np.uint64``: a big-endian '>u8' must be checked too
+    wide_unsigned = labels.dtype.kind == "u" and labels.dtype.itemsize == 8
+    if wide_unsigned and labels.size and labels.max() > INT64_MAX:
+        return None, int(np.argmax(labels.reshape(-1) > INT64_MAX))
     return np.ascontiguousarray(labels, dtype=np.int64).reshape(-1), -1
 
 
@@ -135,15 +146,20 @@ def check_class_weight(weight, n_classes: int, dtype: np.dtype) -> np.ndarray:
 
 
 def check_out(out, shape: tuple, dtype: np.dtype, name: str = "out") -> np.ndarray:
+    """Check a caller's output array and return the plain ndarray view kernels write
+    through. A subclass (np.matrix, np.memmap...) is viewed as its base class: np.matrix
+    stays 2-D under reshape(-1), which a kernel expecting a flat array cannot take."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {out.shape}")
     if out.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got dtype {out.dtype}")
+        byte_order = (" (non-native byte order)"
+                      if out.dtype.newbyteorder("=") == dtype else "")
+        raise TypeError(f"{name} must have dtype {dtype}, got dtype {out.dtype}{byte_order}")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    return out
+    return out if type(out) is np.ndarray else out.view(np.ndarray)
 
 
 def check_no_partial_overlap(out: np.ndarray, inputs: dict, name: str = "out") -> None:

@@ -1136,7 +1136,18 @@ def _flat_tasks(n_elements, threads):
     return max(1, min(threads, n_elements // 65536))
 
 
+def _check_flat(x, out):
+    """The flat kernels index ``out`` without bounds checks: an ``out`` that is not the
+    1-D array of x's shape (np.matrix stays 2-D under reshape(-1)) would be written past
+    its end. The API never passes one; this stops a direct caller before memory is hit."""
+    if out.ndim != 1 or out.shape != x.shape:
+        raise ValueError(
+            f"kernel operand out: expected a 1-D array of shape {x.shape}, got shape {out.shape}"
+        )
+
+
 def sigmoid(x, out, n_threads=1):
+    _check_flat(x, out)
     if x.shape[0] == 0:
         return
     threads = _usable_threads(n_threads)
@@ -1144,6 +1155,7 @@ def sigmoid(x, out, n_threads=1):
 
 
 def log_sigmoid(x, out, n_threads=1):
+    _check_flat(x, out)
     if x.shape[0] == 0:
         return
     threads = _usable_threads(n_threads)
