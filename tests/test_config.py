@@ -97,8 +97,48 @@ def test_auto_small_calls_fall_back_when_cython_is_missing(monkeypatch):
     monkeypatch.setattr(_config, "SMALL_CALL_ORDER", ("missing-backend", "numpy"))
     monkeypatch.setattr(_backends, "is_available", lambda name: name == "numpy")
     monkeypatch.setattr(_config, "_auto_choices", {})
-    lc.softmax(np.zeros((1, 10)))
-    assert lc.last_dispatch()["backend"] == "numpy"
+    _config.small_call_plans.clear()  # made under the real availability
+    try:
+        lc.softmax(np.zeros((1, 10)))
+        assert lc.last_dispatch()["backend"] == "numpy"
+    finally:
+        _config.small_call_plans.clear()  # made under the patched availability
+
+
+def test_small_call_plans_follow_every_setting():
+    """The small-call path gives what the full path gives, and a change of the
+    process-wide backend or thread count, a config() context or a registered backend
+    takes effect at once."""
+    special = pytest.importorskip("scipy.special")
+    x = np.random.default_rng(0).normal(size=(3, 7))
+    want = special.softmax(x, axis=-1)
+    np.testing.assert_allclose(lc.softmax(x), want, rtol=1e-13)
+    lc.set_backend("numpy")
+    try:
+        np.testing.assert_allclose(lc.softmax(x), want, rtol=1e-13)
+        assert lc.last_dispatch()["backend"] == "numpy"
+        lc.set_num_threads(1)
+        lc.logsumexp(x)
+        assert lc.last_dispatch()["n_threads"] == 1
+        with lc.config(n_threads=2):
+            lc.logsumexp(x)
+            assert lc.last_dispatch()["n_threads"] == 2
+        lc.logsumexp(x)
+        assert lc.last_dispatch()["n_threads"] == 1
+    finally:
+        lc.set_backend("auto")
+        lc.set_num_threads(_config.usable_cpu_count())
+    counting = CountingBackend()
+    _backends.register_backend("counting", counting)
+    try:
+        lc.set_backend("counting")
+        np.testing.assert_allclose(lc.softmax(x), want, rtol=1e-13)
+        assert counting.calls == [("softmax", lc.get_num_threads())]
+    finally:
+        lc.set_backend("auto")
+        _backends.unregister_backend("counting")
+    lc.softmax(x)
+    assert lc.last_dispatch()["backend"] != "counting"
 
 
 def test_unknown_backend_lists_valid_names():

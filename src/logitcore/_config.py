@@ -125,6 +125,7 @@ def set_backend(name: str) -> None:
     >>> logitcore.set_backend("auto")
     """
     _global.backend = _valid_backend_name(name)
+    _forget_small_call_plans()
 
 
 def get_backend() -> str:
@@ -145,6 +146,7 @@ def set_num_threads(n: int) -> None:
     >>> logitcore.set_num_threads(logitcore._config.usable_cpu_count())
     """
     _global.n_threads = _valid_thread_count(n)
+    _forget_small_call_plans()
 
 
 def get_num_threads() -> int:
@@ -180,6 +182,9 @@ def config(*, backend: str | None = None, n_threads: int | None = None):
     finally:
         del backend_stack[backend_depth:]
         del thread_stack[thread_depth:]
+        if not backend_stack and not thread_stack:
+            # An empty namespace tells logitcore._ops in one test that no context is active.
+            _local.__dict__.clear()
 
 
 def resolve(kernel: str, backend: str | None, n_elements: int | None = None):
@@ -209,6 +214,25 @@ def resolve(kernel: str, backend: str | None, n_elements: int | None = None):
 
 # Availability never changes once checked, so "auto" decides once per kernel and order.
 _auto_choices: dict = {}
+
+# What small calls that name no backend run: kernel -> (backend name, kernel function,
+# n_threads), from resolve() and get_num_threads(). It holds for the process-wide settings
+# only, so it is emptied when they (or the registry) change and not read inside config().
+small_call_plans: dict = {}
+
+
+def small_call_plan(kernel: str, n_elements: int):
+    """The plan ``logitcore._ops`` keeps for ``kernel`` in ``small_call_plans``."""
+    name, module = resolve(kernel, None, n_elements)
+    plan = small_call_plans[kernel] = (name, getattr(module, kernel), get_num_threads())
+    return plan
+
+
+def _forget_small_call_plans() -> None:
+    small_call_plans.clear()
+
+
+_backends.on_registry_change(_forget_small_call_plans)
 
 
 def _first_supporting(kernel: str, order: tuple[str, ...]):

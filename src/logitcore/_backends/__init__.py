@@ -56,6 +56,14 @@ def valid_names() -> tuple[str, ...]:
     return BACKEND_NAMES + tuple(_extra_backends)
 
 
+_registry_listeners: list = []
+
+
+def on_registry_change(listener) -> None:
+    """Call ``listener()`` whenever a backend is registered or unregistered."""
+    _registry_listeners.append(listener)
+
+
 def register_backend(name: str, module) -> None:
     """Add a backend object (anything with the kernel functions and SUPPORTED_KERNELS)."""
     if name in BACKEND_NAMES or name == "auto":
@@ -63,12 +71,16 @@ def register_backend(name: str, module) -> None:
     global generation
     _extra_backends[name] = module
     generation += 1
+    for listener in _registry_listeners:
+        listener()
 
 
 def unregister_backend(name: str) -> None:
     global generation
     _extra_backends.pop(name, None)
     generation += 1
+    for listener in _registry_listeners:
+        listener()
 
 
 def _check_importable(name: str) -> str | None:
