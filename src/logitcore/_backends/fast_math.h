@@ -465,8 +465,10 @@ LC_INLINE LC_REAL LC_NAME(row_max_where_nonzero)(const LC_REAL* x, const LC_REAL
    of every kernel, optionally storing each exp(x - shift) in `store` (which may be x:
    element i is read before it is written). The terms are positive, so partial sums in the
    input precision lose nothing worth keeping as long as they are flushed into a double
-   every LC_SUM_BLOCK elements. The count and the select cost a compare and two blends per
-   lane; exp(0) is exactly 1, so the stored exps need no select. */
+   every LC_SUM_BLOCK elements. exp(0) is exactly 1, so a term at the shift is taken out
+   of `others` by subtracting the comparison's 1.0 (a compare, a subtract and an add per
+   lane, which gcc vectorises where a select is left as a branch), and the stored exps need
+   no select. */
 LC_INLINE lc_exp_sums LC_NAME(row_sum_exp)(const LC_REAL* x, lc_index n, LC_REAL shift,
                                            LC_REAL* store)
 {
@@ -484,28 +486,27 @@ LC_INLINE lc_exp_sums LC_NAME(row_sum_exp)(const LC_REAL* x, lc_index n, LC_REAL
                 LC_NO_UNROLL
                 for (int j = 0; j < LC_LANES; j++) {
                     LC_REAL value = LC_EXP(x[i + j] - shift);
-                    int at_max = x[i + j] == shift;
+                    LC_REAL at_max = (LC_REAL)(x[i + j] == shift);
                     store[i + j] = value;
-                    lane_sum[j] += at_max ? (LC_REAL)0 : value;
-                    lane_count[j] += at_max ? (LC_REAL)1 : (LC_REAL)0;
+                    lane_sum[j] += value - at_max; /* exactly 0 at the max, where value = 1 */
+                    lane_count[j] += at_max;
                 }
         } else {
             for (; i + LC_LANES <= block_end; i += LC_LANES)
                 LC_NO_UNROLL
                 for (int j = 0; j < LC_LANES; j++) {
-                    LC_REAL value = LC_EXP(x[i + j] - shift);
-                    int at_max = x[i + j] == shift;
-                    lane_sum[j] += at_max ? (LC_REAL)0 : value;
-                    lane_count[j] += at_max ? (LC_REAL)1 : (LC_REAL)0;
+                    LC_REAL at_max = (LC_REAL)(x[i + j] == shift);
+                    lane_sum[j] += LC_EXP(x[i + j] - shift) - at_max;
+                    lane_count[j] += at_max;
                 }
         }
         for (; i < block_end; i++) {
             LC_REAL value = LC_EXP(x[i] - shift);
-            int at_max = x[i] == shift;
+            LC_REAL at_max = (LC_REAL)(x[i] == shift);
             if (store)
                 store[i] = value;
-            lane_sum[0] += at_max ? (LC_REAL)0 : value;
-            lane_count[0] += at_max ? (LC_REAL)1 : (LC_REAL)0;
+            lane_sum[0] += value - at_max;
+            lane_count[0] += at_max;
         }
         lc_exp_sums block_total = {0.0, 0.0};
         for (int j = 0; j < LC_LANES; j++) {
@@ -657,26 +658,30 @@ LC_INLINE void LC_NAME(block_sum_exp)(const LC_REAL* x, lc_index n_rows, lc_inde
         return;
     }
     /* Short rows: a loop over 10 classes does not vectorise, so shift the whole block into
-       one flat scratch, take every exp in one vectorised loop, then sum each row. The
-       shifted values stay in `shifted` (exactly 0 at the row's max), the exps go to exp_out
-       (which may be x: it is read only by the first loop). */
-    LC_REAL shifted[LC_BLOCK_ELEMS], scratch[LC_BLOCK_ELEMS];
+       one flat scratch and take every exp, and every term of the exp sums, in one
+       vectorised loop; then sum each row. The exps go to exp_out (which may be x: it is
+       read only by the first loop). The exp is exactly 1 where x - shift == 0, i.e. where
+       x == shift (gradual underflow): it is taken out of `others` as in row_sum_exp. */
+    LC_REAL others_terms[LC_BLOCK_ELEMS], at_max[LC_BLOCK_ELEMS], scratch[LC_BLOCK_ELEMS];
     LC_REAL* buffer = exp_out ? exp_out : scratch;
     for (lc_index r = 0; r < n_rows; r++) {
         LC_REAL shift = LC_NAME(finite_or_zero)(row_max[r]);
         for (lc_index c = 0; c < n_classes; c++)
-            shifted[r * n_classes + c] = x[r * n_classes + c] - shift;
+            others_terms[r * n_classes + c] = x[r * n_classes + c] - shift;
     }
     lc_index n = n_rows * n_classes;
-    for (lc_index i = 0; i < n; i++)
-        buffer[i] = LC_EXP(shifted[i]);
+    for (lc_index i = 0; i < n; i++) {
+        LC_REAL shifted = others_terms[i];
+        LC_REAL value = LC_EXP(shifted);
+        at_max[i] = (LC_REAL)(shifted == 0);
+        buffer[i] = value;
+        others_terms[i] = value - at_max[i];
+    }
     for (lc_index r = 0; r < n_rows; r++) {
         lc_exp_sums sums = {0.0, 0.0};
         for (lc_index c = 0; c < n_classes; c++) {
-            /* x - shift == 0 exactly when x == shift (gradual underflow) */
-            int at_max = shifted[r * n_classes + c] == 0;
-            sums.others += at_max ? 0.0 : (double)buffer[r * n_classes + c];
-            sums.n_at_max += at_max;
+            sums.others += others_terms[r * n_classes + c];
+            sums.n_at_max += at_max[r * n_classes + c];
         }
         row_sums[r] = sums;
     }

@@ -641,20 +641,21 @@ def prefetch_ahead(values, start):
 
 @vector_jit
 def sum_exp_of(values, shift):
-    """(others, n_at_max) of values for ``shift``: a compare and two selects per element."""
+    """(others, n_at_max) of values for ``shift``. exp(0) is exactly 1, so a term at the
+    shift is taken out of others by subtracting the comparison as 1.0: a compare, a subtract
+    and an add per element, all vectorised."""
     others = np.float64(0.0)  # float64 in Python mode too (float32 + 0.0 stays float32)
     n_at_max = np.float64(0.0)
     zero = cast_like(0.0, values)
-    one = cast_like(1.0, values)
     for start in range(0, values.shape[0], SUM_CHUNK):
         prefetch_ahead(values, start)
         chunk = values[start : start + SUM_CHUNK]
         partial = zero
         count = zero
         for j in range(chunk.shape[0]):
-            at_max = chunk[j] == shift
-            partial += zero if at_max else fast_exp(chunk[j] - shift)
-            count += one if at_max else zero
+            at_max = cast_like(chunk[j] == shift, values)
+            partial += fast_exp(chunk[j] - shift) - at_max
+            count += at_max
         others += partial
         n_at_max += count
     return others, n_at_max
@@ -662,12 +663,10 @@ def sum_exp_of(values, shift):
 
 @vector_jit
 def store_exp(values, out, shift):
-    """out[j] = exp(values[j] - shift); returns their (others, n_at_max). exp(0) is exactly
-    1, so the stored values need no select."""
+    """out[j] = exp(values[j] - shift); returns their (others, n_at_max) as sum_exp_of."""
     others = np.float64(0.0)
     n_at_max = np.float64(0.0)
     zero = cast_like(0.0, values)
-    one = cast_like(1.0, values)
     for start in range(0, values.shape[0], SUM_CHUNK):
         prefetch_ahead(values, start)
         chunk = values[start : start + SUM_CHUNK]
@@ -675,11 +674,11 @@ def store_exp(values, out, shift):
         partial = zero
         count = zero
         for j in range(chunk.shape[0]):
-            at_max = chunk[j] == shift
+            at_max = cast_like(chunk[j] == shift, values)
             e = fast_exp(chunk[j] - shift)
             out_chunk[j] = e
-            partial += zero if at_max else e
-            count += one if at_max else zero
+            partial += e - at_max
+            count += at_max
         others += partial
         n_at_max += count
     return others, n_at_max
@@ -865,11 +864,11 @@ def narrow_block_stats(block, row_max, others, counts, transposed):
         column = exps[c]
         for r in range(n_rows):
             shift = shift_for(block_max[r])
-            at_max = column[r] == shift
+            at_max = cast_like(column[r] == shift, column)
             e = fast_exp(column[r] - shift)
             column[r] = e
-            block_others[r] += 0.0 if at_max else np.float64(e)
-            block_counts[r] += 1.0 if at_max else 0.0
+            block_others[r] += np.float64(e - at_max)  # 0 at the max (see sum_exp_of)
+            block_counts[r] += np.float64(at_max)
     return exps
 
 
@@ -1586,9 +1585,9 @@ def probs_sums(values, target, weight, shift, keep, spread):
     sum_q_shifted = 0.0
     for j in range(values.shape[0]):
         q = np.float64(weight[j]) * (keep * np.float64(target[j]) + spread)
-        at_max = values[j] == shift
-        others += 0.0 if at_max else np.float64(fast_exp(values[j] - shift))
-        n_at_max += 1.0 if at_max else 0.0
+        at_max = cast_like(values[j] == shift, values)
+        others += np.float64(fast_exp(values[j] - shift) - at_max)  # see sum_exp_of
+        n_at_max += np.float64(at_max)
         sum_q += q
         sum_q_shifted += q * (np.float64(values[j]) - np.float64(shift))
     return others, n_at_max, sum_q, sum_q_shifted
