@@ -446,8 +446,9 @@ def log1p_of_sum(y):
     gives -inf and y = inf gives inf (no correction there: it would be 0/0 or inf - inf)."""
     y = np.float64(y)
     u = 1.0 + y
-    correction = (y - (u - 1.0)) / u if u > 0.0 and u < np.inf else 0.0
-    return log_of_sum(u) + correction
+    correction = (y - (u - 1.0)) / u
+    # `&`, not `and`: no branch, so that it vectorises over the rows of a narrow block
+    return log_of_sum(u) + (correction if (u > 0.0) & (u < np.inf) else 0.0)
 
 
 def fast_exp(x):
@@ -835,7 +836,7 @@ def narrow_scratch(x):
     rows_per_block = narrow_rows_per_block(x.shape[1])
     row_max = np.empty(rows_per_block, dtype=x.dtype)
     others = np.empty(rows_per_block, dtype=np.float64)
-    counts = np.empty(rows_per_block, dtype=np.float64)
+    counts = np.empty(rows_per_block, dtype=x.dtype)  # < 64: exact, and no conversion
     transposed = np.empty(rows_per_block * x.shape[1], dtype=x.dtype)
     return row_max, others, counts, transposed
 
@@ -859,7 +860,7 @@ def narrow_block_stats(block, row_max, others, counts, transposed):
         for r in range(n_rows):
             block_max[r] = max_ignoring_nan(block_max[r], column[r])
     fill(block_others, 0.0)
-    fill(block_counts, 0.0)
+    fill(block_counts, cast_like(0.0, block_counts))
     for c in range(n_classes):
         column = exps[c]
         for r in range(n_rows):
@@ -868,7 +869,7 @@ def narrow_block_stats(block, row_max, others, counts, transposed):
             e = fast_exp(column[r] - shift)
             column[r] = e
             block_others[r] += np.float64(e - at_max)  # 0 at the max (see sum_exp_of)
-            block_counts[r] += np.float64(at_max)
+            block_counts[r] += at_max
     return exps
 
 
