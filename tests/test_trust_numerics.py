@@ -36,7 +36,7 @@ mpmath.mp.dps = 60
 NARROW, WHOLE, LONG, SPLIT = (5000, 10), (7, 1000), (3, 9000), (2, 70001)
 PATH_SHAPES = [NARROW, WHOLE, LONG, SPLIT]
 if NUMBA_PYTHON_MODE:  # kernels run as Python: the smallest shapes on the same paths
-    NARROW, WHOLE, LONG, SPLIT = (300, 10), (3, 100), (2, 2100), (1, 4200)
+    NARROW, WHOLE, LONG, SPLIT = (300, 10), (3, 100), (2, 2100), (2, 4200)
     PATH_SHAPES = [NARROW, WHOLE, LONG, SPLIT]
 THREADS = (1, 2, 3)
 
