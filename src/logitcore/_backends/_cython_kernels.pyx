@@ -21,7 +21,7 @@ ValueError, not a write out of bounds.
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, NAN, exp, isfinite, isnan, log
+from libc.math cimport INFINITY, NAN, exp, isfinite
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
@@ -34,6 +34,14 @@ cnp.import_array()
 cdef extern from "fast_math.h" nogil:
     int LC_OPENMP_ENABLED
     const char* lc_simd_path()
+
+    # A row's exp sums, the terms at its max counted apart (see fast_math.h)
+    ctypedef struct lc_exp_sums:
+        double others
+        double n_at_max
+    lc_exp_sums lc_exp_sums_add(lc_exp_sums a, lc_exp_sums b)
+    double lc_exp_sums_total(lc_exp_sums sums)
+    double lc_exp_sums_log(lc_exp_sums sums)
 
     void lc_logsumexp_rows_f32(const float* x, Py_ssize_t n_rows, Py_ssize_t n_classes, float* out)
     void lc_logsumexp_rows_f64(const double* x, Py_ssize_t n_rows, Py_ssize_t n_classes, double* out)
@@ -81,21 +89,22 @@ cdef extern from "fast_math.h" nogil:
                                           Py_ssize_t n_classes, float* out)
     void lc_log_softmax_backward_rows_f64(const double* dy, const double* y, Py_ssize_t n_rows,
                                           Py_ssize_t n_classes, double* out)
-    double merge_pieces_f32(const float* piece_max, const double* piece_sum, Py_ssize_t count,
-                            float* row_max)
-    double merge_pieces_f64(const double* piece_max, const double* piece_sum,
-                            Py_ssize_t count, double* row_max)
-    double lc_chunk_max_sum_exp_f32(const float* x, Py_ssize_t n, float* max_out, float* exp_out)
-    double lc_chunk_max_sum_exp_f64(const double* x, Py_ssize_t n, double* max_out,
-                                    double* exp_out)
+    lc_exp_sums merge_pieces_f32(const float* piece_max, const lc_exp_sums* piece_sums,
+                                 Py_ssize_t count, float* row_max)
+    lc_exp_sums merge_pieces_f64(const double* piece_max, const lc_exp_sums* piece_sums,
+                                 Py_ssize_t count, double* row_max)
+    lc_exp_sums lc_chunk_max_sum_exp_f32(const float* x, Py_ssize_t n, float* max_out,
+                                         float* exp_out)
+    lc_exp_sums lc_chunk_max_sum_exp_f64(const double* x, Py_ssize_t n, double* max_out,
+                                         double* exp_out)
     void lc_chunk_scale_f32(float* x, Py_ssize_t n, float factor)
     void lc_chunk_scale_f64(double* x, Py_ssize_t n, double factor)
     void lc_chunk_subtract_f32(const float* x, float* out, Py_ssize_t n, float a, float b)
     void lc_chunk_subtract_f64(const double* x, double* out, Py_ssize_t n, double a, double b)
     float lc_chunk_max_f32(const float* x, Py_ssize_t n)
     double lc_chunk_max_f64(const double* x, Py_ssize_t n)
-    double lc_chunk_sum_exp_f32(const float* x, Py_ssize_t n, float shift, float* store)
-    double lc_chunk_sum_exp_f64(const double* x, Py_ssize_t n, double shift, double* store)
+    lc_exp_sums lc_chunk_sum_exp_f32(const float* x, Py_ssize_t n, float shift, float* store)
+    lc_exp_sums lc_chunk_sum_exp_f64(const double* x, Py_ssize_t n, double shift, double* store)
     double lc_chunk_weighted_shifted_sum_f32(const float* x, const float* weight, Py_ssize_t n,
                                              float shift)
     double lc_chunk_weighted_shifted_sum_f64(const double* x, const double* weight, Py_ssize_t n,
@@ -302,7 +311,7 @@ cdef void run_rows(RowKernel kernel, const real* x, const real* y, Py_ssize_t n_
 
 # ---------------------------------------------------------------- split class axis
 
-cdef inline double chunk_max_sum_exp(const real* x, Py_ssize_t n, real* max_out,
+cdef inline lc_exp_sums chunk_max_sum_exp(const real* x, Py_ssize_t n, real* max_out,
                                      real* exp_out) noexcept nogil:
     if real is float:
         return lc_chunk_max_sum_exp_f32(x, n, max_out, exp_out)
@@ -325,9 +334,9 @@ cdef inline void chunk_subtract(const real* x, real* out, Py_ssize_t n, real a, 
 
 
 cdef void chunk_partials(const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes, int n_chunks,
-                         real* chunk_max, double* chunk_sum, real* exp_out,
+                         real* chunk_max, lc_exp_sums* chunk_sums, real* exp_out,
                          int n_threads) noexcept nogil:
-    """(max, sum of exps) of every piece of every row, stored at [row * n_chunks + piece];
+    """The max and exp sums of every piece of every row, stored at [row * n_chunks + piece];
     the exps go to exp_out unless NULL."""
     cdef Py_ssize_t task, row, start, end
     cdef int piece
@@ -336,18 +345,18 @@ cdef void chunk_partials(const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
         piece = task % n_chunks
         start = row * n_classes + range_start(n_classes, piece, n_chunks)
         end = row * n_classes + range_start(n_classes, piece + 1, n_chunks)
-        chunk_sum[task] = chunk_max_sum_exp(x + start, end - start, &chunk_max[task],
-                                            offset_or_null(exp_out, start))
+        chunk_sums[task] = chunk_max_sum_exp(x + start, end - start, &chunk_max[task],
+                                             offset_or_null(exp_out, start))
 
 
-cdef inline void merge_chunks(const real* chunk_max, const double* chunk_sum, Py_ssize_t n_chunks,
-                              real* row_max, double* normaliser) noexcept nogil:
-    """A row's max and sum_c exp(x_c - max) from its pieces' pairs: fast_math.h's
-    merge_pieces, the merge its long-row kernels use too (NaN when the max is not finite)."""
+cdef inline lc_exp_sums merge_chunks(const real* chunk_max, const lc_exp_sums* chunk_sums,
+                                     Py_ssize_t n_chunks, real* row_max) noexcept nogil:
+    """A row's max and exp sums from its pieces': fast_math.h's merge_pieces, the merge
+    its long-row kernels use too."""
     if real is float:
-        normaliser[0] = merge_pieces_f32(chunk_max, chunk_sum, n_chunks, row_max)
+        return merge_pieces_f32(chunk_max, chunk_sums, n_chunks, row_max)
     else:
-        normaliser[0] = merge_pieces_f64(chunk_max, chunk_sum, n_chunks, row_max)
+        return merge_pieces_f64(chunk_max, chunk_sums, n_chunks, row_max)
 
 
 cdef bint split_classes(RowKernel kernel, const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
@@ -356,32 +365,29 @@ cdef bint split_classes(RowKernel kernel, const real* x, Py_ssize_t n_rows, Py_s
     False (nothing done) if the few bytes of scratch cannot be allocated."""
     cdef Py_ssize_t row, piece, task, start, end, n_tasks = n_rows * n_chunks
     cdef real* chunk_max = <real*>malloc(n_tasks * sizeof(real))
-    cdef double* chunk_sum = <double*>malloc(n_tasks * sizeof(double))
+    cdef lc_exp_sums* chunk_sums = <lc_exp_sums*>malloc(n_tasks * sizeof(lc_exp_sums))
     cdef real* row_max = <real*>malloc(n_rows * sizeof(real))
+    # per row: softmax's normaliser, or its log for log_softmax
     cdef double* normaliser = <double*>malloc(n_rows * sizeof(double))
-    cdef double result
-    if chunk_max == NULL or chunk_sum == NULL or row_max == NULL or normaliser == NULL:
-        free(chunk_max); free(chunk_sum); free(row_max); free(normaliser)
+    cdef lc_exp_sums sums
+    if chunk_max == NULL or chunk_sums == NULL or row_max == NULL or normaliser == NULL:
+        free(chunk_max); free(chunk_sums); free(row_max); free(normaliser)
         return False
     # Two passes over each piece, the second from cache: the partial sums (softmax keeps
     # each piece's exps, relative to the piece's max, in out), then the output.
-    chunk_partials(x, n_rows, n_classes, n_chunks, chunk_max, chunk_sum,
+    chunk_partials(x, n_rows, n_classes, n_chunks, chunk_max, chunk_sums,
                    out if kernel == SOFTMAX else NULL, n_threads)
     for row in range(n_rows):
-        merge_chunks(chunk_max + row * n_chunks, chunk_sum + row * n_chunks, n_chunks,
-                     &row_max[row], &normaliser[row])
-    if kernel == LOGSUMEXP:
-        for row in range(n_rows):
-            if isfinite(row_max[row]):
-                result = row_max[row] + log(normaliser[row])
-            else:
-                # +inf (the row holds +inf) or -inf (only -inf), unless a piece held NaN
-                result = row_max[row]
-                for piece in range(n_chunks):
-                    if isnan(chunk_sum[row * n_chunks + piece]):
-                        result = NAN
-            out[row] = <real>result
-    else:
+        sums = merge_chunks(chunk_max + row * n_chunks, chunk_sums + row * n_chunks, n_chunks,
+                            &row_max[row])
+        if kernel == LOGSUMEXP:
+            # right at the edges too: +inf, -inf, NaN (see lc_exp_sums_log)
+            out[row] = <real>(row_max[row] + lc_exp_sums_log(sums))
+        elif kernel == LOG_SOFTMAX:
+            normaliser[row] = lc_exp_sums_log(sums) if isfinite(row_max[row]) else NAN
+        else:
+            normaliser[row] = lc_exp_sums_total(sums) if isfinite(row_max[row]) else NAN
+    if kernel != LOGSUMEXP:
         for task in prange(n_tasks, num_threads=n_threads, schedule="static"):
             row = task // n_chunks
             piece = task % n_chunks
@@ -389,13 +395,13 @@ cdef bint split_classes(RowKernel kernel, const real* x, Py_ssize_t n_rows, Py_s
             end = row * n_classes + range_start(n_classes, piece + 1, n_chunks)
             if kernel == LOG_SOFTMAX:
                 chunk_subtract(x + start, out + start, end - start, row_max[row],
-                               <real>log(normaliser[row]))
+                               <real>normaliser[row])
             else:
                 # exp(x - piece max) * exp(piece max - row max) / normaliser; NaN rows
                 # (normaliser NaN) stay NaN, all -inf pieces of a finite row become 0
                 chunk_scale(out + start, end - start,
                             <real>(exp(<double>chunk_max[task] - row_max[row]) / normaliser[row]))
-    free(chunk_max); free(chunk_sum); free(row_max); free(normaliser)
+    free(chunk_max); free(chunk_sums); free(row_max); free(normaliser)
     return True
 
 
@@ -689,13 +695,13 @@ cdef bint split_label_rows(const real* x, const int64_t* labels, const real* wei
     cdef Py_ssize_t n_tasks = n_rows * n_chunks, task, row, start, end, c
     cdef int piece
     cdef real* chunk_max = <real*>malloc(n_tasks * sizeof(real))
-    cdef double* chunk_sum = <double*>malloc(n_tasks * sizeof(double))
+    cdef lc_exp_sums* chunk_sums = <lc_exp_sums*>malloc(n_tasks * sizeof(lc_exp_sums))
     cdef double* chunk_smoothing = <double*>malloc(n_tasks * sizeof(double))
     cdef real* row_max = <real*>malloc(n_rows * sizeof(real))
     cdef double* row_factors = <double*>malloc(3 * n_rows * sizeof(double))
-    if (chunk_max == NULL or chunk_sum == NULL or chunk_smoothing == NULL or row_max == NULL
+    if (chunk_max == NULL or chunk_sums == NULL or chunk_smoothing == NULL or row_max == NULL
             or row_factors == NULL):
-        free(chunk_max); free(chunk_sum); free(chunk_smoothing); free(row_max); free(row_factors)
+        free(chunk_max); free(chunk_sums); free(chunk_smoothing); free(row_max); free(row_factors)
         return False
     # per row: exp_factor, weight_factor of the gradient, and the label's gradient
     cdef double* exp_factor = row_factors
@@ -704,6 +710,7 @@ cdef bint split_label_rows(const real* x, const int64_t* labels, const real* wei
     cdef real top, shift
     cdef double weight_total = 0.0, normaliser, log_normaliser, loss, label_coef, smoothing_coef
     cdef double q_total, smoothing_sum
+    cdef lc_exp_sums sums
     cdef bint use_smoothing = False, keep
     cdef int64_t label
     if eps > 0.0:
@@ -752,24 +759,29 @@ cdef bint split_label_rows(const real* x, const int64_t* labels, const real* wei
         end = row * n_classes + range_start(n_classes, piece + 1, n_chunks)
         shift = row_max[row] if isfinite(row_max[row]) else 0
         if real is float:
-            chunk_sum[task] = lc_chunk_sum_exp_f32(x + start, end - start, shift,
-                                                   offset_or_null(grad_out, start))
+            chunk_sums[task] = lc_chunk_sum_exp_f32(x + start, end - start, shift,
+                                                    offset_or_null(grad_out, start))
         else:
-            chunk_sum[task] = lc_chunk_sum_exp_f64(x + start, end - start, shift,
-                                                   offset_or_null(grad_out, start))
+            chunk_sums[task] = lc_chunk_sum_exp_f64(x + start, end - start, shift,
+                                                    offset_or_null(grad_out, start))
     # 3. the loss of each row and its gradient's coefficients
     for row in range(n_rows):
         label = labels[row]
         keep = label != ignore_index
-        normaliser = 0.0
+        # every piece's sums are relative to the row's shift: they merge by adding
+        sums.others = 0.0
+        sums.n_at_max = 0.0
         smoothing_sum = 0.0
         for piece in range(n_chunks):
-            normaliser += chunk_sum[row * n_chunks + piece]
+            sums = lc_exp_sums_add(sums, chunk_sums[row * n_chunks + piece])
             if use_smoothing:
                 smoothing_sum += chunk_smoothing[row * n_chunks + piece]
-        if not isfinite(row_max[row]):
+        if isfinite(row_max[row]):
+            normaliser = lc_exp_sums_total(sums)
+            log_normaliser = lc_exp_sums_log(sums)
+        else:
             normaliser = NAN
-        log_normaliser = log(normaliser)
+            log_normaliser = NAN
         label_coef = (1.0 - eps) * <double>weight[label] if keep else 0.0
         smoothing_coef = eps / n_classes if keep and use_smoothing else 0.0
         loss = 0.0
@@ -803,7 +815,7 @@ cdef bint split_label_rows(const real* x, const int64_t* labels, const real* wei
         for row in range(n_rows):
             if labels[row] != ignore_index:
                 grad_out[row * n_classes + labels[row]] = <real>label_grad[row]
-    free(chunk_max); free(chunk_sum); free(chunk_smoothing); free(row_max); free(row_factors)
+    free(chunk_max); free(chunk_sums); free(chunk_smoothing); free(row_max); free(row_factors)
     return True
 
 

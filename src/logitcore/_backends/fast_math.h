@@ -258,6 +258,63 @@ LC_INLINE float lc_log1p_unit_f32(float e)
                                 (is_high ? 9.0580006145e-06f : 0.0f) + correction);
 }
 
+/* log(1 + y) for any y >= -1 (or NaN), in double: log(u) of the rounded u = 1 + y plus
+   the bits of y that rounding dropped, (y - (u - 1)) / u, so that log1p(tiny) == tiny.
+   y = -1 gives -inf and y = inf gives inf (no correction: it would be 0/0 or inf - inf). */
+LC_INLINE double lc_log1p_f64(double y)
+{
+    double u = 1.0 + y;
+    double correction = u > 0.0 && u < INFINITY ? (y - (u - 1.0)) / u : 0.0;
+    return lc_log_f64(u) + correction;
+}
+
+/*
+ * The sums of a row's exps, kept so that tiny terms survive (SciPy gh-18295: the sum
+ * 1 + 4e-18 of logsumexp([0, -40]) rounds to 1 and its log to 0). With shift the row's
+ * maximum (finite_or_zero of it, see the template part):
+ *   others   = sum of exp(x - shift) over the x that differ from shift,
+ *   n_at_max = how many x equal shift,
+ * so that sum exp(x - shift) = n_at_max + others and
+ *   lse = max + log1p(others + (n_at_max - 1)),
+ * which keeps every bit of `others` when the maximum is unique. Two pieces of a row with
+ * maxima m1, m2 merge under the larger M (lc_exp_sums_rescaled): a piece whose max is M
+ * adds both fields; a piece with a smaller max adds (n_at_max + others) exp(m - M) to
+ * others. For a row whose max is not finite (the shift is 0), log1p(others + n - 1) is
+ * +inf, -inf or NaN as the edge table needs: see lc_exp_sums_log.
+ */
+typedef struct {
+    double others;
+    double n_at_max;
+} lc_exp_sums;
+
+LC_INLINE lc_exp_sums lc_exp_sums_add(lc_exp_sums a, lc_exp_sums b)
+{
+    lc_exp_sums sum = {a.others + b.others, a.n_at_max + b.n_at_max};
+    return sum;
+}
+
+/* A piece's sums, whose shift was its own max `piece_max`, re-expressed for the row max
+   `row_max` >= piece_max (raw maxima: -inf for an all -inf piece, whose sums are 0). */
+LC_INLINE lc_exp_sums lc_exp_sums_rescaled(lc_exp_sums piece, double piece_max, double row_max)
+{
+    if (piece_max == row_max)
+        return piece;
+    lc_exp_sums rescaled = {(piece.others + piece.n_at_max) * lc_exp_f64(piece_max - row_max), 0.0};
+    return rescaled;
+}
+
+/* sum exp(x - shift): the normaliser of softmax. */
+LC_INLINE double lc_exp_sums_total(lc_exp_sums sums) { return sums.others + sums.n_at_max; }
+
+/* log(sum exp(x - shift)) = log1p(others + (n_at_max - 1)). For a row with a finite max,
+   n_at_max >= 1. Rows whose max is not finite have shift 0: +inf rows have others = inf
+   (-> inf); all -inf and empty rows have others = 0 and n_at_max = 0 (-> log1p(-1) = -inf);
+   a NaN anywhere makes others NaN. */
+LC_INLINE double lc_exp_sums_log(lc_exp_sums sums)
+{
+    return lc_log1p_f64(sums.others + (sums.n_at_max - 1.0));
+}
+
 LC_INLINE lc_index lc_min_index(lc_index a, lc_index b) { return a < b ? a : b; }
 
 /* Ask for the cache lines of [p, p + n_bytes) ahead of use (for writing if `write`). A
@@ -404,43 +461,59 @@ LC_INLINE LC_REAL LC_NAME(row_max_where_nonzero)(const LC_REAL* x, const LC_REAL
     return result;
 }
 
-/* Sum over a row of exp(x - shift), the hot loop of every kernel, optionally storing each
-   exp in `store` (which may be x: element i is read before it is written). The terms are
-   positive, so partial sums in the input precision lose nothing worth keeping as long as
-   they are flushed into a double every LC_SUM_BLOCK elements. */
-LC_INLINE double LC_NAME(row_sum_exp)(const LC_REAL* x, lc_index n, LC_REAL shift, LC_REAL* store)
+/* The exp sums (lc_exp_sums: the terms at the shift counted apart) of a row, the hot loop
+   of every kernel, optionally storing each exp(x - shift) in `store` (which may be x:
+   element i is read before it is written). The terms are positive, so partial sums in the
+   input precision lose nothing worth keeping as long as they are flushed into a double
+   every LC_SUM_BLOCK elements. exp(0) is exactly 1, so a term at the shift is taken out
+   of `others` by subtracting the comparison's 1.0 (a compare, a subtract and an add per
+   lane, which gcc vectorises where a select is left as a branch), and the stored exps need
+   no select. */
+LC_INLINE lc_exp_sums LC_NAME(row_sum_exp)(const LC_REAL* x, lc_index n, LC_REAL shift,
+                                           LC_REAL* store)
 {
-    double total = 0.0;
+    lc_exp_sums total = {0.0, 0.0};
     lc_index i = 0;
     while (i < n) {
         lc_index block_end = lc_min_index(n, i + LC_SUM_BLOCK);
-        LC_REAL lane_sum[LC_LANES];
-        for (int j = 0; j < LC_LANES; j++)
+        LC_REAL lane_sum[LC_LANES], lane_count[LC_LANES];
+        for (int j = 0; j < LC_LANES; j++) {
             lane_sum[j] = 0;
+            lane_count[j] = 0;
+        }
         if (store) {
             for (; i + LC_LANES <= block_end; i += LC_LANES)
                 LC_NO_UNROLL
                 for (int j = 0; j < LC_LANES; j++) {
                     LC_REAL value = LC_EXP(x[i + j] - shift);
+                    LC_REAL at_max = (LC_REAL)(x[i + j] == shift);
                     store[i + j] = value;
-                    lane_sum[j] += value;
+                    lane_sum[j] += value - at_max; /* exactly 0 at the max, where value = 1 */
+                    lane_count[j] += at_max;
                 }
         } else {
             for (; i + LC_LANES <= block_end; i += LC_LANES)
                 LC_NO_UNROLL
-                for (int j = 0; j < LC_LANES; j++)
-                    lane_sum[j] += LC_EXP(x[i + j] - shift);
+                for (int j = 0; j < LC_LANES; j++) {
+                    LC_REAL at_max = (LC_REAL)(x[i + j] == shift);
+                    lane_sum[j] += LC_EXP(x[i + j] - shift) - at_max;
+                    lane_count[j] += at_max;
+                }
         }
         for (; i < block_end; i++) {
             LC_REAL value = LC_EXP(x[i] - shift);
+            LC_REAL at_max = (LC_REAL)(x[i] == shift);
             if (store)
                 store[i] = value;
-            lane_sum[0] += value;
+            lane_sum[0] += value - at_max;
+            lane_count[0] += at_max;
         }
-        double block_total = 0.0;
-        for (int j = 0; j < LC_LANES; j++)
-            block_total += lane_sum[j];
-        total += block_total;
+        lc_exp_sums block_total = {0.0, 0.0};
+        for (int j = 0; j < LC_LANES; j++) {
+            block_total.others += lane_sum[j];
+            block_total.n_at_max += lane_count[j];
+        }
+        total = lc_exp_sums_add(total, block_total);
     }
     return total;
 }
@@ -467,15 +540,15 @@ LC_INLINE double LC_NAME(row_term)(enum lc_row_term term, LC_NAME(row_operands) 
         return LC_FABS(op.a[i]);
     case LC_TERM_PRODUCT:
         return (double)op.a[i] * op.b[i];
-    case LC_TERM_WEIGHTED_SHIFTED:
-        return op.b[i] != 0 ? (double)op.b[i] * (op.a[i] - op.shift) : 0.0;
+    case LC_TERM_WEIGHTED_SHIFTED: /* x - max in double: in float, -3e38 - 3e38 = -inf */
+        return op.b[i] != 0 ? (double)op.b[i] * ((double)op.a[i] - (double)op.shift) : 0.0;
     case LC_TERM_SCALED_EXP:
         return op.b[i] != 0 ? (double)op.b[i] * LC_EXP(op.a[i] - op.shift) : 0.0;
     case LC_TERM_TARGET:
         return LC_NAME(smoothed_target)(op.b[i], op.c[i], op.scale, op.offset);
     case LC_TERM_TARGET_SHIFTED:
         return (double)LC_NAME(smoothed_target)(op.b[i], op.c[i], op.scale, op.offset) *
-               (op.a[i] - op.shift);
+               ((double)op.a[i] - (double)op.shift);
     default:
         return op.a[i];
     }
@@ -522,12 +595,25 @@ LC_INLINE void LC_NAME(row_subtract)(const LC_REAL* x, LC_REAL* out, lc_index n,
         out[i] = (x[i] - a) - b;
 }
 
-/* The sum that normalises softmax, from a row's (max, sum of exp(x - finite_or_zero(max))).
-   A row whose maximum is not finite (it holds +inf, or only -inf) gets NaN: DESIGN.md's
-   edge table wants NaN softmax and log_softmax rows there. */
-LC_INLINE double LC_NAME(row_normaliser)(LC_REAL row_max, double sum_exp)
+/* The sum that normalises softmax, from a row's max and its exp sums (shift
+   finite_or_zero(max)). A row whose maximum is not finite (it holds +inf, or only -inf)
+   gets NaN: DESIGN.md's edge table wants NaN softmax and log_softmax rows there. */
+LC_INLINE double LC_NAME(row_normaliser)(LC_REAL row_max, lc_exp_sums sums)
 {
-    return isfinite(row_max) ? sum_exp : NAN;
+    return isfinite(row_max) ? lc_exp_sums_total(sums) : NAN;
+}
+
+/* log(row_normaliser) without rounding the sum first (see lc_exp_sums). */
+LC_INLINE double LC_NAME(row_log_normaliser)(LC_REAL row_max, lc_exp_sums sums)
+{
+    return isfinite(row_max) ? lc_exp_sums_log(sums) : NAN;
+}
+
+/* A row's logsumexp: max + log1p(others + n_at_max - 1), which is also right at the edges
+   (see lc_exp_sums_log): inf + inf = inf, -inf + -inf = -inf, NaN stays NaN. */
+LC_INLINE double LC_NAME(row_logsumexp)(LC_REAL row_max, lc_exp_sums sums)
+{
+    return (double)row_max + lc_exp_sums_log(sums);
 }
 
 /* ---- blocks of rows: n_rows rows of n_classes, at most lc_rows_per_block(n_classes) ---- */
@@ -539,12 +625,13 @@ LC_INLINE void LC_NAME(block_row_max)(const LC_REAL* x, lc_index n_rows, lc_inde
         row_max[r] = LC_NAME(row_max)(x + r * n_classes, n_classes);
 }
 
-/* row_sum[r] = sum_c exp(x[r, c] - finite_or_zero(row_max[r])), storing the exps in
-   exp_out when it is not NULL (exp_out may be x). written_after, unless NULL, is the
-   block's output that the caller writes next (log_softmax): it is prefetched for writing. */
+/* row_sums[r] = the exp sums of row r for the shift finite_or_zero(row_max[r]), storing
+   the exps in exp_out when it is not NULL (exp_out may be x). written_after, unless NULL,
+   is the block's output that the caller writes next (log_softmax): it is prefetched for
+   writing. */
 LC_INLINE void LC_NAME(block_sum_exp)(const LC_REAL* x, lc_index n_rows, lc_index n_classes,
-                                      const LC_REAL* row_max, double* row_sum, LC_REAL* exp_out,
-                                      LC_REAL* written_after)
+                                      const LC_REAL* row_max, lc_exp_sums* row_sums,
+                                      LC_REAL* exp_out, LC_REAL* written_after)
 {
     if (n_classes >= LC_NARROW_CLASSES) {
         /* The exps are computed from cache; meanwhile the next block (the data of the next
@@ -554,7 +641,7 @@ LC_INLINE void LC_NAME(block_sum_exp)(const LC_REAL* x, lc_index n_rows, lc_inde
         for (lc_index r = 0; r < n_rows; r++) {
             lc_index row_start = r * n_classes;
             LC_REAL shift = LC_NAME(finite_or_zero)(row_max[r]);
-            double sum = 0.0;
+            lc_exp_sums sums = {0.0, 0.0};
             for (lc_index start = 0; start < n_classes; start += LC_SUM_BLOCK) {
                 lc_index count = lc_min_index(LC_SUM_BLOCK, n_classes - start);
                 lc_index at = row_start + start;
@@ -563,91 +650,100 @@ LC_INLINE void LC_NAME(block_sum_exp)(const LC_REAL* x, lc_index n_rows, lc_inde
                     lc_prefetch(exp_out + block_elems + at, count * (lc_index)sizeof(LC_REAL), 1);
                 if (written_after)
                     lc_prefetch(written_after + at, count * (lc_index)sizeof(LC_REAL), 1);
-                sum += LC_NAME(row_sum_exp)(x + at, count, shift, exp_out ? exp_out + at : NULL);
+                sums = lc_exp_sums_add(
+                    sums, LC_NAME(row_sum_exp)(x + at, count, shift, exp_out ? exp_out + at : NULL));
             }
-            row_sum[r] = sum;
+            row_sums[r] = sums;
         }
         return;
     }
     /* Short rows: a loop over 10 classes does not vectorise, so shift the whole block into
-       one flat buffer, take every exp in one vectorised loop, then sum each row. */
-    LC_REAL scratch[LC_BLOCK_ELEMS];
+       one flat scratch and take every exp, and every term of the exp sums, in one
+       vectorised loop; then sum each row. The exps go to exp_out (which may be x: it is
+       read only by the first loop). The exp is exactly 1 where x - shift == 0, i.e. where
+       x == shift (gradual underflow): it is taken out of `others` as in row_sum_exp. */
+    LC_REAL others_terms[LC_BLOCK_ELEMS], at_max[LC_BLOCK_ELEMS], scratch[LC_BLOCK_ELEMS];
     LC_REAL* buffer = exp_out ? exp_out : scratch;
     for (lc_index r = 0; r < n_rows; r++) {
         LC_REAL shift = LC_NAME(finite_or_zero)(row_max[r]);
         for (lc_index c = 0; c < n_classes; c++)
-            buffer[r * n_classes + c] = x[r * n_classes + c] - shift;
+            others_terms[r * n_classes + c] = x[r * n_classes + c] - shift;
     }
     lc_index n = n_rows * n_classes;
-    for (lc_index i = 0; i < n; i++)
-        buffer[i] = LC_EXP(buffer[i]);
+    for (lc_index i = 0; i < n; i++) {
+        LC_REAL shifted = others_terms[i];
+        LC_REAL value = LC_EXP(shifted);
+        at_max[i] = (LC_REAL)(shifted == 0);
+        buffer[i] = value;
+        others_terms[i] = value - at_max[i];
+    }
     for (lc_index r = 0; r < n_rows; r++) {
-        double sum = 0.0;
-        for (lc_index c = 0; c < n_classes; c++)
-            sum += buffer[r * n_classes + c];
-        row_sum[r] = sum;
+        lc_exp_sums sums = {0.0, 0.0};
+        for (lc_index c = 0; c < n_classes; c++) {
+            sums.others += others_terms[r * n_classes + c];
+            sums.n_at_max += at_max[r * n_classes + c];
+        }
+        row_sums[r] = sums;
     }
 }
 
-/* log_normaliser[r] = log(row_normaliser(r)): vectorised across the rows of a block. */
-LC_INLINE void LC_NAME(block_log_normaliser)(const LC_REAL* row_max, const double* row_sum,
+/* log_normaliser[r] = row_log_normaliser(r): vectorised across the rows of a block. */
+LC_INLINE void LC_NAME(block_log_normaliser)(const LC_REAL* row_max, const lc_exp_sums* row_sums,
                                              lc_index n_rows, double* log_normaliser)
 {
     for (lc_index r = 0; r < n_rows; r++)
-        log_normaliser[r] = lc_log_f64(LC_NAME(row_normaliser)(row_max[r], row_sum[r]));
+        log_normaliser[r] = LC_NAME(row_log_normaliser)(row_max[r], row_sums[r]);
 }
 
 /* ---- rows longer than LC_WIDE_BLOCK_ELEMS: pieces of one row ----
    Such a row is a block of its own, and a pass after the first over all of it (the sum of
    exps, the output) would read it back from L2. Instead the row is cut into pieces of
-   LC_WIDE_BLOCK_ELEMS: each piece's maximum and its sum of exps relative to that maximum
-   are taken while the piece is in L1 (softmax stores the exps in the output), and the
-   pairs are merged like online softmax (merge_pieces, which the class split of
-   _cython_kernels.pyx calls too).
+   LC_WIDE_BLOCK_ELEMS: each piece's maximum and its exp sums relative to that maximum are
+   taken while the piece is in L1 (softmax stores the exps in the output), and the pieces
+   are merged (merge_pieces, which the class split of _cython_kernels.pyx calls too).
    Measured (kernel calls on 256 x 131072 float32, outputs preallocated): softmax on one
    thread 16.1 -> 13.2 ms, log_softmax on two 8.2 -> 7.6 ms. */
-/* Each piece's max (NaN ignored) and sum of exp(x - finite_or_zero(max)); the exps go to
-   exp_out unless it is NULL. Returns the number of pieces. */
+/* Each piece's max (NaN ignored) and exp sums for the shift finite_or_zero(max); the exps
+   go to exp_out unless it is NULL. Returns the number of pieces. */
 LC_INLINE lc_index LC_NAME(row_pieces)(const LC_REAL* x, lc_index n, LC_REAL* exp_out,
-                                       LC_REAL* piece_max, double* piece_sum)
+                                       LC_REAL* piece_max, lc_exp_sums* piece_sums)
 {
     lc_index length = lc_piece_length(n), count = 0;
     for (lc_index start = 0; start < n; start += length, count++) {
         lc_index m = lc_min_index(length, n - start);
         LC_REAL top = LC_NAME(row_max)(x + start, m);
         LC_REAL shift = LC_NAME(finite_or_zero)(top);
-        double sum = 0.0;
+        lc_exp_sums sums = {0.0, 0.0};
         /* The exps come from L1; meanwhile the next piece (what the next memory-bound max
-           pass reads, and where its exps go) is prefetched. Cut at LC_SUM_BLOCK, the sum is
-           the same. */
+           pass reads, and where its exps go) is prefetched. Cut at LC_SUM_BLOCK, the sums
+           are the same. */
         for (lc_index at = start; at < start + m; at += LC_SUM_BLOCK) {
             lc_index k = lc_min_index(LC_SUM_BLOCK, start + m - at);
             lc_prefetch(x + at + length, k * (lc_index)sizeof(LC_REAL), 0);
             if (exp_out)
                 lc_prefetch(exp_out + at + length, k * (lc_index)sizeof(LC_REAL), 1);
-            sum += LC_NAME(row_sum_exp)(x + at, k, shift, exp_out ? exp_out + at : NULL);
+            sums = lc_exp_sums_add(
+                sums, LC_NAME(row_sum_exp)(x + at, k, shift, exp_out ? exp_out + at : NULL));
         }
         piece_max[count] = top;
-        piece_sum[count] = sum;
+        piece_sums[count] = sums;
     }
     return count;
 }
 
-/* The row's max and the sum of exp(x - max) over its pieces; the sum is NaN when the max is
-   not finite (the row holds +inf or only -inf: NaN softmax rows), or when a piece holds NaN. */
-LC_INLINE double LC_NAME(merge_pieces)(const LC_REAL* piece_max, const double* piece_sum,
-                                       lc_index count, LC_REAL* row_max)
+/* The row's max (into row_max) and its exp sums, merged from its pieces' in piece order
+   (see lc_exp_sums). */
+LC_INLINE lc_exp_sums LC_NAME(merge_pieces)(const LC_REAL* piece_max, const lc_exp_sums* piece_sums,
+                                            lc_index count, LC_REAL* row_max)
 {
     LC_REAL top = -INFINITY;
     for (lc_index p = 0; p < count; p++)
         if (piece_max[p] > top)
             top = piece_max[p];
     *row_max = top;
-    if (!isfinite(top))
-        return NAN;
-    double total = 0.0;
-    for (lc_index p = 0; p < count; p++) /* an all -inf piece: sum 0, factor 0 */
-        total += piece_sum[p] * lc_exp_f64((double)piece_max[p] - (double)top);
+    lc_exp_sums total = {0.0, 0.0};
+    for (lc_index p = 0; p < count; p++)
+        total = lc_exp_sums_add(total, lc_exp_sums_rescaled(piece_sums[p], piece_max[p], top));
     return total;
 }
 
@@ -655,10 +751,11 @@ LC_INLINE double LC_NAME(merge_pieces)(const LC_REAL* piece_max, const double* p
 LC_INLINE void LC_NAME(long_row_softmax)(const LC_REAL* x, lc_index n, LC_REAL* out)
 {
     LC_REAL piece_max[LC_MAX_PIECES];
-    double piece_sum[LC_MAX_PIECES];
+    lc_exp_sums piece_sums[LC_MAX_PIECES];
     LC_REAL row_max;
-    lc_index count = LC_NAME(row_pieces)(x, n, out, piece_max, piece_sum);
-    double total = LC_NAME(merge_pieces)(piece_max, piece_sum, count, &row_max);
+    lc_index count = LC_NAME(row_pieces)(x, n, out, piece_max, piece_sums);
+    lc_exp_sums sums = LC_NAME(merge_pieces)(piece_max, piece_sums, count, &row_max);
+    double total = LC_NAME(row_normaliser)(row_max, sums);
     lc_index length = lc_piece_length(n);
     for (lc_index p = 0; p < count; p++) {
         /* out holds exp(x - piece max): times exp(piece max - row max) / total. A NaN
@@ -669,15 +766,16 @@ LC_INLINE void LC_NAME(long_row_softmax)(const LC_REAL* x, lc_index n, LC_REAL* 
     }
 }
 
-/* log_softmax of one long row: (max, sum) piece by piece, then one pass x - max - log(sum). */
+/* log_softmax of one long row: its sums piece by piece, then one pass x - max - log(sum). */
 LC_INLINE void LC_NAME(long_row_log_softmax)(const LC_REAL* x, lc_index n, LC_REAL* out)
 {
     LC_REAL piece_max[LC_MAX_PIECES];
-    double piece_sum[LC_MAX_PIECES];
+    lc_exp_sums piece_sums[LC_MAX_PIECES];
     LC_REAL row_max;
-    lc_index count = LC_NAME(row_pieces)(x, n, NULL, piece_max, piece_sum);
-    double total = LC_NAME(merge_pieces)(piece_max, piece_sum, count, &row_max);
-    LC_NAME(row_subtract)(x, out, n, row_max, (LC_REAL)lc_log_f64(total));
+    lc_index count = LC_NAME(row_pieces)(x, n, NULL, piece_max, piece_sums);
+    lc_exp_sums sums = LC_NAME(merge_pieces)(piece_max, piece_sums, count, &row_max);
+    LC_NAME(row_subtract)(x, out, n, row_max,
+                          (LC_REAL)LC_NAME(row_log_normaliser)(row_max, sums));
 }
 
 /* ====================== the kernels: a contiguous range of rows ====================== */
@@ -686,16 +784,15 @@ LC_DISPATCH static void LC_NAME(lc_logsumexp_rows)(const LC_REAL* x, lc_index n_
                                                    lc_index n_classes, LC_REAL* out)
 {
     LC_REAL row_max[LC_BLOCK_ROWS];
-    double row_sum[LC_BLOCK_ROWS];
+    lc_exp_sums row_sums[LC_BLOCK_ROWS];
     lc_index rows_per_block = lc_rows_per_block(n_classes);
     for (lc_index first = 0; first < n_rows; first += rows_per_block) {
         lc_index rows = lc_min_index(rows_per_block, n_rows - first);
         const LC_REAL* x_block = x + first * n_classes;
         LC_NAME(block_row_max)(x_block, rows, n_classes, row_max);
-        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sum, NULL, NULL);
+        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sums, NULL, NULL);
         for (lc_index r = 0; r < rows; r++)
-            out[first + r] =
-                (LC_REAL)(LC_NAME(finite_or_zero)(row_max[r]) + lc_log_f64(row_sum[r]));
+            out[first + r] = (LC_REAL)LC_NAME(row_logsumexp)(row_max[r], row_sums[r]);
     }
 }
 
@@ -703,7 +800,7 @@ LC_DISPATCH static void LC_NAME(lc_softmax_rows)(const LC_REAL* x, lc_index n_ro
                                                  lc_index n_classes, LC_REAL* out)
 {
     LC_REAL row_max[LC_BLOCK_ROWS];
-    double row_sum[LC_BLOCK_ROWS];
+    lc_exp_sums row_sums[LC_BLOCK_ROWS];
     lc_index rows_per_block = lc_rows_per_block(n_classes);
     if (n_classes > LC_WIDE_BLOCK_ELEMS) {
         for (lc_index r = 0; r < n_rows; r++)
@@ -715,11 +812,11 @@ LC_DISPATCH static void LC_NAME(lc_softmax_rows)(const LC_REAL* x, lc_index n_ro
         LC_REAL* out_block = out + first * n_classes;
         LC_NAME(block_row_max)(x + first * n_classes, rows, n_classes, row_max);
         /* The exps go straight into out (read back from cache to be scaled). */
-        LC_NAME(block_sum_exp)(x + first * n_classes, rows, n_classes, row_max, row_sum, out_block,
+        LC_NAME(block_sum_exp)(x + first * n_classes, rows, n_classes, row_max, row_sums, out_block,
                                NULL);
         for (lc_index r = 0; r < rows; r++)
             LC_NAME(row_scale)(out_block + r * n_classes, n_classes,
-                               (LC_REAL)(1.0 / LC_NAME(row_normaliser)(row_max[r], row_sum[r])));
+                               (LC_REAL)(1.0 / LC_NAME(row_normaliser)(row_max[r], row_sums[r])));
     }
 }
 
@@ -727,7 +824,8 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_rows)(const LC_REAL* x, lc_index 
                                                      lc_index n_classes, LC_REAL* out)
 {
     LC_REAL row_max[LC_BLOCK_ROWS];
-    double row_sum[LC_BLOCK_ROWS], log_normaliser[LC_BLOCK_ROWS];
+    lc_exp_sums row_sums[LC_BLOCK_ROWS];
+    double log_normaliser[LC_BLOCK_ROWS];
     lc_index rows_per_block = lc_rows_per_block(n_classes);
     if (n_classes > LC_WIDE_BLOCK_ELEMS) {
         for (lc_index r = 0; r < n_rows; r++)
@@ -738,9 +836,9 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_rows)(const LC_REAL* x, lc_index 
         lc_index rows = lc_min_index(rows_per_block, n_rows - first);
         const LC_REAL* x_block = x + first * n_classes;
         LC_NAME(block_row_max)(x_block, rows, n_classes, row_max);
-        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sum, NULL,
+        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sums, NULL,
                                out + first * n_classes);
-        LC_NAME(block_log_normaliser)(row_max, row_sum, rows, log_normaliser);
+        LC_NAME(block_log_normaliser)(row_max, row_sums, rows, log_normaliser);
         for (lc_index r = 0; r < rows; r++)
             LC_NAME(row_subtract)(x_block + r * n_classes, out + (first + r) * n_classes, n_classes,
                                   row_max[r], (LC_REAL)log_normaliser[r]);
@@ -791,7 +889,8 @@ LC_DISPATCH static void LC_NAME(lc_cross_entropy_labels_rows)(
     const int any_nonzero_weight =
         smoothing && LC_NAME(row_sum)(LC_TERM_ABS, weights, n_classes) != 0.0;
     LC_REAL row_max[LC_BLOCK_ROWS];
-    double row_sum[LC_BLOCK_ROWS], log_normaliser[LC_BLOCK_ROWS];
+    lc_exp_sums row_sums[LC_BLOCK_ROWS];
+    double log_normaliser[LC_BLOCK_ROWS];
     double shifted_label_logit[LC_BLOCK_ROWS], smoothing_sum[LC_BLOCK_ROWS];
     const double smoothing_per_class = label_smoothing / (double)n_classes;
     const int use_smoothing = smoothing && any_nonzero_weight;
@@ -813,8 +912,8 @@ LC_DISPATCH static void LC_NAME(lc_cross_entropy_labels_rows)(
                                        n_classes)
                     : 0.0;
         }
-        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sum, grad_block, NULL);
-        LC_NAME(block_log_normaliser)(row_max, row_sum, rows, log_normaliser);
+        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sums, grad_block, NULL);
+        LC_NAME(block_log_normaliser)(row_max, row_sums, rows, log_normaliser);
         for (lc_index r = 0; r < rows; r++) {
             int64_t label = labels[first + r];
             int keep = label != ignore_index;
@@ -831,7 +930,7 @@ LC_DISPATCH static void LC_NAME(lc_cross_entropy_labels_rows)(
                 continue;
             LC_REAL* grad_row = grad_block + r * n_classes;
             double q_total = label_coef + smoothing_coef * weight_total;
-            double normaliser = LC_NAME(row_normaliser)(row_max[r], row_sum[r]);
+            double normaliser = LC_NAME(row_normaliser)(row_max[r], row_sums[r]);
             /* the label's element in double: p[y] sum(q) - q[y] cancels when p[y] -> 1 */
             double label_grad =
                 grad_scale * ((double)grad_row[safe_label] / normaliser * q_total -
@@ -859,7 +958,8 @@ LC_DISPATCH static void LC_NAME(lc_cross_entropy_probs_rows)(
     lc_index n_rows, lc_index n_classes, LC_REAL* loss_out, LC_REAL* grad_out, double grad_scale)
 {
     LC_REAL row_max[LC_BLOCK_ROWS];
-    double row_sum[LC_BLOCK_ROWS], log_normaliser[LC_BLOCK_ROWS];
+    lc_exp_sums row_sums[LC_BLOCK_ROWS];
+    double log_normaliser[LC_BLOCK_ROWS];
     double q_total[LC_BLOCK_ROWS], q_dot_shifted[LC_BLOCK_ROWS];
     const LC_REAL target_scale = (LC_REAL)(1.0 - label_smoothing);
     const LC_REAL target_offset = (LC_REAL)(label_smoothing / (double)n_classes);
@@ -877,15 +977,15 @@ LC_DISPATCH static void LC_NAME(lc_cross_entropy_probs_rows)(
             q_total[r] = LC_NAME(row_sum)(LC_TERM_TARGET, op, n_classes);
             q_dot_shifted[r] = LC_NAME(row_sum)(LC_TERM_TARGET_SHIFTED, op, n_classes);
         }
-        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sum, grad_block, NULL);
-        LC_NAME(block_log_normaliser)(row_max, row_sum, rows, log_normaliser);
+        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sums, grad_block, NULL);
+        LC_NAME(block_log_normaliser)(row_max, row_sums, rows, log_normaliser);
         for (lc_index r = 0; r < rows; r++) {
             loss_out[first + r] = (LC_REAL)(q_total[r] * log_normaliser[r] - q_dot_shifted[r]);
             if (!grad_block)
                 continue;
             LC_REAL* grad_row = grad_block + r * n_classes;
             const LC_REAL* t_row = target_block + r * n_classes;
-            double normaliser = LC_NAME(row_normaliser)(row_max[r], row_sum[r]);
+            double normaliser = LC_NAME(row_normaliser)(row_max[r], row_sums[r]);
             LC_REAL exp_factor = (LC_REAL)(grad_scale * q_total[r] / normaliser);
             LC_REAL scale = (LC_REAL)grad_scale;
             for (lc_index c = 0; c < n_classes; c++)
@@ -1025,10 +1125,10 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_backward_rows)(const LC_REAL* dy,
 
 /* ---- pieces of one row, for splitting a row's class axis across threads ---- */
 
-/* (max, sum of exp(x - finite_or_zero(max))) of a piece of a row; the exps go to exp_out
-   unless it is NULL (exp_out may be x). */
-LC_DISPATCH static double LC_NAME(lc_chunk_max_sum_exp)(const LC_REAL* x, lc_index n,
-                                                        LC_REAL* max_out, LC_REAL* exp_out)
+/* The max and the exp sums (shift finite_or_zero(max)) of a piece of a row; the exps go to
+   exp_out unless it is NULL (exp_out may be x). */
+LC_DISPATCH static lc_exp_sums LC_NAME(lc_chunk_max_sum_exp)(const LC_REAL* x, lc_index n,
+                                                             LC_REAL* max_out, LC_REAL* exp_out)
 {
     LC_REAL chunk_max = LC_NAME(row_max)(x, n);
     *max_out = chunk_max;
@@ -1047,16 +1147,16 @@ LC_DISPATCH static void LC_NAME(lc_chunk_subtract)(const LC_REAL* x, LC_REAL* ou
     LC_NAME(row_subtract)(x, out, n, a, b);
 }
 
-/* The pieces cross-entropy with labels needs when a row is split: its max, its sum of
-   exp(x - shift) (exps stored unless store is NULL; store may be x), its smoothing sum
+/* The pieces cross-entropy with labels needs when a row is split: its max, its exp sums
+   for the row's shift (exps stored unless store is NULL; store may be x), its smoothing sum
    sum_{w != 0} w (x - shift), and the gradient formed in place from the stored exps. */
 LC_DISPATCH static LC_REAL LC_NAME(lc_chunk_max)(const LC_REAL* x, lc_index n)
 {
     return LC_NAME(row_max)(x, n);
 }
 
-LC_DISPATCH static double LC_NAME(lc_chunk_sum_exp)(const LC_REAL* x, lc_index n, LC_REAL shift,
-                                                    LC_REAL* store)
+LC_DISPATCH static lc_exp_sums LC_NAME(lc_chunk_sum_exp)(const LC_REAL* x, lc_index n,
+                                                         LC_REAL shift, LC_REAL* store)
 {
     return LC_NAME(row_sum_exp)(x, n, shift, store);
 }

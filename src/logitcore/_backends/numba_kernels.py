@@ -439,6 +439,18 @@ def log_of_sum(x):
     return result if x >= 0.0 else np.nan
 
 
+@ordered_jit
+def log1p_of_sum(y):
+    """log(1 + y) for a float64 y >= -1 (or NaN): log of the rounded u = 1 + y plus the bits
+    of y that rounding dropped, (y - (u - 1)) / u, so that log1p(tiny) == tiny. y = -1
+    gives -inf and y = inf gives inf (no correction there: it would be 0/0 or inf - inf)."""
+    y = np.float64(y)
+    u = 1.0 + y
+    correction = (y - (u - 1.0)) / u
+    # `&`, not `and`: no branch, so that it vectorises over the rows of a narrow block
+    return log_of_sum(u) + (correction if (u > 0.0) & (u < np.inf) else 0.0)
+
+
 def fast_exp(x):
     """exp(x) in x's float type, vectorisable (see exp_float32 / exp_float64)."""
 
@@ -577,9 +589,17 @@ def log_softmax_value(x, shift, log_sum):
 # Helpers take 1-D views (row[start:stop]) and loop from 0: with a runtime start index,
 # numba's negative-index wraparound makes LLVM load through gathers instead of vectors.
 #
-# A span's statistics are (m, s): m its maximum (NaN ignored), s the float64 sum of
-# exp(x - shift_for(m)). The shift is m itself when finite, else 0 (the reference's rule),
-# which yields the edge table: +inf -> s = inf, all -inf -> s = 0, NaN -> s = NaN.
+# A span's statistics are (m, others, n_at_max): m its maximum (NaN ignored), and with
+# shift = shift_for(m) (m itself when finite, else 0, the reference's rule)
+#   others   = the float64 sum of exp(x - shift) over the x that differ from shift,
+#   n_at_max = how many x equal shift,
+# so that sum exp(x - shift) = n_at_max + others and
+#   lse = m + log1p(others + (n_at_max - 1)),
+# which keeps every bit of the small terms when the maximum is unique (logsumexp([0, -40])
+# is 4.25e-18; the plain sum 1 + 4.25e-18 rounds to 1 and its log to 0, SciPy gh-18295).
+# Rows whose max is not finite come out as the edge table wants: +inf -> others = inf,
+# lse = inf; all -inf -> others = 0, n_at_max = 0, lse = -inf + log1p(-1) = -inf; NaN ->
+# others = NaN. Spans merge by merge_block_stats (see there).
 
 
 @plain_jit
@@ -622,32 +642,47 @@ def prefetch_ahead(values, start):
 
 @vector_jit
 def sum_exp_of(values, shift):
-    sum_exp = np.float64(0.0)  # float64 in Python mode too (float32 + 0.0 stays float32)
+    """(others, n_at_max) of values for ``shift``. exp(0) is exactly 1, so a term at the
+    shift is taken out of others by subtracting the comparison as 1.0: a compare, a subtract
+    and an add per element, all vectorised."""
+    others = np.float64(0.0)  # float64 in Python mode too (float32 + 0.0 stays float32)
+    n_at_max = np.float64(0.0)
+    zero = cast_like(0.0, values)
     for start in range(0, values.shape[0], SUM_CHUNK):
         prefetch_ahead(values, start)
         chunk = values[start : start + SUM_CHUNK]
-        partial = cast_like(0.0, values)
+        partial = zero
+        count = zero
         for j in range(chunk.shape[0]):
-            partial += fast_exp(chunk[j] - shift)
-        sum_exp += partial
-    return sum_exp
+            at_max = cast_like(chunk[j] == shift, values)
+            partial += fast_exp(chunk[j] - shift) - at_max
+            count += at_max
+        others += partial
+        n_at_max += count
+    return others, n_at_max
 
 
 @vector_jit
 def store_exp(values, out, shift):
-    """out[j] = exp(values[j] - shift); returns their float64 sum."""
-    sum_exp = np.float64(0.0)
+    """out[j] = exp(values[j] - shift); returns their (others, n_at_max) as sum_exp_of."""
+    others = np.float64(0.0)
+    n_at_max = np.float64(0.0)
+    zero = cast_like(0.0, values)
     for start in range(0, values.shape[0], SUM_CHUNK):
         prefetch_ahead(values, start)
         chunk = values[start : start + SUM_CHUNK]
         out_chunk = out[start : start + SUM_CHUNK]
-        partial = cast_like(0.0, values)
+        partial = zero
+        count = zero
         for j in range(chunk.shape[0]):
+            at_max = cast_like(chunk[j] == shift, values)
             e = fast_exp(chunk[j] - shift)
             out_chunk[j] = e
-            partial += e
-        sum_exp += partial
-    return sum_exp
+            partial += e - at_max
+            count += at_max
+        others += partial
+        n_at_max += count
+    return others, n_at_max
 
 
 @vector_jit
@@ -663,29 +698,27 @@ def fill(values, value):
 
 
 @plain_jit
-def relative_scale(part_max, part_sum, shift):
-    """exp(shift_for(part_max) - shift): re-expresses a part's sum relative to ``shift``.
-
-    A part whose sum is 0 (empty, or all -inf) contributes nothing, even when the factor
-    would overflow (0 * inf would be NaN).
-    """
-    if part_sum == 0.0:
-        return 0.0
-    return fast_exp(np.float64(shift_for(part_max)) - np.float64(shift))
+def relative_scale(part_max, row_max):
+    """exp(part_max - row_max), re-expressing a part's sums (shift shift_for(part_max))
+    relative to the row's max (raw maxima: a part that is all -inf has sums 0 and factor
+    0; when row_max is +inf, every part with a smaller max gets 0)."""
+    return fast_exp(np.float64(part_max) - np.float64(row_max))
 
 
 @vector_jit
 def block_max_sum_exp(values):
-    """(max, sum exp) of one block: the max pass reads memory, the sum pass reads L1."""
+    """(max, others, n_at_max) of one block: the max pass reads memory, the sum pass L1."""
     block_max = max_of(values)
-    return block_max, sum_exp_of(values, shift_for(block_max))
+    others, n_at_max = sum_exp_of(values, shift_for(block_max))
+    return block_max, others, n_at_max
 
 
 @vector_jit
 def block_max_store_exp(values, out):
-    """(max, sum exp) of one block, leaving exp(x - shift) of the block in out."""
+    """(max, others, n_at_max) of one block, leaving exp(x - shift) of the block in out."""
     block_max = max_of(values)
-    return block_max, store_exp(values, out, shift_for(block_max))
+    others, n_at_max = store_exp(values, out, shift_for(block_max))
+    return block_max, others, n_at_max
 
 
 @plain_jit
@@ -701,7 +734,7 @@ def block_bounds(n_classes, block):
 
 @vector_jit
 def row_max_sum_exp(row):
-    """(max, sum exp) of a whole row, from its blocks' pairs merged by merge_block_stats.
+    """(max, others, n_at_max) of a whole row, from its blocks' merged by merge_block_stats.
 
     The class-split kernels merge the same blocks the same way, so a row's result does
     not depend on the number of threads.
@@ -711,31 +744,39 @@ def row_max_sum_exp(row):
         return block_max_sum_exp(row)  # the value merge_block_stats gives for one block
     n_blocks = n_blocks_of(n_classes)
     block_maxes = np.empty(n_blocks, dtype=row.dtype)
-    block_sums = np.empty(n_blocks, dtype=np.float64)
+    block_others = np.empty(n_blocks, dtype=np.float64)
+    block_counts = np.empty(n_blocks, dtype=np.float64)
     for block in range(n_blocks):
         start, stop = block_bounds(n_classes, block)
-        block_maxes[block], block_sums[block] = block_max_sum_exp(row[start:stop])
-    return merge_block_stats(block_maxes, block_sums)
+        block_maxes[block], block_others[block], block_counts[block] = block_max_sum_exp(
+            row[start:stop])
+    return merge_block_stats(block_maxes, block_others, block_counts)
 
 
 @vector_jit
-def merge_block_stats(block_maxes, block_sums):
-    """A row's (max, sum exp) from its blocks' pairs: the row max first, then each block's
-    sum rescaled to it once. Both loops vectorise (64 blocks: ~0.05 us; merging the pairs
-    one by one, online-softmax style, was a chain of 128 scalar exps, ~0.5 us, part of
-    every long row and of the serial step of the class split)."""
+def merge_block_stats(block_maxes, block_others, block_counts):
+    """A row's (max, others, n_at_max) from its blocks': the row max first, then each block
+    added in block order: a block whose max is the row's adds both fields, a block with a
+    smaller max adds (n_at_max + others) exp(block max - row max) to others. Both loops
+    vectorise (64 blocks: ~0.05 us; merging the blocks one by one, online-softmax style,
+    was a chain of 128 scalar exps, ~0.5 us, part of every long row and of the serial step
+    of the class split)."""
     row_max = max_of(block_maxes)
-    shift = shift_for(row_max)
-    sum_exp = 0.0
+    others = 0.0
+    n_at_max = 0.0
     for block in range(block_maxes.shape[0]):
-        sum_exp += block_sums[block] * relative_scale(block_maxes[block], block_sums[block],
-                                                      shift)
-    return row_max, sum_exp
+        at_max = block_maxes[block] == row_max
+        block_total = block_others[block] + block_counts[block]
+        rescaled = block_total * relative_scale(block_maxes[block], row_max)
+        others += block_others[block] if at_max else rescaled
+        n_at_max += block_counts[block] if at_max else 0.0
+    return row_max, others, n_at_max
 
 
 @plain_jit
-def log_sum_exp_of(row_max, sum_exp):
-    return np.float64(shift_for(row_max)) + log_of_sum(sum_exp)
+def log_sum_exp_of(row_max, others, n_at_max):
+    """max + log1p(others + n_at_max - 1): right at the edges too (see above)."""
+    return np.float64(row_max) + log1p_of_sum(others + (n_at_max - 1.0))
 
 
 @plain_jit
@@ -750,25 +791,29 @@ def split_block_stats(x):
     n_rows, n_classes = x.shape
     n_blocks = n_blocks_of(n_classes)
     block_maxes = np.empty((n_rows, n_blocks), dtype=x.dtype)
-    block_sums = np.empty((n_rows, n_blocks), dtype=np.float64)
+    block_others = np.empty((n_rows, n_blocks), dtype=np.float64)
+    block_counts = np.empty((n_rows, n_blocks), dtype=np.float64)
     for task in prange(n_rows * n_blocks):
         i, block = task // n_blocks, task % n_blocks
         start, stop = block_bounds(n_classes, block)
-        block_maxes[i, block], block_sums[i, block] = block_max_sum_exp(x[i, start:stop])
-    return block_maxes, block_sums
+        block_maxes[i, block], block_others[i, block], block_counts[i, block] = (
+            block_max_sum_exp(x[i, start:stop]))
+    return block_maxes, block_others, block_counts
 
 
 @vector_jit
 def split_row_stats(x):
-    """(row maxima, row sums of exp) with the blocks spread over the threads; identical
+    """(row maxima, others, n_at_max) with the blocks spread over the threads; identical
     to row_max_sum_exp row by row."""
-    block_maxes, block_sums = split_block_stats(x)
+    block_maxes, block_others, block_counts = split_block_stats(x)
     n_rows = x.shape[0]
     row_maxes = np.empty(n_rows, dtype=x.dtype)
-    sums = np.empty(n_rows, dtype=np.float64)
+    others = np.empty(n_rows, dtype=np.float64)
+    counts = np.empty(n_rows, dtype=np.float64)
     for i in range(n_rows):
-        row_maxes[i], sums[i] = merge_block_stats(block_maxes[i], block_sums[i])
-    return row_maxes, sums
+        row_maxes[i], others[i], counts[i] = merge_block_stats(
+            block_maxes[i], block_others[i], block_counts[i])
+    return row_maxes, others, counts
 
 
 # --------------------------------------------------------------------------------------
@@ -786,39 +831,45 @@ def narrow_rows_per_block(n_classes):
 
 @plain_jit
 def narrow_scratch(x):
-    """Per-task buffers for one block of rows: row maxima, float64 sums of exp, and the
-    transposed block."""
+    """Per-task buffers for one block of rows: row maxima, float64 others and n_at_max,
+    and the transposed block."""
     rows_per_block = narrow_rows_per_block(x.shape[1])
     row_max = np.empty(rows_per_block, dtype=x.dtype)
-    sums = np.empty(rows_per_block, dtype=np.float64)
+    others = np.empty(rows_per_block, dtype=np.float64)
+    counts = np.empty(rows_per_block, dtype=x.dtype)  # < 64: exact, and no conversion
     transposed = np.empty(rows_per_block * x.shape[1], dtype=x.dtype)
-    return row_max, sums, transposed
+    return row_max, others, counts, transposed
 
 
 @vector_jit
-def narrow_block_stats(block, row_max, sums, transposed):
-    """For the rows of ``block`` (a 2-D view) fill row_max[r] and sums[r], and return
-    exps[c, r] = exp(block[r, c] - shift_for(row_max[r])), a (classes, rows) view of
-    ``transposed``."""
+def narrow_block_stats(block, row_max, others, counts, transposed):
+    """For the rows of ``block`` (a 2-D view) fill row_max[r], others[r] and counts[r]
+    (n_at_max), and return exps[c, r] = exp(block[r, c] - shift_for(row_max[r])), a
+    (classes, rows) view of ``transposed``."""
     n_rows, n_classes = block.shape
     exps = transposed[: n_classes * n_rows].reshape((n_classes, n_rows))
     for r in range(n_rows):
         for c in range(n_classes):
             exps[c, r] = block[r, c]
     block_max = row_max[:n_rows]
-    block_sums = sums[:n_rows]
+    block_others = others[:n_rows]
+    block_counts = counts[:n_rows]
     fill(block_max, cast_like(-np.inf, block))
     for c in range(n_classes):
         column = exps[c]
         for r in range(n_rows):
             block_max[r] = max_ignoring_nan(block_max[r], column[r])
-    fill(block_sums, 0.0)
+    fill(block_others, 0.0)
+    fill(block_counts, cast_like(0.0, block_counts))
     for c in range(n_classes):
         column = exps[c]
         for r in range(n_rows):
-            e = fast_exp(column[r] - shift_for(block_max[r]))
+            shift = shift_for(block_max[r])
+            at_max = cast_like(column[r] == shift, column)
+            e = fast_exp(column[r] - shift)
             column[r] = e
-            block_sums[r] += e
+            block_others[r] += np.float64(e - at_max)  # 0 at the max (see sum_exp_of)
+            block_counts[r] += at_max
     return exps
 
 
@@ -830,16 +881,16 @@ def narrow_block_stats(block, row_max, sums, transposed):
 @parallel_kernel
 def _logsumexp_rows(x, out):
     for i in prange(x.shape[0]):
-        row_max, sum_exp = row_max_sum_exp(x[i])
-        out[i] = log_sum_exp_of(row_max, sum_exp)
+        row_max, others, n_at_max = row_max_sum_exp(x[i])
+        out[i] = log_sum_exp_of(row_max, others, n_at_max)
 
 
 @serial_kernel
 def _logsumexp_split(x, out):
     # The parallel work is in split_block_stats; merging a few rows is serial.
-    row_maxes, sums = split_row_stats(x)
+    row_maxes, others, counts = split_row_stats(x)
     for i in range(x.shape[0]):
-        out[i] = log_sum_exp_of(row_maxes[i], sums[i])
+        out[i] = log_sum_exp_of(row_maxes[i], others[i], counts[i])
 
 
 @parallel_kernel
@@ -848,13 +899,13 @@ def _logsumexp_narrow(x, out, n_tasks):
     rows_per_block = narrow_rows_per_block(x.shape[1])
     for task in prange(n_tasks):
         first, stop = task_range(n_rows, n_tasks, task)
-        row_max, sums, transposed = narrow_scratch(x)
+        row_max, others, counts, transposed = narrow_scratch(x)
         for block_start in range(first, stop, rows_per_block):
             block_stop = min(block_start + rows_per_block, stop)
-            narrow_block_stats(x[block_start:block_stop], row_max, sums, transposed)
+            narrow_block_stats(x[block_start:block_stop], row_max, others, counts, transposed)
             out_block = out[block_start:block_stop]
             for r in range(block_stop - block_start):
-                out_block[r] = log_sum_exp_of(row_max[r], sums[r])
+                out_block[r] = log_sum_exp_of(row_max[r], others[r], counts[r])
 
 
 def _splits_classes(n_rows, n_classes, threads):
@@ -943,12 +994,13 @@ def logsumexp_scaled(x, b, out, sign_out, n_threads=1):
 
 
 @vector_jit
-def finish_softmax_block(out, block_max, block_sum, row_max, sum_exp):
-    """Turn a block's stored exp(x - shift_for(block_max)) into probabilities."""
+def finish_softmax_block(out, block_max, row_max, sum_exp):
+    """Turn a block's stored exp(x - shift_for(block_max)) into probabilities (sum_exp:
+    the row's others + n_at_max)."""
     if not softmax_is_defined(row_max, sum_exp):
         fill(out, cast_like(np.nan, out))
         return
-    factor = relative_scale(block_max, block_sum, row_max) / sum_exp
+    factor = relative_scale(block_max, row_max) / sum_exp
     scale_in_place(out, cast_like(factor, out))
 
 
@@ -957,22 +1009,22 @@ def row_softmax(row, out):
     n_classes = row.shape[0]
     n_blocks = n_blocks_of(n_classes)
     if n_blocks == 1:
-        block_max, block_sum = block_max_store_exp(row, out)
-        finish_softmax_block(out, block_max, block_sum, block_max, block_sum)
+        block_max, others, n_at_max = block_max_store_exp(row, out)
+        finish_softmax_block(out, block_max, block_max, others + n_at_max)
         return
     # Long row: each block is exponentiated while in L1, with its own shift; the second
     # pass rescales each block by exp(block max - row max) / sum.
     block_maxes = np.empty(n_blocks, dtype=row.dtype)
-    block_sums = np.empty(n_blocks, dtype=np.float64)
+    block_others = np.empty(n_blocks, dtype=np.float64)
+    block_counts = np.empty(n_blocks, dtype=np.float64)
     for block in range(n_blocks):
         start, stop = block_bounds(n_classes, block)
-        block_maxes[block], block_sums[block] = block_max_store_exp(row[start:stop],
-                                                                    out[start:stop])
-    row_max, sum_exp = merge_block_stats(block_maxes, block_sums)
+        block_maxes[block], block_others[block], block_counts[block] = block_max_store_exp(
+            row[start:stop], out[start:stop])
+    row_max, others, n_at_max = merge_block_stats(block_maxes, block_others, block_counts)
     for block in range(n_blocks):
         start, stop = block_bounds(n_classes, block)
-        finish_softmax_block(out[start:stop], block_maxes[block], block_sums[block],
-                             row_max, sum_exp)
+        finish_softmax_block(out[start:stop], block_maxes[block], row_max, others + n_at_max)
 
 
 @parallel_kernel
@@ -986,21 +1038,23 @@ def _softmax_split(x, out):
     n_rows, n_classes = x.shape
     n_blocks = n_blocks_of(n_classes)
     block_maxes = np.empty((n_rows, n_blocks), dtype=x.dtype)
-    block_sums = np.empty((n_rows, n_blocks), dtype=np.float64)
+    block_others = np.empty((n_rows, n_blocks), dtype=np.float64)
+    block_counts = np.empty((n_rows, n_blocks), dtype=np.float64)
     for task in prange(n_rows * n_blocks):
         i, block = task // n_blocks, task % n_blocks
         start, stop = block_bounds(n_classes, block)
-        block_maxes[i, block], block_sums[i, block] = block_max_store_exp(
-            x[i, start:stop], out[i, start:stop])
+        block_maxes[i, block], block_others[i, block], block_counts[i, block] = (
+            block_max_store_exp(x[i, start:stop], out[i, start:stop]))
     row_maxes = np.empty(n_rows, dtype=x.dtype)
     sums = np.empty(n_rows, dtype=np.float64)
     for i in range(n_rows):
-        row_maxes[i], sums[i] = merge_block_stats(block_maxes[i], block_sums[i])
+        row_maxes[i], others, n_at_max = merge_block_stats(
+            block_maxes[i], block_others[i], block_counts[i])
+        sums[i] = others + n_at_max
     for task in prange(n_rows * n_blocks):
         i, block = task // n_blocks, task % n_blocks
         start, stop = block_bounds(n_classes, block)
-        finish_softmax_block(out[i, start:stop], block_maxes[i, block], block_sums[i, block],
-                             row_maxes[i], sums[i])
+        finish_softmax_block(out[i, start:stop], block_maxes[i, block], row_maxes[i], sums[i])
 
 
 @parallel_kernel
@@ -1009,16 +1063,18 @@ def _softmax_narrow(x, out, n_tasks):
     rows_per_block = narrow_rows_per_block(n_classes)
     for task in prange(n_tasks):
         first, stop = task_range(n_rows, n_tasks, task)
-        row_max, sums, transposed = narrow_scratch(x)
+        row_max, others, counts, transposed = narrow_scratch(x)
         for block_start in range(first, stop, rows_per_block):
             block_stop = min(block_start + rows_per_block, stop)
             n_block_rows = block_stop - block_start
-            exps = narrow_block_stats(x[block_start:block_stop], row_max, sums, transposed)
-            # Per-row factors first, in their own (vectorised) loop; they replace the sums.
-            factors = sums
+            exps = narrow_block_stats(x[block_start:block_stop], row_max, others, counts,
+                                      transposed)
+            # Per-row factors first, in their own (vectorised) loop; they replace others.
+            factors = others
             for r in range(n_block_rows):
-                defined = softmax_is_defined(row_max[r], sums[r])
-                factors[r] = 1.0 / sums[r] if defined else np.nan
+                sum_exp = others[r] + counts[r]
+                defined = softmax_is_defined(row_max[r], sum_exp)
+                factors[r] = 1.0 / sum_exp if defined else np.nan
             out_block = out[block_start:block_stop]
             for r in range(n_block_rows):
                 factor = cast_like(factors[r], x)
@@ -1039,32 +1095,45 @@ def softmax(x, out, n_threads=1):
 # --------------------------------------------------------------------------------------
 
 
+@plain_jit
+def log_sum_or_nan(row_max, others, n_at_max):
+    """log(sum exp(x - max)) = log1p(others + n_at_max - 1), NaN where softmax is undefined
+    (every log-probability is NaN there). Branch-free: it vectorises over the rows of a
+    narrow block."""
+    defined = softmax_is_defined(row_max, others)
+    return log1p_of_sum(others + (n_at_max - 1.0)) if defined else np.nan
+
+
 @vector_jit
-def store_log_softmax(values, out, row_max, sum_exp):
-    if not softmax_is_defined(row_max, sum_exp):
+def store_log_softmax(values, out, row_max, log_sum):
+    """out = (x - max) - log_sum, log_sum from log_sum_or_nan (NaN: a NaN row)."""
+    if np.isnan(log_sum):
         fill(out, cast_like(np.nan, out))
         return
-    log_sum = cast_like(log_of_sum(sum_exp), values)
+    log_sum_typed = cast_like(log_sum, values)
     for j in range(values.shape[0]):
-        out[j] = log_softmax_value(values[j], row_max, log_sum)
+        out[j] = log_softmax_value(values[j], row_max, log_sum_typed)
 
 
 @parallel_kernel
 def _log_softmax_rows(x, out):
     for i in prange(x.shape[0]):
-        row_max, sum_exp = row_max_sum_exp(x[i])
-        store_log_softmax(x[i], out[i], row_max, sum_exp)
+        row_max, others, n_at_max = row_max_sum_exp(x[i])
+        store_log_softmax(x[i], out[i], row_max, log_sum_or_nan(row_max, others, n_at_max))
 
 
 @parallel_kernel
 def _log_softmax_split(x, out):
     n_rows, n_classes = x.shape
     n_blocks = n_blocks_of(n_classes)
-    row_maxes, sums = split_row_stats(x)
+    row_maxes, others, counts = split_row_stats(x)
+    log_sums = np.empty(n_rows)
+    for i in range(n_rows):
+        log_sums[i] = log_sum_or_nan(row_maxes[i], others[i], counts[i])
     for task in prange(n_rows * n_blocks):
         i, block = task // n_blocks, task % n_blocks
         start, stop = block_bounds(n_classes, block)
-        store_log_softmax(x[i, start:stop], out[i, start:stop], row_maxes[i], sums[i])
+        store_log_softmax(x[i, start:stop], out[i, start:stop], row_maxes[i], log_sums[i])
 
 
 @parallel_kernel
@@ -1073,17 +1142,16 @@ def _log_softmax_narrow(x, out, n_tasks):
     rows_per_block = narrow_rows_per_block(x.shape[1])
     for task in prange(n_tasks):
         first, stop = task_range(n_rows, n_tasks, task)
-        row_max, sums, transposed = narrow_scratch(x)
+        row_max, others, counts, transposed = narrow_scratch(x)
         for block_start in range(first, stop, rows_per_block):
             block_stop = min(block_start + rows_per_block, stop)
             n_block_rows = block_stop - block_start
             block = x[block_start:block_stop]
-            narrow_block_stats(block, row_max, sums, transposed)
-            # Per-row log(sum) first, in their own (vectorised) loop; they replace the sums.
-            log_sums = sums
+            narrow_block_stats(block, row_max, others, counts, transposed)
+            # Per-row log(sum) first, in their own (vectorised) loop; they replace others.
+            log_sums = others
             for r in range(n_block_rows):
-                defined = softmax_is_defined(row_max[r], sums[r])
-                log_sums[r] = log_of_sum(sums[r]) if defined else np.nan
+                log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
             out_block = out[block_start:block_stop]
             for r in range(n_block_rows):
                 shift = row_max[r]
@@ -1291,11 +1359,11 @@ def smoothing_weight_summary(weight, eps):
 
 
 @plain_jit
-def log_sum_or_nan(row_max, sum_exp):
-    """log(sum exp(x - max)), NaN where softmax is undefined (every log-probability is NaN
-    there, so each nonzero-weight term of the loss is NaN). Branch-free: it vectorises
-    over the rows of a narrow block."""
-    return log_of_sum(sum_exp) if softmax_is_defined(row_max, sum_exp) else np.nan
+def ignored_row_grad(row_max, sum_exp):
+    """The gradient of a row whose label is ignore_index, as torch gives it: 0, or NaN
+    where the row's softmax is undefined (it holds NaN or +inf, or only -inf): torch's
+    log_softmax backward multiplies the NaN probabilities by the zero upstream gradient."""
+    return 0.0 if softmax_is_defined(row_max, sum_exp) else np.nan
 
 
 @plain_jit
@@ -1345,15 +1413,18 @@ def row_cross_entropy_labels(row, grad, label, weight, eps, weight_sum, any_weig
     n_classes = row.shape[0]
     if label == ignore_index:
         if want_grad:
-            fill(grad, cast_like(0.0, grad))
+            row_max, others, n_at_max = row_max_sum_exp(row)
+            fill(grad, cast_like(ignored_row_grad(row_max, others + n_at_max), grad))
         return 0.0
-    row_max, sum_exp = row_max_sum_exp(row)
+    row_max, others, n_at_max = row_max_sum_exp(row)
+    sum_exp = others + n_at_max
     label_coef = (1.0 - eps) * np.float64(weight[label])
     smoothing_coef = eps / n_classes
     smoothing_sum = 0.0
     if smoothing_coef != 0.0 and any_weight:
         smoothing_sum = row_weighted_shifted_sum(row, weight, shift_for(row_max))
-    loss = label_loss(row_max, log_sum_or_nan(row_max, sum_exp), row[label], label_coef,
+    loss = label_loss(row_max, log_sum_or_nan(row_max, others, n_at_max), row[label],
+                      label_coef,
                       smoothing_coef, smoothing_sum, weight_sum, any_weight)
     if want_grad:
         prob_factor, smoothing_grad, label_grad = label_grad_coefficients(
@@ -1399,8 +1470,8 @@ def split_label_grads(x, labels, weight, ignore_index, grad_out, row_maxes, prob
     for task in prange(n_rows * n_blocks):
         i, block = task // n_blocks, task % n_blocks
         start, stop = block_bounds(n_classes, block)
-        if labels[i] == ignore_index:
-            fill(grad_out[i, start:stop], cast_like(0.0, grad_out))
+        if labels[i] == ignore_index:  # prob_factors holds ignored_row_grad
+            fill(grad_out[i, start:stop], cast_like(prob_factors[i], grad_out))
         else:
             store_label_grad(x[i, start:stop], grad_out[i, start:stop], weight[start:stop],
                              row_maxes[i], prob_factors[i], smoothing_grads[i])
@@ -1416,7 +1487,8 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
     n_blocks = n_blocks_of(n_classes)
     weight_sum, any_weight = smoothing_weight_summary(weight, eps)
     smoothing_coef = eps / n_classes
-    row_maxes, sums = split_row_stats(x)
+    row_maxes, others, counts = split_row_stats(x)
+    sums = others + counts
     if smoothing_coef != 0.0 and any_weight:
         block_smoothing = split_smoothing_sums(x, weight, row_maxes)
     else:
@@ -1428,13 +1500,14 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
         label = labels[i]
         if label == ignore_index:
             loss_out[i] = 0.0
+            prob_factors[i] = ignored_row_grad(row_maxes[i], sums[i])
             continue
         smoothing_sum = 0.0
         for block in range(n_blocks):  # same order as row_weighted_shifted_sum
             smoothing_sum += block_smoothing[i, block]
         label_coef = (1.0 - eps) * np.float64(weight[label])
-        loss_out[i] = label_loss(row_maxes[i], log_sum_or_nan(row_maxes[i], sums[i]),
-                                 x[i, label], label_coef,
+        log_sum = log_sum_or_nan(row_maxes[i], others[i], counts[i])
+        loss_out[i] = label_loss(row_maxes[i], log_sum, x[i, label], label_coef,
                                  smoothing_coef, smoothing_sum, weight_sum, any_weight)
         prob_factors[i], smoothing_grads[i], label_grads[i] = label_grad_coefficients(
             row_maxes[i], sums[i], label_coef, smoothing_coef, weight_sum, grad_scale)
@@ -1455,22 +1528,26 @@ def _cross_entropy_labels_narrow(x, labels, weight, ignore_index, eps, loss_out,
     rows_per_block = narrow_rows_per_block(n_classes)
     for task in prange(n_tasks):
         first, stop = task_range(n_rows, n_tasks, task)
-        row_max, sums, transposed = narrow_scratch(x)
-        log_sums = np.empty_like(sums)
+        row_max, others, counts, transposed = narrow_scratch(x)
+        log_sums = np.empty_like(others)
+        sums = np.empty_like(others)
         for block_start in range(first, stop, rows_per_block):
             block_stop = min(block_start + rows_per_block, stop)
-            exps = narrow_block_stats(x[block_start:block_stop], row_max, sums, transposed)
+            exps = narrow_block_stats(x[block_start:block_stop], row_max, others, counts,
+                                      transposed)
             # The logs first, in a loop of their own that vectorises across the rows: in the
             # branchy per-row loop below each would be a scalar call (it was 2x the time).
             for r in range(block_stop - block_start):
-                log_sums[r] = log_sum_or_nan(row_max[r], sums[r])
+                log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
+                sums[r] = others[r] + counts[r]
             for r in range(block_stop - block_start):
                 i = block_start + r
                 label = labels[i]
                 if label == ignore_index:
                     loss_out[i] = 0.0
                     if want_grad:
-                        fill(grad_out[i], cast_like(0.0, grad_out))
+                        fill(grad_out[i],
+                             cast_like(ignored_row_grad(row_max[r], sums[r]), grad_out))
                     continue
                 label_coef = (1.0 - eps) * np.float64(weight[label])
                 smoothing_sum = 0.0
@@ -1514,16 +1591,19 @@ def cross_entropy_labels(x, labels, weight, ignore_index, label_smoothing, loss_
 
 @vector_jit
 def probs_sums(values, target, weight, shift, keep, spread):
-    """(sum exp(x - shift), sum q, sum q (x - shift)) in float64."""
-    sum_exp = np.float64(0.0)  # float64 in Python mode too (float32 + 0.0 stays float32)
+    """(others, n_at_max, sum q, sum q (x - shift)) in float64."""
+    others = np.float64(0.0)  # float64 in Python mode too (float32 + 0.0 stays float32)
+    n_at_max = 0.0
     sum_q = 0.0
     sum_q_shifted = 0.0
     for j in range(values.shape[0]):
         q = np.float64(weight[j]) * (keep * np.float64(target[j]) + spread)
-        sum_exp += fast_exp(values[j] - shift)
+        at_max = cast_like(values[j] == shift, values)
+        others += np.float64(fast_exp(values[j] - shift) - at_max)  # see sum_exp_of
+        n_at_max += np.float64(at_max)
         sum_q += q
         sum_q_shifted += q * (np.float64(values[j]) - np.float64(shift))
-    return sum_exp, sum_q, sum_q_shifted
+    return others, n_at_max, sum_q, sum_q_shifted
 
 
 @vector_jit
@@ -1531,17 +1611,19 @@ def row_probs_sums(row, target, weight, shift, keep, spread):
     """The three sums of a row, block by block: one running sum over 100k+ terms loses
     ~1e-14 relative, which the probabilities and the loss would inherit."""
     n_classes = row.shape[0]
-    sum_exp = np.float64(0.0)
+    others = np.float64(0.0)
+    n_at_max = 0.0
     sum_q = 0.0
     sum_q_shifted = 0.0
     for block in range(n_blocks_of(n_classes)):
         start, stop = block_bounds(n_classes, block)
-        block_exp, block_q, block_q_shifted = probs_sums(
+        block_others, block_count, block_q, block_q_shifted = probs_sums(
             row[start:stop], target[start:stop], weight[start:stop], shift, keep, spread)
-        sum_exp += block_exp
+        others += block_others
+        n_at_max += block_count
         sum_q += block_q
         sum_q_shifted += block_q_shifted
-    return sum_exp, sum_q, sum_q_shifted
+    return others, n_at_max, sum_q, sum_q_shifted
 
 
 @vector_jit
@@ -1559,9 +1641,11 @@ def row_cross_entropy_probs(row, target, grad, weight, eps, grad_scale, want_gra
     spread = eps / row.shape[0]
     row_max = max_of(row)
     shift = shift_for(row_max)
-    sum_exp, sum_q, sum_q_shifted = row_probs_sums(row, target, weight, shift, keep, spread)
+    others, n_at_max, sum_q, sum_q_shifted = row_probs_sums(row, target, weight, shift, keep,
+                                                            spread)
+    sum_exp = others + n_at_max
     defined = softmax_is_defined(row_max, sum_exp)
-    loss = log_of_sum(sum_exp) * sum_q - sum_q_shifted if defined else np.nan
+    loss = log_sum_or_nan(row_max, others, n_at_max) * sum_q - sum_q_shifted
     if want_grad:
         if defined:
             prob_factor = cast_like(grad_scale * sum_q / sum_exp, row)
@@ -1596,27 +1680,29 @@ def cross_entropy_probs(x, target, weight, label_smoothing, loss_out, grad_out, 
 # --------------------------------------------------------------------------------------
 # Element loss w ((1 - t) x + (1 + (pw - 1) t) softplus(-x)), gradient
 # grad_scale w (sigmoid(x) (1 + (pw - 1) t) - pw t): the reference's formulas, so inf and
-# NaN inputs give the same values.
+# NaN inputs give the same values. Computed in float64 for float32 input too (as the cython
+# backend does): in float32, (1 - t) x or w times a term overflows to inf for logits near
+# 3e38 whose loss, or whose row sum, is finite, and the terms cancel for x << 0.
 
 
 @vector_jit
 def bce_span(values, target, weight, pos_weight, loss, grad, grad_scale, sum_loss,
              want_grad):
     """Returns the float64 loss sum when sum_loss, else writes loss[j] per element."""
-    one = cast_like(1.0, values)
-    scale = cast_like(grad_scale, values)
     total = 0.0
     for j in range(values.shape[0]):
-        x = values[j]
-        t = target[j]
-        log_weight = one + (pos_weight[j] - one) * t
-        element_loss = weight[j] * ((one - t) * x + log_weight * softplus_of_negative(x))
+        x = np.float64(values[j])
+        t = np.float64(target[j])
+        w = np.float64(weight[j])
+        pw = np.float64(pos_weight[j])
+        log_weight = 1.0 + (pw - 1.0) * t
+        element_loss = w * ((1.0 - t) * x + log_weight * softplus_of_negative(x))
         if sum_loss:
-            total += np.float64(element_loss)
+            total += element_loss
         else:
             loss[j] = element_loss
         if want_grad:
-            grad[j] = scale * weight[j] * (sigmoid_value(x) * log_weight - pos_weight[j] * t)
+            grad[j] = grad_scale * w * (sigmoid_value(x) * log_weight - pw * t)
     return total
 
 

@@ -26,10 +26,22 @@ def _row_max(x64):
     return np.where(np.isfinite(row_max), row_max, 0.0)
 
 
+def _log_sum_exp_shifted(x64, shift):
+    """log(sum exp(x - shift)) per row (column vector), as log1p(others + n_at_max - 1):
+    others sums the terms with x != shift, n_at_max counts the x == shift. With a unique
+    maximum the tiny terms survive (logsumexp([0, -40]) = 4.25e-18; the plain sum
+    1 + 4.25e-18 rounds to 1, SciPy gh-18295). Rows whose shift is 0 because their max is
+    not finite give inf (others = inf), -inf (others = 0, n_at_max = 0) or NaN."""
+    at_max = x64 == shift
+    others = np.sum(np.where(at_max, 0.0, np.exp(x64 - shift)), axis=1, keepdims=True)
+    n_at_max = np.sum(at_max, axis=1, keepdims=True)
+    return np.log1p(others + (n_at_max - 1.0))
+
+
 def _logsumexp64(x64):
     with np.errstate(**_ERRSTATE):
         shift = _row_max(x64)
-        return np.log(np.sum(np.exp(x64 - shift), axis=1)) + shift[:, 0]
+        return (_log_sum_exp_shifted(x64, shift) + shift)[:, 0]
 
 
 def _log_softmax64(x64):
@@ -37,8 +49,8 @@ def _log_softmax64(x64):
     # gives inf - inf = NaN everywhere, an all -inf row gives NaN, as torch and scipy do.
     with np.errstate(**_ERRSTATE):
         row_max = np.max(x64, axis=1, keepdims=True)
-        shifted = x64 - row_max
-        return shifted - np.log(np.sum(np.exp(shifted), axis=1, keepdims=True))
+        log_sum = np.where(np.isfinite(row_max), _log_sum_exp_shifted(x64, row_max), np.nan)
+        return (x64 - row_max) - log_sum
 
 
 def logsumexp(x, out, n_threads=1):
@@ -117,6 +129,8 @@ def cross_entropy_labels(
         terms = np.where(q != 0.0, q * log_probs, 0.0)
         loss_out[...] = -np.sum(terms, axis=1)
         if grad_out.size:
+            # Ignored rows have q = 0: their gradient is 0, or NaN where the row's softmax
+            # is NaN (it holds NaN or +inf, or only -inf), as torch gives it.
             grad = np.exp(log_probs) * q.sum(axis=1, keepdims=True) - q
             grad_out[...] = grad_scale * grad
 
