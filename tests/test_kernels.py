@@ -854,7 +854,7 @@ def test_numba_threading_layer_fallback(unloadable, expected):
         expected_module=LAYER_MODULES.get(expected, ""))
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300, env=env)
+                            timeout=120, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     if result.stdout.startswith("unloadable"):
         pytest.skip(f"numba cannot load its {expected} layer here: {result.stdout.strip()}")
