@@ -782,37 +782,83 @@ def test_numba_serialised_launches(monkeypatch):
     assert numba_kernels._concurrent_launches_safe is False
 
 
+# A layer whose library is missing (libgomp for "omp", libtbb for "tbb"): numba imports
+# the layer's extension module when it picks its layer, and the import fails. A None in
+# sys.modules makes that import fail the same way (ImportError), before numba is imported.
+LAYER_MODULES = {"omp": "numba.np.ufunc.omppool", "tbb": "numba.np.ufunc.tbbpool"}
+
+# In a fresh process (numba picks its layer once): block the unloadable layers, skip if
+# the expected one cannot load here, then 8 Python threads launch kernels at once on 2
+# numba threads, and a child forked after that launches too; SciPy is the reference.
+LAYER_FALLBACK_CHECK = textwrap.dedent("""
+    import importlib, os, sys, threading
+    for module in {blocked!r}:
+        sys.modules[module] = None
+    if {expected_module!r}:
+        try:
+            importlib.import_module({expected_module!r})
+        except ImportError as exc:
+            print("unloadable", exc)
+            sys.exit(0)
+    import numpy as np
+    from scipy import special
+    from logitcore._backends import numba_kernels
+
+    rng = np.random.default_rng(0)
+    problems = [rng.normal(size=shape) * 4 for shape in ((64, 1000), (1, 20000), (500, 10))]
+
+    def check(x):
+        lse = np.empty(x.shape[0])
+        numba_kernels.logsumexp(x, lse, 2)
+        probs = np.empty(x.shape)
+        numba_kernels.softmax(x, probs, 2)
+        return (np.allclose(lse, special.logsumexp(x, axis=1), rtol=1e-13, atol=0)
+                and np.allclose(probs, special.softmax(x, axis=1), rtol=1e-12, atol=1e-300))
+
+    assert check(problems[0]), "wrong values"
+    wrong = []
+    def caller(i):
+        for _ in range(15):
+            if not check(problems[i % len(problems)]):
+                wrong.append(i)
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong, f"wrong values from concurrent callers {{sorted(set(wrong))}}"
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if check(problems[1]) else 3)
+    assert os.waitpid(pid, 0)[1] == 0, "the forked child failed"
+    print("layer", numba_kernels.threading_layer_name())
+    """)
+
+
 @SKIP_IN_PYTHON_MODE
-@pytest.mark.parametrize("layers, expected", [
-    (None, "omp"),                                         # the default choice
-    (("no-such-layer", "threadsafe", "default"), "tbb"),   # OpenMP fails to load: TBB
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("unloadable, expected", [
+    ((), "omp"),                     # the first choice: GNU OpenMP
+    (("omp",), "tbb"),               # no libgomp: TBB, where numba can load it
+    (("omp", "tbb"), "workqueue"),   # neither (pip's tbb wheel is not found in a venv):
+                                     # numba's workqueue layer, launches behind a lock
 ])
-def test_numba_threading_layer_choice(layers, expected):
-    """GNU OpenMP first; the next layer when one cannot be loaded (a fresh process: numba
-    picks its layer once). Skips where the expected layer's library is not installed."""
+def test_numba_threading_layer_fallback(unloadable, expected):
+    """The layer that runs when libraries are missing, and that it computes right values
+    from 8 Python threads at once and in a forked child."""
     available, reason = availability("numba")
     if not available:
         pytest.skip(reason)
-    setup = "" if layers is None else f"numba_kernels.PREFERRED_LAYERS = {layers!r}"
-    code = textwrap.dedent(f"""
-        import numpy as np
-        from logitcore._backends import numba_kernels
-        {setup}
-        x = np.random.default_rng(0).normal(size=(64, 1000))
-        out = np.empty(64)
-        numba_kernels.logsumexp(x, out, 2)
-        want = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
-        assert np.allclose(out, want, rtol=1e-13), "wrong logsumexp"
-        print("layer", numba_kernels.threading_layer_name())
-        """)
+    code = LAYER_FALLBACK_CHECK.format(
+        blocked=[LAYER_MODULES[layer] for layer in unloadable],
+        expected_module=LAYER_MODULES.get(expected, ""))
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    layer = result.stdout.split()[-1]
-    if layer != expected and layer == "workqueue":
-        pytest.skip(f"numba could not load the {expected} layer here")
-    assert layer == expected
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if result.stdout.startswith("unloadable"):
+        pytest.skip(f"numba cannot load its {expected} layer here: {result.stdout.strip()}")
+    assert result.stdout.split()[-2:] == ["layer", expected], result.stdout[-3000:]
 
 
 def check_concurrent_callers(backend):

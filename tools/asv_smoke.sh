@@ -18,7 +18,7 @@ fi
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/logitcore-asv-smoke.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 
-# A copy of asv.conf.json whose results, html and environments live in $scratch.
+# A copy of asv.conf.json whose results, html and environments live in $scratch, for HEAD.
 python - "$scratch" <<'PY'
 import json, os, sys
 from asv import util
@@ -28,7 +28,9 @@ conf.update(repo=os.path.abspath(conf["repo"]),
             benchmark_dir=os.path.abspath(conf["benchmark_dir"]),
             results_dir=os.path.join(scratch, "results"),
             html_dir=os.path.join(scratch, "html"),
-            env_dir=os.path.join(scratch, "env"))
+            env_dir=os.path.join(scratch, "env"),
+            # the checked-out commit: a CI clone of one branch has no local "main"
+            branches=["HEAD"])
 with open(os.path.join(scratch, "asv.conf.json"), "w") as f:
     json.dump(conf, f, indent=1)
 PY

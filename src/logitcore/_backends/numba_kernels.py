@@ -64,8 +64,11 @@ THREADSAFE_LAYERS = ("tbb", "omp")
 # cython backend, so mixing the two backends no longer alternates two pools.
 # GNU OpenMP does not survive fork() (see gnu_openmp.py): numba's layer kills a child
 # that launches after its parent started the layer, so _after_fork_in_child registers
-# the child with it and the child runs on one thread. TBB ("threadsafe") is the fallback
-# where libgomp is missing; numba's default (workqueue at worst) the last resort.
+# the child with it and the child runs on one thread. Where libgomp is missing: TBB
+# ("threadsafe") where the dynamic loader finds libtbb (not in <venv>/lib, where pip's tbb
+# wheel puts it, so that wheel is no dependency), else numba's default,
+# which is then its workqueue layer: fork-safe, but it aborts on concurrent launches, so
+# _launch serialises them with _launch_lock (tests: test_numba_threading_layer_fallback).
 PREFERRED_LAYERS = ("omp", "threadsafe", "default")
 _layer_chosen_by_user = numba.config.THREADING_LAYER != "default"
 if not _layer_chosen_by_user:
