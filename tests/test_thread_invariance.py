@@ -1,0 +1,85 @@
+"""Every kernel of the op table gives the same bits on 1, 2 and 3 threads, on both compiled
+backends, on the shapes that take each schedule (whole rows, the class split of few long
+rows, narrow rows, flat arrays). Operands are made from the table's argument roles, so a
+kernel added to the table is covered here without a new test."""
+
+import numpy as np
+import pytest
+
+from conftest import NUMBA_PYTHON_MODE
+from logitcore._backends import availability, load, op_table
+
+COMPILED_BACKENDS = ["numba", "cython"]
+DTYPES = [np.float32, np.float64]
+# (1, 131072): fewer rows than threads, the class axis is split; (3, 9000): rows of
+# several blocks; (7, 1000): whole rows; (4099, 10): narrow rows.
+SHAPES = [(1, 131072), (3, 9000), (7, 1000), (4099, 10)]
+if NUMBA_PYTHON_MODE:  # kernels run as Python: the smallest shapes taking the same paths
+    SHAPES = [(1, 4200), (3, 2100), (7, 100), (250, 10)]
+SCALARS = {"ignore_index": -100, "label_smoothing": 0.1}
+
+
+def operands(kernel, shape, dtype, seed=0):
+    """Arguments for ``kernel`` by the role of each (see op_table), ``n_threads`` aside."""
+    rng = np.random.default_rng(seed)
+    n_rows, n_classes = shape
+    args = []
+    for name, role in kernel.arguments:
+        if role == "rows":
+            values = (rng.standard_normal(shape) * 4).astype(dtype)
+            if name == "target":
+                values = rng.uniform(0.0, 1.0, shape).astype(dtype)
+            else:
+                values[:, ::97] = -np.inf  # masked classes
+                values[:, 1] = values[:, 0]  # a tie at the max in some rows
+            args.append(values)
+        elif role == "labels":
+            labels = rng.integers(0, n_classes, n_rows).astype(np.int64)
+            labels[::3] = SCALARS["ignore_index"]
+            args.append(labels)
+        elif role == "classes":
+            args.append(rng.uniform(0.0, 3.0, n_classes).astype(dtype))
+        elif role == "broadcast":
+            args.append(rng.uniform(0.0, 3.0, (1, n_classes)).astype(dtype))
+        elif role == "scalar":
+            args.append(SCALARS.get(name, 1.0 / n_rows))
+        elif role == "row_out":
+            args.append(np.full(n_rows, 7.0, dtype))
+        elif role in ("rows_out", "grad_out"):
+            args.append(np.full(shape, 7.0, dtype))
+        elif role == "flat":
+            args.append((rng.standard_normal(n_rows * n_classes) * 20).astype(dtype))
+        elif role == "flat_out":
+            args.append(np.full(n_rows * n_classes, 7.0, dtype))
+        else:
+            raise AssertionError(f"no operand maker for role {role!r}")
+    return args
+
+
+def outputs(kernel, args, returned):
+    written = [a for a, (_, role) in zip(args, kernel.arguments)
+               if role in ("row_out", "rows_out", "grad_out", "flat_out")]
+    return written + ([np.asarray(returned, dtype=np.float64)] if returned is not None else [])
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("kernel_name", sorted(op_table.KERNELS))
+@pytest.mark.parametrize("backend_name", COMPILED_BACKENDS)
+def test_same_bits_on_any_thread_count(backend_name, kernel_name, dtype, shape):
+    available, reason = availability(backend_name)
+    if not available:
+        pytest.skip(reason)
+    backend = load(backend_name)
+    if kernel_name not in backend.SUPPORTED_KERNELS:
+        pytest.skip(f"{backend_name} does not implement {kernel_name}")
+    kernel = op_table.KERNELS[kernel_name]
+    results = []
+    for threads in (1, 2, 3):
+        args = operands(kernel, shape, dtype)
+        returned = getattr(backend, kernel_name)(*args, threads)
+        results.append(outputs(kernel, args, returned))
+    for threads, result in zip((2, 3), results[1:]):
+        for got, want in zip(result, results[0]):
+            np.testing.assert_array_equal(
+                got, want, err_msg=f"{threads} threads differ from 1 thread")
