@@ -1,7 +1,7 @@
 """The public API on every backend against the float64 reference backend.
 
 Covers layouts (C, Fortran, negative strides, read-only, non-last axes), outputs passed
-in and in place, the dtype policy, threads 1 and 2, and the DESIGN.md edge table.
+in and in place, the dtype policy, threads 1 and 2, and the edge table (docs/architecture.md).
 """
 
 import numpy as np
@@ -138,7 +138,7 @@ def test_dtype_policy(backend, in_dtype, out_dtype, op):
 
 
 EDGE = {
-    # row: (logsumexp, softmax, log_softmax) expected by DESIGN.md
+    # row: (logsumexp, softmax, log_softmax) expected by the edge table
     "nan": ([0.0, np.nan, 1.0], np.nan, [np.nan] * 3, [np.nan] * 3),
     "plus_inf": ([0.0, np.inf, 1.0], np.inf, [np.nan] * 3, [np.nan] * 3),
     "all_minus_inf": ([-np.inf] * 3, -np.inf, [np.nan] * 3, [np.nan] * 3),

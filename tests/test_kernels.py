@@ -3,8 +3,8 @@
 Every compiled backend implements the kernel contract of ``logitcore._backends``; here each
 kernel is called directly (no API layer) on the shapes that select each code path (row
 path, class split for one long row, narrow rows, empty axes), with every option, and on
-each row of the DESIGN.md edge table. The oracle is ``numpy_ref`` writing into float64
-outputs. Accuracy bounds (DESIGN.md, "Numerics and speed"):
+each row of the edge table (docs/architecture.md). The oracle is ``numpy_ref`` writing into float64
+outputs. Accuracy bounds (docs/accuracy.md):
 
 * float32 log-domain values and losses: |err| <= 2e-6 (1 + |ref|)
 * float32 probabilities: |err| <= 1e-7 + 2e-6 ref
@@ -229,7 +229,7 @@ def test_row_kernels_wide_range(backend, n_classes, dtype, threads):
 
 
 # --------------------------------------------------------------------------------------
-# the DESIGN.md edge table
+# the edge table (docs/architecture.md)
 # --------------------------------------------------------------------------------------
 
 
@@ -679,7 +679,7 @@ def test_logsumexp_scaled(backend, shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", THREAD_INVARIANCE_SHAPES)
 def test_row_reductions_do_not_depend_on_threads(backend, shape, dtype):
-    """DESIGN.md: reductions are deterministic for any thread count."""
+    """Reductions are deterministic for any thread count (docs/architecture.md)."""
     x, labels, weight, ignore_index, smoothing = label_problem(shape, dtype, "everything")
     results = []
     for threads in (1, 2, 3):

@@ -105,7 +105,7 @@ def test_edge_rows_match_scipy(row):
     with np.errstate(all="ignore"):
         np.testing.assert_allclose(lc.logsumexp(x, **REF), sp.logsumexp(x, axis=-1), rtol=1e-15)
         np.testing.assert_allclose(lc.softmax(x, **REF), sp.softmax(x, axis=-1), rtol=1e-15)
-        # scipy's log_softmax keeps -inf beside a +inf entry; DESIGN.md follows torch
+        # scipy's log_softmax keeps -inf beside a +inf entry; logitcore follows torch
         # (a NaN row), which is the log of scipy's softmax in every edge case.
         np.testing.assert_allclose(lc.log_softmax(x, **REF), np.log(sp.softmax(x, axis=-1)),
                                    rtol=1e-15)

@@ -8,9 +8,9 @@ backend lacks) raises ``NotImplementedError`` in ``setup``: asv shows it as skip
 
 Sizes
 -----
-* default: small shapes (one of each DESIGN.md shape family, ~2M logits), so a history
+* default: small shapes (one of each reference shape family, ~2M logits), so a history
   run over several commits stays short;
-* ``LOGITCORE_ASV_FULL=1``: the DESIGN.md reference shapes as well. They are extra
+* ``LOGITCORE_ASV_FULL=1``: the reference shapes (logitcore.bench.REFERENCE_SHAPES) as well. They are extra
   parameter values, so run them under their own machine name (docs/benchmarks.md): a
   default-size run of the same commit on the same machine would replace them, and the
   dashboard shows the parameters of the last discovery, so publish right after;
@@ -30,11 +30,11 @@ import numpy as np
 
 DTYPES = ["float32", "float64"]
 
-# One of each DESIGN.md shape family (classifier batch, LLM vocabulary, narrow, one
+# One of each reference shape family (classifier batch, LLM vocabulary, narrow, one
 # token) at ~2M logits, so one call is 1-30 ms and a history run stays short.
 SMALL_SHAPES = ["2048x1000", "16x131072", "262144x10", "1x131072"]
 TINY_SHAPES = ["64x100", "2x4096", "1024x10", "1x4096"]
-# DESIGN.md reference shapes. Written out (not imported from logitcore.bench) because
+# The reference shapes. Written out (not imported from logitcore.bench) because
 # the parameter grid must exist before any commit's logitcore is importable;
 # test_asv_suite.py checks that they agree with logitcore.bench.REFERENCE_SHAPES.
 FULL_SHAPES = ["65536x1000", "256x131072", "4194304x10", "1x131072"]

@@ -13,31 +13,27 @@ import os
 import threading
 
 from . import _backends
+from ._backends import kernel_constants
 
 AUTO = "auto"
 
 # The order "auto" tries the backends in, fastest first; the reference backend is the
-# last resort and always available. Evidence: `logitcore bench --backends numba cython
-# --json docs/bench-reference.json` (2 threads, the DESIGN.md reference shapes x float32 /
-# float64, 2026-11-23, lowest of three runs; README "Measured speed"):
-# - numba is faster on 33 of the 40 cases of logsumexp, softmax, log_softmax and
-#   cross_entropy (mean / none), by up to 1.44x (logsumexp 256x131072 float64); cython's
-#   wins there are by <= 1.21x (narrow cross-entropy). So numba goes first by default.
-# - cython wins all 8 cases of the fused cross_entropy + gradient in that table (by up to
-#   1.4x), but that table allocates the gradient per call; with grad_out given the two are
-#   level (65536x1000 float32: 15.5 ms numba, 15.5-15.8 ms cython; `python
-#   tools/pool_interference.py`). So no per-op exception for large calls. (Both backends
-#   now run on GNU OpenMP's one pool, so alternating them costs nothing: 30.5 ms for a
-#   numba softmax + cython CE+grad pair against 30.3 all-numba; on numba's TBB layer the
-#   same pair took 36.9 ms.)
-# - Small calls are fixed costs: a whole call on a 1x1000 float32 row takes 1.9 us on
-#   cython and 4.2 us on numba (whose parallel launch alone is ~1 us). Below
-#   SMALL_CALL_ELEMENTS cython runs the call on the calling thread (its pool untouched, so
-#   nothing spins), and goes first.
+# last resort and always available. The evidence is measured, not written here: the
+# README's "Measured speed" table and docs/bench-reference.json (`logitcore bench
+# --backends numba cython --json ...`), and `python tools/pool_interference.py`:
+# - numba is the faster of the two compiled backends on most large calls, and where
+#   cython wins the margin is small, so numba goes first by default;
+# - the fused cross-entropy + gradient is level between them once the gradient buffer is
+#   given (grad_out), and both run on one GNU OpenMP pool, so alternating them costs
+#   nothing: no per-op exception for large calls;
+# - small calls are fixed costs, where cython's entry is the cheaper (numba's parallel
+#   launch alone costs more than a small row's work). Below SMALL_CALL_ELEMENTS cython
+#   runs the call on the calling thread (its pool untouched, so nothing spins), and goes
+#   first.
 DEFAULT_AUTO_ORDER = ("numba", "cython", "numpy")
 AUTO_ORDER_BY_KERNEL: dict[str, tuple[str, ...]] = {}
-# cython gives a thread at least 32768 elements, so below this it never wakes its pool
-SMALL_CALL_ELEMENTS = 32768
+# Below this many elements cython never wakes its pool (kernel_constants.py).
+SMALL_CALL_ELEMENTS = kernel_constants.SMALL_CALL_ELEMENTS
 SMALL_CALL_ORDER = ("cython", "numba", "numpy")
 
 

@@ -153,7 +153,7 @@ def _same_shape_op(kernel, op, x, axes, out, backend, extra_inputs=()):
 @functools.lru_cache(maxsize=8)
 def _ones(n: int, dtype: np.dtype) -> np.ndarray:
     """A read-only vector of n ones, kept between calls: the unit class weights of a
-    131072-class row cost ~10 us to allocate and fill, a fifth of the whole call."""
+    131072-class row are a large part of a one-row call's time to allocate and fill."""
     ones = np.ones(n, dtype)
     ones.flags.writeable = False
     return ones
@@ -398,7 +398,7 @@ def _reduce(row_losses: np.ndarray, reduction: str, denominator: float, dtype):
         return row_losses
     # float64 accumulation: the sum over rows is a small O(rows) pass and this makes
     # the result independent of how the kernel split the rows across threads.
-    # (np.add.reduce, not np.sum: the same pairwise sum without ~0.8 us of dispatch.)
+    # (np.add.reduce, not np.sum: the same pairwise sum without np.sum's dispatch layers.)
     total = float(np.add.reduce(row_losses, axis=None, dtype=np.float64))
     if reduction == "sum":
         return dtype.type(total)
@@ -407,7 +407,7 @@ def _reduce(row_losses: np.ndarray, reduction: str, denominator: float, dtype):
 
 def _ieee_divide(numerator: float, denominator: float) -> float:
     """numerator / denominator with IEEE results for a zero denominator (0/0 and NaN/0
-    give NaN, x/0 gives inf of x's sign), without NumPy's error state (~1 us a call).
+    give NaN, x/0 gives inf of x's sign), without entering NumPy's error state (a cost per call).
     A batch whose labels are all ignore_index has mean 0/0 = NaN, as in torch."""
     if denominator != 0.0:
         return numerator / denominator

@@ -27,7 +27,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                      "threads, CPU SIMD level")
     b = commands.add_parser("bench", help="time every backend and installed peer")
     b.add_argument("--shape", type=_shape, action="append",
-                   help="rows x classes, e.g. 65536x1000 (repeatable); default: the DESIGN.md "
+                   help="rows x classes, e.g. 65536x1000 (repeatable); default: the reference "
                         "reference shapes")
     b.add_argument("--dtype", choices=["float32", "float64"], action="append",
                    help="repeatable; default float32 and float64")

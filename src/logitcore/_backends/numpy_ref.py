@@ -18,7 +18,7 @@ def _row_max(x64):
     """Row maximum used for the stable shift; 0 where it is not finite.
 
     A row whose maximum is +inf or -inf is shifted by 0 so that the sums below produce
-    the DESIGN.md edge values (+inf for a +inf row, -inf for an all -inf row).
+    the edge values (docs/architecture.md) (+inf for a +inf row, -inf for an all -inf row).
     """
     if x64.shape[1] == 0:
         return np.zeros((x64.shape[0], 1))
