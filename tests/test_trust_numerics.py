@@ -21,7 +21,6 @@ import mpmath
 import numpy as np
 import pytest
 import scipy.special
-import torch
 
 import logitcore as lc
 from logitcore._backends import load
@@ -167,6 +166,7 @@ def test_log_softmax_and_cross_entropy_of_zero_and_minus_forty(backend):
 def test_edge_rows_keep_their_values_on_every_path(backend, shape):
     """NaN -> NaN, +inf -> +inf, all -inf -> -inf, masked -inf -> finite (SciPy's
     logsumexp; torch's log_softmax), embedded in inputs of each path's shape."""
+    torch = pytest.importorskip("torch")  # a test peer: skips without it
     x, _ = rows_with_unique_max(shape, np.float64, -3.0)
     edges = {0: np.nan, 1: np.inf}
     for row, value in edges.items():
@@ -192,6 +192,7 @@ def test_edge_rows_keep_their_values_on_every_path(backend, shape):
 
 def torch_cross_entropy(x, labels, **kwargs):
     """torch's per-row loss and the gradient of its sum, in float64."""
+    torch = pytest.importorskip("torch")  # a test peer: skips without it
     logits = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor(labels), reduction="none",
                                              **kwargs)
@@ -206,6 +207,7 @@ def test_ignored_rows_match_torch_whatever_their_logits(backend, shape, label_sm
                                                         bad_row, rng):
     """Rows whose label is ignore_index have loss 0; their gradient is torch's: NaN where
     the row's softmax is NaN (it holds NaN or +inf, or only -inf), else 0."""
+    torch = pytest.importorskip("torch")  # a test peer: skips without it
     n_rows, n_classes = shape
     x = rng.normal(size=shape)
     labels = rng.integers(0, n_classes, n_rows)
@@ -240,6 +242,7 @@ BIG = np.float32(3.0e38)
 def test_label_smoothing_on_float32_extremes_stays_finite(backend, shape, rng):
     """Rows of +-3e38: lse - x[c] is ~6e38 for the low classes, beyond float32, but
     eps / C times their weighted sum is finite (torch in float64 says ~1e37)."""
+    torch = pytest.importorskip("torch")  # a test peer: skips without it
     x = np.where(rng.random(shape) < 0.5, BIG, -BIG).astype(np.float32)
     x[:, 0] = BIG
     labels = np.zeros(shape[0], np.int64)
@@ -257,6 +260,7 @@ def test_label_smoothing_on_float32_extremes_stays_finite(backend, shape, rng):
 def test_bce_with_a_full_shape_weight_on_float32_extremes(backend):
     """A tiny element weight times a term beyond float32 (pos_weight * softplus(3e38) =
     6e38): the loss, 4.5e35, is finite (torch in float64)."""
+    torch = pytest.importorskip("torch")  # a test peer: skips without it
     x = np.array([[-BIG, BIG, -BIG], [BIG, -BIG, 1.0]], np.float32)
     target = np.array([[0.5, 0.25, 1.0], [0.0, 0.5, 0.5]], np.float32)
     weight = np.array([[1e-3, 1e-3, 1e-4], [1e-3, 1e-3, 2.0]], np.float32)
