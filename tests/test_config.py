@@ -224,13 +224,14 @@ def test_environment_variables():
     assert "LOGITCORE_NUM_THREADS must be a positive integer" in result.stderr
 
 
-def test_import_is_cheap_and_does_not_import_numba():
-    code = ("import sys, time; t = time.perf_counter(); import logitcore;"
-            "print(time.perf_counter() - t); print('numba' in sys.modules)")
-    # Best of three: the first import in a fresh container pays for disk reads.
-    runs = [_run_python(code).stdout.split() for _ in range(3)]
-    assert all(r[1] == "False" for r in runs), runs
-    assert min(float(r[0]) for r in runs) < 0.2, runs
+def test_import_loads_no_heavy_or_optional_module():
+    """`import logitcore` stays cheap by importing NumPy and our Python layers only; how
+    long it takes is measured by asv (startup.timeraw_import_logitcore), not tested."""
+    heavy = ["numba", "llvmlite", "scipy", "torch", "dask", "pyarrow", "pandas",
+             "matplotlib", "logitcore._backends._cython_kernels"]
+    code = (f"import sys; import logitcore; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    assert _run_python(code).stdout.strip() == "[]"
 
 
 def test_backend_info_and_show_config(capsys):
