@@ -463,25 +463,43 @@ _COUNT_FIELDS = {
 }
 
 
-def _moments(values: np.ndarray) -> tuple[int, float, float]:
-    """(count, mean, sum of squared deviations) of the non-NaN values, in float64."""
+def _moments(values: np.ndarray) -> tuple[int, float, float, int, int]:
+    """(count, mean, sum of squared deviations) of the finite values in float64, and the
+    counts of +inf and -inf values; NaN values are left out. Infinities are counted apart
+    so that the merge is exact for them too (inf - inf would make the merged mean NaN)."""
     values = values[~np.isnan(values)].astype(np.float64)
-    if not values.size:
-        return 0, 0.0, 0.0
-    with np.errstate(invalid="ignore"):  # an inf value: mean inf, spread NaN
-        mean = float(np.mean(values))
-        return values.size, mean, float(np.sum((values - mean) ** 2))
+    finite = values[np.isfinite(values)]
+    n_posinf = int(np.count_nonzero(values == np.inf))
+    n_neginf = values.size - finite.size - n_posinf
+    if not finite.size:
+        return 0, 0.0, 0.0, n_posinf, n_neginf
+    mean = float(np.mean(finite))
+    return finite.size, mean, float(np.sum((finite - mean) ** 2)), n_posinf, n_neginf
 
 
 def _merged_moments(a, b):
     """Chan et al.'s parallel update: the moments of the union of two sets of values."""
-    n_a, mean_a, m2_a = a
-    n_b, mean_b, m2_b = b
+    n_a, mean_a, m2_a = a[:3]
+    n_b, mean_b, m2_b = b[:3]
+    infinities = (a[3] + b[3], a[4] + b[4])
     if not n_a or not n_b:
-        return a if n_a else b
+        return (a[:3] if n_a else b[:3]) + infinities
     n = n_a + n_b
     delta = mean_b - mean_a
-    return n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n
+    return (n, mean_a + delta * n_b / n, m2_a + m2_b + delta * delta * n_a * n_b / n) \
+        + infinities
+
+
+def _mean_and_spread(moments) -> tuple[float, float]:
+    """The mean and (population) standard deviation of the non-NaN values: infinite when
+    there are infinities of one sign, NaN when of both signs or no values."""
+    count, mean, m2, n_posinf, n_neginf = moments
+    if n_posinf or n_neginf:
+        mean = math.nan if n_posinf and n_neginf else math.copysign(math.inf, n_posinf - 0.5)
+        return mean, math.nan
+    if not count:
+        return math.nan, math.nan
+    return mean, math.sqrt(m2 / count)
 
 
 @dataclass
@@ -491,7 +509,10 @@ class Summary:
     counts exactly and means and spreads up to float64 rounding.
 
     ``counts``: integer counts (rows, correct, saturated, NaN rows, ...); ``moments``:
-    per field (count, mean, sum of squared deviations) over the rows where it is not NaN.
+    per field, over the rows where it is not NaN, (count, mean, sum of squared
+    deviations) of the finite values and the counts of +inf and -inf values. Means and
+    spreads leave NaN values out (``nan_rows`` counts them); an infinite value makes the
+    mean infinite and the spread NaN.
     ``figures()`` (or ``summary[name]``) gives the figures.
     """
 
@@ -581,8 +602,8 @@ class Summary:
             result["recall"] = ratio(tp, tp + fn)
         if None not in (tp, fp, fn):
             result["f1"] = ratio(2 * tp, 2 * tp + fp + fn)
-        for name, (count, mean, m2) in self.moments.items():
-            mean = mean if count else math.nan
+        for name, moments in self.moments.items():
+            mean, spread = _mean_and_spread(moments)
             key = {"loss": "mean_nll" if self.kind != "multilabel" else "mean_loss",
                    "brier": "brier"}.get(name, f"mean_{name}")
             result[key] = mean
@@ -590,7 +611,7 @@ class Summary:
                 # exp overflows a float past 709.78; NaN stays NaN
                 result["perplexity"] = math.inf if mean > 709.78 else math.exp(mean)
             if name in ("max_logit", "logsumexp"):
-                result[f"std_{name}"] = math.sqrt(m2 / count) if count else math.nan
+                result[f"std_{name}"] = spread
         for name in ("saturated", "nan_rows", "posinf_rows", "neginf_rows"):
             if name in counts:
                 result["saturated_rows" if name == "saturated" else name] = counts[name]

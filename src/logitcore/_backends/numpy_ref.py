@@ -222,7 +222,8 @@ def score_multiclass(
         with np.errstate(**_ERRSTATE):
             # p log p -> 0 as p -> 0: a class of probability 0 (masked) adds nothing.
             terms = np.where(probs == 0.0, 0.0, probs * log_probs)
-        entropy_out[...] = -np.sum(terms, axis=1)
+        # 0.0 - sum, not -sum: a certain row has entropy 0.0, not -0.0
+        entropy_out[...] = 0.0 - np.sum(terms, axis=1)
     if _asked(margin_out, logit_margin_out, top_k_indices_out, top_k_probs_out):
         # Classes by descending logit, ties in class order (a stable sort of -x).
         order = np.argsort(-x64, axis=1, kind="stable")
@@ -251,7 +252,7 @@ def score_multiclass(
     if label_logprob_out.size:
         label_logprob_out[...] = label_logprob
     if loss_out.size:
-        loss_out[...] = -label_logprob
+        loss_out[...] = 0.0 - label_logprob  # a certain label has loss 0.0, not -0.0
     if correct_out.size:
         correct_out[...] = kept & ~nan_rows & (pred == label)
     if label_rank_out.size:
