@@ -476,9 +476,12 @@ def _chunked_batch():
     return x, labels
 
 
+@pytest.mark.parametrize("edge_rows", [True, False], ids=["edge_rows", "finite"])
 @pytest.mark.parametrize("kind", ["multiclass", "binary", "multilabel"])
-def test_summaries_of_chunks_merge_into_the_one_shot_summary(kind):
+def test_summaries_of_chunks_merge_into_the_one_shot_summary(kind, edge_rows):
     x, labels = _chunked_batch()
+    if not edge_rows:  # finite logits: every mean and spread is a number
+        x = np.where(np.isfinite(x), x, 1.5)
     if kind == "binary":
         x, labels = x[:, :1], np.where(labels == -100, -100, labels % 2)
     if kind == "multilabel":
@@ -494,6 +497,11 @@ def test_summaries_of_chunks_merge_into_the_one_shot_summary(kind):
     assert want.keys() == got.keys()
     for name in want:
         assert got[name] == pytest.approx(want[name], rel=1e-12, abs=1e-12, nan_ok=True), name
+    if not edge_rows:
+        assert all(math.isfinite(value) for value in got.values())
+        if kind == "multiclass":  # the spreads against numpy's, of the kept rows
+            kept = labels != -100
+            assert got["std_max_logit"] == pytest.approx(x[kept].max(1).std(), rel=1e-12)
     assert chunks[0].merge(chunks[1]).counts == chunks[1].counts
 
 
