@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from . import _ops
@@ -51,38 +49,37 @@ from ._backends import op_table
 
 KINDS = ("multiclass", "binary", "multilabel")
 
-# The per-row fields of each kind, in output order: name -> (dtype, needs labels).
-# dtype "float" is the logits' compute dtype; 2-D fields are marked in _WIDE_FIELDS.
-_FIELDS = {
-    "multiclass": {
-        "pred": ("int64", False), "max_logit": ("float", False),
-        "confidence": ("float", False), "margin": ("float", False),
-        "logit_margin": ("float", False), "entropy": ("float", False),
-        "logsumexp": ("float", False), "top_k_indices": ("int64", False),
-        "top_k_probs": ("float", False), "label_logprob": ("float", True),
-        "loss": ("float", True), "correct": ("bool", True), "label_rank": ("int64", True),
-        "brier": ("float", True), "kept": ("bool", True),
-    },
-    "binary": {
-        "prob": ("float", False), "pred": ("bool", False), "confidence": ("float", False),
-        "entropy": ("float", False), "loss": ("float", True), "correct": ("bool", True),
-        "brier": ("float", True), "kept": ("bool", True),
-    },
-    "multilabel": {
-        "n_predicted": ("int64", False), "loss": ("float", True),
-        "exact_match": ("bool", True), "true_positives": ("int64", True),
-        "false_positives": ("int64", True), "false_negatives": ("int64", True),
-        "pred": ("bool", False),
-    },
-}
 _KERNEL_OF_KIND = {"multiclass": "score_multiclass", "binary": "score_binary",
                    "multilabel": "score_multilabel"}
+# Output roles of the score kernels: the shape of an asked output from (items, classes,
+# top_k) and its dtype (None: the logits' float dtype). Empty outputs have as many axes.
+_OUTPUT_ROLES = {
+    "field_out": (lambda n, c, k: (n,), None),
+    "index_field_out": (lambda n, c, k: (n,), np.dtype(np.int64)),
+    "flag_field_out": (lambda n, c, k: (n,), np.dtype(np.bool_)),
+    "top_k_out": (lambda n, c, k: (n, k), None),
+    "top_k_index_out": (lambda n, c, k: (n, k), np.dtype(np.int64)),
+    "flags_out": (lambda n, c, k: (n, c), np.dtype(np.bool_)),
+}
+# The fields that need labels. ``kept`` (label != ignore_index) comes from the labels
+# alone; every other field is an output ``<field>_out`` of the kind's kernel.
+_LABEL_FIELDS = {
+    "multiclass": ("label_logprob", "loss", "correct", "label_rank", "brier", "kept"),
+    "binary": ("loss", "correct", "brier", "kept"),
+    "multilabel": ("loss", "exact_match", "true_positives", "false_positives",
+                   "false_negatives"),
+}
 _TOP_K_FIELDS = ("top_k_indices", "top_k_probs")
-# Fields with a class axis, computed only when named in ``fields=``: rows x classes.
+# Fields with a class axis (rows x classes), computed only when named in ``fields=``.
 _ONLY_WHEN_ASKED = {"multilabel": ("pred",)}
-# Fields the Python layer derives from the labels, not the kernel.
-_LABEL_FIELDS = ("kept",)
-_NUMPY_DTYPES = {"int64": np.dtype(np.int64), "bool": np.dtype(np.bool_)}
+
+
+def _field_names(kind: str) -> tuple[str, ...]:
+    """The kind's fields in output order: its kernel's outputs, then ``kept``."""
+    kernel = op_table.KERNELS[_KERNEL_OF_KIND[kind]]
+    names = tuple(name[:-len("_out")] for name, role in kernel.arguments
+                  if role in _OUTPUT_ROLES)
+    return names + tuple(name for name in _LABEL_FIELDS[kind] if name not in names)
 
 
 # --- validation -----------------------------------------------------------------------
@@ -132,11 +129,13 @@ def _check_threshold(threshold, kind: str, n_classes: int, dtype):
 
 def _check_fields(fields, kind: str, has_labels: bool, top_k: int) -> tuple[str, ...]:
     """The requested field names in output order (all that apply when ``fields`` is None)."""
-    known = _FIELDS[kind]
+    known = _field_names(kind)
+    label_fields = _LABEL_FIELDS[kind]
     if fields is None:
         return tuple(
-            name for name, (_, needs_labels) in known.items()
-            if (has_labels or not needs_labels) and (top_k or name not in _TOP_K_FIELDS)
+            name for name in known
+            if (has_labels or name not in label_fields)
+            and (top_k or name not in _TOP_K_FIELDS)
             and name not in _ONLY_WHEN_ASKED.get(kind, ()))
     if isinstance(fields, str):
         fields = (fields,)
@@ -149,7 +148,7 @@ def _check_fields(fields, kind: str, has_labels: bool, top_k: int) -> tuple[str,
         if name not in known:
             raise ValueError(f"fields: {name!r} is not a field of kind={kind!r}; the "
                              f"fields are {', '.join(known)}")
-        if known[name][1] and not has_labels:
+        if name in label_fields and not has_labels:
             raise ValueError(f"fields: {name!r} needs labels, and labels is None")
         if name in _TOP_K_FIELDS and not top_k:
             raise ValueError(f"fields: {name!r} needs top_k > 0")
@@ -190,18 +189,6 @@ def _multilabel_targets(labels, logits_shape: tuple, axes: tuple) -> np.ndarray:
 
 
 # --- the kernel call --------------------------------------------------------------------
-
-# Output roles of the score kernels: the shape of an asked output from (items, classes,
-# top_k) and its dtype (None: the logits' float dtype). Empty outputs have as many axes.
-_OUTPUT_ROLES = {
-    "field_out": (lambda n, c, k: (n,), None),
-    "index_field_out": (lambda n, c, k: (n,), np.dtype(np.int64)),
-    "flag_field_out": (lambda n, c, k: (n,), np.dtype(np.bool_)),
-    "top_k_out": (lambda n, c, k: (n, k), None),
-    "top_k_index_out": (lambda n, c, k: (n, k), np.dtype(np.int64)),
-    "flags_out": (lambda n, c, k: (n, c), np.dtype(np.bool_)),
-}
-
 
 def _run_kernel(kind, backend, inputs: dict, wanted, n_items, n_classes, top_k, dtype):
     """Call the kind's kernel with ``inputs`` (by argument name) and an output per
@@ -502,7 +489,6 @@ def _mean_and_spread(moments) -> tuple[float, float]:
     return mean, math.sqrt(m2 / count)
 
 
-@dataclass
 class Summary:
     """Dataset figures as a state that merges: the summaries of chunks of rows combine
     (``a.merge(b)``, ``Summary.combine([...])``) into the summary of all the rows,
@@ -516,10 +502,17 @@ class Summary:
     ``figures()`` (or ``summary[name]``) gives the figures.
     """
 
-    kind: str
-    top_k: int = 0
-    counts: dict = field(default_factory=dict)
-    moments: dict = field(default_factory=dict)
+    def __init__(self, *, kind: str, top_k: int, counts: dict, moments: dict):
+        self.kind = kind
+        self.top_k = top_k
+        self.counts = counts
+        self.moments = moments
+
+    def __eq__(self, other):
+        return isinstance(other, Summary) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"Summary(kind={self.kind!r}, n={self.counts['rows']})"
 
     @classmethod
     def of_fields(cls, kind, top_k, fields, row_shape, labels, kept) -> Summary:
