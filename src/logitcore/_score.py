@@ -238,6 +238,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
     (mean BCE over classes), ``exact_match``, ``true_positives``, ``false_positives``,
     ``false_negatives``; the predicted matrix ``pred`` only when named in ``fields``.
 
+    ``threshold`` is for binary and multilabel scores (a probability in (0, 1)).
     Float fields have the logits' dtype (float32 or float64; half precision and integers
     as everywhere in logitcore). Every field keeps the leading shape of the logits
     ((batch, seq, vocab) logits give (batch, seq) fields). ``fields=`` names the fields to
