@@ -282,8 +282,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
     has_labels = labels is not None
     wanted = _check_fields(fields, kind, has_labels, top_k)
     n_items = math.prod(row_shape)
-    no_labels = np.empty(0, np.int64)
-    kept = None
+    flat_labels = kept = None  # class labels as flat int64 and the kept rows, if given
 
     if kind == "multilabel":
         axes = (class_axis,)
@@ -300,7 +299,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
             n_label_classes = 2 if kind == "binary" else n_classes
             flat_labels, kept = _integer_labels(labels, row_shape, kind, n_label_classes,
                                                 ignore_index, backend)
-        inputs = {"labels": flat_labels if has_labels else no_labels,
+        inputs = {"labels": np.empty(0, np.int64) if flat_labels is None else flat_labels,
                   "ignore_index": ignore_index}
         if kind == "binary":
             inputs.update(x=np.ascontiguousarray(logits).reshape(-1), threshold=threshold)
@@ -316,8 +315,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
     return Scores(
         kind=kind, fields={name: results[name] for name in wanted}, row_shape=row_shape,
         n_classes=n_classes, top_k=top_k,
-        labels=flat_labels.reshape(row_shape) if has_labels and kind != "multilabel"
-        else None,
+        labels=None if flat_labels is None else flat_labels.reshape(row_shape),
         kept=None if kept is None else kept.reshape(row_shape))
 
 
