@@ -16,13 +16,27 @@ DTYPES = [np.float32, np.float64]
 SHAPES = [(1, 131072), (3, 9000), (7, 1000), (4099, 10)]
 if NUMBA_PYTHON_MODE:  # kernels run as Python: the smallest shapes taking the same paths
     SHAPES = [(1, 4200), (3, 2100), (7, 100), (250, 10)]
-SCALARS = {"ignore_index": -100, "label_smoothing": 0.1}
+SCALARS = {"ignore_index": -100, "label_smoothing": 0.1, "top_k": 5, "threshold": 0.3}
+# Outputs by role: (shape from n items, C classes and k, dtype; None: the float dtype).
+SCORE_OUTPUTS = {
+    "field_out": (lambda n, c, k: (n,), None),
+    "index_field_out": (lambda n, c, k: (n,), np.int64),
+    "flag_field_out": (lambda n, c, k: (n,), np.uint8),
+    "top_k_out": (lambda n, c, k: (n, k), None),
+    "top_k_index_out": (lambda n, c, k: (n, k), np.int64),
+    "flags_out": (lambda n, c, k: (n, c), np.uint8),
+}
 
 
 def operands(kernel, shape, dtype, seed=0):
     """Arguments for ``kernel`` by the role of each (see op_table), ``n_threads`` aside."""
     rng = np.random.default_rng(seed)
     n_rows, n_classes = shape
+    # Score outputs and labels have one item per row, or per element of a flat input
+    # (binary scoring, whose labels are 0 or 1).
+    flat_input = kernel.arguments[0][1] == "flat"
+    n_items = n_rows * n_classes if flat_input else n_rows
+    n_label_classes = 2 if flat_input else n_classes
     args = []
     for name, role in kernel.arguments:
         if role == "rows":
@@ -33,10 +47,12 @@ def operands(kernel, shape, dtype, seed=0):
                 values[:, ::97] = -np.inf  # masked classes
                 values[:, 1] = values[:, 0]  # a tie at the max in some rows
             args.append(values)
-        elif role == "labels":
-            labels = rng.integers(0, n_classes, n_rows).astype(np.int64)
+        elif role in ("labels", "labels_or_empty"):
+            labels = rng.integers(0, n_label_classes, n_items).astype(np.int64)
             labels[::3] = SCALARS["ignore_index"]
             args.append(labels)
+        elif role == "classes" and name == "threshold":  # probabilities in (0, 1)
+            args.append(rng.uniform(0.05, 0.95, n_classes).astype(dtype))
         elif role == "classes":
             args.append(rng.uniform(0.0, 3.0, n_classes).astype(dtype))
         elif role == "broadcast":
@@ -51,6 +67,12 @@ def operands(kernel, shape, dtype, seed=0):
             args.append((rng.standard_normal(n_rows * n_classes) * 20).astype(dtype))
         elif role == "flat_out":
             args.append(np.full(n_rows * n_classes, 7.0, dtype))
+        elif role == "flags_or_empty":
+            args.append(rng.integers(0, 2, shape).astype(np.uint8))
+        elif role in SCORE_OUTPUTS:
+            out_shape, out_dtype = SCORE_OUTPUTS[role]
+            args.append(np.full(out_shape(n_items, n_classes, SCALARS["top_k"]), 7,
+                                out_dtype or dtype))
         else:
             raise AssertionError(f"no operand maker for role {role!r}")
     return args
@@ -58,7 +80,8 @@ def operands(kernel, shape, dtype, seed=0):
 
 def outputs(kernel, args, returned):
     written = [a for a, (_, role) in zip(args, kernel.arguments)
-               if role in ("row_out", "rows_out", "grad_out", "flat_out")]
+               if role in ("row_out", "rows_out", "grad_out", "flat_out")
+               or role in SCORE_OUTPUTS]
     return written + ([np.asarray(returned, dtype=np.float64)] if returned is not None else [])
 
 

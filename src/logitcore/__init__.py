@@ -19,6 +19,7 @@ from ._ops import (
     softmax,
     softmax_backward,
 )
+from ._score import Scores, Summary, score
 
 __version__ = "0.1.0"
 
@@ -34,10 +35,13 @@ __all__ = [
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
+    "score",
+    "Scores",
     "set_backend",
     "set_num_threads",
     "show_config",
     "sigmoid",
     "softmax",
     "softmax_backward",
+    "Summary",
 ]

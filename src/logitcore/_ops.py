@@ -442,7 +442,7 @@ def _finish_gradient(loss, gradient, grad2d, axes, grad_out):
     return loss, gradient if grad_out is None else grad_out
 
 
-def _checked_labels(target, loss_shape, logits_shape, class_axis, n_classes, ignore_index,
+def _checked_labels(target, loss_shape, logits_shape, class_axis, ignore_index,
                     class_weight, backend):
     """Integer labels as a flat int64 array in row order, after every check, and the
     summed class weight of the labels that are not ``ignore_index``."""
@@ -458,17 +458,25 @@ def _checked_labels(target, loss_shape, logits_shape, class_axis, n_classes, ign
             f"target with the shape of labels {loss_shape} must have an integer dtype, "
             f"got {target.dtype}"
         )
-    labels, first_invalid = v.int64_labels(target)
+    return _labels_in_range(target, "target", "cross_entropy", ignore_index, class_weight,
+                            backend)
+
+
+def _labels_in_range(labels, name, op, ignore_index, class_weight, backend):
+    """Integer ``labels`` (the argument ``name`` of ``op``) as a flat int64 array, and the
+    summed ``class_weight`` of those that are not ``ignore_index``; IndexError for a label
+    neither in [0, len(class_weight)) nor ``ignore_index``."""
+    flat, first_invalid = v.int64_labels(labels)
     if first_invalid < 0:
-        first_invalid, kept_weight = _run("label_stats", "cross_entropy", backend, labels,
-                                          class_weight, ignore_index)
+        first_invalid, kept_weight = _run("label_stats", op, backend, flat, class_weight,
+                                          ignore_index)
     if first_invalid >= 0:
-        position = tuple(int(i) for i in np.unravel_index(first_invalid, loss_shape))
+        position = tuple(int(i) for i in np.unravel_index(first_invalid, labels.shape))
         raise IndexError(
-            f"target{list(position)} = {target[position]} is not a class index in "
-            f"[0, {n_classes}) and not ignore_index ({ignore_index})"
+            f"{name}{list(position)} = {labels[position]} is not a class index in "
+            f"[0, {class_weight.shape[0]}) and not ignore_index ({ignore_index})"
         )
-    return labels, kept_weight
+    return flat, kept_weight
 
 
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
@@ -523,7 +531,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         target = v.float_array_like(target, "target", logits.dtype)
     else:
         labels, kept_weight = _checked_labels(target, loss_shape, logits.shape, class_axis,
-                                              n_classes, ignore_index, class_weight, backend)
+                                              ignore_index, class_weight, backend)
 
     gradient = _gradient_buffer(return_grad, grad_out, logits, {
         "logits": original_logits, "target": original_target, "weight": weight})

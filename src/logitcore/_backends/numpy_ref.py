@@ -7,9 +7,10 @@ textbook formula with the stable shift by the row maximum and nothing clever.
 
 import numpy as np
 
-from logitcore._backends import ALL_KERNELS
+from logitcore._backends import op_table
 
-SUPPORTED_KERNELS = ALL_KERNELS
+# Every kernel of the op table, the scoring kernels included.
+SUPPORTED_KERNELS = op_table.ALL_KERNELS
 
 _ERRSTATE = dict(over="ignore", under="ignore", invalid="ignore", divide="ignore")
 
@@ -183,3 +184,141 @@ def log_softmax_backward(dy, y, out, n_threads=1):
     y64 = y.astype(np.float64)
     with np.errstate(**_ERRSTATE):
         out[...] = dy64 - np.exp(y64) * np.sum(dy64, axis=1, keepdims=True)
+
+
+# --- scoring ------------------------------------------------------------------------
+# The reference of the score kernels (op_table: score_multiclass, score_binary,
+# score_multilabel). Each output of size 0 was not asked for and is not computed. Every
+# field comes from the float64 log-probabilities, textbook form; the edge rows follow the
+# table in logitcore/_score.py.
+
+def _asked(*outputs):
+    return any(output.size for output in outputs)
+
+
+def score_multiclass(
+    x, labels, ignore_index, top_k, pred_out, max_logit_out, confidence_out, margin_out,
+    logit_margin_out, entropy_out, logsumexp_out, top_k_indices_out, top_k_probs_out,
+    label_logprob_out, loss_out, correct_out, label_rank_out, brier_out, n_threads=1,
+):
+    x64 = x.astype(np.float64)
+    n_rows, n_classes = x64.shape
+    rows = np.arange(n_rows)
+    # NaN is not ordered: a row holding one has no prediction, no ranking and no top k.
+    nan_rows = np.isnan(x64).any(axis=1)
+    log_probs = _log_softmax64(x64)
+    with np.errstate(**_ERRSTATE):
+        probs = np.exp(log_probs)
+    pred = np.argmax(x64, axis=1)  # the first maximum: ties go to the lower index
+    if pred_out.size:
+        pred_out[...] = np.where(nan_rows, -1, pred)
+    if max_logit_out.size:
+        max_logit_out[...] = np.where(nan_rows, np.nan, x64[rows, pred])
+    if confidence_out.size:
+        confidence_out[...] = probs[rows, pred]
+    if logsumexp_out.size:
+        logsumexp_out[...] = _logsumexp64(x64)
+    if entropy_out.size:
+        with np.errstate(**_ERRSTATE):
+            # p log p -> 0 as p -> 0: a class of probability 0 (masked) adds nothing.
+            terms = np.where(probs == 0.0, 0.0, probs * log_probs)
+        # 0.0 - sum, not -sum: a certain row has entropy 0.0, not -0.0
+        entropy_out[...] = 0.0 - np.sum(terms, axis=1)
+    if _asked(margin_out, logit_margin_out, top_k_indices_out, top_k_probs_out):
+        # Classes by descending logit, ties in class order (a stable sort of -x).
+        order = np.argsort(-x64, axis=1, kind="stable")
+        if _asked(margin_out, logit_margin_out):
+            if n_classes > 1:
+                second = order[:, 1]
+                second_logit, second_prob = x64[rows, second], probs[rows, second]
+            else:  # no second class: logit -inf, probability 0
+                second_logit, second_prob = np.full(n_rows, -np.inf), np.zeros(n_rows)
+            with np.errstate(**_ERRSTATE):
+                if margin_out.size:
+                    margin_out[...] = probs[rows, pred] - second_prob
+                if logit_margin_out.size:
+                    logit_margin_out[...] = np.where(nan_rows, np.nan,
+                                                     x64[rows, pred] - second_logit)
+        top = order[:, :top_k]
+        if top_k_indices_out.size:
+            top_k_indices_out[...] = np.where(nan_rows[:, None], -1, top)
+        if top_k_probs_out.size:
+            top_k_probs_out[...] = np.take_along_axis(probs, top, axis=1)
+    if not labels.size:
+        return
+    kept = labels != ignore_index
+    label = np.where(kept, labels, 0)
+    label_logprob = np.where(kept, log_probs[rows, label], 0.0)
+    if label_logprob_out.size:
+        label_logprob_out[...] = label_logprob
+    if loss_out.size:
+        loss_out[...] = 0.0 - label_logprob  # a certain label has loss 0.0, not -0.0
+    if correct_out.size:
+        correct_out[...] = kept & ~nan_rows & (pred == label)
+    if label_rank_out.size:
+        larger = np.sum(x64 > x64[rows, label][:, None], axis=1)
+        label_rank_out[...] = np.where(kept & ~nan_rows, 1 + larger, 0)
+    if brier_out.size:
+        onehot = np.zeros_like(probs)
+        onehot[rows, label] = 1.0
+        brier_out[...] = np.where(kept, np.sum((probs - onehot) ** 2, axis=1), 0.0)
+
+
+def score_binary(
+    x, labels, ignore_index, threshold, prob_out, pred_out, confidence_out, entropy_out,
+    loss_out, correct_out, brier_out, n_threads=1,
+):
+    x64 = x.astype(np.float64)
+    prob = np.empty_like(x64)
+    sigmoid(x64, prob)
+    pred = prob >= threshold  # False for a NaN logit
+    if prob_out.size:
+        prob_out[...] = prob
+    if pred_out.size:
+        pred_out[...] = pred
+    if confidence_out.size:
+        confidence_out[...] = np.maximum(prob, 1.0 - prob)  # NaN stays NaN
+    # log p = -softplus(-x), log(1 - p) = -softplus(x), exact in the tails.
+    log_p, log_not_p = -_softplus64(-x64), -_softplus64(x64)
+    if entropy_out.size:
+        with np.errstate(**_ERRSTATE):
+            entropy_out[...] = -(np.where(prob == 0.0, 0.0, prob * log_p)
+                                 + np.where(prob == 1.0, 0.0, (1.0 - prob) * log_not_p))
+    if not labels.size:
+        return
+    kept = labels != ignore_index
+    positive = labels == 1
+    if loss_out.size:
+        loss_out[...] = np.where(kept, -np.where(positive, log_p, log_not_p), 0.0)
+    if correct_out.size:
+        correct_out[...] = kept & ~np.isnan(x64) & (pred == positive)
+    if brier_out.size:
+        brier_out[...] = np.where(kept, (prob - positive) ** 2, 0.0)
+
+
+def score_multilabel(
+    x, targets, threshold, n_predicted_out, loss_out, exact_match_out, true_positives_out,
+    false_positives_out, false_negatives_out, pred_out, n_threads=1,
+):
+    x64 = x.astype(np.float64)
+    prob = np.empty_like(x64)
+    sigmoid(x64, prob)
+    pred = prob >= threshold.astype(np.float64)[None, :]  # False for a NaN logit
+    if pred_out.size:
+        pred_out[...] = pred
+    if n_predicted_out.size:
+        n_predicted_out[...] = pred.sum(axis=1)
+    if not targets.size:
+        return
+    truth = targets.astype(bool)
+    if loss_out.size:
+        bce = np.where(truth, _softplus64(-x64), _softplus64(x64))
+        loss_out[...] = bce.mean(axis=1)
+    if exact_match_out.size:
+        exact_match_out[...] = np.all(pred == truth, axis=1)
+    if true_positives_out.size:
+        true_positives_out[...] = np.sum(pred & truth, axis=1)
+    if false_positives_out.size:
+        false_positives_out[...] = np.sum(pred & ~truth, axis=1)
+    if false_negatives_out.size:
+        false_negatives_out[...] = np.sum(~pred & truth, axis=1)

@@ -30,6 +30,24 @@ per call, float32 or float64):
 ``flat_out``  (m,) output, elementwise kernels
 ============  =============================================================
 
+The score kernels compute many per-row fields in one read of each row; every field is an
+output the caller may not want. An output that was not asked for is passed as an empty
+array (size 0), as ``grad_out`` is, and the kernel neither computes nor writes it. Their
+extra roles (n is the number of rows: ``rows`` rows or ``flat`` elements):
+
+=====================  ==================================================================
+``labels_or_empty``    ``labels``, or a (0,) int64 array meaning "no labels" (then every
+                       output that needs a label is (0,) too)
+``flags_or_empty``     (n, C) uint8 of 0 / 1 (multilabel targets), or (0, 0): no labels
+``field_out``          (n,) output of the float dtype, or (0,): not asked
+``index_field_out``    (n,) int64 output, or (0,): not asked
+``flag_field_out``     (n,) uint8 output written 0 or 1 (the Python layer passes a bool
+                       array's uint8 view), or (0,): not asked
+``top_k_out``          (n, k) output of the float dtype, or (0, 0): not asked
+``top_k_index_out``    (n, k) int64 output, or (0, 0): not asked
+``flags_out``          (n, C) uint8 output written 0 or 1, or (0, 0): not asked
+=====================  ==================================================================
+
 Every kernel takes ``n_threads`` last, writes its outputs and returns None, except
 ``label_stats``, which returns a value.
 """
@@ -145,9 +163,60 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
     Kernel("log_softmax_backward", (("dy", "rows"), ("y", "rows"), ("out", "rows_out")),
            ("log_softmax_backward",),
            "y = log_softmax(x): out = dy - exp(y) sum(dy)", full_reads=2, full_writes=1),
+    # --- scoring (logitcore.score): one read of each row, every field an optional output.
+    # With M the row max, lse = logsumexp, p = exp(x - lse) and y the label. Ties go to
+    # the lower class index everywhere. Rows whose label is ignore_index get
+    # label_logprob = loss = brier = 0, correct = 0, label_rank = 0. Edge rows (a NaN, a
+    # +inf, all -inf) follow the table in logitcore/_score.py.
+    Kernel("score_multiclass",
+           (("x", "rows"), ("labels", "labels_or_empty"), ("ignore_index", "scalar"),
+            ("top_k", "scalar"),
+            ("pred_out", "index_field_out"), ("max_logit_out", "field_out"),
+            ("confidence_out", "field_out"), ("margin_out", "field_out"),
+            ("logit_margin_out", "field_out"), ("entropy_out", "field_out"),
+            ("logsumexp_out", "field_out"),
+            ("top_k_indices_out", "top_k_index_out"), ("top_k_probs_out", "top_k_out"),
+            ("label_logprob_out", "field_out"), ("loss_out", "field_out"),
+            ("correct_out", "flag_field_out"), ("label_rank_out", "index_field_out"),
+            ("brier_out", "field_out")),
+           ("score",),
+           "pred = first argmax (-1 for a NaN row); max_logit = M; confidence = max p; "
+           "margin = p(1st) - p(2nd); logit_margin = x(1st) - x(2nd) (the 2nd of a 1-class "
+           "row: logit -inf, p 0); entropy = -sum p log p (terms with p == 0 are 0); "
+           "logsumexp = lse; top_k_indices / top_k_probs: the top_k classes by descending "
+           "x (top_k is their column count, 0 when neither is asked); label_logprob = "
+           "x[y] - lse; loss = -label_logprob; correct = pred == y; label_rank = 1 + "
+           "#{c: x[c] > x[y]}; brier = sum_c (p[c] - onehot(y)[c])^2",
+           label_reads=1, row_writes=12),
+    Kernel("score_binary",
+           (("x", "flat"), ("labels", "labels_or_empty"), ("ignore_index", "scalar"),
+            ("threshold", "scalar"),
+            ("prob_out", "field_out"), ("pred_out", "flag_field_out"),
+            ("confidence_out", "field_out"), ("entropy_out", "field_out"),
+            ("loss_out", "field_out"), ("correct_out", "flag_field_out"),
+            ("brier_out", "field_out")),
+           ("score",),
+           "p = sigmoid(x); prob = p; pred = p >= threshold; confidence = max(p, 1 - p); "
+           "entropy = -p log p - (1 - p) log(1 - p); loss = BCE(x, y); correct = pred == "
+           "y (0 for a NaN x); brier = (p - y)^2; labels are 0, 1 or ignore_index",
+           full_writes=0, label_reads=1, row_writes=7),
+    Kernel("score_multilabel",
+           (("x", "rows"), ("targets", "flags_or_empty"), ("threshold", "classes"),
+            ("n_predicted_out", "index_field_out"), ("loss_out", "field_out"),
+            ("exact_match_out", "flag_field_out"), ("true_positives_out", "index_field_out"),
+            ("false_positives_out", "index_field_out"),
+            ("false_negatives_out", "index_field_out"), ("pred_out", "flags_out")),
+           ("score",),
+           "pred[c] = sigmoid(x[c]) >= threshold[c]; n_predicted = sum pred; loss = mean_c "
+           "BCE(x[c], t[c]); exact_match = all(pred == t); true / false positives and "
+           "false negatives counted per row",
+           row_writes=6),
 )}
 
 ALL_KERNELS = frozenset(KERNELS)
+
+# The scoring kernels; only the reference backend implements them so far.
+SCORE_KERNELS = frozenset({"score_multiclass", "score_binary", "score_multilabel"})
 
 
 def check_backend(module) -> list[str]:

@@ -1,0 +1,553 @@
+"""logitcore.score: every field against an independent peer (torch, scipy.special,
+sklearn.metrics where installed), edge rows by their documented values, validation, the
+fields= selection, hypothesis properties and the summary's merge."""
+
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import scipy.special
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import logitcore
+from logitcore import _backends, _config
+from logitcore._backends import availability, load, op_table
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+try:
+    import sklearn.metrics as skm
+except ImportError:  # the sklearn comparisons skip
+    skm = None
+needs_sklearn = pytest.mark.skipif(skm is None, reason="scikit-learn is not installed")
+
+inf, nan = np.inf, np.nan
+
+
+def _score_backends():
+    """Every available backend that implements the scoring kernels."""
+    names = []
+    for name in _backends.BACKEND_NAMES:
+        if availability(name)[0] and op_table.SCORE_KERNELS <= load(name).SUPPORTED_KERNELS:
+            names.append(name)
+    return names
+
+
+BACKENDS = _score_backends()
+TOLERANCE = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-6, atol=2e-6)}
+
+
+def _close(got, want, dtype):
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
+                               **TOLERANCE[dtype])
+
+
+def _torch_fields(x, labels, k):
+    """The multiclass fields from torch and scipy, rows last axis, all in float64."""
+    t = torch.from_numpy(x.astype(np.float64))
+    y = torch.from_numpy(labels)
+    probs = torch.softmax(t, -1)
+    top_logits, _ = torch.topk(t, 2, dim=-1)
+    top_probs, _ = torch.topk(probs, 2, dim=-1)
+    sorted_probs, sorted_index = torch.sort(probs, dim=-1, descending=True, stable=True)
+    label_logit = t.gather(-1, y.unsqueeze(-1))
+    onehot = F.one_hot(y, x.shape[-1]).double()
+    p = scipy.special.softmax(x.astype(np.float64), axis=-1)
+    return {
+        "pred": torch.argmax(t, -1).numpy(),
+        "max_logit": t.max(-1).values.numpy(),
+        "confidence": probs.max(-1).values.numpy(),
+        "margin": (top_probs[..., 0] - top_probs[..., 1]).numpy(),
+        "logit_margin": (top_logits[..., 0] - top_logits[..., 1]).numpy(),
+        "entropy": scipy.special.entr(p).sum(-1),
+        "logsumexp": scipy.special.logsumexp(x.astype(np.float64), axis=-1),
+        "top_k_indices": sorted_index[..., :k].numpy(),
+        "top_k_probs": sorted_probs[..., :k].numpy(),
+        "label_logprob": -F.cross_entropy(t.reshape(-1, x.shape[-1]), y.reshape(-1),
+                                          reduction="none").reshape(y.shape).numpy(),
+        "correct": (torch.argmax(t, -1) == y).numpy(),
+        "label_rank": (1 + (t > label_logit).sum(-1)).numpy(),
+        "brier": ((p - onehot.numpy()) ** 2).sum(-1),
+    }
+
+
+def _check_multiclass(s, want, dtype):
+    for name in ("pred", "top_k_indices", "correct", "label_rank"):
+        np.testing.assert_array_equal(s[name], want[name], err_msg=name)
+    for name in ("max_logit", "confidence", "margin", "logit_margin", "entropy",
+                 "logsumexp", "top_k_probs", "label_logprob", "brier"):
+        assert s[name].dtype == dtype, name
+        _close(s[name], want[name], dtype)
+    _close(s.loss, -want["label_logprob"], dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(50, 7), (3, 1000), (4, 6, 11)])
+def test_multiclass_fields_match_torch_and_scipy(backend, dtype, shape):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    labels = rng.integers(0, shape[-1], shape[:-1])
+    s = logitcore.score(x, labels, top_k=5, backend=backend)
+    assert s.pred.shape == shape[:-1] and s.top_k_indices.shape == shape[:-1] + (5,)
+    _check_multiclass(s, _torch_fields(x, labels, 5), dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_class_axis_elsewhere_keeps_the_other_axes(backend):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 9, 5))  # class axis 1
+    labels = rng.integers(0, 9, (3, 5))
+    s = logitcore.score(x, labels, axis=1, top_k=3, backend=backend)
+    _check_multiclass(s, _torch_fields(np.moveaxis(x, 1, -1), labels, 3), np.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_go_to_the_lower_index(backend):
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, (200, 6)).astype(np.float64)  # many ties, also at the max
+    labels = rng.integers(0, 6, 200)
+    s = logitcore.score(x, labels, top_k=6, backend=backend)
+    want = _torch_fields(x, labels, 6)  # torch.sort(stable=True): equal values keep order
+    _check_multiclass(s, want, np.float64)
+    assert np.any(s.logit_margin == 0) and np.any((s.label_rank == 1) & ~s.correct)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ignored_rows_are_masked_as_cross_entropy(backend):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((40, 5))
+    labels = rng.integers(0, 5, 40)
+    labels[::4] = -7
+    s = logitcore.score(x, labels, ignore_index=-7, backend=backend)
+    torch_loss = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(labels),
+                                 ignore_index=-7, reduction="none").numpy()
+    _close(s.loss, torch_loss, np.float64)
+    ignored = labels == -7
+    np.testing.assert_array_equal(s.kept, ~ignored)
+    assert not s.correct[ignored].any() and (s.label_rank[ignored] == 0).all()
+    assert (s.brier[ignored] == 0).all() and (s.label_logprob[ignored] == 0).all()
+    mean = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(labels), ignore_index=-7)
+    summary = s.summary()
+    assert summary["n"] == 30
+    assert summary["mean_nll"] == pytest.approx(float(mean), rel=1e-12)
+    assert summary["perplexity"] == pytest.approx(math.exp(float(mean)), rel=1e-12)
+
+
+@needs_sklearn
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multiclass_summary_matches_sklearn(backend):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 8)) * 2
+    labels = rng.integers(0, 8, 300)
+    probs = scipy.special.softmax(x, axis=-1)
+    figures = logitcore.score(x, labels, top_k=3, backend=backend).summary().figures()
+    assert figures["accuracy"] == pytest.approx(skm.accuracy_score(labels, probs.argmax(1)))
+    assert figures["top_k_accuracy"] == pytest.approx(
+        skm.top_k_accuracy_score(labels, probs, k=3, labels=np.arange(8)))
+    assert figures["mean_nll"] == pytest.approx(skm.log_loss(labels, probs), rel=1e-9)
+    onehot = np.eye(8)[labels]
+    assert figures["brier"] == pytest.approx(np.mean(np.sum((probs - onehot) ** 2, 1)))
+    assert figures["mean_confidence"] == pytest.approx(probs.max(1).mean())
+    assert figures["mean_entropy"] == pytest.approx(scipy.stats.entropy(probs, axis=1).mean())
+    assert figures["mean_max_logit"] == pytest.approx(x.max(1).mean())
+    assert figures["std_max_logit"] == pytest.approx(x.max(1).std())
+    lse = scipy.special.logsumexp(x, axis=1)
+    assert figures["mean_logsumexp"] == pytest.approx(lse.mean())
+    assert figures["std_logsumexp"] == pytest.approx(lse.std())
+
+
+# The edge table of logitcore/_score.py, row by row (label 0 unless said).
+EDGE_ROWS = np.array([
+    [nan, 1.0, 2.0],     # NaN row
+    [inf, 1.0, 2.0],     # +inf once
+    [-inf, -inf, -inf],  # all -inf
+    [0.0, -inf, 1.0],    # masked class, label on it (label 1)
+])
+EDGE_LABELS = np.array([0, 0, 0, 1])
+EDGE_EXPECTED = {
+    "pred": [-1, 0, 0, 2],
+    "max_logit": [nan, inf, -inf, 1.0],
+    "confidence": [nan, nan, nan, 1 / (1 + math.exp(-1))],
+    "margin": [nan, nan, nan, 1 / (1 + math.exp(-1)) - 1 / (1 + math.exp(1))],
+    "logit_margin": [nan, inf, nan, 1.0],
+    "entropy": [nan, nan, nan, scipy.special.entr([1 / (1 + math.e), 1 / (1 + 1 / math.e)]).sum()],
+    "logsumexp": [nan, inf, -inf, math.log(1 + math.e)],
+    "label_logprob": [nan, nan, nan, -inf],
+    "loss": [nan, nan, nan, inf],
+    "correct": [False, True, True, False],
+    "label_rank": [0, 1, 1, 3],
+    "brier": [nan, nan, nan, 1.0 + (1 / (1 + math.e)) ** 2 + (1 / (1 + 1 / math.e)) ** 2],
+    "top_k_indices": [[-1, -1], [0, 2], [0, 1], [2, 0]],
+    "top_k_probs": [[nan, nan], [nan, nan], [nan, nan],
+                    [1 / (1 + 1 / math.e), 1 / (1 + math.e)]],
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_edge_rows_follow_the_table(backend, dtype):
+    s = logitcore.score(EDGE_ROWS.astype(dtype), EDGE_LABELS, top_k=2, backend=backend)
+    for name, want in EDGE_EXPECTED.items():
+        if s[name].dtype.kind == "f":
+            _close(s[name], want, dtype)
+        else:
+            np.testing.assert_array_equal(s[name], want, err_msg=name)
+    figures = s.summary().figures()
+    assert (figures["nan_rows"], figures["posinf_rows"], figures["neginf_rows"]) == (1, 1, 1)
+    # torch agrees where it defines the values
+    t = torch.from_numpy(EDGE_ROWS)
+    _close(s.logsumexp, torch.logsumexp(t, -1).numpy(), dtype)
+    _close(s.loss, F.cross_entropy(t, torch.from_numpy(EDGE_LABELS), reduction="none"), dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_class_and_empty_inputs(backend):
+    s = logitcore.score(np.array([[3.0], [-2.0]]), np.array([0, 0]), top_k=1, backend=backend)
+    np.testing.assert_array_equal(s.pred, [0, 0])
+    np.testing.assert_array_equal(s.confidence, [1.0, 1.0])
+    np.testing.assert_array_equal(s.margin, [1.0, 1.0])
+    np.testing.assert_array_equal(s.logit_margin, [inf, inf])
+    np.testing.assert_array_equal(s.entropy, [0.0, 0.0])
+    np.testing.assert_array_equal(s.loss, [0.0, 0.0])
+    np.testing.assert_array_equal(s.top_k_probs, [[1.0], [1.0]])
+    assert s.summary()["saturated_rows"] == 2
+    empty = logitcore.score(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), top_k=2,
+                            backend=backend)
+    assert empty.pred.shape == (0,) and empty.top_k_probs.shape == (0, 2)
+    assert empty.confidence.dtype == np.float32
+    figures = empty.summary().figures()
+    assert figures["n"] == 0 and math.isnan(figures["accuracy"])
+    with pytest.raises(ValueError, match="0 classes"):
+        logitcore.score(np.zeros((3, 0)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_llm_shaped_input_and_sequence_reductions(backend):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 8, 20)).astype(np.float32)
+    labels = rng.integers(0, 20, (3, 8))
+    labels[0, 5:] = -100  # padding
+    labels[2, :] = x[2].argmax(-1)  # a sequence that is all greedy
+    s = logitcore.score(x, labels, backend=backend)
+    assert s.loss.shape == (3, 8)
+    seq = s.sequences()
+    t = torch.from_numpy(x.astype(np.float64))
+    y = torch.from_numpy(labels)
+    token_loss = F.cross_entropy(t.transpose(1, 2), y, reduction="none")  # (batch, seq)
+    _close(seq["logprob"], -token_loss.sum(-1).numpy(), np.float32)
+    np.testing.assert_array_equal(seq["n_tokens"], [5, 8, 8])
+    mean_loss = torch.stack([F.cross_entropy(t[b], y[b]) for b in range(3)])
+    _close(seq["perplexity"], torch.exp(mean_loss).numpy(), np.float32)
+    greedy = [(t[b].argmax(-1) == y[b])[y[b] != -100].all().item() for b in range(3)]
+    np.testing.assert_array_equal(seq["all_greedy"], greedy)
+    assert seq["all_greedy"][2]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(64,), (64, 1), (4, 16, 1)])
+def test_binary_fields_match_torch(backend, shape):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape) * 3
+    row_shape = shape[:-1] if len(shape) > 1 else shape
+    labels = rng.integers(0, 2, row_shape)
+    s = logitcore.score(x, labels, kind="binary", threshold=0.4, backend=backend)
+    t = torch.from_numpy(x.reshape(row_shape))
+    p = torch.sigmoid(t).numpy()
+    assert s.prob.shape == row_shape
+    _close(s.prob, p, np.float64)
+    np.testing.assert_array_equal(s.pred, p >= 0.4)
+    _close(s.confidence, np.maximum(p, 1 - p), np.float64)
+    _close(s.entropy, scipy.special.entr(p) + scipy.special.entr(1 - p), np.float64)
+    bce = F.binary_cross_entropy_with_logits(t, torch.from_numpy(labels).double(),
+                                             reduction="none")
+    _close(s.loss, bce.numpy(), np.float64)
+    np.testing.assert_array_equal(s.correct, (p >= 0.4) == labels)
+    _close(s.brier, (p - labels) ** 2, np.float64)
+
+
+@needs_sklearn
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_summary_matches_sklearn(backend):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(500) * 2
+    labels = rng.integers(0, 2, 500)
+    p = scipy.special.expit(x)
+    figures = logitcore.score(x, labels, kind="binary", backend=backend).summary().figures()
+    assert figures["accuracy"] == pytest.approx(skm.accuracy_score(labels, p >= 0.5))
+    assert figures["mean_nll"] == pytest.approx(skm.log_loss(labels, p), rel=1e-9)
+    assert figures["brier"] == pytest.approx(skm.brier_score_loss(labels, p), rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_edge_logits(backend):
+    x = np.array([nan, inf, -inf, 0.0])
+    s = logitcore.score(x, np.array([0, 1, 1, -100]), kind="binary", backend=backend)
+    np.testing.assert_array_equal(s.prob, [nan, 1.0, 0.0, 0.5])
+    np.testing.assert_array_equal(s.pred, [False, True, False, True])
+    np.testing.assert_array_equal(s.entropy, [nan, 0.0, 0.0, math.log(2)])
+    np.testing.assert_array_equal(s.loss, [nan, 0.0, inf, 0.0])
+    np.testing.assert_array_equal(s.correct, [False, True, False, False])
+    figures = s.summary().figures()
+    assert figures["n"] == 3 and figures["nan_rows"] == 1 and figures["saturated_rows"] == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multilabel_fields_match_torch_and_sklearn(backend):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((60, 5)) * 2
+    labels = rng.integers(0, 2, (60, 5))
+    threshold = np.array([0.2, 0.5, 0.5, 0.7, 0.9])
+    s = logitcore.score(x, labels, kind="multilabel", threshold=threshold,
+                        fields=["pred", "n_predicted", "loss", "exact_match",
+                                "true_positives", "false_positives", "false_negatives"],
+                        backend=backend)
+    p = torch.sigmoid(torch.from_numpy(x)).numpy()
+    pred = p >= threshold
+    np.testing.assert_array_equal(s.pred, pred)
+    np.testing.assert_array_equal(s.n_predicted, pred.sum(1))
+    bce = F.binary_cross_entropy_with_logits(torch.from_numpy(x), torch.from_numpy(labels)
+                                             .double(), reduction="none").mean(1)
+    _close(s.loss, bce.numpy(), np.float64)
+    np.testing.assert_array_equal(s.exact_match, (pred == labels).all(1))
+    if skm is not None:
+        matrices = skm.multilabel_confusion_matrix(labels, pred, samplewise=True)
+        np.testing.assert_array_equal(s.true_positives, matrices[:, 1, 1])
+        np.testing.assert_array_equal(s.false_positives, matrices[:, 0, 1])
+        np.testing.assert_array_equal(s.false_negatives, matrices[:, 1, 0])
+        figures = s.summary().figures()
+        assert figures["exact_match"] == pytest.approx(skm.accuracy_score(labels, pred))
+        assert figures["precision"] == pytest.approx(
+            skm.precision_score(labels, pred, average="micro"))
+        assert figures["recall"] == pytest.approx(skm.recall_score(labels, pred,
+                                                                   average="micro"))
+        assert figures["f1"] == pytest.approx(skm.f1_score(labels, pred, average="micro"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multilabel_class_axis_first_and_default_fields(backend):
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((4, 30))  # classes on axis 0
+    s = logitcore.score(x, kind="multilabel", axis=0, threshold=0.6,
+                        fields=["pred", "n_predicted"], backend=backend)
+    pred = scipy.special.expit(x) >= 0.6
+    np.testing.assert_array_equal(s.pred, pred)
+    np.testing.assert_array_equal(s.n_predicted, pred.sum(0))
+    default = logitcore.score(x, kind="multilabel", axis=0, backend=backend)
+    assert default.fields == ("n_predicted",)  # the rows x classes matrix only when asked
+
+
+class _Recorder(types.SimpleNamespace):
+    """A backend that runs the reference and records which outputs were asked for."""
+
+
+def _recording_backend():
+    reference = load("numpy")
+    record = {}
+
+    def score_multiclass(x, labels, ignore_index, top_k, pred_out, max_logit_out,
+                         confidence_out, margin_out, logit_margin_out, entropy_out,
+                         logsumexp_out, top_k_indices_out, top_k_probs_out,
+                         label_logprob_out, loss_out, correct_out, label_rank_out,
+                         brier_out, n_threads):
+        args = dict(locals())
+        record.update({name: value.size for name, value in args.items()
+                       if name.endswith("_out")})
+        reference.score_multiclass(*[args[name] for name in
+                                     op_table.KERNELS["score_multiclass"].argument_names])
+
+    module = _Recorder(SUPPORTED_KERNELS=frozenset({"score_multiclass", "label_stats"}),
+                       score_multiclass=score_multiclass, label_stats=reference.label_stats)
+    return module, record
+
+
+def test_fields_selects_what_the_kernel_computes():
+    module, record = _recording_backend()
+    assert op_table.check_backend(module) == []
+    _backends.register_backend("recorder", module)
+    try:
+        x = np.random.default_rng(11).standard_normal((10, 6))
+        s = logitcore.score(x, np.arange(10) % 6, fields=["loss", "pred"], backend="recorder")
+        assert s.fields == ("pred", "loss")
+        asked = {name for name, size in record.items() if size}
+        assert asked == {"pred_out", "loss_out"}
+        _close(s.loss, F.cross_entropy(torch.from_numpy(x), torch.arange(10) % 6,
+                                       reduction="none"), np.float64)
+        with pytest.raises(AttributeError, match="no field 'confidence'"):
+            s.confidence
+        logitcore.score(x, fields="top_k_probs", top_k=2, backend="recorder")
+        assert {name for name, size in record.items() if size} == {"top_k_probs_out"}
+    finally:
+        _backends.unregister_backend("recorder")
+
+
+def test_auto_runs_a_backend_that_implements_score():
+    big = np.zeros((_config.SMALL_CALL_ELEMENTS, 2))
+    for x in (np.zeros((2, 3)), big):
+        logitcore.score(x, backend="auto")
+        name = logitcore.last_dispatch()["backend"]
+        assert "score_multiclass" in load(name).SUPPORTED_KERNELS
+    for name in ("numba", "cython"):
+        if availability(name)[0] and "score_multiclass" not in load(name).SUPPORTED_KERNELS:
+            with pytest.raises(NotImplementedError, match=name):
+                logitcore.score(np.zeros((2, 3)), backend=name)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (dict(kind="softmax"), ValueError, "kind must be one of"),
+    (dict(top_k=4), ValueError, r"top_k must be in \[0, 3\]"),
+    (dict(top_k=-1), ValueError, "top_k must be in"),
+    (dict(top_k=True), TypeError, "top_k must be an int"),
+    (dict(top_k=1.0), TypeError, "top_k must be an int"),
+    (dict(kind="multilabel", top_k=1), ValueError, "top_k is for kind='multiclass'"),
+    (dict(threshold=0.0, kind="multilabel"), ValueError, r"threshold must be in \(0, 1\)"),
+    (dict(threshold=1.0, kind="multilabel"), ValueError, "threshold must be in"),
+    (dict(threshold=nan, kind="multilabel"), ValueError, "threshold must be in"),
+    (dict(threshold=[0.5, 0.5], kind="multilabel"), ValueError, r"shape \(3,\)"),
+    (dict(fields=["nope"]), ValueError, "'nope' is not a field"),
+    (dict(fields=["loss"]), ValueError, "'loss' needs labels"),
+    (dict(fields=["top_k_indices"]), ValueError, "needs top_k > 0"),
+    (dict(kind="binary"), ValueError, "one logit per row"),
+    (dict(axis=2), np.exceptions.AxisError, "axis"),
+    (dict(ignore_index=1.5), TypeError, "ignore_index must be an int"),
+])
+def test_bad_arguments_name_themselves(call, error, message):
+    with pytest.raises(error, match=message):
+        logitcore.score(np.zeros((4, 3)), **call)
+
+
+@pytest.mark.parametrize("labels, kind, error, message", [
+    (np.zeros(3, np.int64), "multiclass", ValueError, r"labels must have shape \(4,\)"),
+    (np.zeros(4), "multiclass", TypeError, "labels for kind='multiclass' must be integer"),
+    (np.array([0, 1, 3, 0]), "multiclass", IndexError, r"labels\[2\] = 3 is not a class"),
+    (np.array([0, -1, 0, 0]), "multiclass", IndexError, r"labels\[1\] = -1"),
+    (np.array([0, 1, 2, 0]), "binary", IndexError, r"labels\[2\] = 2 is not a class index "
+                                                   r"in \[0, 2\)"),
+    (np.zeros(4, np.int64), "multilabel", ValueError, "must have the shape of logits"),
+    (np.full((4, 3), 2), "multilabel", ValueError, r"must be 0 or 1, got labels\[0, 0\] = 2"),
+    (np.zeros((4, 3)), "multilabel", TypeError, "must be bool or integer"),
+])
+def test_bad_labels_name_themselves(labels, kind, error, message):
+    x = np.zeros((4, 1) if kind == "binary" else (4, 3))
+    with pytest.raises(error, match=message):
+        logitcore.score(x, labels, kind=kind)
+
+
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+finite_logits = arrays(np.float64, st.tuples(st.integers(1, 20), st.integers(1, 12)),
+                       elements=st.floats(-50, 50))
+
+
+@SETTINGS
+@given(x=finite_logits, data=st.data())
+def test_properties_of_the_fields(x, data):
+    n_rows, n_classes = x.shape
+    labels = np.array(data.draw(st.lists(st.integers(0, n_classes - 1), min_size=n_rows,
+                                         max_size=n_rows)))
+    s = logitcore.score(x, labels, top_k=n_classes)
+    slack = 1e-12
+    assert np.all(s.confidence >= 1 / n_classes - slack)
+    assert np.all((s.margin >= -slack) & (s.margin <= 1 + slack))
+    assert np.all((s.entropy >= -slack) & (s.entropy <= math.log(n_classes) + slack))
+    assert np.all(np.diff(s.top_k_probs, axis=1) <= slack)
+    np.testing.assert_allclose(s.top_k_probs.sum(1), 1.0, rtol=1e-12)
+    assert np.all(s.loss >= -slack)
+    # rank 1 <=> correct, on the rows without a tie at the maximum
+    untied = (x == x.max(1, keepdims=True)).sum(1) == 1
+    np.testing.assert_array_equal((s.label_rank == 1)[untied], s.correct[untied])
+    np.testing.assert_array_equal(s.top_k_indices[:, 0], s.pred)
+
+
+def _chunked_batch():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((257, 9)) * 3
+    x[5] = nan
+    x[17, 3] = inf
+    x[40] = -inf
+    x[41, 2] = 60.0  # saturates: confidence 1.0
+    labels = rng.integers(0, 9, 257)
+    labels[::7] = -100
+    return x, labels
+
+
+@pytest.mark.parametrize("edge_rows", [True, False], ids=["edge_rows", "finite"])
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "multilabel"])
+def test_summaries_of_chunks_merge_into_the_one_shot_summary(kind, edge_rows):
+    x, labels = _chunked_batch()
+    if not edge_rows:  # finite logits: every mean and spread is a number
+        x = np.where(np.isfinite(x), x, 1.5)
+    if kind == "binary":
+        x, labels = x[:, :1], np.where(labels == -100, -100, labels % 2)
+    if kind == "multilabel":
+        labels = (np.abs(x) > 1).astype(np.int64)
+    top_k = 3 if kind == "multiclass" else 0
+    one_shot = logitcore.score(x, labels, kind=kind, top_k=top_k).summary()
+    bounds = [0, 0, 1, 50, 51, 200, 257]  # an empty chunk and a one-row chunk too
+    chunks = [logitcore.score(x[a:b], labels[a:b], kind=kind, top_k=top_k).summary()
+              for a, b in zip(bounds, bounds[1:])]
+    merged = logitcore.Summary.combine(chunks)
+    assert merged.counts == one_shot.counts
+    want, got = one_shot.figures(), merged.figures()
+    assert want.keys() == got.keys()
+    for name in want:
+        assert got[name] == pytest.approx(want[name], rel=1e-12, abs=1e-12, nan_ok=True), name
+    if not edge_rows:
+        assert all(math.isfinite(value) for value in got.values())
+        if kind == "multiclass":  # the spreads against numpy's, of the kept rows
+            kept = labels != -100
+            assert got["std_max_logit"] == pytest.approx(x[kept].max(1).std(), rel=1e-12)
+    assert chunks[0].merge(chunks[1]).counts == chunks[1].counts
+
+
+def test_summary_means_skip_nan_rows_and_count_them():
+    """Means skip NaN rows (counted) and the summary matches numpy on the finite rows."""
+    x, labels = _chunked_batch()
+    figures = logitcore.score(x, labels).summary().figures()
+    kept = labels != -100
+    assert figures["n"] == kept.sum()
+    lse = scipy.special.logsumexp(x, axis=1)[kept]
+    assert figures["nan_rows"] == np.isnan(lse).sum() == 1
+    assert figures["posinf_rows"] == 1 and figures["neginf_rows"] == 1
+    finite = np.isfinite(lse)
+    probs = scipy.special.softmax(x[kept][finite], axis=1)
+    loss = -np.log(probs[np.arange(finite.sum()), labels[kept][finite]])
+    assert figures["mean_nll"] == pytest.approx(loss.mean(), rel=1e-12)
+    assert figures["saturated_rows"] == (probs.max(1) == 1.0).sum() >= 1
+    correct = x[kept].argmax(1) == labels[kept]
+    correct[np.isnan(x[kept]).any(1)] = False
+    assert figures["accuracy"] == pytest.approx(correct.mean())
+
+
+def test_summaries_of_other_calls_do_not_merge():
+    x, labels = _chunked_batch()
+    a = logitcore.score(x, labels, top_k=2).summary()
+    with pytest.raises(ValueError, match="same kind, top_k and fields"):
+        a.merge(logitcore.score(x, labels).summary())
+    with pytest.raises(TypeError, match="can only merge a Summary"):
+        a.merge({})
+
+
+def test_conversions_and_missing_extras(monkeypatch):
+    pandas = pytest.importorskip("pandas")
+    pyarrow = pytest.importorskip("pyarrow")
+    x = np.random.default_rng(13).standard_normal((2, 3, 4))
+    s = logitcore.score(x, np.zeros((2, 3), np.int64), top_k=2)
+    frame = s.to_pandas()
+    assert isinstance(frame, pandas.DataFrame) and len(frame) == 6
+    np.testing.assert_array_equal(frame["top_k_indices_1"], s.top_k_indices[..., 1].ravel())
+    np.testing.assert_array_equal(frame["loss"], s.loss.ravel())
+    table = s.to_arrow()
+    assert isinstance(table, pyarrow.Table) and table.column_names == list(frame.columns)
+    assert set(s.to_dict()) == set(s.fields)
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    with pytest.raises(ImportError, match=r"logitcore\[pandas\]"):
+        s.to_pandas()
+    with pytest.raises(ImportError, match=r"logitcore\[arrow\]"):
+        s.to_arrow()
