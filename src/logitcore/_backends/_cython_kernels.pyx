@@ -31,6 +31,13 @@ from logitcore._backends import gnu_openmp
 
 cnp.import_array()
 
+cdef extern from "lc_constants.h":
+    # from kernel_constants.py, through the header setup.py generates
+    enum:
+        LC_LABEL_CHUNK
+        LC_SMALL_CALL_ELEMENTS
+        LC_BLOCK_CLASSES
+
 cdef extern from "fast_math.h" nogil:
     int LC_OPENMP_ENABLED
     const char* lc_simd_path()
@@ -144,8 +151,8 @@ ctypedef fused real:
     double
 
 # A thread gets at least this many elements: starting a parallel region costs a few
-# microseconds, about the time these take.
-cdef Py_ssize_t MIN_ELEMENTS_PER_THREAD = 32768
+# microseconds, about the time these take (kernel_constants.SMALL_CALL_ELEMENTS).
+cdef Py_ssize_t MIN_ELEMENTS_PER_THREAD = LC_SMALL_CALL_ELEMENTS
 
 
 # ---------------------------------------------------------------- operand checks
@@ -529,9 +536,10 @@ cdef _elementwise_entry(RowKernel kernel, cnp.ndarray x, cnp.ndarray out, int n_
 
 # ---------------------------------------------------------------- labels
 
-# Labels per chunk of the label scan (as in the numba backend): a fixed decomposition, so
-# the float64 sum of the weights does not depend on the thread count.
-cdef Py_ssize_t LABEL_CHUNK = 16384
+# Labels per chunk of the label scan (kernel_constants.LABEL_CHUNK, as in the numba
+# backend): a fixed decomposition, so the float64 sum of the weights does not depend on
+# the thread count.
+cdef Py_ssize_t LABEL_CHUNK = LC_LABEL_CHUNK
 
 
 cdef void scan_label_chunk(const int64_t* labels, Py_ssize_t n, const real* weight,
