@@ -25,7 +25,8 @@ SOURCE_DIR = os.path.join("src", "logitcore", "_backends")
 # The numbers both compiled backends share (numba imports the module, C gets a header).
 CONSTANTS_SOURCE = os.path.join(SOURCE_DIR, "kernel_constants.py")
 CONSTANTS_HEADER = "lc_constants.h"
-C_HEADERS = ["fast_math.h"]
+C_HEADERS = ["lc_platform.h", "lc_math.h", "lc_row_state.h", "lc_row_ops.h",
+             "lc_row_ops_template.h"]
 
 
 def env_flag(name):

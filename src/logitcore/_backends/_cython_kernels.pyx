@@ -5,8 +5,8 @@ the docstring of ``logitcore._backends``: every function takes C-contiguous floa
 float64 arrays that the Python layer has already validated and allocated, writes into
 its outputs and returns None.
 
-Layering (as in scikit-learn's ``_loss``): the row arithmetic lives in ``fast_math.h``,
-in C functions that gcc vectorises and compiles for several instruction sets (picked at
+Layering (as in scikit-learn's ``_loss``): the row arithmetic lives in the ``lc_*.h``
+headers (declared in ``_cython_kernels.pxd``), in C functions that gcc vectorises and compiles for several instruction sets (picked at
 run time, see ``SIMD_PATH``). This file only splits the work across OpenMP threads:
 contiguous ranges of rows (``schedule(static)``, one range per thread) or, when there are
 fewer rows than threads, pieces of each row's class axis whose partial (max, sum of exps)
@@ -31,96 +31,8 @@ from logitcore._backends import gnu_openmp
 
 cnp.import_array()
 
-cdef extern from "lc_constants.h":
-    # from kernel_constants.py, through the header setup.py generates
-    enum:
-        LC_LABEL_CHUNK
-        LC_SMALL_CALL_ELEMENTS
-        LC_BLOCK_CLASSES
-
-cdef extern from "fast_math.h" nogil:
-    int LC_OPENMP_ENABLED
-    const char* lc_simd_path()
-
-    # A row's exp sums, the terms at its max counted apart (see fast_math.h)
-    ctypedef struct lc_exp_sums:
-        double others
-        double n_at_max
-    lc_exp_sums lc_exp_sums_add(lc_exp_sums a, lc_exp_sums b)
-    double lc_exp_sums_total(lc_exp_sums sums)
-    double lc_exp_sums_log(lc_exp_sums sums)
-
-    void lc_logsumexp_rows_f32(const float* x, Py_ssize_t n_rows, Py_ssize_t n_classes, float* out)
-    void lc_logsumexp_rows_f64(const double* x, Py_ssize_t n_rows, Py_ssize_t n_classes, double* out)
-    void lc_softmax_rows_f32(const float* x, Py_ssize_t n_rows, Py_ssize_t n_classes, float* out)
-    void lc_softmax_rows_f64(const double* x, Py_ssize_t n_rows, Py_ssize_t n_classes, double* out)
-    void lc_log_softmax_rows_f32(const float* x, Py_ssize_t n_rows, Py_ssize_t n_classes, float* out)
-    void lc_log_softmax_rows_f64(const double* x, Py_ssize_t n_rows, Py_ssize_t n_classes, double* out)
-    void lc_logsumexp_scaled_rows_f32(const float* x, const float* b, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, float* out, float* sign_out)
-    void lc_logsumexp_scaled_rows_f64(const double* x, const double* b, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, double* out, double* sign_out)
-    void lc_cross_entropy_labels_rows_f32(
-        const float* x, const int64_t* labels, const float* weight, int64_t ignore_index,
-        double label_smoothing, Py_ssize_t n_rows, Py_ssize_t n_classes, float* loss_out,
-        float* grad_out, double grad_scale)
-    void lc_cross_entropy_labels_rows_f64(
-        const double* x, const int64_t* labels, const double* weight, int64_t ignore_index,
-        double label_smoothing, Py_ssize_t n_rows, Py_ssize_t n_classes, double* loss_out,
-        double* grad_out, double grad_scale)
-    void lc_cross_entropy_probs_rows_f32(
-        const float* x, const float* target, const float* weight, double label_smoothing,
-        Py_ssize_t n_rows, Py_ssize_t n_classes, float* loss_out, float* grad_out, double grad_scale)
-    void lc_cross_entropy_probs_rows_f64(
-        const double* x, const double* target, const double* weight, double label_smoothing,
-        Py_ssize_t n_rows, Py_ssize_t n_classes, double* loss_out, double* grad_out,
-        double grad_scale)
-    void lc_bce_rows_f32(
-        const float* x, const float* target, const float* weight, Py_ssize_t weight_row_stride,
-        const float* pos_weight, Py_ssize_t pos_weight_row_stride, Py_ssize_t n_rows,
-        Py_ssize_t n_classes, float* loss_out, int loss_row_sums, float* grad_out, double grad_scale)
-    void lc_bce_rows_f64(
-        const double* x, const double* target, const double* weight, Py_ssize_t weight_row_stride,
-        const double* pos_weight, Py_ssize_t pos_weight_row_stride, Py_ssize_t n_rows,
-        Py_ssize_t n_classes, double* loss_out, int loss_row_sums, double* grad_out,
-        double grad_scale)
-    void lc_sigmoid_span_f32(const float* x, float* out, Py_ssize_t n)
-    void lc_sigmoid_span_f64(const double* x, double* out, Py_ssize_t n)
-    void lc_log_sigmoid_span_f32(const float* x, float* out, Py_ssize_t n)
-    void lc_log_sigmoid_span_f64(const double* x, double* out, Py_ssize_t n)
-    void lc_softmax_backward_rows_f32(const float* dy, const float* y, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, float* out)
-    void lc_softmax_backward_rows_f64(const double* dy, const double* y, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, double* out)
-    void lc_log_softmax_backward_rows_f32(const float* dy, const float* y, Py_ssize_t n_rows,
-                                          Py_ssize_t n_classes, float* out)
-    void lc_log_softmax_backward_rows_f64(const double* dy, const double* y, Py_ssize_t n_rows,
-                                          Py_ssize_t n_classes, double* out)
-    lc_exp_sums merge_pieces_f32(const float* piece_max, const lc_exp_sums* piece_sums,
-                                 Py_ssize_t count, float* row_max)
-    lc_exp_sums merge_pieces_f64(const double* piece_max, const lc_exp_sums* piece_sums,
-                                 Py_ssize_t count, double* row_max)
-    lc_exp_sums lc_chunk_max_sum_exp_f32(const float* x, Py_ssize_t n, float* max_out,
-                                         float* exp_out)
-    lc_exp_sums lc_chunk_max_sum_exp_f64(const double* x, Py_ssize_t n, double* max_out,
-                                         double* exp_out)
-    void lc_chunk_scale_f32(float* x, Py_ssize_t n, float factor)
-    void lc_chunk_scale_f64(double* x, Py_ssize_t n, double factor)
-    void lc_chunk_subtract_f32(const float* x, float* out, Py_ssize_t n, float a, float b)
-    void lc_chunk_subtract_f64(const double* x, double* out, Py_ssize_t n, double a, double b)
-    float lc_chunk_max_f32(const float* x, Py_ssize_t n)
-    double lc_chunk_max_f64(const double* x, Py_ssize_t n)
-    lc_exp_sums lc_chunk_sum_exp_f32(const float* x, Py_ssize_t n, float shift, float* store)
-    lc_exp_sums lc_chunk_sum_exp_f64(const double* x, Py_ssize_t n, double shift, double* store)
-    double lc_chunk_weighted_shifted_sum_f32(const float* x, const float* weight, Py_ssize_t n,
-                                             float shift)
-    double lc_chunk_weighted_shifted_sum_f64(const double* x, const double* weight, Py_ssize_t n,
-                                             double shift)
-    void lc_chunk_label_grad_f32(float* grad, const float* weight, Py_ssize_t n, float exp_factor,
-                                 float weight_factor)
-    void lc_chunk_label_grad_f64(double* grad, const double* weight, Py_ssize_t n,
-                                 double exp_factor, double weight_factor)
-
+# The C declarations (constants, row state, row operations) are in _cython_kernels.pxd,
+# which Cython reads automatically for this module.
 
 SUPPORTED_KERNELS = frozenset(
     {
