@@ -71,28 +71,55 @@ cdef extern from "lc_row_ops.h" nogil:
                                           Py_ssize_t n_classes, float* out)
     void lc_log_softmax_backward_rows_f64(const double* dy, const double* y, Py_ssize_t n_rows,
                                           Py_ssize_t n_classes, double* out)
-    lc_exp_sums merge_pieces_f32(const float* piece_max, const lc_exp_sums* piece_sums,
-                                 Py_ssize_t count, float* row_max)
-    lc_exp_sums merge_pieces_f64(const double* piece_max, const lc_exp_sums* piece_sums,
-                                 Py_ssize_t count, double* row_max)
-    lc_exp_sums lc_chunk_max_sum_exp_f32(const float* x, Py_ssize_t n, float* max_out,
-                                         float* exp_out)
-    lc_exp_sums lc_chunk_max_sum_exp_f64(const double* x, Py_ssize_t n, double* max_out,
-                                         double* exp_out)
-    void lc_chunk_scale_f32(float* x, Py_ssize_t n, float factor)
-    void lc_chunk_scale_f64(double* x, Py_ssize_t n, double factor)
-    void lc_chunk_subtract_f32(const float* x, float* out, Py_ssize_t n, float a, float b)
-    void lc_chunk_subtract_f64(const double* x, double* out, Py_ssize_t n, double a, double b)
-    float lc_chunk_max_f32(const float* x, Py_ssize_t n)
-    double lc_chunk_max_f64(const double* x, Py_ssize_t n)
-    lc_exp_sums lc_chunk_sum_exp_f32(const float* x, Py_ssize_t n, float shift, float* store)
-    lc_exp_sums lc_chunk_sum_exp_f64(const double* x, Py_ssize_t n, double shift, double* store)
-    double lc_chunk_weighted_shifted_sum_f32(const float* x, const float* weight, Py_ssize_t n,
-                                             float shift)
-    double lc_chunk_weighted_shifted_sum_f64(const double* x, const double* weight, Py_ssize_t n,
-                                             double shift)
-    void lc_chunk_label_grad_f32(float* grad, const float* weight, Py_ssize_t n, float exp_factor,
-                                 float weight_factor)
-    void lc_chunk_label_grad_f64(double* grad, const double* weight, Py_ssize_t n,
-                                 double exp_factor, double weight_factor)
 
+    # Blocks of long rows (the class_split schedule), see lc_row_state.h / lc_row_ops.h
+    ctypedef struct lc_block_state:
+        double max
+        lc_exp_sums sums
+        double extra
+    double lc_block_states_max(const lc_block_state* blocks, Py_ssize_t count)
+    lc_block_state lc_block_states_merge(const lc_block_state* blocks, Py_ssize_t count)
+    lc_block_state lc_block_states_add(const lc_block_state* blocks, Py_ssize_t count,
+                                       double row_max)
+    double lc_row_state_logsumexp(lc_block_state row)
+
+    ctypedef struct lc_ce_label_params:
+        double label_smoothing
+        double grad_scale
+        double weight_total
+        double smoothing_per_class
+        int use_smoothing
+    ctypedef struct lc_ce_label_row:
+        double loss
+        double exp_factor
+        double weight_factor
+        double label_grad
+    lc_ce_label_row lc_ce_label_row_finish(const lc_ce_label_params* p, double row_max,
+                                           lc_exp_sums sums, double shifted_label_logit,
+                                           double smoothing_sum, int keep, double label_weight,
+                                           double label_exp)
+
+    lc_block_state lc_block_max_sum_exp_f32(const float* x, Py_ssize_t n, float* exp_out)
+    lc_block_state lc_block_max_sum_exp_f64(const double* x, Py_ssize_t n, double* exp_out)
+    void lc_softmax_block_write_f32(float* out, Py_ssize_t n, double block_max, lc_block_state row)
+    void lc_softmax_block_write_f64(double* out, Py_ssize_t n, double block_max,
+                                    lc_block_state row)
+    void lc_log_softmax_block_write_f32(const float* x, float* out, Py_ssize_t n,
+                                        lc_block_state row)
+    void lc_log_softmax_block_write_f64(const double* x, double* out, Py_ssize_t n,
+                                        lc_block_state row)
+    double lc_block_max_f32(const float* x, Py_ssize_t n)
+    double lc_block_max_f64(const double* x, Py_ssize_t n)
+    lc_block_state lc_ce_label_block_sums_f32(const float* x, const float* weight, Py_ssize_t n,
+                                              double row_max, float* store, int use_smoothing)
+    lc_block_state lc_ce_label_block_sums_f64(const double* x, const double* weight,
+                                              Py_ssize_t n, double row_max, double* store,
+                                              int use_smoothing)
+    void lc_ce_label_grad_block_f32(float* grad, const float* weight, Py_ssize_t n,
+                                    float exp_factor, float weight_factor)
+    void lc_ce_label_grad_block_f64(double* grad, const double* weight, Py_ssize_t n,
+                                    double exp_factor, double weight_factor)
+    lc_ce_label_params lc_ce_label_setup_f32(const float* weight, Py_ssize_t n_classes,
+                                             double label_smoothing, double grad_scale)
+    lc_ce_label_params lc_ce_label_setup_f64(const double* weight, Py_ssize_t n_classes,
+                                             double label_smoothing, double grad_scale)

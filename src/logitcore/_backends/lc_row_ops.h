@@ -45,16 +45,6 @@ LC_INLINE lc_index lc_rows_per_block(lc_index n_classes)
     return rows < 1 ? 1 : rows > most ? most : rows;
 }
 
-/* Rows longer than LC_BLOCK_CLASSES are cut into pieces of that many elements (see
-   row_pieces), at most LC_MAX_PIECES of them (a stack array); longer pieces beyond. */
-#define LC_MAX_PIECES 256
-
-LC_INLINE lc_index lc_piece_length(lc_index n_classes)
-{
-    lc_index per_piece = (n_classes + LC_MAX_PIECES - 1) / LC_MAX_PIECES;
-    return per_piece > LC_BLOCK_CLASSES ? per_piece : LC_BLOCK_CLASSES;
-}
-
 /* The terms the signed row reduction (row_sum below) can add up, from the arrays a, b, c
    and the numbers shift, scale, offset of its operands. */
 enum lc_row_term {

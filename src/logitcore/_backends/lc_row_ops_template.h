@@ -294,87 +294,117 @@ LC_INLINE void LC_NAME(block_log_normaliser)(const LC_REAL* row_max, const lc_ex
         log_normaliser[r] = LC_NAME(row_log_normaliser)(row_max[r], row_sums[r]);
 }
 
-/* ---- rows longer than LC_BLOCK_CLASSES: pieces of one row ----
-   Such a row is a block of its own, and a pass after the first over all of it (the sum of
-   exps, the output) would read it back from L2. Instead the row is cut into pieces of
-   LC_BLOCK_CLASSES: each piece's maximum and its exp sums relative to that maximum are
-   taken while the piece is in L1 (softmax stores the exps in the output), and the pieces
-   are merged (merge_pieces, which the class split of _cython_kernels.pyx calls too).
-   Measured (kernel calls on 256 x 131072 float32, outputs preallocated): softmax on one
-   thread 16.1 -> 13.2 ms, log_softmax on two 8.2 -> 7.6 ms. */
-/* Each piece's max (NaN ignored) and exp sums for the shift finite_or_zero(max); the exps
-   go to exp_out unless it is NULL. Returns the number of pieces. */
-LC_INLINE lc_index LC_NAME(row_pieces)(const LC_REAL* x, lc_index n, LC_REAL* exp_out,
-                                       LC_REAL* piece_max, lc_exp_sums* piece_sums)
+/* ---- blocks of one long row -----------------------------------------------------------
+   A row longer than LC_BLOCK_CLASSES is processed one block (LC_BLOCK_CLASSES classes, the
+   last one shorter) at a time by the class_split schedule of _cython_kernels.pyx, whether
+   its blocks are spread over threads or not: each pass over a block reads it while it is in
+   L1, and the blocks' states are merged in block order (lc_row_state.h), so a row's bits do
+   not depend on the thread count. See docs/architecture.md, "Schedules". */
+
+/* lc_block_max_sum_exp_f32 / lc_block_max_sum_exp_f64: a block's max (NaN ignored) and its
+   exp sums for the shift finite_or_zero(max); the exps go to exp_out unless it is NULL
+   (exp_out may be x). logsumexp, softmax and log_softmax's first pass. While the exps are
+   computed from L1, the next block (what the next memory-bound max reads, and where its
+   exps go) is prefetched; cut at LC_PARTIAL_SUM_LENGTH, the sums are the same. */
+LC_DISPATCH static lc_block_state LC_NAME(lc_block_max_sum_exp)(const LC_REAL* x, lc_index n,
+                                                                LC_REAL* exp_out)
 {
-    lc_index length = lc_piece_length(n), count = 0;
-    for (lc_index start = 0; start < n; start += length, count++) {
-        lc_index m = lc_min_index(length, n - start);
-        LC_REAL top = LC_NAME(row_max)(x + start, m);
-        LC_REAL shift = LC_NAME(finite_or_zero)(top);
-        lc_exp_sums sums = {0.0, 0.0};
-        /* The exps come from L1; meanwhile the next piece (what the next memory-bound max
-           pass reads, and where its exps go) is prefetched. Cut at LC_PARTIAL_SUM_LENGTH, the sums
-           are the same. */
-        for (lc_index at = start; at < start + m; at += LC_PARTIAL_SUM_LENGTH) {
-            lc_index k = lc_min_index(LC_PARTIAL_SUM_LENGTH, start + m - at);
-            lc_prefetch(x + at + length, k * (lc_index)sizeof(LC_REAL), 0);
-            if (exp_out)
-                lc_prefetch(exp_out + at + length, k * (lc_index)sizeof(LC_REAL), 1);
-            sums = lc_exp_sums_add(
-                sums, LC_NAME(row_sum_exp)(x + at, k, shift, exp_out ? exp_out + at : NULL));
-        }
-        piece_max[count] = top;
-        piece_sums[count] = sums;
+    LC_REAL top = LC_NAME(row_max)(x, n);
+    LC_REAL shift = LC_NAME(finite_or_zero)(top);
+    lc_block_state state = {top, {0.0, 0.0}, 0.0};
+    for (lc_index at = 0; at < n; at += LC_PARTIAL_SUM_LENGTH) {
+        lc_index k = lc_min_index(LC_PARTIAL_SUM_LENGTH, n - at);
+        lc_prefetch(x + at + LC_BLOCK_CLASSES, k * (lc_index)sizeof(LC_REAL), 0);
+        if (exp_out)
+            lc_prefetch(exp_out + at + LC_BLOCK_CLASSES, k * (lc_index)sizeof(LC_REAL), 1);
+        state.sums = lc_exp_sums_add(
+            state.sums, LC_NAME(row_sum_exp)(x + at, k, shift, exp_out ? exp_out + at : NULL));
     }
-    return count;
+    return state;
 }
 
-/* The row's max (into row_max) and its exp sums, merged from its pieces' in piece order
-   (see lc_exp_sums). */
-LC_INLINE lc_exp_sums LC_NAME(merge_pieces)(const LC_REAL* piece_max, const lc_exp_sums* piece_sums,
-                                            lc_index count, LC_REAL* row_max)
+/* lc_softmax_block_write_f32 / lc_softmax_block_write_f64: out holds the block's
+   exp(x - block shift) (lc_block_max_sum_exp); times exp(block max - row max) / total it is
+   the softmax. A NaN total makes the row NaN; an all -inf block of a finite row becomes 0. */
+LC_DISPATCH static void LC_NAME(lc_softmax_block_write)(LC_REAL* out, lc_index n, double block_max,
+                                                        lc_block_state row)
 {
-    LC_REAL top = -INFINITY;
-    for (lc_index p = 0; p < count; p++)
-        if (piece_max[p] > top)
-            top = piece_max[p];
-    *row_max = top;
-    lc_exp_sums total = {0.0, 0.0};
-    for (lc_index p = 0; p < count; p++)
-        total = lc_exp_sums_add(total, lc_exp_sums_rescaled(piece_sums[p], piece_max[p], top));
-    return total;
+    double factor = lc_exp_f64(block_max - row.max) / LC_NAME(row_normaliser)((LC_REAL)row.max,
+                                                                               row.sums);
+    LC_NAME(row_scale)(out, n, (LC_REAL)factor);
 }
 
-/* softmax of one long row, piece by piece. */
-LC_INLINE void LC_NAME(long_row_softmax)(const LC_REAL* x, lc_index n, LC_REAL* out)
+/* lc_log_softmax_block_write_f32 / lc_log_softmax_block_write_f64: out = x - max - log S
+   over one block (out may be x). */
+LC_DISPATCH static void LC_NAME(lc_log_softmax_block_write)(const LC_REAL* x, LC_REAL* out,
+                                                            lc_index n, lc_block_state row)
 {
-    LC_REAL piece_max[LC_MAX_PIECES];
-    lc_exp_sums piece_sums[LC_MAX_PIECES];
-    LC_REAL row_max;
-    lc_index count = LC_NAME(row_pieces)(x, n, out, piece_max, piece_sums);
-    lc_exp_sums sums = LC_NAME(merge_pieces)(piece_max, piece_sums, count, &row_max);
-    double total = LC_NAME(row_normaliser)(row_max, sums);
-    lc_index length = lc_piece_length(n);
-    for (lc_index p = 0; p < count; p++) {
-        /* out holds exp(x - piece max): times exp(piece max - row max) / total. A NaN
-           total makes the row NaN; an all -inf piece of a finite row becomes 0. */
-        double factor = lc_exp_f64((double)piece_max[p] - (double)row_max) / total;
-        lc_index start = p * length;
-        LC_NAME(row_scale)(out + start, lc_min_index(length, n - start), (LC_REAL)factor);
-    }
+    LC_NAME(row_subtract)(x, out, n, (LC_REAL)row.max,
+                          (LC_REAL)LC_NAME(row_log_normaliser)((LC_REAL)row.max, row.sums));
 }
 
-/* log_softmax of one long row: its sums piece by piece, then one pass x - max - log(sum). */
-LC_INLINE void LC_NAME(long_row_log_softmax)(const LC_REAL* x, lc_index n, LC_REAL* out)
+/* lc_block_max_f32 / lc_block_max_f64: cross-entropy's first pass, the block's max. */
+LC_DISPATCH static double LC_NAME(lc_block_max)(const LC_REAL* x, lc_index n)
 {
-    LC_REAL piece_max[LC_MAX_PIECES];
-    lc_exp_sums piece_sums[LC_MAX_PIECES];
-    LC_REAL row_max;
-    lc_index count = LC_NAME(row_pieces)(x, n, NULL, piece_max, piece_sums);
-    lc_exp_sums sums = LC_NAME(merge_pieces)(piece_max, piece_sums, count, &row_max);
-    LC_NAME(row_subtract)(x, out, n, row_max,
-                          (LC_REAL)LC_NAME(row_log_normaliser)(row_max, sums));
+    return LC_NAME(row_max)(x, n);
+}
+
+/* lc_ce_label_block_sums_f32 / lc_ce_label_block_sums_f64: cross-entropy's second pass over
+   a block, for the row's max: the exp sums for the shift finite_or_zero(row_max) (exps
+   stored in `store` unless NULL; store may be x) and, with label smoothing, the extra
+   sum_{w != 0} w (x - row_max). */
+LC_DISPATCH static lc_block_state LC_NAME(lc_ce_label_block_sums)(const LC_REAL* x,
+                                                                  const LC_REAL* weight, lc_index n,
+                                                                  double row_max, LC_REAL* store,
+                                                                  int use_smoothing)
+{
+    lc_block_state state = {row_max, {0.0, 0.0}, 0.0};
+    if (use_smoothing)
+        state.extra = LC_NAME(row_sum)(
+            LC_TERM_WEIGHTED_SHIFTED,
+            (LC_NAME(row_operands)){.a = x, .b = weight, .shift = (LC_REAL)row_max}, n);
+    state.sums = LC_NAME(row_sum_exp)(x, n, LC_NAME(finite_or_zero)((LC_REAL)row_max), store);
+    return state;
+}
+
+/* label_grad_span_f32 / label_grad_span_f64: cross-entropy's gradient over a span of a row:
+   grad = exp_factor * grad - weight_factor * weight, grad holding exps on entry. */
+LC_INLINE void LC_NAME(label_grad_span)(LC_REAL* grad, const LC_REAL* weight, lc_index n,
+                                        LC_REAL exp_factor, LC_REAL weight_factor)
+{
+    if (weight_factor != 0)
+        for (lc_index c = 0; c < n; c++)
+            grad[c] = exp_factor * grad[c] - weight_factor * weight[c];
+    else
+        LC_NAME(row_scale)(grad, n, exp_factor);
+}
+
+/* lc_ce_label_grad_block_f32 / lc_ce_label_grad_block_f64: label_grad_span over a block. */
+LC_DISPATCH static void LC_NAME(lc_ce_label_grad_block)(LC_REAL* grad, const LC_REAL* weight,
+                                                        lc_index n, LC_REAL exp_factor,
+                                                        LC_REAL weight_factor)
+{
+    LC_NAME(label_grad_span)(grad, weight, n, exp_factor, weight_factor);
+}
+
+/* lc_ce_label_setup_f32 / lc_ce_label_setup_f64: the per-call constants of cross-entropy
+   with labels. The weight sums only matter with label smoothing (on one long row they would
+   cost two extra passes over a weight vector as long as the row); all-zero weights make
+   every q zero: no smoothing term even where log S is NaN. */
+LC_DISPATCH static lc_ce_label_params LC_NAME(lc_ce_label_setup)(const LC_REAL* weight,
+                                                                 lc_index n_classes,
+                                                                 double label_smoothing,
+                                                                 double grad_scale)
+{
+    LC_NAME(row_operands) weights = {.a = weight};
+    const int smoothing = label_smoothing > 0.0;
+    lc_ce_label_params params;
+    params.label_smoothing = label_smoothing;
+    params.grad_scale = grad_scale;
+    params.weight_total = smoothing ? LC_NAME(row_sum)(LC_TERM_VALUE, weights, n_classes) : 0.0;
+    params.smoothing_per_class = label_smoothing / (double)n_classes;
+    params.use_smoothing = smoothing && LC_NAME(row_sum)(LC_TERM_ABS, weights, n_classes) != 0.0;
+    return params;
 }
 
 /* ====================== the kernels: a contiguous range of rows ====================== */
@@ -401,11 +431,6 @@ LC_DISPATCH static void LC_NAME(lc_softmax_rows)(const LC_REAL* x, lc_index n_ro
     LC_REAL row_max[LC_TILE_MAX_ROWS];
     lc_exp_sums row_sums[LC_TILE_MAX_ROWS];
     lc_index rows_per_block = lc_rows_per_block(n_classes);
-    if (n_classes > LC_BLOCK_CLASSES) {
-        for (lc_index r = 0; r < n_rows; r++)
-            LC_NAME(long_row_softmax)(x + r * n_classes, n_classes, out + r * n_classes);
-        return;
-    }
     for (lc_index first = 0; first < n_rows; first += rows_per_block) {
         lc_index rows = lc_min_index(rows_per_block, n_rows - first);
         LC_REAL* out_block = out + first * n_classes;
@@ -426,11 +451,6 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_rows)(const LC_REAL* x, lc_index 
     lc_exp_sums row_sums[LC_TILE_MAX_ROWS];
     double log_normaliser[LC_TILE_MAX_ROWS];
     lc_index rows_per_block = lc_rows_per_block(n_classes);
-    if (n_classes > LC_BLOCK_CLASSES) {
-        for (lc_index r = 0; r < n_rows; r++)
-            LC_NAME(long_row_log_softmax)(x + r * n_classes, n_classes, out + r * n_classes);
-        return;
-    }
     for (lc_index first = 0; first < n_rows; first += rows_per_block) {
         lc_index rows = lc_min_index(rows_per_block, n_rows - first);
         const LC_REAL* x_block = x + first * n_classes;
@@ -479,20 +499,12 @@ LC_DISPATCH static void LC_NAME(lc_cross_entropy_labels_rows)(
     double label_smoothing, lc_index n_rows, lc_index n_classes, LC_REAL* loss_out,
     LC_REAL* grad_out, double grad_scale)
 {
-    /* The weight sums only matter with label smoothing; on one long row they would cost
-       two extra passes over a weight vector as long as the row. */
-    LC_NAME(row_operands) weights = {.a = weight};
-    const int smoothing = label_smoothing > 0.0;
-    const double weight_total = smoothing ? LC_NAME(row_sum)(LC_TERM_VALUE, weights, n_classes) : 0.0;
-    /* All-zero weights make every q zero: no smoothing term even where log S is NaN. */
-    const int any_nonzero_weight =
-        smoothing && LC_NAME(row_sum)(LC_TERM_ABS, weights, n_classes) != 0.0;
+    const lc_ce_label_params params =
+        LC_NAME(lc_ce_label_setup)(weight, n_classes, label_smoothing, grad_scale);
+    const int use_smoothing = params.use_smoothing;
     LC_REAL row_max[LC_TILE_MAX_ROWS];
     lc_exp_sums row_sums[LC_TILE_MAX_ROWS];
-    double log_normaliser[LC_TILE_MAX_ROWS];
     double shifted_label_logit[LC_TILE_MAX_ROWS], smoothing_sum[LC_TILE_MAX_ROWS];
-    const double smoothing_per_class = label_smoothing / (double)n_classes;
-    const int use_smoothing = smoothing && any_nonzero_weight;
     lc_index rows_per_block = lc_rows_per_block(n_classes);
     for (lc_index first = 0; first < n_rows; first += rows_per_block) {
         lc_index rows = lc_min_index(rows_per_block, n_rows - first);
@@ -512,37 +524,21 @@ LC_DISPATCH static void LC_NAME(lc_cross_entropy_labels_rows)(
                     : 0.0;
         }
         LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sums, grad_block, NULL);
-        LC_NAME(block_log_normaliser)(row_max, row_sums, rows, log_normaliser);
         for (lc_index r = 0; r < rows; r++) {
             int64_t label = labels[first + r];
             int keep = label != ignore_index;
             int64_t safe_label = keep ? label : 0;
-            double label_coef = keep ? (1.0 - label_smoothing) * (double)weight[safe_label] : 0.0;
-            double smoothing_coef = keep && use_smoothing ? smoothing_per_class : 0.0;
-            double loss = 0.0;
-            if (label_coef != 0.0) /* q == 0 terms are 0 even where log p is -inf or NaN */
-                loss += label_coef * (log_normaliser[r] - shifted_label_logit[r]);
-            if (smoothing_coef != 0.0)
-                loss += smoothing_coef * (weight_total * log_normaliser[r] - smoothing_sum[r]);
-            loss_out[first + r] = (LC_REAL)loss;
-            if (!grad_block)
+            LC_REAL* grad_row = grad_block ? grad_block + r * n_classes : NULL;
+            lc_ce_label_row result = lc_ce_label_row_finish(
+                &params, row_max[r], row_sums[r], shifted_label_logit[r], smoothing_sum[r], keep,
+                weight[safe_label], grad_row ? grad_row[safe_label] : 0.0);
+            loss_out[first + r] = (LC_REAL)result.loss;
+            if (!grad_row)
                 continue;
-            LC_REAL* grad_row = grad_block + r * n_classes;
-            double q_total = label_coef + smoothing_coef * weight_total;
-            double normaliser = LC_NAME(row_normaliser)(row_max[r], row_sums[r]);
-            /* the label's element in double: p[y] sum(q) - q[y] cancels when p[y] -> 1 */
-            double label_grad =
-                grad_scale * ((double)grad_row[safe_label] / normaliser * q_total -
-                              (label_coef + smoothing_coef * (double)weight[safe_label]));
-            LC_REAL exp_factor = (LC_REAL)(grad_scale * q_total / normaliser);
-            LC_REAL weight_factor = (LC_REAL)(grad_scale * smoothing_coef);
-            if (weight_factor != 0)
-                for (lc_index c = 0; c < n_classes; c++)
-                    grad_row[c] = exp_factor * grad_row[c] - weight_factor * weight[c];
-            else
-                LC_NAME(row_scale)(grad_row, n_classes, exp_factor);
+            LC_NAME(label_grad_span)(grad_row, weight, n_classes, (LC_REAL)result.exp_factor,
+                                     (LC_REAL)result.weight_factor);
             if (keep)
-                grad_row[safe_label] = (LC_REAL)label_grad;
+                grad_row[safe_label] = (LC_REAL)result.label_grad;
         }
     }
 }
@@ -720,64 +716,6 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_backward_rows)(const LC_REAL* dy,
         for (lc_index c = 0; c < n_classes; c++)
             out_row[c] = (LC_REAL)((double)dy_row[c] - lc_exp_f64(y_row[c]) * total);
     }
-}
-
-/* ---- pieces of one row, for splitting a row's class axis across threads ---- */
-
-/* The max and the exp sums (shift finite_or_zero(max)) of a piece of a row; the exps go to
-   exp_out unless it is NULL (exp_out may be x). */
-LC_DISPATCH static lc_exp_sums LC_NAME(lc_chunk_max_sum_exp)(const LC_REAL* x, lc_index n,
-                                                             LC_REAL* max_out, LC_REAL* exp_out)
-{
-    LC_REAL chunk_max = LC_NAME(row_max)(x, n);
-    *max_out = chunk_max;
-    return LC_NAME(row_sum_exp)(x, n, LC_NAME(finite_or_zero)(chunk_max), exp_out);
-}
-
-LC_DISPATCH static void LC_NAME(lc_chunk_scale)(LC_REAL* x, lc_index n, LC_REAL factor)
-{
-    LC_NAME(row_scale)(x, n, factor);
-}
-
-/* out = (x - a) - b: the log_softmax of a piece (out may be x). */
-LC_DISPATCH static void LC_NAME(lc_chunk_subtract)(const LC_REAL* x, LC_REAL* out, lc_index n,
-                                                   LC_REAL a, LC_REAL b)
-{
-    LC_NAME(row_subtract)(x, out, n, a, b);
-}
-
-/* The pieces cross-entropy with labels needs when a row is split: its max, its exp sums
-   for the row's shift (exps stored unless store is NULL; store may be x), its smoothing sum
-   sum_{w != 0} w (x - shift), and the gradient formed in place from the stored exps. */
-LC_DISPATCH static LC_REAL LC_NAME(lc_chunk_max)(const LC_REAL* x, lc_index n)
-{
-    return LC_NAME(row_max)(x, n);
-}
-
-LC_DISPATCH static lc_exp_sums LC_NAME(lc_chunk_sum_exp)(const LC_REAL* x, lc_index n,
-                                                         LC_REAL shift, LC_REAL* store)
-{
-    return LC_NAME(row_sum_exp)(x, n, shift, store);
-}
-
-LC_DISPATCH static double LC_NAME(lc_chunk_weighted_shifted_sum)(const LC_REAL* x,
-                                                                 const LC_REAL* weight,
-                                                                 lc_index n, LC_REAL shift)
-{
-    return LC_NAME(row_sum)(LC_TERM_WEIGHTED_SHIFTED,
-                            (LC_NAME(row_operands)){.a = x, .b = weight, .shift = shift}, n);
-}
-
-/* grad = exp_factor * grad - weight_factor * weight (grad holds exps on entry). */
-LC_DISPATCH static void LC_NAME(lc_chunk_label_grad)(LC_REAL* grad, const LC_REAL* weight,
-                                                     lc_index n, LC_REAL exp_factor,
-                                                     LC_REAL weight_factor)
-{
-    if (weight_factor != 0)
-        for (lc_index c = 0; c < n; c++)
-            grad[c] = exp_factor * grad[c] - weight_factor * weight[c];
-    else
-        LC_NAME(row_scale)(grad, n, exp_factor);
 }
 
 #undef LC_LANES
