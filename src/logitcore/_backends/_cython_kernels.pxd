@@ -17,6 +17,14 @@ cdef extern from "lc_row_ops.h" nogil:
     int LC_OPENMP_ENABLED
     const char* lc_simd_path()
 
+    # The math library over arrays (lc_math.h), for the test hooks math_*
+    void lc_exp_span_f32(const float* x, float* out, Py_ssize_t n)
+    void lc_exp_span_f64(const double* x, double* out, Py_ssize_t n)
+    void lc_log_span_f32(const float* x, float* out, Py_ssize_t n)
+    void lc_log_span_f64(const double* x, double* out, Py_ssize_t n)
+    void lc_log1p_span_f32(const float* x, float* out, Py_ssize_t n)
+    void lc_log1p_span_f64(const double* x, double* out, Py_ssize_t n)
+
     # A row's exp sums, the terms at its max counted apart (see lc_row_state.h)
     ctypedef struct lc_exp_sums:
         double others

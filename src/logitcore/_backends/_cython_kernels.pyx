@@ -766,3 +766,46 @@ def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
     o.out2 = data_or_null(grad_out)
     o.grad_scale = grad_scale
     run(&o, type_num, n_threads)
+
+
+# ---------------------------------------------------------------- test hooks of the math library
+# Not kernels of the op table (SUPPORTED_KERNELS does not list them): the exp, log and log1p
+# every kernel uses (lc_math.h), elementwise over a 1-D float32 or float64 array, so that
+# tests can hold them to ulp bounds and compare them with the numba backend's.
+
+def math_exp(cnp.ndarray x not None, cnp.ndarray out not None):
+    """out = exp(x), the kernels' exp."""
+    _math_entry(0, x, out)
+
+
+def math_log(cnp.ndarray x not None, cnp.ndarray out not None):
+    """out = log(x), the kernels' log (computed in double, also for float32)."""
+    _math_entry(1, x, out)
+
+
+def math_log1p(cnp.ndarray x not None, cnp.ndarray out not None):
+    """out = log1p(x) for x in [-1, inf] (NaN below), the kernels' log1p (in double)."""
+    _math_entry(2, x, out)
+
+
+cdef _math_entry(int function, cnp.ndarray x, cnp.ndarray out):
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n = dim(x, 0)
+    expect(x, "x", type_num, n, -1, False)
+    expect(out, "out", type_num, n, -1, True)
+    cdef void* x_data = data(x)
+    cdef void* out_data = data(out)
+    if type_num == cnp.NPY_FLOAT:
+        if function == 0:
+            lc_exp_span_f32(<const float*>x_data, <float*>out_data, n)
+        elif function == 1:
+            lc_log_span_f32(<const float*>x_data, <float*>out_data, n)
+        else:
+            lc_log1p_span_f32(<const float*>x_data, <float*>out_data, n)
+    else:
+        if function == 0:
+            lc_exp_span_f64(<const double*>x_data, <double*>out_data, n)
+        elif function == 1:
+            lc_log_span_f64(<const double*>x_data, <double*>out_data, n)
+        else:
+            lc_log1p_span_f64(<const double*>x_data, <double*>out_data, n)
