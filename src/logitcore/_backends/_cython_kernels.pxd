@@ -29,56 +29,6 @@ cdef extern from "lc_row_ops.h" nogil:
     ctypedef struct lc_exp_sums:
         double others
         double n_at_max
-    lc_exp_sums lc_exp_sums_add(lc_exp_sums a, lc_exp_sums b)
-    double lc_exp_sums_total(lc_exp_sums sums)
-    double lc_exp_sums_log(lc_exp_sums sums)
-
-    void lc_logsumexp_rows_f32(const float* x, Py_ssize_t n_rows, Py_ssize_t n_classes, float* out)
-    void lc_logsumexp_rows_f64(const double* x, Py_ssize_t n_rows, Py_ssize_t n_classes, double* out)
-    void lc_softmax_rows_f32(const float* x, Py_ssize_t n_rows, Py_ssize_t n_classes, float* out)
-    void lc_softmax_rows_f64(const double* x, Py_ssize_t n_rows, Py_ssize_t n_classes, double* out)
-    void lc_log_softmax_rows_f32(const float* x, Py_ssize_t n_rows, Py_ssize_t n_classes, float* out)
-    void lc_log_softmax_rows_f64(const double* x, Py_ssize_t n_rows, Py_ssize_t n_classes, double* out)
-    void lc_logsumexp_scaled_rows_f32(const float* x, const float* b, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, float* out, float* sign_out)
-    void lc_logsumexp_scaled_rows_f64(const double* x, const double* b, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, double* out, double* sign_out)
-    void lc_cross_entropy_labels_rows_f32(
-        const float* x, const int64_t* labels, const float* weight, int64_t ignore_index,
-        double label_smoothing, Py_ssize_t n_rows, Py_ssize_t n_classes, float* loss_out,
-        float* grad_out, double grad_scale)
-    void lc_cross_entropy_labels_rows_f64(
-        const double* x, const int64_t* labels, const double* weight, int64_t ignore_index,
-        double label_smoothing, Py_ssize_t n_rows, Py_ssize_t n_classes, double* loss_out,
-        double* grad_out, double grad_scale)
-    void lc_cross_entropy_probs_rows_f32(
-        const float* x, const float* target, const float* weight, double label_smoothing,
-        Py_ssize_t n_rows, Py_ssize_t n_classes, float* loss_out, float* grad_out, double grad_scale)
-    void lc_cross_entropy_probs_rows_f64(
-        const double* x, const double* target, const double* weight, double label_smoothing,
-        Py_ssize_t n_rows, Py_ssize_t n_classes, double* loss_out, double* grad_out,
-        double grad_scale)
-    void lc_bce_rows_f32(
-        const float* x, const float* target, const float* weight, Py_ssize_t weight_row_stride,
-        const float* pos_weight, Py_ssize_t pos_weight_row_stride, Py_ssize_t n_rows,
-        Py_ssize_t n_classes, float* loss_out, int loss_row_sums, float* grad_out, double grad_scale)
-    void lc_bce_rows_f64(
-        const double* x, const double* target, const double* weight, Py_ssize_t weight_row_stride,
-        const double* pos_weight, Py_ssize_t pos_weight_row_stride, Py_ssize_t n_rows,
-        Py_ssize_t n_classes, double* loss_out, int loss_row_sums, double* grad_out,
-        double grad_scale)
-    void lc_sigmoid_span_f32(const float* x, float* out, Py_ssize_t n)
-    void lc_sigmoid_span_f64(const double* x, double* out, Py_ssize_t n)
-    void lc_log_sigmoid_span_f32(const float* x, float* out, Py_ssize_t n)
-    void lc_log_sigmoid_span_f64(const double* x, double* out, Py_ssize_t n)
-    void lc_softmax_backward_rows_f32(const float* dy, const float* y, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, float* out)
-    void lc_softmax_backward_rows_f64(const double* dy, const double* y, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, double* out)
-    void lc_log_softmax_backward_rows_f32(const float* dy, const float* y, Py_ssize_t n_rows,
-                                          Py_ssize_t n_classes, float* out)
-    void lc_log_softmax_backward_rows_f64(const double* dy, const double* y, Py_ssize_t n_rows,
-                                          Py_ssize_t n_classes, double* out)
 
     # Blocks of long rows (the class_split schedule), see lc_row_state.h / lc_row_ops.h
     ctypedef struct lc_block_state:
@@ -107,26 +57,55 @@ cdef extern from "lc_row_ops.h" nogil:
                                            double smoothing_sum, int keep, double label_weight,
                                            double label_exp)
 
-    lc_block_state lc_block_max_sum_exp_f32(const float* x, Py_ssize_t n, float* exp_out)
-    lc_block_state lc_block_max_sum_exp_f64(const double* x, Py_ssize_t n, double* exp_out)
-    void lc_softmax_block_write_f32(float* out, Py_ssize_t n, double block_max, lc_block_state row)
-    void lc_softmax_block_write_f64(double* out, Py_ssize_t n, double block_max,
-                                    lc_block_state row)
-    void lc_log_softmax_block_write_f32(const float* x, float* out, Py_ssize_t n,
-                                        lc_block_state row)
-    void lc_log_softmax_block_write_f64(const double* x, double* out, Py_ssize_t n,
-                                        lc_block_state row)
-    double lc_block_max_f32(const float* x, Py_ssize_t n)
-    double lc_block_max_f64(const double* x, Py_ssize_t n)
-    lc_block_state lc_ce_label_block_sums_f32(const float* x, const float* weight, Py_ssize_t n,
-                                              double row_max, float* store, int use_smoothing)
-    lc_block_state lc_ce_label_block_sums_f64(const double* x, const double* weight,
-                                              Py_ssize_t n, double row_max, double* store,
-                                              int use_smoothing)
-    void lc_ce_label_grad_block_f32(float* grad, const float* weight, Py_ssize_t n,
-                                    float exp_factor, float weight_factor)
-    void lc_ce_label_grad_block_f64(double* grad, const double* weight, Py_ssize_t n,
-                                    double exp_factor, double weight_factor)
+    # What a call hands its schedule, and the C dispatch on the op (lc_row_ops.h)
+    ctypedef enum lc_op:
+        LC_OP_LOGSUMEXP
+        LC_OP_LOGSUMEXP_SCALED
+        LC_OP_SOFTMAX
+        LC_OP_LOG_SOFTMAX
+        LC_OP_SOFTMAX_BACKWARD
+        LC_OP_LOG_SOFTMAX_BACKWARD
+        LC_OP_SIGMOID
+        LC_OP_LOG_SIGMOID
+        LC_OP_CROSS_ENTROPY_LABELS
+        LC_OP_CROSS_ENTROPY_PROBS
+        LC_OP_BCE_WITH_LOGITS
+    ctypedef struct lc_operands:
+        lc_op op
+        Py_ssize_t n_rows
+        Py_ssize_t n_classes
+        const void* x
+        const void* y
+        const int64_t* labels
+        const void* weight
+        const void* pos_weight
+        Py_ssize_t weight_stride
+        Py_ssize_t pos_weight_stride
+        void* out
+        Py_ssize_t out_row_length
+        void* out2
+        int loss_row_sums
+        int64_t ignore_index
+        double label_smoothing
+        double grad_scale
+        lc_ce_label_params ce
+    ctypedef enum lc_block_pass:
+        LC_STATE_PASS
+        LC_SUMS_PASS
+        LC_WRITE_PASS
+    ctypedef struct lc_row_result:
+        lc_block_state state
+        double exp_factor
+        double weight_factor
+    void lc_rows_f32(const lc_operands* o, Py_ssize_t first, Py_ssize_t count)
+    void lc_rows_f64(const lc_operands* o, Py_ssize_t first, Py_ssize_t count)
+    void lc_block_pass_one_f32(const lc_operands* o, lc_block_pass step, Py_ssize_t row,
+                               Py_ssize_t block, lc_block_state* states,
+                               const lc_row_result* result)
+    void lc_block_pass_one_f64(const lc_operands* o, lc_block_pass step, Py_ssize_t row,
+                               Py_ssize_t block, lc_block_state* states,
+                               const lc_row_result* result)
+
     lc_ce_label_params lc_ce_label_setup_f32(const float* weight, Py_ssize_t n_classes,
                                              double label_smoothing, double grad_scale)
     lc_ce_label_params lc_ce_label_setup_f64(const double* weight, Py_ssize_t n_classes,

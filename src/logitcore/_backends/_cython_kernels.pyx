@@ -154,47 +154,13 @@ cdef inline int threads_for(Py_ssize_t n_rows, Py_ssize_t row_length, int n_thre
 
 
 # ---------------------------------------------------------------- what a call hands a schedule
+# lc_operands (lc_row_ops.h): the op (LC_OP_*), its sizes, arrays and scalars. The C side
+# dispatches on the op (lc_rows_f32 / _f64, lc_block_pass_one_f32 / _f64); the schedules
+# below only decide which rows or blocks run where.
 
-cdef enum Op:
-    LOGSUMEXP
-    LOGSUMEXP_SCALED
-    SOFTMAX
-    LOG_SOFTMAX
-    SOFTMAX_BACKWARD
-    LOG_SOFTMAX_BACKWARD
-    SIGMOID
-    LOG_SIGMOID
-    CROSS_ENTROPY_LABELS
-    CROSS_ENTROPY_PROBS
-    BCE_WITH_LOGITS
-
-
-ctypedef struct Operands:
-    # One kernel call: the op, its sizes, every array as an untyped pointer (the schedule's
-    # fused `real` says float or double) and its scalars. Unused fields are 0 / NULL.
-    Op op
-    Py_ssize_t n_rows
-    Py_ssize_t n_classes       # 1 for the flat (elementwise) kernels
-    const void* x              # (n, C) logits; dy of the backward kernels; the flat input
-    const void* y              # second (n, C) operand: b, target, or y of the backward kernels
-    const int64_t* labels
-    const void* weight         # (C,), or BCE's (1 or n, C)
-    const void* pos_weight     # BCE's (1 or n, C)
-    Py_ssize_t weight_stride   # BCE: 0 (one weight row for all rows) or C
-    Py_ssize_t pos_weight_stride
-    void* out                  # the first output
-    Py_ssize_t out_row_length  # its elements per row
-    void* out2                 # the second output: sign_out, or the gradient (NULL: none)
-    bint loss_row_sums         # BCE: out holds each row's sum
-    int64_t ignore_index
-    double label_smoothing
-    double grad_scale
-    lc_ce_label_params ce      # cross-entropy with labels in the class split
-
-
-cdef inline void init_operands(Operands* o, Op op, cnp.ndarray x, Py_ssize_t n_rows,
+cdef inline void init_operands(lc_operands* o, lc_op op, cnp.ndarray x, Py_ssize_t n_rows,
                                Py_ssize_t n_classes, void* out, Py_ssize_t out_row_length):
-    memset(o, 0, sizeof(Operands))
+    memset(o, 0, sizeof(lc_operands))
     o.op = op
     o.n_rows = n_rows
     o.n_classes = n_classes
@@ -214,79 +180,16 @@ cdef inline real* offset_or_null(real* base, Py_ssize_t offset) noexcept nogil:
 # LC_NARROW_MAX_CLASSES are tiled by the row functions themselves (row tiles of
 # LC_ROW_TILE_ELEMENTS, vectorised across rows); the flat kernels are rows of one element.
 
-cdef void call_rows(const Operands* o, const real* x, Py_ssize_t first,
-                    Py_ssize_t count) noexcept nogil:
-    """The C row function of ``o.op`` on the rows [first, first + count)."""
-    cdef Py_ssize_t C = o.n_classes, at = first * C
-    cdef const real* y = <const real*>o.y + at if o.y != NULL else NULL
-    cdef const real* weight = <const real*>o.weight
-    cdef const real* pos_weight = <const real*>o.pos_weight
-    cdef real* out = <real*>o.out + first * o.out_row_length
-    cdef real* out2 = <real*>o.out2
-    x = x + at
-    if o.op == LOGSUMEXP_SCALED:
-        out2 = out2 + first
-    else:
-        out2 = offset_or_null(out2, at)
+cdef inline void call_rows(const lc_operands* o, const real* x, Py_ssize_t first,
+                           Py_ssize_t count) noexcept nogil:
+    """The C row function of ``o.op`` on the rows [first, first + count) (x: o.x, typed)."""
     if real is float:
-        if o.op == LOGSUMEXP:
-            lc_logsumexp_rows_f32(x, count, C, out)
-        elif o.op == SOFTMAX:
-            lc_softmax_rows_f32(x, count, C, out)
-        elif o.op == LOG_SOFTMAX:
-            lc_log_softmax_rows_f32(x, count, C, out)
-        elif o.op == SOFTMAX_BACKWARD:
-            lc_softmax_backward_rows_f32(x, y, count, C, out)
-        elif o.op == LOG_SOFTMAX_BACKWARD:
-            lc_log_softmax_backward_rows_f32(x, y, count, C, out)
-        elif o.op == SIGMOID:
-            lc_sigmoid_span_f32(x, out, count * C)
-        elif o.op == LOG_SIGMOID:
-            lc_log_sigmoid_span_f32(x, out, count * C)
-        elif o.op == LOGSUMEXP_SCALED:
-            lc_logsumexp_scaled_rows_f32(x, y, count, C, out, out2)
-        elif o.op == CROSS_ENTROPY_LABELS:
-            lc_cross_entropy_labels_rows_f32(x, o.labels + first, weight, o.ignore_index,
-                                             o.label_smoothing, count, C, out, out2,
-                                             o.grad_scale)
-        elif o.op == CROSS_ENTROPY_PROBS:
-            lc_cross_entropy_probs_rows_f32(x, y, weight, o.label_smoothing, count, C, out,
-                                            out2, o.grad_scale)
-        else:
-            lc_bce_rows_f32(x, y, weight + first * o.weight_stride, o.weight_stride,
-                            pos_weight + first * o.pos_weight_stride, o.pos_weight_stride,
-                            count, C, out, o.loss_row_sums, out2, o.grad_scale)
+        lc_rows_f32(o, first, count)
     else:
-        if o.op == LOGSUMEXP:
-            lc_logsumexp_rows_f64(x, count, C, out)
-        elif o.op == SOFTMAX:
-            lc_softmax_rows_f64(x, count, C, out)
-        elif o.op == LOG_SOFTMAX:
-            lc_log_softmax_rows_f64(x, count, C, out)
-        elif o.op == SOFTMAX_BACKWARD:
-            lc_softmax_backward_rows_f64(x, y, count, C, out)
-        elif o.op == LOG_SOFTMAX_BACKWARD:
-            lc_log_softmax_backward_rows_f64(x, y, count, C, out)
-        elif o.op == SIGMOID:
-            lc_sigmoid_span_f64(x, out, count * C)
-        elif o.op == LOG_SIGMOID:
-            lc_log_sigmoid_span_f64(x, out, count * C)
-        elif o.op == LOGSUMEXP_SCALED:
-            lc_logsumexp_scaled_rows_f64(x, y, count, C, out, out2)
-        elif o.op == CROSS_ENTROPY_LABELS:
-            lc_cross_entropy_labels_rows_f64(x, o.labels + first, weight, o.ignore_index,
-                                             o.label_smoothing, count, C, out, out2,
-                                             o.grad_scale)
-        elif o.op == CROSS_ENTROPY_PROBS:
-            lc_cross_entropy_probs_rows_f64(x, y, weight, o.label_smoothing, count, C, out,
-                                            out2, o.grad_scale)
-        else:
-            lc_bce_rows_f64(x, y, weight + first * o.weight_stride, o.weight_stride,
-                            pos_weight + first * o.pos_weight_stride, o.pos_weight_stride,
-                            count, C, out, o.loss_row_sums, out2, o.grad_scale)
+        lc_rows_f64(o, first, count)
 
 
-cdef void run_rows(const Operands* o, const real* x, int n_threads) noexcept nogil:
+cdef void run_rows(const lc_operands* o, const real* x, int n_threads) noexcept nogil:
     cdef Py_ssize_t part, first, end
     cdef int n_parts = threads_for(o.n_rows, o.n_classes, n_threads)
     if n_parts == 1:  # no parallel region at all: it costs more than a small input
@@ -310,74 +213,14 @@ cdef void run_rows(const Operands* o, const real* x, int n_threads) noexcept nog
 # threads; otherwise each thread takes whole rows and runs their blocks in order (a row's
 # passes then follow each other while it is in cache). See docs/architecture.md.
 
-cdef enum BlockPass:
-    STATE_PASS     # each block's state (cross-entropy: its max)
-    SUMS_PASS      # cross-entropy: each block's sums for the row's max
-    WRITE_PASS     # each block's output, given the row's state
-
-
-ctypedef struct RowResult:
-    lc_block_state state          # the row's merged state
-    double exp_factor             # cross-entropy's gradient coefficients for the row
-    double weight_factor
-
-
-cdef inline bint takes_class_split(const Operands* o) noexcept nogil:
+cdef inline bint takes_class_split(const lc_operands* o) noexcept nogil:
     return o.n_classes > LC_BLOCK_CLASSES and (
-        o.op == LOGSUMEXP or o.op == SOFTMAX or o.op == LOG_SOFTMAX
-        or o.op == CROSS_ENTROPY_LABELS)
+        o.op == LC_OP_LOGSUMEXP or o.op == LC_OP_SOFTMAX or o.op == LC_OP_LOG_SOFTMAX
+        or o.op == LC_OP_CROSS_ENTROPY_LABELS)
 
 
-cdef void block_pass_one(const Operands* o, const real* x, BlockPass step, Py_ssize_t row,
-                         Py_ssize_t block, lc_block_state* states,
-                         const RowResult* result) noexcept nogil:
-    """One pass of ``o.op`` over one block of one row."""
-    cdef Py_ssize_t class_start = block * LC_BLOCK_CLASSES
-    cdef Py_ssize_t start = row * o.n_classes + class_start
-    cdef Py_ssize_t n = min(<Py_ssize_t>LC_BLOCK_CLASSES, o.n_classes - class_start)
-    cdef real* out = <real*>o.out
-    cdef real* grad = <real*>o.out2
-    cdef const real* weight = <const real*>o.weight
-    if real is float:
-        if step == STATE_PASS and o.op == CROSS_ENTROPY_LABELS:
-            states[block].max = lc_block_max_f32(x + start, n)
-        elif step == STATE_PASS:
-            states[block] = lc_block_max_sum_exp_f32(
-                x + start, n, out + start if o.op == SOFTMAX else NULL)
-        elif step == SUMS_PASS:
-            states[block] = lc_ce_label_block_sums_f32(
-                x + start, weight + class_start, n, result.state.max,
-                offset_or_null(grad, start), o.ce.use_smoothing)
-        elif o.op == SOFTMAX:
-            lc_softmax_block_write_f32(out + start, n, states[block].max, result.state)
-        elif o.op == LOG_SOFTMAX:
-            lc_log_softmax_block_write_f32(x + start, out + start, n, result.state)
-        else:
-            lc_ce_label_grad_block_f32(grad + start, weight + class_start, n,
-                                       <float>result.exp_factor,
-                                       <float>result.weight_factor)
-    else:
-        if step == STATE_PASS and o.op == CROSS_ENTROPY_LABELS:
-            states[block].max = lc_block_max_f64(x + start, n)
-        elif step == STATE_PASS:
-            states[block] = lc_block_max_sum_exp_f64(
-                x + start, n, out + start if o.op == SOFTMAX else NULL)
-        elif step == SUMS_PASS:
-            states[block] = lc_ce_label_block_sums_f64(
-                x + start, weight + class_start, n, result.state.max,
-                offset_or_null(grad, start), o.ce.use_smoothing)
-        elif o.op == SOFTMAX:
-            lc_softmax_block_write_f64(out + start, n, states[block].max, result.state)
-        elif o.op == LOG_SOFTMAX:
-            lc_log_softmax_block_write_f64(x + start, out + start, n, result.state)
-        else:
-            lc_ce_label_grad_block_f64(grad + start, weight + class_start, n,
-                                       result.exp_factor,
-                                       result.weight_factor)
-
-
-cdef void block_pass(const Operands* o, const real* x, BlockPass step, Py_ssize_t row,
-                     Py_ssize_t n_blocks, lc_block_state* states, const RowResult* result,
+cdef void block_pass(const lc_operands* o, const real* x, lc_block_pass step, Py_ssize_t row,
+                     Py_ssize_t n_blocks, lc_block_state* states, const lc_row_result* result,
                      int n_threads) noexcept nogil:
     """One pass over every block of one row, on n_threads threads."""
     cdef Py_ssize_t block
@@ -389,10 +232,19 @@ cdef void block_pass(const Operands* o, const real* x, BlockPass step, Py_ssize_
             block_pass_one(o, x, step, row, block, states, result)
 
 
-cdef void split_row(const Operands* o, const real* x, Py_ssize_t row, Py_ssize_t n_blocks,
+cdef inline void block_pass_one(const lc_operands* o, const real* x, lc_block_pass step,
+                                Py_ssize_t row, Py_ssize_t block, lc_block_state* states,
+                                const lc_row_result* result) noexcept nogil:
+    if real is float:
+        lc_block_pass_one_f32(o, step, row, block, states, result)
+    else:
+        lc_block_pass_one_f64(o, step, row, block, states, result)
+
+
+cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssize_t n_blocks,
                     lc_block_state* states, int n_threads) noexcept nogil:
     """One long row of ``o.op``, block by block (its blocks on n_threads threads)."""
-    cdef RowResult result
+    cdef lc_row_result result
     cdef lc_ce_label_row loss
     cdef Py_ssize_t C = o.n_classes
     cdef real* out = <real*>o.out
@@ -400,14 +252,14 @@ cdef void split_row(const Operands* o, const real* x, Py_ssize_t row, Py_ssize_t
     cdef int64_t label
     cdef bint keep
     cdef double shifted_label_logit, label_weight
-    memset(&result, 0, sizeof(RowResult))
-    block_pass(o, x, STATE_PASS, row, n_blocks, states, &result, n_threads)
-    if o.op != CROSS_ENTROPY_LABELS:
+    memset(&result, 0, sizeof(lc_row_result))
+    block_pass(o, x, LC_STATE_PASS, row, n_blocks, states, &result, n_threads)
+    if o.op != LC_OP_CROSS_ENTROPY_LABELS:
         result.state = lc_block_states_merge(states, n_blocks)
-        if o.op == LOGSUMEXP:
+        if o.op == LC_OP_LOGSUMEXP:
             out[row] = <real>lc_row_state_logsumexp(result.state)
         else:
-            block_pass(o, x, WRITE_PASS, row, n_blocks, states, &result, n_threads)
+            block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads)
         return
     result.state.max = lc_block_states_max(states, n_blocks)
     label = o.labels[row]
@@ -417,7 +269,7 @@ cdef void split_row(const Operands* o, const real* x, Py_ssize_t row, Py_ssize_t
     # everything the loss reads from x, before the sums pass may overwrite it (grad may be x)
     shifted_label_logit = <double>x[row * C + label] - result.state.max
     label_weight = (<const real*>o.weight)[label]
-    block_pass(o, x, SUMS_PASS, row, n_blocks, states, &result, n_threads)
+    block_pass(o, x, LC_SUMS_PASS, row, n_blocks, states, &result, n_threads)
     result.state = lc_block_states_add(states, n_blocks, result.state.max)
     loss = lc_ce_label_row_finish(&o.ce, result.state.max, result.state.sums,
                                   shifted_label_logit, result.state.extra, keep, label_weight,
@@ -427,12 +279,12 @@ cdef void split_row(const Operands* o, const real* x, Py_ssize_t row, Py_ssize_t
         return
     result.exp_factor = loss.exp_factor
     result.weight_factor = loss.weight_factor
-    block_pass(o, x, WRITE_PASS, row, n_blocks, states, &result, n_threads)
+    block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads)
     if keep:
         grad[row * C + label] = <real>loss.label_grad
 
 
-cdef int class_split(Operands* o, const real* x, int n_threads) noexcept nogil:
+cdef int class_split(lc_operands* o, const real* x, int n_threads) noexcept nogil:
     """Every row of ``o``, block by block; -1 if the scratch cannot be allocated."""
     cdef Py_ssize_t n_blocks = (o.n_classes + LC_BLOCK_CLASSES - 1) // LC_BLOCK_CLASSES
     cdef Py_ssize_t row, part, first, end
@@ -444,7 +296,7 @@ cdef int class_split(Operands* o, const real* x, int n_threads) noexcept nogil:
         n_parts * n_blocks * sizeof(lc_block_state))
     if states == NULL:
         return -1
-    if o.op == CROSS_ENTROPY_LABELS:
+    if o.op == LC_OP_CROSS_ENTROPY_LABELS:
         if real is float:
             o.ce = lc_ce_label_setup_f32(<const float*>o.weight, o.n_classes,
                                          o.label_smoothing, o.grad_scale)
@@ -469,14 +321,14 @@ cdef int class_split(Operands* o, const real* x, int n_threads) noexcept nogil:
 
 # ---------------------------------------------------------------- the schedule of a call
 
-cdef int schedule(Operands* o, const real* x, int n_threads) noexcept nogil:
+cdef int schedule(lc_operands* o, const real* x, int n_threads) noexcept nogil:
     if takes_class_split(o):
         return class_split(o, x, n_threads)
     run_rows(o, x, n_threads)
     return 0
 
 
-cdef run(Operands* o, int type_num, int n_threads):
+cdef run(lc_operands* o, int type_num, int n_threads):
     """Run one validated call on its schedule (the GIL released)."""
     cdef int status
     n_threads = usable_threads(n_threads)
@@ -501,30 +353,30 @@ def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1)
     if n_classes == 0:
         out[:] = -INFINITY
         return
-    cdef Operands o
-    init_operands(&o, LOGSUMEXP, x, n_rows, n_classes, data(out), 1)
+    cdef lc_operands o
+    init_operands(&o, LC_OP_LOGSUMEXP, x, n_rows, n_classes, data(out), 1)
     run(&o, type_num, n_threads)
 
 
 def softmax(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
-    _same_shape_entry(SOFTMAX, x, None, out, n_threads)
+    _same_shape_entry(LC_OP_SOFTMAX, x, None, out, n_threads)
 
 
 def log_softmax(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
-    _same_shape_entry(LOG_SOFTMAX, x, None, out, n_threads)
+    _same_shape_entry(LC_OP_LOG_SOFTMAX, x, None, out, n_threads)
 
 
 def softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarray out not None,
                      int n_threads=1):
-    _same_shape_entry(SOFTMAX_BACKWARD, dy, y, out, n_threads)
+    _same_shape_entry(LC_OP_SOFTMAX_BACKWARD, dy, y, out, n_threads)
 
 
 def log_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None,
                          cnp.ndarray out not None, int n_threads=1):
-    _same_shape_entry(LOG_SOFTMAX_BACKWARD, dy, y, out, n_threads)
+    _same_shape_entry(LC_OP_LOG_SOFTMAX_BACKWARD, dy, y, out, n_threads)
 
 
-cdef _same_shape_entry(Op op, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int n_threads):
+cdef _same_shape_entry(lc_op op, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int n_threads):
     """softmax, log_softmax (y None) and their backward kernels (x is dy): out of x's shape."""
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
@@ -534,7 +386,7 @@ cdef _same_shape_entry(Op op, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int
     expect(out, "out", type_num, n_rows, n_classes, True)
     if n_rows == 0 or n_classes == 0:
         return
-    cdef Operands o
+    cdef lc_operands o
     init_operands(&o, op, x, n_rows, n_classes, data(out), n_classes)
     if y is not None:
         o.y = data(y)
@@ -542,14 +394,14 @@ cdef _same_shape_entry(Op op, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out, int
 
 
 def sigmoid(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
-    _flat_entry(SIGMOID, x, out, n_threads)
+    _flat_entry(LC_OP_SIGMOID, x, out, n_threads)
 
 
 def log_sigmoid(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
-    _flat_entry(LOG_SIGMOID, x, out, n_threads)
+    _flat_entry(LC_OP_LOG_SIGMOID, x, out, n_threads)
 
 
-cdef _flat_entry(Op op, cnp.ndarray x, cnp.ndarray out, int n_threads):
+cdef _flat_entry(lc_op op, cnp.ndarray x, cnp.ndarray out, int n_threads):
     """The flat schedule: an elementwise kernel is the rows schedule on rows of one element
     (each thread gets one contiguous span)."""
     cdef int type_num = element_type(x)
@@ -558,7 +410,7 @@ cdef _flat_entry(Op op, cnp.ndarray x, cnp.ndarray out, int n_threads):
     expect(out, "out", type_num, n, -1, True)
     if n == 0:
         return
-    cdef Operands o
+    cdef lc_operands o
     init_operands(&o, op, x, n, 1, data(out), 1)
     run(&o, type_num, n_threads)
 
@@ -668,8 +520,8 @@ def logsumexp_scaled(cnp.ndarray x not None, cnp.ndarray b not None, cnp.ndarray
         out[:] = -INFINITY
         sign_out[:] = 0
         return
-    cdef Operands o
-    init_operands(&o, LOGSUMEXP_SCALED, x, n_rows, n_classes, data(out), 1)
+    cdef lc_operands o
+    init_operands(&o, LC_OP_LOGSUMEXP_SCALED, x, n_rows, n_classes, data(out), 1)
     o.y = data(b)
     o.out2 = data(sign_out)
     run(&o, type_num, n_threads)
@@ -692,8 +544,8 @@ def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
     if n_classes == 0:  # every label is ignore_index (validated): nothing to learn
         loss_out[:] = 0
         return
-    cdef Operands o
-    init_operands(&o, CROSS_ENTROPY_LABELS, x, n_rows, n_classes, data(loss_out), 1)
+    cdef lc_operands o
+    init_operands(&o, LC_OP_CROSS_ENTROPY_LABELS, x, n_rows, n_classes, data(loss_out), 1)
     o.labels = <const int64_t*>data(labels)
     o.weight = data(weight)
     o.ignore_index = ignore_index
@@ -720,8 +572,8 @@ def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None,
     if n_classes == 0:
         loss_out[:] = 0
         return
-    cdef Operands o
-    init_operands(&o, CROSS_ENTROPY_PROBS, x, n_rows, n_classes, data(loss_out), 1)
+    cdef lc_operands o
+    init_operands(&o, LC_OP_CROSS_ENTROPY_PROBS, x, n_rows, n_classes, data(loss_out), 1)
     o.y = data(target)
     o.weight = data(weight)
     o.label_smoothing = label_smoothing
@@ -755,8 +607,8 @@ def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
         if loss_row_sums:
             loss_out[:, :] = 0
         return
-    cdef Operands o
-    init_operands(&o, BCE_WITH_LOGITS, x, n_rows, n_classes, data(loss_out), loss_row_length)
+    cdef lc_operands o
+    init_operands(&o, LC_OP_BCE_WITH_LOGITS, x, n_rows, n_classes, data(loss_out), loss_row_length)
     o.y = data(target)
     o.weight = data(weight)
     o.weight_stride = 0 if weight_rows == 1 else n_classes

@@ -185,40 +185,18 @@ LC_INLINE double lc_log1p_f64(double y)
    kernels do on this CPU. The log and log1p of float32 are the double ones, rounded: the
    kernels take every log of a row in double. Names: lc_exp_span_f32, lc_exp_span_f64,
    lc_log_span_f32, lc_log_span_f64, lc_log1p_span_f32, lc_log1p_span_f64. */
-LC_DISPATCH static void lc_exp_span_f32(const float* x, float* out, lc_index n)
-{
-    for (lc_index i = 0; i < n; i++)
-        out[i] = lc_exp_f32(x[i]);
-}
-
-LC_DISPATCH static void lc_exp_span_f64(const double* x, double* out, lc_index n)
-{
-    for (lc_index i = 0; i < n; i++)
-        out[i] = lc_exp_f64(x[i]);
-}
-
-LC_DISPATCH static void lc_log_span_f32(const float* x, float* out, lc_index n)
-{
-    for (lc_index i = 0; i < n; i++)
-        out[i] = (float)lc_log_f64(x[i]);
-}
-
-LC_DISPATCH static void lc_log_span_f64(const double* x, double* out, lc_index n)
-{
-    for (lc_index i = 0; i < n; i++)
-        out[i] = lc_log_f64(x[i]);
-}
-
-LC_DISPATCH static void lc_log1p_span_f32(const float* x, float* out, lc_index n)
-{
-    for (lc_index i = 0; i < n; i++)
-        out[i] = (float)lc_log1p_f64(x[i]);
-}
-
-LC_DISPATCH static void lc_log1p_span_f64(const double* x, double* out, lc_index n)
-{
-    for (lc_index i = 0; i < n; i++)
-        out[i] = lc_log1p_f64(x[i]);
-}
+#define LC_MATH_SPAN(name, real, primitive)                                              \
+    LC_DISPATCH static void name(const real* x, real* out, lc_index n)                    \
+    {                                                                                      \
+        for (lc_index i = 0; i < n; i++)                                                   \
+            out[i] = (real)primitive(x[i]);                                                \
+    }
+LC_MATH_SPAN(lc_exp_span_f32, float, lc_exp_f32)
+LC_MATH_SPAN(lc_exp_span_f64, double, lc_exp_f64)
+LC_MATH_SPAN(lc_log_span_f32, float, lc_log_f64)
+LC_MATH_SPAN(lc_log_span_f64, double, lc_log_f64)
+LC_MATH_SPAN(lc_log1p_span_f32, float, lc_log1p_f64)
+LC_MATH_SPAN(lc_log1p_span_f64, double, lc_log1p_f64)
+#undef LC_MATH_SPAN
 
 #endif /* LC_MATH_H */

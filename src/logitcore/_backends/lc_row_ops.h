@@ -57,6 +57,58 @@ enum lc_row_term {
     LC_TERM_TARGET_SHIFTED,   /* q * (a - shift) */
 };
 
+/* What a kernel call hands its schedule (_cython_kernels.pyx fills it): the op, its sizes,
+   every array as an untyped pointer (lc_rows_f32 / _f64 and lc_block_pass_one_f32 / _f64
+   read them as float or double) and its scalars. Unused fields are 0 / NULL. */
+typedef enum {
+    LC_OP_LOGSUMEXP,
+    LC_OP_LOGSUMEXP_SCALED,
+    LC_OP_SOFTMAX,
+    LC_OP_LOG_SOFTMAX,
+    LC_OP_SOFTMAX_BACKWARD,
+    LC_OP_LOG_SOFTMAX_BACKWARD,
+    LC_OP_SIGMOID,
+    LC_OP_LOG_SIGMOID,
+    LC_OP_CROSS_ENTROPY_LABELS,
+    LC_OP_CROSS_ENTROPY_PROBS,
+    LC_OP_BCE_WITH_LOGITS,
+} lc_op;
+
+typedef struct {
+    lc_op op;
+    lc_index n_rows;
+    lc_index n_classes;         /* 1 for the flat (elementwise) kernels */
+    const void* x;              /* (n, C) logits; dy of the backward kernels; the flat input */
+    const void* y;              /* second (n, C) operand: b, target, or y of the backward ones */
+    const int64_t* labels;
+    const void* weight;         /* (C,), or BCE's (1 or n, C) */
+    const void* pos_weight;     /* BCE's (1 or n, C) */
+    lc_index weight_stride;     /* BCE: 0 (one weight row for all rows) or C */
+    lc_index pos_weight_stride;
+    void* out;                  /* the first output */
+    lc_index out_row_length;    /* its elements per row */
+    void* out2;                 /* the second output: sign_out, or the gradient (NULL: none) */
+    int loss_row_sums;          /* BCE: out holds each row's sum */
+    int64_t ignore_index;
+    double label_smoothing;
+    double grad_scale;
+    lc_ce_label_params ce;      /* cross-entropy with labels in the class split */
+} lc_operands;
+
+/* The passes of the class_split schedule over the blocks of a long row. */
+typedef enum {
+    LC_STATE_PASS, /* each block's state (cross-entropy: its max) */
+    LC_SUMS_PASS,  /* cross-entropy: each block's sums for the row's max */
+    LC_WRITE_PASS, /* each block's output, given the row's state */
+} lc_block_pass;
+
+/* A long row's merged state, and cross-entropy's gradient coefficients for it. */
+typedef struct {
+    lc_block_state state;
+    double exp_factor;
+    double weight_factor;
+} lc_row_result;
+
 /* ---- instantiate the generic part for float and for double ---- */
 #define LC_CONCAT_(a, b) a##b
 #define LC_CONCAT(a, b) LC_CONCAT_(a, b)

@@ -718,5 +718,94 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_backward_rows)(const LC_REAL* dy,
     }
 }
 
+/* ====================== dispatch on the op, for the schedules ====================== */
+
+/* lc_rows_f32 / lc_rows_f64: the op's row function on the rows [first, first + count) (the
+   rows and flat schedules). */
+static void LC_NAME(lc_rows)(const lc_operands* o, lc_index first, lc_index count)
+{
+    const lc_index C = o->n_classes, at = first * C;
+    const LC_REAL* x = (const LC_REAL*)o->x + at;
+    const LC_REAL* y = o->y ? (const LC_REAL*)o->y + at : NULL;
+    const LC_REAL* weight = (const LC_REAL*)o->weight;
+    const LC_REAL* pos_weight = (const LC_REAL*)o->pos_weight;
+    LC_REAL* out = (LC_REAL*)o->out + first * o->out_row_length;
+    LC_REAL* out2 = (LC_REAL*)o->out2;
+    if (out2)
+        out2 += o->op == LC_OP_LOGSUMEXP_SCALED ? first : at;
+    switch (o->op) {
+    case LC_OP_LOGSUMEXP:
+        LC_NAME(lc_logsumexp_rows)(x, count, C, out);
+        break;
+    case LC_OP_SOFTMAX:
+        LC_NAME(lc_softmax_rows)(x, count, C, out);
+        break;
+    case LC_OP_LOG_SOFTMAX:
+        LC_NAME(lc_log_softmax_rows)(x, count, C, out);
+        break;
+    case LC_OP_SOFTMAX_BACKWARD:
+        LC_NAME(lc_softmax_backward_rows)(x, y, count, C, out);
+        break;
+    case LC_OP_LOG_SOFTMAX_BACKWARD:
+        LC_NAME(lc_log_softmax_backward_rows)(x, y, count, C, out);
+        break;
+    case LC_OP_SIGMOID:
+        LC_NAME(lc_sigmoid_span)(x, out, count * C);
+        break;
+    case LC_OP_LOG_SIGMOID:
+        LC_NAME(lc_log_sigmoid_span)(x, out, count * C);
+        break;
+    case LC_OP_LOGSUMEXP_SCALED:
+        LC_NAME(lc_logsumexp_scaled_rows)(x, y, count, C, out, out2);
+        break;
+    case LC_OP_CROSS_ENTROPY_LABELS:
+        LC_NAME(lc_cross_entropy_labels_rows)(x, o->labels + first, weight, o->ignore_index,
+                                              o->label_smoothing, count, C, out, out2,
+                                              o->grad_scale);
+        break;
+    case LC_OP_CROSS_ENTROPY_PROBS:
+        LC_NAME(lc_cross_entropy_probs_rows)(x, y, weight, o->label_smoothing, count, C, out,
+                                             out2, o->grad_scale);
+        break;
+    case LC_OP_BCE_WITH_LOGITS:
+        LC_NAME(lc_bce_rows)(x, y, weight + first * o->weight_stride, o->weight_stride,
+                             pos_weight + first * o->pos_weight_stride, o->pos_weight_stride,
+                             count, C, out, o->loss_row_sums, out2, o->grad_scale);
+        break;
+    }
+}
+
+/* lc_block_pass_one_f32 / lc_block_pass_one_f64: one pass of the op over one block of one
+   long row (the class_split schedule): logsumexp, softmax, log_softmax and cross-entropy
+   with labels. `states` holds the row's block states, `result` its merged state. */
+static void LC_NAME(lc_block_pass_one)(const lc_operands* o, lc_block_pass step, lc_index row,
+                                       lc_index block, lc_block_state* states,
+                                       const lc_row_result* result)
+{
+    const lc_index class_start = block * LC_BLOCK_CLASSES;
+    const lc_index start = row * o->n_classes + class_start;
+    const lc_index n = lc_min_index(LC_BLOCK_CLASSES, o->n_classes - class_start);
+    const LC_REAL* x = (const LC_REAL*)o->x + start;
+    const LC_REAL* weight = (const LC_REAL*)o->weight + class_start;
+    LC_REAL* out = (LC_REAL*)o->out;
+    LC_REAL* grad = o->out2 ? (LC_REAL*)o->out2 + start : NULL;
+    const int labels = o->op == LC_OP_CROSS_ENTROPY_LABELS;
+    if (step == LC_STATE_PASS && labels)
+        states[block].max = LC_NAME(lc_block_max)(x, n);
+    else if (step == LC_STATE_PASS)
+        states[block] =
+            LC_NAME(lc_block_max_sum_exp)(x, n, o->op == LC_OP_SOFTMAX ? out + start : NULL);
+    else if (step == LC_SUMS_PASS)
+        states[block] = LC_NAME(lc_ce_label_block_sums)(x, weight, n, result->state.max, grad,
+                                                        o->ce.use_smoothing);
+    else if (o->op == LC_OP_SOFTMAX)
+        LC_NAME(lc_softmax_block_write)(out + start, n, states[block].max, result->state);
+    else if (o->op == LC_OP_LOG_SOFTMAX)
+        LC_NAME(lc_log_softmax_block_write)(x, out + start, n, result->state);
+    else if (labels && grad)
+        LC_NAME(lc_ce_label_grad_block)(grad, weight, n, (LC_REAL)result->exp_factor,
+                                        (LC_REAL)result->weight_factor);
+}
+
 #undef LC_LANES
 
