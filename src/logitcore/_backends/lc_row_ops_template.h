@@ -409,59 +409,60 @@ LC_DISPATCH static lc_ce_label_params LC_NAME(lc_ce_label_setup)(const LC_REAL* 
 
 /* ====================== the kernels: a contiguous range of rows ====================== */
 
-LC_DISPATCH static void LC_NAME(lc_logsumexp_rows)(const LC_REAL* x, lc_index n_rows,
-                                                   lc_index n_classes, LC_REAL* out)
+/* normalise_tiles_f32 / normalise_tiles_f64: logsumexp, softmax or log_softmax (`op`, a
+   constant at each call) of rows of at most LC_BLOCK_CLASSES classes, one row tile at a
+   time: every row's max, then its exp sums (softmax stores the exps in out, read back from
+   cache to be scaled; log_softmax prefetches its output), then the outputs. */
+LC_INLINE void LC_NAME(normalise_tiles)(lc_op op, const LC_REAL* x, lc_index n_rows,
+                                        lc_index n_classes, LC_REAL* out)
 {
     LC_REAL row_max[LC_TILE_MAX_ROWS];
     lc_exp_sums row_sums[LC_TILE_MAX_ROWS];
-    lc_index rows_per_block = lc_rows_per_block(n_classes);
-    for (lc_index first = 0; first < n_rows; first += rows_per_block) {
-        lc_index rows = lc_min_index(rows_per_block, n_rows - first);
-        const LC_REAL* x_block = x + first * n_classes;
-        LC_NAME(block_row_max)(x_block, rows, n_classes, row_max);
-        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sums, NULL, NULL);
-        for (lc_index r = 0; r < rows; r++)
-            out[first + r] = (LC_REAL)LC_NAME(row_logsumexp)(row_max[r], row_sums[r]);
+    double log_normaliser[LC_TILE_MAX_ROWS];
+    lc_index rows_per_tile = lc_rows_per_block(n_classes);
+    for (lc_index first = 0; first < n_rows; first += rows_per_tile) {
+        lc_index rows = lc_min_index(rows_per_tile, n_rows - first);
+        const LC_REAL* x_tile = x + first * n_classes;
+        LC_NAME(block_row_max)(x_tile, rows, n_classes, row_max);
+        if (op == LC_OP_LOGSUMEXP) {
+            LC_NAME(block_sum_exp)(x_tile, rows, n_classes, row_max, row_sums, NULL, NULL);
+            for (lc_index r = 0; r < rows; r++)
+                out[first + r] = (LC_REAL)LC_NAME(row_logsumexp)(row_max[r], row_sums[r]);
+        } else if (op == LC_OP_SOFTMAX) {
+            LC_REAL* out_tile = out + first * n_classes;
+            LC_NAME(block_sum_exp)(x_tile, rows, n_classes, row_max, row_sums, out_tile, NULL);
+            for (lc_index r = 0; r < rows; r++)
+                LC_NAME(row_scale)(out_tile + r * n_classes, n_classes,
+                                   (LC_REAL)(1.0 / LC_NAME(row_normaliser)(row_max[r], row_sums[r])));
+        } else {
+            LC_REAL* out_tile = out + first * n_classes;
+            LC_NAME(block_sum_exp)(x_tile, rows, n_classes, row_max, row_sums, NULL, out_tile);
+            LC_NAME(block_log_normaliser)(row_max, row_sums, rows, log_normaliser);
+            for (lc_index r = 0; r < rows; r++)
+                LC_NAME(row_subtract)(x_tile + r * n_classes, out_tile + r * n_classes, n_classes,
+                                      row_max[r], (LC_REAL)log_normaliser[r]);
+        }
     }
+}
+
+/* lc_logsumexp_rows_f32 / _f64, lc_softmax_rows_f32 / _f64, lc_log_softmax_rows_f32 / _f64:
+   normalise_tiles compiled once per op (and per SIMD clone). */
+LC_DISPATCH static void LC_NAME(lc_logsumexp_rows)(const LC_REAL* x, lc_index n_rows,
+                                                   lc_index n_classes, LC_REAL* out)
+{
+    LC_NAME(normalise_tiles)(LC_OP_LOGSUMEXP, x, n_rows, n_classes, out);
 }
 
 LC_DISPATCH static void LC_NAME(lc_softmax_rows)(const LC_REAL* x, lc_index n_rows,
                                                  lc_index n_classes, LC_REAL* out)
 {
-    LC_REAL row_max[LC_TILE_MAX_ROWS];
-    lc_exp_sums row_sums[LC_TILE_MAX_ROWS];
-    lc_index rows_per_block = lc_rows_per_block(n_classes);
-    for (lc_index first = 0; first < n_rows; first += rows_per_block) {
-        lc_index rows = lc_min_index(rows_per_block, n_rows - first);
-        LC_REAL* out_block = out + first * n_classes;
-        LC_NAME(block_row_max)(x + first * n_classes, rows, n_classes, row_max);
-        /* The exps go straight into out (read back from cache to be scaled). */
-        LC_NAME(block_sum_exp)(x + first * n_classes, rows, n_classes, row_max, row_sums, out_block,
-                               NULL);
-        for (lc_index r = 0; r < rows; r++)
-            LC_NAME(row_scale)(out_block + r * n_classes, n_classes,
-                               (LC_REAL)(1.0 / LC_NAME(row_normaliser)(row_max[r], row_sums[r])));
-    }
+    LC_NAME(normalise_tiles)(LC_OP_SOFTMAX, x, n_rows, n_classes, out);
 }
 
 LC_DISPATCH static void LC_NAME(lc_log_softmax_rows)(const LC_REAL* x, lc_index n_rows,
                                                      lc_index n_classes, LC_REAL* out)
 {
-    LC_REAL row_max[LC_TILE_MAX_ROWS];
-    lc_exp_sums row_sums[LC_TILE_MAX_ROWS];
-    double log_normaliser[LC_TILE_MAX_ROWS];
-    lc_index rows_per_block = lc_rows_per_block(n_classes);
-    for (lc_index first = 0; first < n_rows; first += rows_per_block) {
-        lc_index rows = lc_min_index(rows_per_block, n_rows - first);
-        const LC_REAL* x_block = x + first * n_classes;
-        LC_NAME(block_row_max)(x_block, rows, n_classes, row_max);
-        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sums, NULL,
-                               out + first * n_classes);
-        LC_NAME(block_log_normaliser)(row_max, row_sums, rows, log_normaliser);
-        for (lc_index r = 0; r < rows; r++)
-            LC_NAME(row_subtract)(x_block + r * n_classes, out + (first + r) * n_classes, n_classes,
-                                  row_max[r], (LC_REAL)log_normaliser[r]);
-    }
+    LC_NAME(normalise_tiles)(LC_OP_LOG_SOFTMAX, x, n_rows, n_classes, out);
 }
 
 /* out = log|sum_c b e^x| over the classes with b != 0, sign_out = its sign (NaN for NaN).
