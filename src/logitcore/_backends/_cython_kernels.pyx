@@ -98,6 +98,14 @@ cdef int expect(cnp.ndarray a, str name, int type_num, Py_ssize_t n_rows, Py_ssi
     return 0
 
 
+cdef inline int expect_gradient(cnp.ndarray grad_out, int type_num, Py_ssize_t n_rows,
+                                Py_ssize_t n_classes) except -1:
+    """The optional gradient output: empty (no gradient wanted) or like x."""
+    if cnp.PyArray_SIZE(grad_out) != 0:
+        expect(grad_out, "grad_out", type_num, n_rows, n_classes, True)
+    return 0
+
+
 cdef inline Py_ssize_t dim(cnp.ndarray a, int axis):
     return cnp.PyArray_DIMS(a)[axis] if cnp.PyArray_NDIM(a) > axis else 0
 
@@ -550,8 +558,7 @@ def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
     expect(labels, "labels", cnp.NPY_INT64, n_rows, -1, False)
     expect(weight, "weight", type_num, n_classes, -1, False)
     expect(loss_out, "loss_out", type_num, n_rows, -1, True)
-    if cnp.PyArray_SIZE(grad_out) != 0:
-        expect(grad_out, "grad_out", type_num, n_rows, n_classes, True)
+    expect_gradient(grad_out, type_num, n_rows, n_classes)
     if n_rows == 0:
         return
     if n_classes == 0:  # every label is ignore_index (validated): nothing to learn
@@ -578,8 +585,7 @@ def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None,
     expect(target, "target", type_num, n_rows, n_classes, False)
     expect(weight, "weight", type_num, n_classes, -1, False)
     expect(loss_out, "loss_out", type_num, n_rows, -1, True)
-    if cnp.PyArray_SIZE(grad_out) != 0:
-        expect(grad_out, "grad_out", type_num, n_rows, n_classes, True)
+    expect_gradient(grad_out, type_num, n_rows, n_classes)
     if n_rows == 0:
         return
     if n_classes == 0:
@@ -612,8 +618,7 @@ def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
     cdef bint loss_row_sums = dim(loss_out, 1) == 1 and n_classes != 1
     cdef Py_ssize_t loss_row_length = 1 if loss_row_sums else n_classes
     expect(loss_out, "loss_out", type_num, n_rows, loss_row_length, True)
-    if cnp.PyArray_SIZE(grad_out) != 0:
-        expect(grad_out, "grad_out", type_num, n_rows, n_classes, True)
+    expect_gradient(grad_out, type_num, n_rows, n_classes)
     if n_rows == 0:
         return
     if n_classes == 0:

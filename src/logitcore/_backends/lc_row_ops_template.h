@@ -685,38 +685,45 @@ LC_DISPATCH static void LC_NAME(lc_log_sigmoid_span)(const LC_REAL* x, LC_REAL* 
     }
 }
 
-/* y = softmax(x): out = y (dy - sum(dy y)). out may be dy or y. */
+/* backward_rows_f32 / backward_rows_f64: the gradient of softmax or log_softmax (`op`, a
+   constant at each call) given the output y and its cotangent dy; out may be dy or y.
+     softmax:     out = y (dy - sum(dy y)), the difference in double (dy - dot cancels
+                  where dy is close to the mean);
+     log_softmax: out = dy - exp(y) sum(dy), the exp in double (sum(dy) can be large, and
+                  it multiplies the exp's error). */
+LC_INLINE void LC_NAME(backward_rows)(lc_op op, const LC_REAL* dy, const LC_REAL* y,
+                                      lc_index n_rows, lc_index n_classes, LC_REAL* out)
+{
+    const enum lc_row_term term = op == LC_OP_SOFTMAX_BACKWARD ? LC_TERM_PRODUCT : LC_TERM_VALUE;
+    for (lc_index r = 0; r < n_rows; r++) {
+        const LC_REAL* dy_row = dy + r * n_classes;
+        const LC_REAL* y_row = y + r * n_classes;
+        LC_REAL* out_row = out + r * n_classes;
+        double sum = LC_NAME(row_sum)(term, (LC_NAME(row_operands)){.a = dy_row, .b = y_row},
+                                      n_classes);
+        if (op == LC_OP_SOFTMAX_BACKWARD)
+            for (lc_index c = 0; c < n_classes; c++)
+                out_row[c] = (LC_REAL)((double)y_row[c] * ((double)dy_row[c] - sum));
+        else
+            for (lc_index c = 0; c < n_classes; c++)
+                out_row[c] = (LC_REAL)((double)dy_row[c] - lc_exp_f64(y_row[c]) * sum);
+    }
+}
+
+/* lc_softmax_backward_rows_f32 / _f64, lc_log_softmax_backward_rows_f32 / _f64:
+   backward_rows compiled once per op. */
 LC_DISPATCH static void LC_NAME(lc_softmax_backward_rows)(const LC_REAL* dy, const LC_REAL* y,
                                                           lc_index n_rows, lc_index n_classes,
                                                           LC_REAL* out)
 {
-    for (lc_index r = 0; r < n_rows; r++) {
-        const LC_REAL* dy_row = dy + r * n_classes;
-        const LC_REAL* y_row = y + r * n_classes;
-        LC_REAL* out_row = out + r * n_classes;
-        double dot = LC_NAME(row_sum)(
-            LC_TERM_PRODUCT, (LC_NAME(row_operands)){.a = dy_row, .b = y_row}, n_classes);
-        /* in double: dy - dot cancels where dy is close to the mean */
-        for (lc_index c = 0; c < n_classes; c++)
-            out_row[c] = (LC_REAL)((double)y_row[c] * ((double)dy_row[c] - dot));
-    }
+    LC_NAME(backward_rows)(LC_OP_SOFTMAX_BACKWARD, dy, y, n_rows, n_classes, out);
 }
 
-/* y = log_softmax(x): out = dy - exp(y) sum(dy). out may be dy or y. The exp is taken in
-   double: sum(dy) can be large, and it multiplies the exp's error. */
 LC_DISPATCH static void LC_NAME(lc_log_softmax_backward_rows)(const LC_REAL* dy, const LC_REAL* y,
                                                               lc_index n_rows, lc_index n_classes,
                                                               LC_REAL* out)
 {
-    for (lc_index r = 0; r < n_rows; r++) {
-        const LC_REAL* dy_row = dy + r * n_classes;
-        const LC_REAL* y_row = y + r * n_classes;
-        LC_REAL* out_row = out + r * n_classes;
-        double total =
-            LC_NAME(row_sum)(LC_TERM_VALUE, (LC_NAME(row_operands)){.a = dy_row}, n_classes);
-        for (lc_index c = 0; c < n_classes; c++)
-            out_row[c] = (LC_REAL)((double)dy_row[c] - lc_exp_f64(y_row[c]) * total);
-    }
+    LC_NAME(backward_rows)(LC_OP_LOG_SOFTMAX_BACKWARD, dy, y, n_rows, n_classes, out);
 }
 
 /* ====================== dispatch on the op, for the schedules ====================== */
