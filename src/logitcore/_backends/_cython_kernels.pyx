@@ -5,16 +5,21 @@ the docstring of ``logitcore._backends``: every function takes C-contiguous floa
 float64 arrays that the Python layer has already validated and allocated, writes into
 its outputs and returns None.
 
-Layering (as in scikit-learn's ``_loss``): the row arithmetic lives in the ``lc_*.h``
-headers (declared in ``_cython_kernels.pxd``), in C functions that gcc vectorises and compiles for several instruction sets (picked at
-run time, see ``SIMD_PATH``). This file only splits the work across OpenMP threads:
-contiguous ranges of rows (``schedule(static)``, one range per thread) or, when there are
-fewer rows than threads, pieces of each row's class axis whose partial (max, sum of exps)
-pairs are merged afterwards.
+Layering (as in scikit-learn's ``_loss``): the arithmetic lives in the ``lc_*.h`` headers
+(declared in ``_cython_kernels.pxd``), in C functions that gcc vectorises and compiles for
+several instruction sets (picked at run time, see ``SIMD_PATH``): ``lc_math.h`` (exp, log,
+log1p), ``lc_row_state.h`` (the exp-sum row state and its merge), ``lc_row_ops.h`` (what
+each op computes on rows and on blocks of a long row, and the dispatch on the op). Sizes
+and coefficients come from ``kernel_constants.py`` through the generated ``lc_constants.h``.
+This file validates each call's operands and runs it on one of the schedules of
+docs/architecture.md: ``rows`` (contiguous ranges of rows, one per thread; narrow rows are
+tiled by the C row functions), ``flat`` (elementwise kernels: rows of one element) and
+``class_split`` (rows longer than one block, in blocks merged in block order, so that the
+bits do not depend on the thread count).
 
 Entry points take plain ndarrays and read their data pointers through NumPy's C API:
-typed memoryviews of fused types cost ~1.2 us per call to acquire and dispatch, more
-than the arithmetic of a 1000-class row. The dtype, layout and shape of every operand
+typed memoryviews of fused types cost more per call to acquire and dispatch than the
+arithmetic of a 1000-class row. The dtype, layout and shape of every operand
 are still checked (cheap field reads), so a caller that breaks the contract gets a
 ValueError, not a write out of bounds.
 """

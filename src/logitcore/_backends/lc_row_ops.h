@@ -33,11 +33,12 @@
    positive terms stay at ~1e-7 relative error, and double ones near numpy's pairwise sum. */
 #define LC_PARTIAL_SUM_LENGTH 1024
 
-/* How many rows one block holds. Short rows: as many as fit LC_ROW_TILE_ELEMENTS. Long rows:
-   up to 16, as long as the block fits LC_BLOCK_CLASSES, because a kernel makes each of
-   its passes over the whole block before the next and the second pass must find the rows
-   in cache (one 131072-class row is a block of its own). */
-LC_INLINE lc_index lc_rows_per_block(lc_index n_classes)
+/* How many rows one row tile holds. Narrow rows: as many as fit LC_ROW_TILE_ELEMENTS. Wider
+   rows (up to LC_BLOCK_CLASSES classes; longer ones take the class_split schedule): up to
+   16, as long as the tile fits LC_BLOCK_CLASSES elements, because a kernel makes each of
+   its passes over the whole tile before the next and the second pass must find the rows
+   in cache. */
+LC_INLINE lc_index lc_rows_per_tile(lc_index n_classes)
 {
     lc_index budget = n_classes >= LC_NARROW_MAX_CLASSES ? LC_BLOCK_CLASSES : LC_ROW_TILE_ELEMENTS;
     lc_index rows = budget / (n_classes > 0 ? n_classes : 1);
@@ -109,7 +110,24 @@ typedef struct {
     double weight_factor;
 } lc_row_result;
 
-/* ---- instantiate the generic part for float and for double ---- */
+/* ---- instantiate the generic part for float and for double ----
+   Every name the two passes define (LC_NAME(f) is f_f32, then f_f64), for grep:
+   finite_or_zero_f32/_f64, row_max_f32/_f64, row_max_where_nonzero_f32/_f64,
+   row_sum_exp_f32/_f64, smoothed_target_f32/_f64, row_term_f32/_f64,
+   row_sum_f32/_f64, row_scale_f32/_f64, row_subtract_f32/_f64,
+   row_normaliser_f32/_f64, row_log_normaliser_f32/_f64, row_logsumexp_f32/_f64,
+   tile_row_max_f32/_f64, tile_sum_exp_f32/_f64, tile_log_normaliser_f32/_f64,
+   lc_block_max_sum_exp_f32/_f64, lc_softmax_block_write_f32/_f64,
+   lc_log_softmax_block_write_f32/_f64, lc_block_max_f32/_f64,
+   lc_ce_label_block_sums_f32/_f64, label_grad_span_f32/_f64,
+   lc_ce_label_grad_block_f32/_f64, lc_ce_label_setup_f32/_f64,
+   normalise_tiles_f32/_f64, lc_logsumexp_rows_f32/_f64, lc_softmax_rows_f32/_f64,
+   lc_log_softmax_rows_f32/_f64, lc_logsumexp_scaled_rows_f32/_f64,
+   lc_cross_entropy_labels_rows_f32/_f64, lc_cross_entropy_probs_rows_f32/_f64,
+   bce_element_f32/_f64, lc_bce_rows_f32/_f64, lc_sigmoid_span_f32/_f64,
+   lc_log_sigmoid_span_f32/_f64, backward_rows_f32/_f64,
+   lc_softmax_backward_rows_f32/_f64, lc_log_softmax_backward_rows_f32/_f64,
+   lc_rows_f32/_f64, lc_block_pass_one_f32/_f64, row_operands_f32/_f64 */
 #define LC_CONCAT_(a, b) a##b
 #define LC_CONCAT(a, b) LC_CONCAT_(a, b)
 #define LC_NAME(name) LC_CONCAT(name, LC_SUFFIX)

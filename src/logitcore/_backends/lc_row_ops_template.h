@@ -215,9 +215,9 @@ LC_INLINE double LC_NAME(row_logsumexp)(LC_REAL row_max, lc_exp_sums sums)
     return (double)row_max + lc_exp_sums_log(sums);
 }
 
-/* ---- blocks of rows: n_rows rows of n_classes, at most lc_rows_per_block(n_classes) ---- */
+/* ---- row tiles: n_rows rows of n_classes, at most lc_rows_per_tile(n_classes) ---- */
 
-LC_INLINE void LC_NAME(block_row_max)(const LC_REAL* x, lc_index n_rows, lc_index n_classes,
+LC_INLINE void LC_NAME(tile_row_max)(const LC_REAL* x, lc_index n_rows, lc_index n_classes,
                                       LC_REAL* row_max)
 {
     for (lc_index r = 0; r < n_rows; r++)
@@ -226,17 +226,17 @@ LC_INLINE void LC_NAME(block_row_max)(const LC_REAL* x, lc_index n_rows, lc_inde
 
 /* row_sums[r] = the exp sums of row r for the shift finite_or_zero(row_max[r]), storing
    the exps in exp_out when it is not NULL (exp_out may be x). written_after, unless NULL,
-   is the block's output that the caller writes next (log_softmax): it is prefetched for
+   is the tile's output that the caller writes next (log_softmax): it is prefetched for
    writing. */
-LC_INLINE void LC_NAME(block_sum_exp)(const LC_REAL* x, lc_index n_rows, lc_index n_classes,
+LC_INLINE void LC_NAME(tile_sum_exp)(const LC_REAL* x, lc_index n_rows, lc_index n_classes,
                                       const LC_REAL* row_max, lc_exp_sums* row_sums,
                                       LC_REAL* exp_out, LC_REAL* written_after)
 {
     if (n_classes >= LC_NARROW_MAX_CLASSES) {
-        /* The exps are computed from cache; meanwhile the next block (the data of the next
+        /* The exps are computed from cache; meanwhile the next tile (the data of the next
            memory-bound max pass, and its part of exp_out) is prefetched, so that memory keeps
            streaming while the cores compute. Cut at LC_PARTIAL_SUM_LENGTH, the sums are the same. */
-        lc_index block_elems = n_rows * n_classes;
+        lc_index tile_elems = n_rows * n_classes;
         for (lc_index r = 0; r < n_rows; r++) {
             lc_index row_start = r * n_classes;
             LC_REAL shift = LC_NAME(finite_or_zero)(row_max[r]);
@@ -244,9 +244,9 @@ LC_INLINE void LC_NAME(block_sum_exp)(const LC_REAL* x, lc_index n_rows, lc_inde
             for (lc_index start = 0; start < n_classes; start += LC_PARTIAL_SUM_LENGTH) {
                 lc_index count = lc_min_index(LC_PARTIAL_SUM_LENGTH, n_classes - start);
                 lc_index at = row_start + start;
-                lc_prefetch(x + block_elems + at, count * (lc_index)sizeof(LC_REAL), 0);
+                lc_prefetch(x + tile_elems + at, count * (lc_index)sizeof(LC_REAL), 0);
                 if (exp_out)
-                    lc_prefetch(exp_out + block_elems + at, count * (lc_index)sizeof(LC_REAL), 1);
+                    lc_prefetch(exp_out + tile_elems + at, count * (lc_index)sizeof(LC_REAL), 1);
                 if (written_after)
                     lc_prefetch(written_after + at, count * (lc_index)sizeof(LC_REAL), 1);
                 sums = lc_exp_sums_add(
@@ -256,7 +256,7 @@ LC_INLINE void LC_NAME(block_sum_exp)(const LC_REAL* x, lc_index n_rows, lc_inde
         }
         return;
     }
-    /* Short rows: a loop over 10 classes does not vectorise, so shift the whole block into
+    /* Narrow rows: a loop over 10 classes does not vectorise, so shift the whole tile into
        one flat scratch and take every exp, and every term of the exp sums, in one
        vectorised loop; then sum each row. The exps go to exp_out (which may be x: it is
        read only by the first loop). The exp is exactly 1 where x - shift == 0, i.e. where
@@ -287,7 +287,7 @@ LC_INLINE void LC_NAME(block_sum_exp)(const LC_REAL* x, lc_index n_rows, lc_inde
 }
 
 /* log_normaliser[r] = row_log_normaliser(r): vectorised across the rows of a block. */
-LC_INLINE void LC_NAME(block_log_normaliser)(const LC_REAL* row_max, const lc_exp_sums* row_sums,
+LC_INLINE void LC_NAME(tile_log_normaliser)(const LC_REAL* row_max, const lc_exp_sums* row_sums,
                                              lc_index n_rows, double* log_normaliser)
 {
     for (lc_index r = 0; r < n_rows; r++)
@@ -419,25 +419,25 @@ LC_INLINE void LC_NAME(normalise_tiles)(lc_op op, const LC_REAL* x, lc_index n_r
     LC_REAL row_max[LC_TILE_MAX_ROWS];
     lc_exp_sums row_sums[LC_TILE_MAX_ROWS];
     double log_normaliser[LC_TILE_MAX_ROWS];
-    lc_index rows_per_tile = lc_rows_per_block(n_classes);
+    lc_index rows_per_tile = lc_rows_per_tile(n_classes);
     for (lc_index first = 0; first < n_rows; first += rows_per_tile) {
         lc_index rows = lc_min_index(rows_per_tile, n_rows - first);
         const LC_REAL* x_tile = x + first * n_classes;
-        LC_NAME(block_row_max)(x_tile, rows, n_classes, row_max);
+        LC_NAME(tile_row_max)(x_tile, rows, n_classes, row_max);
         if (op == LC_OP_LOGSUMEXP) {
-            LC_NAME(block_sum_exp)(x_tile, rows, n_classes, row_max, row_sums, NULL, NULL);
+            LC_NAME(tile_sum_exp)(x_tile, rows, n_classes, row_max, row_sums, NULL, NULL);
             for (lc_index r = 0; r < rows; r++)
                 out[first + r] = (LC_REAL)LC_NAME(row_logsumexp)(row_max[r], row_sums[r]);
         } else if (op == LC_OP_SOFTMAX) {
             LC_REAL* out_tile = out + first * n_classes;
-            LC_NAME(block_sum_exp)(x_tile, rows, n_classes, row_max, row_sums, out_tile, NULL);
+            LC_NAME(tile_sum_exp)(x_tile, rows, n_classes, row_max, row_sums, out_tile, NULL);
             for (lc_index r = 0; r < rows; r++)
                 LC_NAME(row_scale)(out_tile + r * n_classes, n_classes,
                                    (LC_REAL)(1.0 / LC_NAME(row_normaliser)(row_max[r], row_sums[r])));
         } else {
             LC_REAL* out_tile = out + first * n_classes;
-            LC_NAME(block_sum_exp)(x_tile, rows, n_classes, row_max, row_sums, NULL, out_tile);
-            LC_NAME(block_log_normaliser)(row_max, row_sums, rows, log_normaliser);
+            LC_NAME(tile_sum_exp)(x_tile, rows, n_classes, row_max, row_sums, NULL, out_tile);
+            LC_NAME(tile_log_normaliser)(row_max, row_sums, rows, log_normaliser);
             for (lc_index r = 0; r < rows; r++)
                 LC_NAME(row_subtract)(x_tile + r * n_classes, out_tile + r * n_classes, n_classes,
                                       row_max[r], (LC_REAL)log_normaliser[r]);
@@ -506,30 +506,30 @@ LC_DISPATCH static void LC_NAME(lc_cross_entropy_labels_rows)(
     LC_REAL row_max[LC_TILE_MAX_ROWS];
     lc_exp_sums row_sums[LC_TILE_MAX_ROWS];
     double shifted_label_logit[LC_TILE_MAX_ROWS], smoothing_sum[LC_TILE_MAX_ROWS];
-    lc_index rows_per_block = lc_rows_per_block(n_classes);
-    for (lc_index first = 0; first < n_rows; first += rows_per_block) {
-        lc_index rows = lc_min_index(rows_per_block, n_rows - first);
-        const LC_REAL* x_block = x + first * n_classes;
-        LC_REAL* grad_block = grad_out ? grad_out + first * n_classes : NULL;
-        LC_NAME(block_row_max)(x_block, rows, n_classes, row_max);
+    lc_index rows_per_tile = lc_rows_per_tile(n_classes);
+    for (lc_index first = 0; first < n_rows; first += rows_per_tile) {
+        lc_index rows = lc_min_index(rows_per_tile, n_rows - first);
+        const LC_REAL* x_tile = x + first * n_classes;
+        LC_REAL* grad_tile = grad_out ? grad_out + first * n_classes : NULL;
+        LC_NAME(tile_row_max)(x_tile, rows, n_classes, row_max);
         for (lc_index r = 0; r < rows; r++) {
             int64_t label = labels[first + r];
             int64_t safe_label = label == ignore_index ? 0 : label;
-            shifted_label_logit[r] = (double)x_block[r * n_classes + safe_label] - row_max[r];
+            shifted_label_logit[r] = (double)x_tile[r * n_classes + safe_label] - row_max[r];
             smoothing_sum[r] =
                 use_smoothing
                     ? LC_NAME(row_sum)(LC_TERM_WEIGHTED_SHIFTED,
-                                       (LC_NAME(row_operands)){.a = x_block + r * n_classes,
+                                       (LC_NAME(row_operands)){.a = x_tile + r * n_classes,
                                                                .b = weight, .shift = row_max[r]},
                                        n_classes)
                     : 0.0;
         }
-        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sums, grad_block, NULL);
+        LC_NAME(tile_sum_exp)(x_tile, rows, n_classes, row_max, row_sums, grad_tile, NULL);
         for (lc_index r = 0; r < rows; r++) {
             int64_t label = labels[first + r];
             int keep = label != ignore_index;
             int64_t safe_label = keep ? label : 0;
-            LC_REAL* grad_row = grad_block ? grad_block + r * n_classes : NULL;
+            LC_REAL* grad_row = grad_tile ? grad_tile + r * n_classes : NULL;
             lc_ce_label_row result = lc_ce_label_row_finish(
                 &params, row_max[r], row_sums[r], shifted_label_logit[r], smoothing_sum[r], keep,
                 weight[safe_label], grad_row ? grad_row[safe_label] : 0.0);
@@ -559,28 +559,28 @@ LC_DISPATCH static void LC_NAME(lc_cross_entropy_probs_rows)(
     double q_total[LC_TILE_MAX_ROWS], q_dot_shifted[LC_TILE_MAX_ROWS];
     const LC_REAL target_scale = (LC_REAL)(1.0 - label_smoothing);
     const LC_REAL target_offset = (LC_REAL)(label_smoothing / (double)n_classes);
-    lc_index rows_per_block = lc_rows_per_block(n_classes);
-    for (lc_index first = 0; first < n_rows; first += rows_per_block) {
-        lc_index rows = lc_min_index(rows_per_block, n_rows - first);
-        const LC_REAL* x_block = x + first * n_classes;
-        const LC_REAL* target_block = target + first * n_classes;
-        LC_REAL* grad_block = grad_out ? grad_out + first * n_classes : NULL;
-        LC_NAME(block_row_max)(x_block, rows, n_classes, row_max);
+    lc_index rows_per_tile = lc_rows_per_tile(n_classes);
+    for (lc_index first = 0; first < n_rows; first += rows_per_tile) {
+        lc_index rows = lc_min_index(rows_per_tile, n_rows - first);
+        const LC_REAL* x_tile = x + first * n_classes;
+        const LC_REAL* target_tile = target + first * n_classes;
+        LC_REAL* grad_tile = grad_out ? grad_out + first * n_classes : NULL;
+        LC_NAME(tile_row_max)(x_tile, rows, n_classes, row_max);
         for (lc_index r = 0; r < rows; r++) {
-            LC_NAME(row_operands) op = {.a = x_block + r * n_classes, .b = weight,
-                                        .c = target_block + r * n_classes, .shift = row_max[r],
+            LC_NAME(row_operands) op = {.a = x_tile + r * n_classes, .b = weight,
+                                        .c = target_tile + r * n_classes, .shift = row_max[r],
                                         .scale = target_scale, .offset = target_offset};
             q_total[r] = LC_NAME(row_sum)(LC_TERM_TARGET, op, n_classes);
             q_dot_shifted[r] = LC_NAME(row_sum)(LC_TERM_TARGET_SHIFTED, op, n_classes);
         }
-        LC_NAME(block_sum_exp)(x_block, rows, n_classes, row_max, row_sums, grad_block, NULL);
-        LC_NAME(block_log_normaliser)(row_max, row_sums, rows, log_normaliser);
+        LC_NAME(tile_sum_exp)(x_tile, rows, n_classes, row_max, row_sums, grad_tile, NULL);
+        LC_NAME(tile_log_normaliser)(row_max, row_sums, rows, log_normaliser);
         for (lc_index r = 0; r < rows; r++) {
             loss_out[first + r] = (LC_REAL)(q_total[r] * log_normaliser[r] - q_dot_shifted[r]);
-            if (!grad_block)
+            if (!grad_tile)
                 continue;
-            LC_REAL* grad_row = grad_block + r * n_classes;
-            const LC_REAL* t_row = target_block + r * n_classes;
+            LC_REAL* grad_row = grad_tile + r * n_classes;
+            const LC_REAL* t_row = target_tile + r * n_classes;
             double normaliser = LC_NAME(row_normaliser)(row_max[r], row_sums[r]);
             LC_REAL exp_factor = (LC_REAL)(grad_scale * q_total[r] / normaliser);
             LC_REAL scale = (LC_REAL)grad_scale;
@@ -619,7 +619,7 @@ LC_DISPATCH static void LC_NAME(lc_bce_rows)(const LC_REAL* x, const LC_REAL* ta
                                              int loss_row_sums, LC_REAL* grad_out, double grad_scale)
 {
     /* The elements are processed in spans of at most LC_ROW_TILE_ELEMENTS: several whole rows when
-       rows are short (so that 4M x 1 vectorises like 1 x 4M), else pieces of one row. A
+       rows are short (so that 4M x 1 vectorises like 1 x 4M), else spans of one row. A
        weight row shared by all rows is tiled once to the length of a span of short rows. */
     LC_REAL tiled_weight[LC_ROW_TILE_ELEMENTS], tiled_pos_weight[LC_ROW_TILE_ELEMENTS];
     LC_REAL loss_buffer[LC_ROW_TILE_ELEMENTS], grad_buffer[LC_ROW_TILE_ELEMENTS];
@@ -634,7 +634,7 @@ LC_DISPATCH static void LC_NAME(lc_bce_rows)(const LC_REAL* x, const LC_REAL* ta
     for (lc_index first = 0; first < n_rows; first += rows_per_step) {
         lc_index rows = lc_min_index(rows_per_step, n_rows - first);
         lc_index step_length = rows * n_classes;
-        double row_loss = 0.0; /* long rows: the loss of row `first`, over its pieces */
+        double row_loss = 0.0; /* long rows: the loss of row `first`, over its spans */
         for (lc_index start = 0; start < step_length; start += span_length) {
             lc_index count = lc_min_index(span_length, step_length - start);
             lc_index offset = first * n_classes + start;

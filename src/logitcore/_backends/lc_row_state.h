@@ -15,9 +15,9 @@
  *   n_at_max = how many x equal shift,
  * so that sum exp(x - shift) = n_at_max + others and
  *   lse = max + log1p(others + (n_at_max - 1)),
- * which keeps every bit of `others` when the maximum is unique. Two pieces of a row with
- * maxima m1, m2 merge under the larger M (lc_exp_sums_rescaled): a piece whose max is M
- * adds both fields; a piece with a smaller max adds (n_at_max + others) exp(m - M) to
+ * which keeps every bit of `others` when the maximum is unique. Two blocks of a row with
+ * maxima m1, m2 merge under the larger M (lc_exp_sums_rescaled): a block whose max is M
+ * adds both fields; a block with a smaller max adds (n_at_max + others) exp(m - M) to
  * others. For a row whose max is not finite (the shift is 0), log1p(others + n - 1) is
  * +inf, -inf or NaN as the edge table needs: see lc_exp_sums_log.
  */
@@ -32,13 +32,13 @@ LC_INLINE lc_exp_sums lc_exp_sums_add(lc_exp_sums a, lc_exp_sums b)
     return sum;
 }
 
-/* A piece's sums, whose shift was its own max `piece_max`, re-expressed for the row max
-   `row_max` >= piece_max (raw maxima: -inf for an all -inf piece, whose sums are 0). */
-LC_INLINE lc_exp_sums lc_exp_sums_rescaled(lc_exp_sums piece, double piece_max, double row_max)
+/* A block's sums, whose shift was its own max `block_max`, re-expressed for the row max
+   `row_max` >= block_max (raw maxima: -inf for an all -inf block, whose sums are 0). */
+LC_INLINE lc_exp_sums lc_exp_sums_rescaled(lc_exp_sums block, double block_max, double row_max)
 {
-    if (piece_max == row_max)
-        return piece;
-    lc_exp_sums rescaled = {(piece.others + piece.n_at_max) * lc_exp_f64(piece_max - row_max), 0.0};
+    if (block_max == row_max)
+        return block;
+    lc_exp_sums rescaled = {(block.others + block.n_at_max) * lc_exp_f64(block_max - row_max), 0.0};
     return rescaled;
 }
 
