@@ -40,6 +40,8 @@ cdef extern from "lc_row_ops.h" nogil:
     lc_block_state lc_block_states_add(const lc_block_state* blocks, Py_ssize_t count,
                                        double row_max)
     double lc_row_state_logsumexp(lc_block_state row)
+    double lc_row_state_normaliser(lc_block_state row)
+    double lc_row_state_log_normaliser(lc_block_state row)
 
     ctypedef struct lc_ce_label_params:
         double label_smoothing
@@ -89,23 +91,24 @@ cdef extern from "lc_row_ops.h" nogil:
         double label_smoothing
         double grad_scale
         lc_ce_label_params ce
+        int prefetch_next_block
     ctypedef enum lc_block_pass:
         LC_STATE_PASS
         LC_SUMS_PASS
         LC_WRITE_PASS
     ctypedef struct lc_row_result:
         lc_block_state state
+        double normaliser
         double exp_factor
         double weight_factor
     void lc_rows_f32(const lc_operands* o, Py_ssize_t first, Py_ssize_t count)
     void lc_rows_f64(const lc_operands* o, Py_ssize_t first, Py_ssize_t count)
-    void lc_block_pass_one_f32(const lc_operands* o, lc_block_pass step, Py_ssize_t row,
-                               Py_ssize_t block, lc_block_state* states,
-                               const lc_row_result* result)
-    void lc_block_pass_one_f64(const lc_operands* o, lc_block_pass step, Py_ssize_t row,
-                               Py_ssize_t block, lc_block_state* states,
-                               const lc_row_result* result)
-
+    void lc_block_pass_f32(const lc_operands* o, lc_block_pass step, Py_ssize_t row,
+                           Py_ssize_t first_block, Py_ssize_t end_block, lc_block_state* states,
+                           const lc_row_result* result)
+    void lc_block_pass_f64(const lc_operands* o, lc_block_pass step, Py_ssize_t row,
+                           Py_ssize_t first_block, Py_ssize_t end_block, lc_block_state* states,
+                           const lc_row_result* result)
     lc_ce_label_params lc_ce_label_setup_f32(const float* weight, Py_ssize_t n_classes,
                                              double label_smoothing, double grad_scale)
     lc_ce_label_params lc_ce_label_setup_f64(const double* weight, Py_ssize_t n_classes,

@@ -168,7 +168,7 @@ cdef inline int threads_for(Py_ssize_t n_rows, Py_ssize_t row_length, int n_thre
 
 # ---------------------------------------------------------------- what a call hands a schedule
 # lc_operands (lc_row_ops.h): the op (LC_OP_*), its sizes, arrays and scalars. The C side
-# dispatches on the op (lc_rows_f32 / _f64, lc_block_pass_one_f32 / _f64); the schedules
+# dispatches on the op (lc_rows_f32 / _f64, lc_block_pass_f32 / _f64); the schedules
 # below only decide which rows or blocks run where.
 
 cdef inline void init_operands(lc_operands* o, lc_op op, cnp.ndarray x, Py_ssize_t n_rows,
@@ -186,6 +186,7 @@ cdef inline void init_operands(lc_operands* o, lc_op op, cnp.ndarray x, Py_ssize
     o.ignore_index = 0
     o.label_smoothing = 0.0
     o.grad_scale = 0.0
+    o.prefetch_next_block = 0
     o.n_rows = n_rows
     o.n_classes = n_classes
     o.x = data(x)
@@ -246,23 +247,25 @@ cdef inline bint takes_class_split(const lc_operands* o) noexcept nogil:
 cdef void block_pass(const lc_operands* o, const real* x, lc_block_pass step, Py_ssize_t row,
                      Py_ssize_t n_blocks, lc_block_state* states, const lc_row_result* result,
                      int n_threads) noexcept nogil:
-    """One pass over every block of one row, on n_threads threads."""
-    cdef Py_ssize_t block
+    """One pass over every block of one row: a contiguous range of blocks per thread."""
+    cdef Py_ssize_t part, first, end
     if n_threads == 1:
-        for block in range(n_blocks):
-            block_pass_one(o, x, step, row, block, states, result)
-    else:
-        for block in prange(n_blocks, num_threads=n_threads, schedule="static"):
-            block_pass_one(o, x, step, row, block, states, result)
+        block_range_pass(o, x, step, row, 0, n_blocks, states, result)
+        return
+    for part in prange(n_threads, num_threads=n_threads, schedule="static"):
+        first = range_start(n_blocks, part, n_threads)
+        end = range_start(n_blocks, part + 1, n_threads)
+        block_range_pass(o, x, step, row, first, end, states, result)
 
 
-cdef inline void block_pass_one(const lc_operands* o, const real* x, lc_block_pass step,
-                                Py_ssize_t row, Py_ssize_t block, lc_block_state* states,
-                                const lc_row_result* result) noexcept nogil:
+cdef inline void block_range_pass(const lc_operands* o, const real* x, lc_block_pass step,
+                                  Py_ssize_t row, Py_ssize_t first, Py_ssize_t end,
+                                  lc_block_state* states,
+                                  const lc_row_result* result) noexcept nogil:
     if real is float:
-        lc_block_pass_one_f32(o, step, row, block, states, result)
+        lc_block_pass_f32(o, step, row, first, end, states, result)
     else:
-        lc_block_pass_one_f64(o, step, row, block, states, result)
+        lc_block_pass_f64(o, step, row, first, end, states, result)
 
 
 cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssize_t n_blocks,
@@ -282,8 +285,12 @@ cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssiz
         result.state = lc_block_states_merge(states, n_blocks)
         if o.op == LC_OP_LOGSUMEXP:
             out[row] = <real>lc_row_state_logsumexp(result.state)
+            return
+        if o.op == LC_OP_SOFTMAX:
+            result.normaliser = lc_row_state_normaliser(result.state)
         else:
-            block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads)
+            result.normaliser = lc_row_state_log_normaliser(result.state)
+        block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads)
         return
     result.state.max = lc_block_states_max(states, n_blocks)
     label = o.labels[row]
@@ -327,6 +334,8 @@ cdef int class_split(lc_operands* o, const real* x, int n_threads) noexcept nogi
         else:
             o.ce = lc_ce_label_setup_f64(<const double*>o.weight, o.n_classes,
                                          o.label_smoothing, o.grad_scale)
+    # whole rows per thread stream from memory: prefetching the next block pays there
+    o.prefetch_next_block = not split_blocks
     if split_blocks:
         for row in range(o.n_rows):
             split_row(o, x, row, n_blocks, states, block_threads)

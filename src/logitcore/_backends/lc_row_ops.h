@@ -59,7 +59,7 @@ enum lc_row_term {
 };
 
 /* What a kernel call hands its schedule (_cython_kernels.pyx fills it): the op, its sizes,
-   every array as an untyped pointer (lc_rows_f32 / _f64 and lc_block_pass_one_f32 / _f64
+   every array as an untyped pointer (lc_rows_f32 / _f64 and lc_block_pass_f32 / _f64
    read them as float or double) and its scalars. Unused fields are 0 / NULL. */
 typedef enum {
     LC_OP_LOGSUMEXP,
@@ -94,6 +94,7 @@ typedef struct {
     double label_smoothing;
     double grad_scale;
     lc_ce_label_params ce;      /* cross-entropy with labels in the class split */
+    int prefetch_next_block;    /* class split: prefetch the next block (see lc_block_max_sum_exp) */
 } lc_operands;
 
 /* The passes of the class_split schedule over the blocks of a long row. */
@@ -103,9 +104,11 @@ typedef enum {
     LC_WRITE_PASS, /* each block's output, given the row's state */
 } lc_block_pass;
 
-/* A long row's merged state, and cross-entropy's gradient coefficients for it. */
+/* A long row's merged state, and what its write pass needs: softmax's normaliser or
+   log_softmax's log of it (`normaliser`), cross-entropy's gradient coefficients. */
 typedef struct {
     lc_block_state state;
+    double normaliser;
     double exp_factor;
     double weight_factor;
 } lc_row_result;
@@ -120,14 +123,14 @@ typedef struct {
    lc_block_max_sum_exp_f32/_f64, lc_softmax_block_write_f32/_f64,
    lc_log_softmax_block_write_f32/_f64, lc_block_max_f32/_f64,
    lc_ce_label_block_sums_f32/_f64, label_grad_span_f32/_f64,
-   lc_ce_label_grad_block_f32/_f64, lc_ce_label_setup_f32/_f64,
+   lc_ce_label_setup_f32/_f64,
    normalise_tiles_f32/_f64, lc_logsumexp_rows_f32/_f64, lc_softmax_rows_f32/_f64,
    lc_log_softmax_rows_f32/_f64, lc_logsumexp_scaled_rows_f32/_f64,
    lc_cross_entropy_labels_rows_f32/_f64, lc_cross_entropy_probs_rows_f32/_f64,
    bce_element_f32/_f64, lc_bce_rows_f32/_f64, lc_sigmoid_span_f32/_f64,
    lc_log_sigmoid_span_f32/_f64, backward_rows_f32/_f64,
    lc_softmax_backward_rows_f32/_f64, lc_log_softmax_backward_rows_f32/_f64,
-   lc_rows_f32/_f64, lc_block_pass_one_f32/_f64, row_operands_f32/_f64 */
+   lc_rows_f32/_f64, lc_block_pass_f32/_f64, row_operands_f32/_f64 */
 #define LC_CONCAT_(a, b) a##b
 #define LC_CONCAT(a, b) LC_CONCAT_(a, b)
 #define LC_NAME(name) LC_CONCAT(name, LC_SUFFIX)

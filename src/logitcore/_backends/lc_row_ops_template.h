@@ -303,20 +303,25 @@ LC_INLINE void LC_NAME(tile_log_normaliser)(const LC_REAL* row_max, const lc_exp
 
 /* lc_block_max_sum_exp_f32 / lc_block_max_sum_exp_f64: a block's max (NaN ignored) and its
    exp sums for the shift finite_or_zero(max); the exps go to exp_out unless it is NULL
-   (exp_out may be x). logsumexp, softmax and log_softmax's first pass. While the exps are
-   computed from L1, the next block (what the next memory-bound max reads, and where its
-   exps go) is prefetched; cut at LC_PARTIAL_SUM_LENGTH, the sums are the same. */
-LC_DISPATCH static lc_block_state LC_NAME(lc_block_max_sum_exp)(const LC_REAL* x, lc_index n,
-                                                                LC_REAL* exp_out)
+   (exp_out may be x). logsumexp, softmax and log_softmax's first pass. With `prefetch`,
+   while the exps are computed from L1, the next block (what the next memory-bound max
+   reads, and where its exps go) is prefetched; cut at LC_PARTIAL_SUM_LENGTH, the sums are
+   the same. (A thread that walks whole long rows streams from memory and gains from it; a
+   few rows whose blocks are spread over the threads are mostly in cache, where the
+   prefetches only cost instructions.) */
+LC_INLINE lc_block_state LC_NAME(lc_block_max_sum_exp)(const LC_REAL* x, lc_index n,
+                                                       LC_REAL* exp_out, int prefetch)
 {
     LC_REAL top = LC_NAME(row_max)(x, n);
     LC_REAL shift = LC_NAME(finite_or_zero)(top);
     lc_block_state state = {top, {0.0, 0.0}, 0.0};
     for (lc_index at = 0; at < n; at += LC_PARTIAL_SUM_LENGTH) {
         lc_index k = lc_min_index(LC_PARTIAL_SUM_LENGTH, n - at);
-        lc_prefetch(x + at + LC_BLOCK_CLASSES, k * (lc_index)sizeof(LC_REAL), 0);
-        if (exp_out)
-            lc_prefetch(exp_out + at + LC_BLOCK_CLASSES, k * (lc_index)sizeof(LC_REAL), 1);
+        if (prefetch) {
+            lc_prefetch(x + at + LC_BLOCK_CLASSES, k * (lc_index)sizeof(LC_REAL), 0);
+            if (exp_out)
+                lc_prefetch(exp_out + at + LC_BLOCK_CLASSES, k * (lc_index)sizeof(LC_REAL), 1);
+        }
         state.sums = lc_exp_sums_add(
             state.sums, LC_NAME(row_sum_exp)(x + at, k, shift, exp_out ? exp_out + at : NULL));
     }
@@ -324,27 +329,26 @@ LC_DISPATCH static lc_block_state LC_NAME(lc_block_max_sum_exp)(const LC_REAL* x
 }
 
 /* lc_softmax_block_write_f32 / lc_softmax_block_write_f64: out holds the block's
-   exp(x - block shift) (lc_block_max_sum_exp); times exp(block max - row max) / total it is
-   the softmax. A NaN total makes the row NaN; an all -inf block of a finite row becomes 0. */
-LC_DISPATCH static void LC_NAME(lc_softmax_block_write)(LC_REAL* out, lc_index n, double block_max,
-                                                        lc_block_state row)
+   exp(x - block shift) (lc_block_max_sum_exp); times exp(block max - row max) / normaliser
+   it is the softmax. A NaN normaliser makes the row NaN; an all -inf block of a finite row
+   becomes 0. */
+LC_INLINE void LC_NAME(lc_softmax_block_write)(LC_REAL* out, lc_index n, double block_max,
+                                               double row_max, double normaliser)
 {
-    double factor = lc_exp_f64(block_max - row.max) / LC_NAME(row_normaliser)((LC_REAL)row.max,
-                                                                               row.sums);
-    LC_NAME(row_scale)(out, n, (LC_REAL)factor);
+    LC_NAME(row_scale)(out, n, (LC_REAL)(lc_exp_f64(block_max - row_max) / normaliser));
 }
 
 /* lc_log_softmax_block_write_f32 / lc_log_softmax_block_write_f64: out = x - max - log S
    over one block (out may be x). */
-LC_DISPATCH static void LC_NAME(lc_log_softmax_block_write)(const LC_REAL* x, LC_REAL* out,
-                                                            lc_index n, lc_block_state row)
+LC_INLINE void LC_NAME(lc_log_softmax_block_write)(const LC_REAL* x, LC_REAL* out,
+                                                   lc_index n, double row_max,
+                                                   double log_normaliser)
 {
-    LC_NAME(row_subtract)(x, out, n, (LC_REAL)row.max,
-                          (LC_REAL)LC_NAME(row_log_normaliser)((LC_REAL)row.max, row.sums));
+    LC_NAME(row_subtract)(x, out, n, (LC_REAL)row_max, (LC_REAL)log_normaliser);
 }
 
 /* lc_block_max_f32 / lc_block_max_f64: cross-entropy's first pass, the block's max. */
-LC_DISPATCH static double LC_NAME(lc_block_max)(const LC_REAL* x, lc_index n)
+LC_INLINE double LC_NAME(lc_block_max)(const LC_REAL* x, lc_index n)
 {
     return LC_NAME(row_max)(x, n);
 }
@@ -353,10 +357,10 @@ LC_DISPATCH static double LC_NAME(lc_block_max)(const LC_REAL* x, lc_index n)
    a block, for the row's max: the exp sums for the shift finite_or_zero(row_max) (exps
    stored in `store` unless NULL; store may be x) and, with label smoothing, the extra
    sum_{w != 0} w (x - row_max). */
-LC_DISPATCH static lc_block_state LC_NAME(lc_ce_label_block_sums)(const LC_REAL* x,
-                                                                  const LC_REAL* weight, lc_index n,
-                                                                  double row_max, LC_REAL* store,
-                                                                  int use_smoothing)
+LC_INLINE lc_block_state LC_NAME(lc_ce_label_block_sums)(const LC_REAL* x,
+                                                         const LC_REAL* weight, lc_index n,
+                                                         double row_max, LC_REAL* store,
+                                                         int use_smoothing)
 {
     lc_block_state state = {row_max, {0.0, 0.0}, 0.0};
     if (use_smoothing)
@@ -377,14 +381,6 @@ LC_INLINE void LC_NAME(label_grad_span)(LC_REAL* grad, const LC_REAL* weight, lc
             grad[c] = exp_factor * grad[c] - weight_factor * weight[c];
     else
         LC_NAME(row_scale)(grad, n, exp_factor);
-}
-
-/* lc_ce_label_grad_block_f32 / lc_ce_label_grad_block_f64: label_grad_span over a block. */
-LC_DISPATCH static void LC_NAME(lc_ce_label_grad_block)(LC_REAL* grad, const LC_REAL* weight,
-                                                        lc_index n, LC_REAL exp_factor,
-                                                        LC_REAL weight_factor)
-{
-    LC_NAME(label_grad_span)(grad, weight, n, exp_factor, weight_factor);
 }
 
 /* lc_ce_label_setup_f32 / lc_ce_label_setup_f64: the per-call constants of cross-entropy
@@ -783,36 +779,43 @@ static void LC_NAME(lc_rows)(const lc_operands* o, lc_index first, lc_index coun
     }
 }
 
-/* lc_block_pass_one_f32 / lc_block_pass_one_f64: one pass of the op over one block of one
-   long row (the class_split schedule): logsumexp, softmax, log_softmax and cross-entropy
-   with labels. `states` holds the row's block states, `result` its merged state. */
-static void LC_NAME(lc_block_pass_one)(const lc_operands* o, lc_block_pass step, lc_index row,
-                                       lc_index block, lc_block_state* states,
-                                       const lc_row_result* result)
+/* lc_block_pass_f32 / lc_block_pass_f64: one pass of the op over the blocks
+   [first_block, end_block) of one long row (the class_split schedule): logsumexp, softmax,
+   log_softmax and cross-entropy with labels. `states` holds the row's block states,
+   `result` its merged state. One call per thread and pass, so that the block functions are
+   inlined into this SIMD clone. */
+LC_DISPATCH static void LC_NAME(lc_block_pass)(const lc_operands* o, lc_block_pass step,
+                                               lc_index row, lc_index first_block,
+                                               lc_index end_block, lc_block_state* states,
+                                               const lc_row_result* result)
 {
-    const lc_index class_start = block * LC_BLOCK_CLASSES;
-    const lc_index start = row * o->n_classes + class_start;
-    const lc_index n = lc_min_index(LC_BLOCK_CLASSES, o->n_classes - class_start);
-    const LC_REAL* x = (const LC_REAL*)o->x + start;
-    const LC_REAL* weight = (const LC_REAL*)o->weight + class_start;
-    LC_REAL* out = (LC_REAL*)o->out;
-    LC_REAL* grad = o->out2 ? (LC_REAL*)o->out2 + start : NULL;
     const int labels = o->op == LC_OP_CROSS_ENTROPY_LABELS;
-    if (step == LC_STATE_PASS && labels)
-        states[block].max = LC_NAME(lc_block_max)(x, n);
-    else if (step == LC_STATE_PASS)
-        states[block] =
-            LC_NAME(lc_block_max_sum_exp)(x, n, o->op == LC_OP_SOFTMAX ? out + start : NULL);
-    else if (step == LC_SUMS_PASS)
-        states[block] = LC_NAME(lc_ce_label_block_sums)(x, weight, n, result->state.max, grad,
-                                                        o->ce.use_smoothing);
-    else if (o->op == LC_OP_SOFTMAX)
-        LC_NAME(lc_softmax_block_write)(out + start, n, states[block].max, result->state);
-    else if (o->op == LC_OP_LOG_SOFTMAX)
-        LC_NAME(lc_log_softmax_block_write)(x, out + start, n, result->state);
-    else if (labels && grad)
-        LC_NAME(lc_ce_label_grad_block)(grad, weight, n, (LC_REAL)result->exp_factor,
-                                        (LC_REAL)result->weight_factor);
+    for (lc_index block = first_block; block < end_block; block++) {
+        const lc_index class_start = block * LC_BLOCK_CLASSES;
+        const lc_index start = row * o->n_classes + class_start;
+        const lc_index n = lc_min_index(LC_BLOCK_CLASSES, o->n_classes - class_start);
+        const LC_REAL* x = (const LC_REAL*)o->x + start;
+        const LC_REAL* weight = (const LC_REAL*)o->weight + class_start;
+        LC_REAL* out = (LC_REAL*)o->out;
+        LC_REAL* grad = o->out2 ? (LC_REAL*)o->out2 + start : NULL;
+        if (step == LC_STATE_PASS && labels)
+            states[block].max = LC_NAME(lc_block_max)(x, n);
+        else if (step == LC_STATE_PASS)
+            states[block] = LC_NAME(lc_block_max_sum_exp)(
+                x, n, o->op == LC_OP_SOFTMAX ? out + start : NULL, o->prefetch_next_block);
+        else if (step == LC_SUMS_PASS)
+            states[block] = LC_NAME(lc_ce_label_block_sums)(x, weight, n, result->state.max,
+                                                            grad, o->ce.use_smoothing);
+        else if (o->op == LC_OP_SOFTMAX)
+            LC_NAME(lc_softmax_block_write)(out + start, n, states[block].max, result->state.max,
+                                            result->normaliser);
+        else if (o->op == LC_OP_LOG_SOFTMAX)
+            LC_NAME(lc_log_softmax_block_write)(x, out + start, n, result->state.max,
+                                                result->normaliser);
+        else if (labels && grad)
+            LC_NAME(label_grad_span)(grad, weight, n, (LC_REAL)result->exp_factor,
+                                     (LC_REAL)result->weight_factor);
+    }
 }
 
 #undef LC_LANES

@@ -101,6 +101,19 @@ LC_INLINE lc_block_state lc_block_states_add(const lc_block_state* blocks, lc_in
     return row;
 }
 
+/* The sum that normalises softmax, and its log, from a row's state: NaN when the row's max
+   is not finite (a +inf or all -inf row: the edge table of docs/architecture.md wants NaN
+   softmax and log_softmax rows there). */
+LC_INLINE double lc_row_state_normaliser(lc_block_state row)
+{
+    return isfinite(row.max) ? lc_exp_sums_total(row.sums) : NAN;
+}
+
+LC_INLINE double lc_row_state_log_normaliser(lc_block_state row)
+{
+    return isfinite(row.max) ? lc_exp_sums_log(row.sums) : NAN;
+}
+
 /* A row's logsumexp from its state: max + log1p(others + n_at_max - 1), right at the edges
    too (see lc_exp_sums_log): inf + inf = inf, -inf + -inf = -inf, NaN stays NaN. */
 LC_INLINE double lc_row_state_logsumexp(lc_block_state row)
