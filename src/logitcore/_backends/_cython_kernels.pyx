@@ -5,25 +5,31 @@ the docstring of ``logitcore._backends``: every function takes C-contiguous floa
 float64 arrays that the Python layer has already validated and allocated, writes into
 its outputs and returns None.
 
-Layering (as in scikit-learn's ``_loss``): the row arithmetic lives in ``fast_math.h``,
-in C functions that gcc vectorises and compiles for several instruction sets (picked at
-run time, see ``SIMD_PATH``). This file only splits the work across OpenMP threads:
-contiguous ranges of rows (``schedule(static)``, one range per thread) or, when there are
-fewer rows than threads, pieces of each row's class axis whose partial (max, sum of exps)
-pairs are merged afterwards.
+Layering (as in scikit-learn's ``_loss``): the arithmetic lives in the ``lc_*.h`` headers
+(declared in ``_cython_kernels.pxd``), in C functions that gcc vectorises and compiles for
+several instruction sets (picked at run time, see ``SIMD_PATH``): ``lc_math.h`` (exp, log,
+log1p), ``lc_row_state.h`` (the exp-sum row state and its merge), ``lc_row_ops.h`` (what
+each op computes on rows and on blocks of a long row, and the dispatch on the op). Sizes
+and coefficients come from ``kernel_constants.py`` through the generated ``lc_constants.h``.
+This file validates each call's operands and runs it on one of the schedules of
+docs/architecture.md: ``rows`` (contiguous ranges of rows, one per thread; narrow rows are
+tiled by the C row functions), ``flat`` (elementwise kernels: rows of one element) and
+``class_split`` (rows longer than one block, in blocks merged in block order, so that the
+bits do not depend on the thread count).
 
 Entry points take plain ndarrays and read their data pointers through NumPy's C API:
-typed memoryviews of fused types cost ~1.2 us per call to acquire and dispatch, more
-than the arithmetic of a 1000-class row. The dtype, layout and shape of every operand
+typed memoryviews of fused types cost more per call to acquire and dispatch than the
+arithmetic of a 1000-class row. The dtype, layout and shape of every operand
 are still checked (cheap field reads), so a caller that breaks the contract gets a
 ValueError, not a write out of bounds.
 """
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport INFINITY, NAN, exp, isfinite
+from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 import os
 
@@ -31,89 +37,8 @@ from logitcore._backends import gnu_openmp
 
 cnp.import_array()
 
-cdef extern from "fast_math.h" nogil:
-    int LC_OPENMP_ENABLED
-    const char* lc_simd_path()
-
-    # A row's exp sums, the terms at its max counted apart (see fast_math.h)
-    ctypedef struct lc_exp_sums:
-        double others
-        double n_at_max
-    lc_exp_sums lc_exp_sums_add(lc_exp_sums a, lc_exp_sums b)
-    double lc_exp_sums_total(lc_exp_sums sums)
-    double lc_exp_sums_log(lc_exp_sums sums)
-
-    void lc_logsumexp_rows_f32(const float* x, Py_ssize_t n_rows, Py_ssize_t n_classes, float* out)
-    void lc_logsumexp_rows_f64(const double* x, Py_ssize_t n_rows, Py_ssize_t n_classes, double* out)
-    void lc_softmax_rows_f32(const float* x, Py_ssize_t n_rows, Py_ssize_t n_classes, float* out)
-    void lc_softmax_rows_f64(const double* x, Py_ssize_t n_rows, Py_ssize_t n_classes, double* out)
-    void lc_log_softmax_rows_f32(const float* x, Py_ssize_t n_rows, Py_ssize_t n_classes, float* out)
-    void lc_log_softmax_rows_f64(const double* x, Py_ssize_t n_rows, Py_ssize_t n_classes, double* out)
-    void lc_logsumexp_scaled_rows_f32(const float* x, const float* b, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, float* out, float* sign_out)
-    void lc_logsumexp_scaled_rows_f64(const double* x, const double* b, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, double* out, double* sign_out)
-    void lc_cross_entropy_labels_rows_f32(
-        const float* x, const int64_t* labels, const float* weight, int64_t ignore_index,
-        double label_smoothing, Py_ssize_t n_rows, Py_ssize_t n_classes, float* loss_out,
-        float* grad_out, double grad_scale)
-    void lc_cross_entropy_labels_rows_f64(
-        const double* x, const int64_t* labels, const double* weight, int64_t ignore_index,
-        double label_smoothing, Py_ssize_t n_rows, Py_ssize_t n_classes, double* loss_out,
-        double* grad_out, double grad_scale)
-    void lc_cross_entropy_probs_rows_f32(
-        const float* x, const float* target, const float* weight, double label_smoothing,
-        Py_ssize_t n_rows, Py_ssize_t n_classes, float* loss_out, float* grad_out, double grad_scale)
-    void lc_cross_entropy_probs_rows_f64(
-        const double* x, const double* target, const double* weight, double label_smoothing,
-        Py_ssize_t n_rows, Py_ssize_t n_classes, double* loss_out, double* grad_out,
-        double grad_scale)
-    void lc_bce_rows_f32(
-        const float* x, const float* target, const float* weight, Py_ssize_t weight_row_stride,
-        const float* pos_weight, Py_ssize_t pos_weight_row_stride, Py_ssize_t n_rows,
-        Py_ssize_t n_classes, float* loss_out, int loss_row_sums, float* grad_out, double grad_scale)
-    void lc_bce_rows_f64(
-        const double* x, const double* target, const double* weight, Py_ssize_t weight_row_stride,
-        const double* pos_weight, Py_ssize_t pos_weight_row_stride, Py_ssize_t n_rows,
-        Py_ssize_t n_classes, double* loss_out, int loss_row_sums, double* grad_out,
-        double grad_scale)
-    void lc_sigmoid_span_f32(const float* x, float* out, Py_ssize_t n)
-    void lc_sigmoid_span_f64(const double* x, double* out, Py_ssize_t n)
-    void lc_log_sigmoid_span_f32(const float* x, float* out, Py_ssize_t n)
-    void lc_log_sigmoid_span_f64(const double* x, double* out, Py_ssize_t n)
-    void lc_softmax_backward_rows_f32(const float* dy, const float* y, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, float* out)
-    void lc_softmax_backward_rows_f64(const double* dy, const double* y, Py_ssize_t n_rows,
-                                      Py_ssize_t n_classes, double* out)
-    void lc_log_softmax_backward_rows_f32(const float* dy, const float* y, Py_ssize_t n_rows,
-                                          Py_ssize_t n_classes, float* out)
-    void lc_log_softmax_backward_rows_f64(const double* dy, const double* y, Py_ssize_t n_rows,
-                                          Py_ssize_t n_classes, double* out)
-    lc_exp_sums merge_pieces_f32(const float* piece_max, const lc_exp_sums* piece_sums,
-                                 Py_ssize_t count, float* row_max)
-    lc_exp_sums merge_pieces_f64(const double* piece_max, const lc_exp_sums* piece_sums,
-                                 Py_ssize_t count, double* row_max)
-    lc_exp_sums lc_chunk_max_sum_exp_f32(const float* x, Py_ssize_t n, float* max_out,
-                                         float* exp_out)
-    lc_exp_sums lc_chunk_max_sum_exp_f64(const double* x, Py_ssize_t n, double* max_out,
-                                         double* exp_out)
-    void lc_chunk_scale_f32(float* x, Py_ssize_t n, float factor)
-    void lc_chunk_scale_f64(double* x, Py_ssize_t n, double factor)
-    void lc_chunk_subtract_f32(const float* x, float* out, Py_ssize_t n, float a, float b)
-    void lc_chunk_subtract_f64(const double* x, double* out, Py_ssize_t n, double a, double b)
-    float lc_chunk_max_f32(const float* x, Py_ssize_t n)
-    double lc_chunk_max_f64(const double* x, Py_ssize_t n)
-    lc_exp_sums lc_chunk_sum_exp_f32(const float* x, Py_ssize_t n, float shift, float* store)
-    lc_exp_sums lc_chunk_sum_exp_f64(const double* x, Py_ssize_t n, double shift, double* store)
-    double lc_chunk_weighted_shifted_sum_f32(const float* x, const float* weight, Py_ssize_t n,
-                                             float shift)
-    double lc_chunk_weighted_shifted_sum_f64(const double* x, const double* weight, Py_ssize_t n,
-                                             double shift)
-    void lc_chunk_label_grad_f32(float* grad, const float* weight, Py_ssize_t n, float exp_factor,
-                                 float weight_factor)
-    void lc_chunk_label_grad_f64(double* grad, const double* weight, Py_ssize_t n,
-                                 double exp_factor, double weight_factor)
-
+# The C declarations (constants, row state, row operations) are in _cython_kernels.pxd,
+# which Cython reads automatically for this module.
 
 SUPPORTED_KERNELS = frozenset(
     {
@@ -144,8 +69,8 @@ ctypedef fused real:
     double
 
 # A thread gets at least this many elements: starting a parallel region costs a few
-# microseconds, about the time these take.
-cdef Py_ssize_t MIN_ELEMENTS_PER_THREAD = 32768
+# microseconds, about the time these take (kernel_constants.SMALL_CALL_ELEMENTS).
+cdef Py_ssize_t MIN_ELEMENTS_PER_THREAD = LC_SMALL_CALL_ELEMENTS
 
 
 # ---------------------------------------------------------------- operand checks
@@ -175,6 +100,14 @@ cdef int expect(cnp.ndarray a, str name, int type_num, Py_ssize_t n_rows, Py_ssi
             f"array of shape {wanted} and the dtype of x; got shape {array.shape}, "
             f"dtype {array.dtype}, C-contiguous={array.flags.c_contiguous}, "
             f"writable={array.flags.writeable}")
+    return 0
+
+
+cdef inline int expect_gradient(cnp.ndarray grad_out, int type_num, Py_ssize_t n_rows,
+                                Py_ssize_t n_classes) except -1:
+    """The optional gradient output: empty (no gradient wanted) or like x."""
+    if cnp.PyArray_SIZE(grad_out) != 0:
+        expect(grad_out, "grad_out", type_num, n_rows, n_classes, True)
     return 0
 
 
@@ -232,306 +165,297 @@ cdef inline int threads_for(Py_ssize_t n_rows, Py_ssize_t row_length, int n_thre
     return <int>max(1, min(min(<Py_ssize_t>n_threads, n_rows), useful))
 
 
-cdef inline int chunks_per_row(Py_ssize_t n_rows, Py_ssize_t n_classes, int n_threads) noexcept nogil:
-    """Pieces to cut each row's class axis into so that every thread has work (1: no split)."""
-    if n_rows >= n_threads:
-        return 1
-    return <int>max(1, min(<Py_ssize_t>(n_threads // n_rows), n_classes // MIN_ELEMENTS_PER_THREAD))
+
+# ---------------------------------------------------------------- what a call hands a schedule
+# lc_operands (lc_row_ops.h): the op (LC_OP_*), its sizes, arrays and scalars. The C side
+# dispatches on the op (lc_rows_f32 / _f64, lc_block_pass_f32 / _f64); the schedules
+# below only decide which rows or blocks run where.
+
+cdef inline void init_operands(lc_operands* o, lc_op op, cnp.ndarray x, Py_ssize_t n_rows,
+                               Py_ssize_t n_classes, void* out, Py_ssize_t out_row_length):
+    # every field, so that no op reads an uninitialised one (cheaper than a memset)
+    o.op = op
+    o.y = NULL
+    o.labels = NULL
+    o.weight = NULL
+    o.pos_weight = NULL
+    o.weight_stride = 0
+    o.pos_weight_stride = 0
+    o.out2 = NULL
+    o.loss_row_sums = 0
+    o.ignore_index = 0
+    o.label_smoothing = 0.0
+    o.grad_scale = 0.0
+    o.prefetch_next_block = 0
+    o.n_rows = n_rows
+    o.n_classes = n_classes
+    o.x = data(x)
+    o.out = out
+    o.out_row_length = out_row_length
 
 
 cdef inline real* offset_or_null(real* base, Py_ssize_t offset) noexcept nogil:
     return base + offset if base != NULL else NULL
 
 
-# ---------------------------------------------------------------- kernels over rows
+# ---------------------------------------------------------------- schedule: rows
 #
-# One skeleton runs every kernel whose operands are rows of x (and of a second array of
-# x's shape) and whose output is a row of x's length or one value per row: it cuts the rows
-# into one contiguous range per thread and calls the kernel's C row function on each.
+# Whole rows in parallel: the rows are cut into one contiguous range per thread
+# (schedule(static)) and the op's C row function runs on each range. Rows narrower than
+# LC_NARROW_MAX_CLASSES are tiled by the row functions themselves (row tiles of
+# LC_ROW_TILE_ELEMENTS, vectorised across rows); the flat kernels are rows of one element.
 
-cdef enum RowKernel:
-    LOGSUMEXP
-    SOFTMAX
-    LOG_SOFTMAX
-    SOFTMAX_BACKWARD
-    LOG_SOFTMAX_BACKWARD
-    SIGMOID           # elementwise: called with rows of one element
-    LOG_SIGMOID
-
-
-cdef inline void call_rows(RowKernel kernel, const real* x, const real* y, Py_ssize_t n_rows,
-                           Py_ssize_t n_classes, real* out) noexcept nogil:
-    """The C row function of ``kernel`` on n_rows rows (y: the second operand, if any)."""
+cdef inline void call_rows(const lc_operands* o, const real* x, Py_ssize_t first,
+                           Py_ssize_t count) noexcept nogil:
+    """The C row function of ``o.op`` on the rows [first, first + count) (x: o.x, typed)."""
     if real is float:
-        if kernel == LOGSUMEXP:
-            lc_logsumexp_rows_f32(x, n_rows, n_classes, out)
-        elif kernel == SOFTMAX:
-            lc_softmax_rows_f32(x, n_rows, n_classes, out)
-        elif kernel == LOG_SOFTMAX:
-            lc_log_softmax_rows_f32(x, n_rows, n_classes, out)
-        elif kernel == SOFTMAX_BACKWARD:
-            lc_softmax_backward_rows_f32(x, y, n_rows, n_classes, out)
-        elif kernel == LOG_SOFTMAX_BACKWARD:
-            lc_log_softmax_backward_rows_f32(x, y, n_rows, n_classes, out)
-        elif kernel == SIGMOID:
-            lc_sigmoid_span_f32(x, out, n_rows * n_classes)
-        else:
-            lc_log_sigmoid_span_f32(x, out, n_rows * n_classes)
+        lc_rows_f32(o, first, count)
     else:
-        if kernel == LOGSUMEXP:
-            lc_logsumexp_rows_f64(x, n_rows, n_classes, out)
-        elif kernel == SOFTMAX:
-            lc_softmax_rows_f64(x, n_rows, n_classes, out)
-        elif kernel == LOG_SOFTMAX:
-            lc_log_softmax_rows_f64(x, n_rows, n_classes, out)
-        elif kernel == SOFTMAX_BACKWARD:
-            lc_softmax_backward_rows_f64(x, y, n_rows, n_classes, out)
-        elif kernel == LOG_SOFTMAX_BACKWARD:
-            lc_log_softmax_backward_rows_f64(x, y, n_rows, n_classes, out)
-        elif kernel == SIGMOID:
-            lc_sigmoid_span_f64(x, out, n_rows * n_classes)
-        else:
-            lc_log_sigmoid_span_f64(x, out, n_rows * n_classes)
+        lc_rows_f64(o, first, count)
 
 
-cdef void run_rows(RowKernel kernel, const real* x, const real* y, Py_ssize_t n_rows,
-                   Py_ssize_t n_classes, real* out, Py_ssize_t out_row_length,
-                   int n_threads) noexcept nogil:
+cdef void run_rows(const lc_operands* o, const real* x, int n_threads) noexcept nogil:
     cdef Py_ssize_t part, first, end
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
+    cdef int n_parts = threads_for(o.n_rows, o.n_classes, n_threads)
     if n_parts == 1:  # no parallel region at all: it costs more than a small input
-        call_rows(kernel, x, y, n_rows, n_classes, out)
+        call_rows(o, x, 0, o.n_rows)
         return
     for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-        first = range_start(n_rows, part, n_parts)
-        end = range_start(n_rows, part + 1, n_parts)
-        call_rows(kernel, x + first * n_classes, offset_or_null(y, first * n_classes),
-                  end - first, n_classes, out + first * out_row_length)
+        first = range_start(o.n_rows, part, n_parts)
+        end = range_start(o.n_rows, part + 1, n_parts)
+        call_rows(o, x, first, end - first)
 
 
-# ---------------------------------------------------------------- split class axis
+# ---------------------------------------------------------------- schedule: class_split
+#
+# Rows longer than one block (LC_BLOCK_CLASSES classes) of logsumexp, softmax, log_softmax
+# and cross-entropy with labels are processed block by block: a pass over the row's blocks
+# gives one state per block (lc_row_state.h), the states are merged in block order, and ops
+# with a same-shape output make a second pass that writes each block given the row's state
+# (cross-entropy first takes the blocks' maxima, then its sums for the row's max). Which
+# thread ran a block does not enter the arithmetic, so the bits do not depend on the thread
+# count. With fewer long rows than threads the blocks of each row are spread over the
+# threads; otherwise each thread takes whole rows and runs their blocks in order (a row's
+# passes then follow each other while it is in cache). See docs/architecture.md.
 
-cdef inline lc_exp_sums chunk_max_sum_exp(const real* x, Py_ssize_t n, real* max_out,
-                                     real* exp_out) noexcept nogil:
+cdef inline bint takes_class_split(const lc_operands* o) noexcept nogil:
+    return o.n_classes > LC_BLOCK_CLASSES and (
+        o.op == LC_OP_LOGSUMEXP or o.op == LC_OP_SOFTMAX or o.op == LC_OP_LOG_SOFTMAX
+        or o.op == LC_OP_CROSS_ENTROPY_LABELS)
+
+
+cdef void block_pass(const lc_operands* o, const real* x, lc_block_pass step, Py_ssize_t row,
+                     Py_ssize_t n_blocks, lc_block_state* states, const lc_row_result* result,
+                     int n_threads) noexcept nogil:
+    """One pass over every block of one row: a contiguous range of blocks per thread."""
+    cdef Py_ssize_t part, first, end
+    if n_threads == 1:
+        block_range_pass(o, x, step, row, 0, n_blocks, states, result)
+        return
+    for part in prange(n_threads, num_threads=n_threads, schedule="static"):
+        first = range_start(n_blocks, part, n_threads)
+        end = range_start(n_blocks, part + 1, n_threads)
+        block_range_pass(o, x, step, row, first, end, states, result)
+
+
+cdef inline void block_range_pass(const lc_operands* o, const real* x, lc_block_pass step,
+                                  Py_ssize_t row, Py_ssize_t first, Py_ssize_t end,
+                                  lc_block_state* states,
+                                  const lc_row_result* result) noexcept nogil:
     if real is float:
-        return lc_chunk_max_sum_exp_f32(x, n, max_out, exp_out)
+        lc_block_pass_f32(o, step, row, first, end, states, result)
     else:
-        return lc_chunk_max_sum_exp_f64(x, n, max_out, exp_out)
+        lc_block_pass_f64(o, step, row, first, end, states, result)
 
 
-cdef inline void chunk_scale(real* x, Py_ssize_t n, real factor) noexcept nogil:
-    if real is float:
-        lc_chunk_scale_f32(x, n, factor)
-    else:
-        lc_chunk_scale_f64(x, n, factor)
-
-
-cdef inline void chunk_subtract(const real* x, real* out, Py_ssize_t n, real a, real b) noexcept nogil:
-    if real is float:
-        lc_chunk_subtract_f32(x, out, n, a, b)
-    else:
-        lc_chunk_subtract_f64(x, out, n, a, b)
-
-
-cdef void chunk_partials(const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes, int n_chunks,
-                         real* chunk_max, lc_exp_sums* chunk_sums, real* exp_out,
-                         int n_threads) noexcept nogil:
-    """The max and exp sums of every piece of every row, stored at [row * n_chunks + piece];
-    the exps go to exp_out unless NULL."""
-    cdef Py_ssize_t task, row, start, end
-    cdef int piece
-    for task in prange(n_rows * n_chunks, num_threads=n_threads, schedule="static"):
-        row = task // n_chunks
-        piece = task % n_chunks
-        start = row * n_classes + range_start(n_classes, piece, n_chunks)
-        end = row * n_classes + range_start(n_classes, piece + 1, n_chunks)
-        chunk_sums[task] = chunk_max_sum_exp(x + start, end - start, &chunk_max[task],
-                                             offset_or_null(exp_out, start))
-
-
-cdef inline lc_exp_sums merge_chunks(const real* chunk_max, const lc_exp_sums* chunk_sums,
-                                     Py_ssize_t n_chunks, real* row_max) noexcept nogil:
-    """A row's max and exp sums from its pieces': fast_math.h's merge_pieces, the merge
-    its long-row kernels use too."""
-    if real is float:
-        return merge_pieces_f32(chunk_max, chunk_sums, n_chunks, row_max)
-    else:
-        return merge_pieces_f64(chunk_max, chunk_sums, n_chunks, row_max)
-
-
-cdef bint split_classes(RowKernel kernel, const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
-                        real* out, int n_chunks, int n_threads) noexcept nogil:
-    """logsumexp, softmax or log_softmax with each row cut into n_chunks pieces.
-    False (nothing done) if the few bytes of scratch cannot be allocated."""
-    cdef Py_ssize_t row, piece, task, start, end, n_tasks = n_rows * n_chunks
-    cdef real* chunk_max = <real*>malloc(n_tasks * sizeof(real))
-    cdef lc_exp_sums* chunk_sums = <lc_exp_sums*>malloc(n_tasks * sizeof(lc_exp_sums))
-    cdef real* row_max = <real*>malloc(n_rows * sizeof(real))
-    # per row: softmax's normaliser, or its log for log_softmax
-    cdef double* normaliser = <double*>malloc(n_rows * sizeof(double))
-    cdef lc_exp_sums sums
-    if chunk_max == NULL or chunk_sums == NULL or row_max == NULL or normaliser == NULL:
-        free(chunk_max); free(chunk_sums); free(row_max); free(normaliser)
-        return False
-    # Two passes over each piece, the second from cache: the partial sums (softmax keeps
-    # each piece's exps, relative to the piece's max, in out), then the output.
-    chunk_partials(x, n_rows, n_classes, n_chunks, chunk_max, chunk_sums,
-                   out if kernel == SOFTMAX else NULL, n_threads)
-    for row in range(n_rows):
-        sums = merge_chunks(chunk_max + row * n_chunks, chunk_sums + row * n_chunks, n_chunks,
-                            &row_max[row])
-        if kernel == LOGSUMEXP:
-            # right at the edges too: +inf, -inf, NaN (see lc_exp_sums_log)
-            out[row] = <real>(row_max[row] + lc_exp_sums_log(sums))
-        elif kernel == LOG_SOFTMAX:
-            normaliser[row] = lc_exp_sums_log(sums) if isfinite(row_max[row]) else NAN
+cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssize_t n_blocks,
+                    lc_block_state* states, int n_threads) noexcept nogil:
+    """One long row of ``o.op``, block by block (its blocks on n_threads threads)."""
+    cdef lc_row_result result
+    cdef lc_ce_label_row loss
+    cdef Py_ssize_t C = o.n_classes
+    cdef real* out = <real*>o.out
+    cdef real* grad = <real*>o.out2
+    cdef int64_t label
+    cdef bint keep
+    cdef double shifted_label_logit, label_weight
+    memset(&result, 0, sizeof(lc_row_result))
+    block_pass(o, x, LC_STATE_PASS, row, n_blocks, states, &result, n_threads)
+    if o.op != LC_OP_CROSS_ENTROPY_LABELS:
+        result.state = lc_block_states_merge(states, n_blocks)
+        if o.op == LC_OP_LOGSUMEXP:
+            out[row] = <real>lc_row_state_logsumexp(result.state)
+            return
+        if o.op == LC_OP_SOFTMAX:
+            result.normaliser = lc_row_state_normaliser(result.state)
         else:
-            normaliser[row] = lc_exp_sums_total(sums) if isfinite(row_max[row]) else NAN
-    if kernel != LOGSUMEXP:
-        for task in prange(n_tasks, num_threads=n_threads, schedule="static"):
-            row = task // n_chunks
-            piece = task % n_chunks
-            start = row * n_classes + range_start(n_classes, piece, n_chunks)
-            end = row * n_classes + range_start(n_classes, piece + 1, n_chunks)
-            if kernel == LOG_SOFTMAX:
-                chunk_subtract(x + start, out + start, end - start, row_max[row],
-                               <real>normaliser[row])
-            else:
-                # exp(x - piece max) * exp(piece max - row max) / normaliser; NaN rows
-                # (normaliser NaN) stay NaN, all -inf pieces of a finite row become 0
-                chunk_scale(out + start, end - start,
-                            <real>(exp(<double>chunk_max[task] - row_max[row]) / normaliser[row]))
-    free(chunk_max); free(chunk_sums); free(row_max); free(normaliser)
-    return True
+            result.normaliser = lc_row_state_log_normaliser(result.state)
+        block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads)
+        return
+    result.state.max = lc_block_states_max(states, n_blocks)
+    label = o.labels[row]
+    keep = label != o.ignore_index
+    if not keep:
+        label = 0
+    # everything the loss reads from x, before the sums pass may overwrite it (grad may be x)
+    shifted_label_logit = <double>x[row * C + label] - result.state.max
+    label_weight = (<const real*>o.weight)[label]
+    block_pass(o, x, LC_SUMS_PASS, row, n_blocks, states, &result, n_threads)
+    result.state = lc_block_states_add(states, n_blocks, result.state.max)
+    loss = lc_ce_label_row_finish(&o.ce, result.state.max, result.state.sums,
+                                  shifted_label_logit, result.state.extra, keep, label_weight,
+                                  grad[row * C + label] if grad != NULL else 0.0)
+    out[row] = <real>loss.loss
+    if grad == NULL:
+        return
+    result.exp_factor = loss.exp_factor
+    result.weight_factor = loss.weight_factor
+    block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads)
+    if keep:
+        grad[row * C + label] = <real>loss.label_grad
 
 
-cdef void normalise_rows(RowKernel kernel, const real* x, Py_ssize_t n_rows, Py_ssize_t n_classes,
-                         real* out, int n_threads) noexcept nogil:
-    """logsumexp (out: one value per row), softmax or log_softmax (out: x's shape)."""
-    cdef Py_ssize_t row
-    if n_rows == 0:
-        return
-    if n_classes == 0:
-        if kernel == LOGSUMEXP:
-            for row in range(n_rows):
-                out[row] = -INFINITY
-        return
-    cdef int n_chunks = chunks_per_row(n_rows, n_classes, n_threads)
-    if n_chunks > 1 and split_classes(kernel, x, n_rows, n_classes, out, n_chunks, n_threads):
-        return
-    run_rows(kernel, x, <const real*>NULL, n_rows, n_classes, out,
-             1 if kernel == LOGSUMEXP else n_classes, n_threads)
+cdef int class_split(lc_operands* o, const real* x, int n_threads) noexcept nogil:
+    """Every row of ``o``, block by block; -1 if the scratch cannot be allocated."""
+    cdef Py_ssize_t n_blocks = (o.n_classes + LC_BLOCK_CLASSES - 1) // LC_BLOCK_CLASSES
+    cdef Py_ssize_t row, part, first, end
+    cdef int row_threads = threads_for(o.n_rows, o.n_classes, n_threads)
+    cdef int block_threads = threads_for(n_blocks, LC_BLOCK_CLASSES, n_threads)
+    cdef bint split_blocks = o.n_rows < n_threads and block_threads > 1
+    cdef int n_parts = 1 if split_blocks else row_threads
+    cdef lc_block_state* states = <lc_block_state*>malloc(
+        n_parts * n_blocks * sizeof(lc_block_state))
+    if states == NULL:
+        return -1
+    if o.op == LC_OP_CROSS_ENTROPY_LABELS:
+        if real is float:
+            o.ce = lc_ce_label_setup_f32(<const float*>o.weight, o.n_classes,
+                                         o.label_smoothing, o.grad_scale)
+        else:
+            o.ce = lc_ce_label_setup_f64(<const double*>o.weight, o.n_classes,
+                                         o.label_smoothing, o.grad_scale)
+    # whole rows per thread stream from memory: prefetching the next block pays there
+    o.prefetch_next_block = not split_blocks
+    if split_blocks:
+        for row in range(o.n_rows):
+            split_row(o, x, row, n_blocks, states, block_threads)
+    elif n_parts == 1:
+        for row in range(o.n_rows):
+            split_row(o, x, row, n_blocks, states, 1)
+    else:
+        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
+            first = range_start(o.n_rows, part, n_parts)
+            end = range_start(o.n_rows, part + 1, n_parts)
+            for row in range(first, end):
+                split_row(o, x, row, n_blocks, states + part * n_blocks, 1)
+    free(states)
+    return 0
+
+
+# ---------------------------------------------------------------- the schedule of a call
+
+cdef int schedule(lc_operands* o, const real* x, int n_threads) noexcept nogil:
+    if takes_class_split(o):
+        return class_split(o, x, n_threads)
+    run_rows(o, x, n_threads)
+    return 0
+
+
+cdef int run(lc_operands* o, int type_num, int n_threads) except -1:
+    """Run one validated call on its schedule (the GIL released)."""
+    cdef int status
+    n_threads = usable_threads(n_threads)
+    with nogil:
+        if type_num == cnp.NPY_FLOAT:
+            status = schedule(o, <const float*>o.x, n_threads)
+        else:
+            status = schedule(o, <const double*>o.x, n_threads)
+    if status != 0:
+        raise MemoryError("cython kernel: no memory for its per-block scratch")
+    return 0
 
 
 # ---------------------------------------------------------------- entry points
 
 def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
     cdef int type_num = element_type(x)
-    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1), row
     expect(x, "x", type_num, n_rows, n_classes, False)
     expect(out, "out", type_num, n_rows, -1, True)
-    n_threads = usable_threads(n_threads)
-    cdef void* x_data = data(x)
-    cdef void* out_data = data(out)
-    with nogil:
-        if type_num == cnp.NPY_FLOAT:
-            normalise_rows(LOGSUMEXP, <const float*>x_data, n_rows, n_classes, <float*>out_data,
-                           n_threads)
-        else:
-            normalise_rows(LOGSUMEXP, <const double*>x_data, n_rows, n_classes,
-                           <double*>out_data, n_threads)
+    if n_rows == 0:
+        return
+    if n_classes == 0:
+        out[:] = -INFINITY
+        return
+    cdef lc_operands o
+    init_operands(&o, LC_OP_LOGSUMEXP, x, n_rows, n_classes, data(out), 1)
+    run(&o, type_num, n_threads)
 
 
 def softmax(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
-    _normalise_entry(SOFTMAX, x, out, n_threads)
+    _same_shape_entry(LC_OP_SOFTMAX, x, None, out, n_threads)
 
 
 def log_softmax(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
-    _normalise_entry(LOG_SOFTMAX, x, out, n_threads)
-
-
-cdef _normalise_entry(RowKernel kernel, cnp.ndarray x, cnp.ndarray out, int n_threads):
-    cdef int type_num = element_type(x)
-    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
-    expect(x, "x", type_num, n_rows, n_classes, False)
-    expect(out, "out", type_num, n_rows, n_classes, True)
-    n_threads = usable_threads(n_threads)
-    cdef void* x_data = data(x)
-    cdef void* out_data = data(out)
-    with nogil:
-        if type_num == cnp.NPY_FLOAT:
-            normalise_rows(kernel, <const float*>x_data, n_rows, n_classes, <float*>out_data,
-                           n_threads)
-        else:
-            normalise_rows(kernel, <const double*>x_data, n_rows, n_classes, <double*>out_data,
-                           n_threads)
+    _same_shape_entry(LC_OP_LOG_SOFTMAX, x, None, out, n_threads)
 
 
 def softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarray out not None,
                      int n_threads=1):
-    _backward_entry(SOFTMAX_BACKWARD, dy, y, out, n_threads)
+    _same_shape_entry(LC_OP_SOFTMAX_BACKWARD, dy, y, out, n_threads)
 
 
 def log_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None,
                          cnp.ndarray out not None, int n_threads=1):
-    _backward_entry(LOG_SOFTMAX_BACKWARD, dy, y, out, n_threads)
+    _same_shape_entry(LC_OP_LOG_SOFTMAX_BACKWARD, dy, y, out, n_threads)
 
 
-cdef _backward_entry(RowKernel kernel, cnp.ndarray dy, cnp.ndarray y, cnp.ndarray out,
-                     int n_threads):
-    cdef int type_num = element_type(dy)
-    cdef Py_ssize_t n_rows = dim(dy, 0), n_classes = dim(dy, 1)
-    expect(dy, "dy", type_num, n_rows, n_classes, False)
-    expect(y, "y", type_num, n_rows, n_classes, False)
+cdef int _same_shape_entry(lc_op op, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
+                           int n_threads) except -1:
+    """softmax, log_softmax (y None) and their backward kernels (x is dy): out of x's shape."""
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
+    expect(x, "dy" if y is not None else "x", type_num, n_rows, n_classes, False)
+    if y is not None:
+        expect(y, "y", type_num, n_rows, n_classes, False)
     expect(out, "out", type_num, n_rows, n_classes, True)
     if n_rows == 0 or n_classes == 0:
-        return
-    n_threads = usable_threads(n_threads)
-    cdef void* dy_data = data(dy)
-    cdef void* y_data = data(y)
-    cdef void* out_data = data(out)
-    with nogil:
-        if type_num == cnp.NPY_FLOAT:
-            run_rows(kernel, <const float*>dy_data, <const float*>y_data, n_rows, n_classes,
-                     <float*>out_data, n_classes, n_threads)
-        else:
-            run_rows(kernel, <const double*>dy_data, <const double*>y_data, n_rows, n_classes,
-                     <double*>out_data, n_classes, n_threads)
+        return 0
+    cdef lc_operands o
+    init_operands(&o, op, x, n_rows, n_classes, data(out), n_classes)
+    if y is not None:
+        o.y = data(y)
+    return run(&o, type_num, n_threads)
 
 
 def sigmoid(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
-    _elementwise_entry(SIGMOID, x, out, n_threads)
+    _flat_entry(LC_OP_SIGMOID, x, out, n_threads)
 
 
 def log_sigmoid(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
-    _elementwise_entry(LOG_SIGMOID, x, out, n_threads)
+    _flat_entry(LC_OP_LOG_SIGMOID, x, out, n_threads)
 
 
-cdef _elementwise_entry(RowKernel kernel, cnp.ndarray x, cnp.ndarray out, int n_threads):
+cdef int _flat_entry(lc_op op, cnp.ndarray x, cnp.ndarray out, int n_threads) except -1:
+    """The flat schedule: an elementwise kernel is the rows schedule on rows of one element
+    (each thread gets one contiguous span)."""
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n = dim(x, 0)
     expect(x, "x", type_num, n, -1, False)
     expect(out, "out", type_num, n, -1, True)
     if n == 0:
-        return
-    n_threads = usable_threads(n_threads)
-    cdef void* x_data = data(x)
-    cdef void* out_data = data(out)
-    with nogil:
-        # n rows of one element: the skeleton hands each thread one contiguous span
-        if type_num == cnp.NPY_FLOAT:
-            run_rows(kernel, <const float*>x_data, <const float*>NULL, n, 1, <float*>out_data, 1,
-                     n_threads)
-        else:
-            run_rows(kernel, <const double*>x_data, <const double*>NULL, n, 1, <double*>out_data,
-                     1, n_threads)
+        return 0
+    cdef lc_operands o
+    init_operands(&o, op, x, n, 1, data(out), 1)
+    return run(&o, type_num, n_threads)
 
 
 # ---------------------------------------------------------------- labels
 
-# Labels per chunk of the label scan (as in the numba backend): a fixed decomposition, so
-# the float64 sum of the weights does not depend on the thread count.
-cdef Py_ssize_t LABEL_CHUNK = 16384
+# Labels per chunk of the label scan (kernel_constants.LABEL_CHUNK, as in the numba
+# backend): a fixed decomposition, so the float64 sum of the weights does not depend on
+# the thread count.
+cdef Py_ssize_t LABEL_CHUNK = LC_LABEL_CHUNK
 
 
 cdef void scan_label_chunk(const int64_t* labels, Py_ssize_t n, const real* weight,
@@ -614,30 +538,13 @@ def label_stats(cnp.ndarray labels not None, cnp.ndarray weight not None,
     return first_invalid, (kept if first_invalid < 0 else float("nan"))
 
 
+
 # ---------------------------------------------------------------- kernels with more operands
-# (a per-row label or target, class weights, scalars): each has its own loop over the
-# threads' ranges of rows, with the same shape as run_rows.
-
-cdef void scaled_logsumexp_rows(const real* x, const real* b, Py_ssize_t n_rows,
-                                Py_ssize_t n_classes, real* out, real* sign_out,
-                                int n_threads) noexcept nogil:
-    cdef Py_ssize_t part, first, end
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
-    for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-        first = range_start(n_rows, part, n_parts)
-        end = range_start(n_rows, part + 1, n_parts)
-        if real is float:
-            lc_logsumexp_scaled_rows_f32(x + first * n_classes, b + first * n_classes,
-                                         end - first, n_classes, out + first, sign_out + first)
-        else:
-            lc_logsumexp_scaled_rows_f64(x + first * n_classes, b + first * n_classes,
-                                         end - first, n_classes, out + first, sign_out + first)
-
 
 def logsumexp_scaled(cnp.ndarray x not None, cnp.ndarray b not None, cnp.ndarray out not None,
                      cnp.ndarray sign_out not None, int n_threads=1):
     cdef int type_num = element_type(x)
-    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1), row
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
     expect(x, "x", type_num, n_rows, n_classes, False)
     expect(b, "b", type_num, n_rows, n_classes, False)
     expect(out, "out", type_num, n_rows, -1, True)
@@ -648,175 +555,11 @@ def logsumexp_scaled(cnp.ndarray x not None, cnp.ndarray b not None, cnp.ndarray
         out[:] = -INFINITY
         sign_out[:] = 0
         return
-    n_threads = usable_threads(n_threads)
-    cdef void* x_data = data(x)
-    cdef void* b_data = data(b)
-    cdef void* out_data = data(out)
-    cdef void* sign_data = data(sign_out)
-    with nogil:
-        if type_num == cnp.NPY_FLOAT:
-            scaled_logsumexp_rows(<const float*>x_data, <const float*>b_data, n_rows, n_classes,
-                                  <float*>out_data, <float*>sign_data, n_threads)
-        else:
-            scaled_logsumexp_rows(<const double*>x_data, <const double*>b_data, n_rows,
-                                  n_classes, <double*>out_data, <double*>sign_data, n_threads)
-
-
-cdef void label_rows(const real* x, const int64_t* labels, const real* weight,
-                     int64_t ignore_index, double label_smoothing, Py_ssize_t n_rows,
-                     Py_ssize_t n_classes, real* loss_out, real* grad_out, double grad_scale,
-                     int n_threads) noexcept nogil:
-    cdef Py_ssize_t part, first, end
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
-    for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-        first = range_start(n_rows, part, n_parts)
-        end = range_start(n_rows, part + 1, n_parts)
-        if real is float:
-            lc_cross_entropy_labels_rows_f32(
-                x + first * n_classes, labels + first, weight, ignore_index, label_smoothing,
-                end - first, n_classes, loss_out + first,
-                offset_or_null(grad_out, first * n_classes), grad_scale)
-        else:
-            lc_cross_entropy_labels_rows_f64(
-                x + first * n_classes, labels + first, weight, ignore_index, label_smoothing,
-                end - first, n_classes, loss_out + first,
-                offset_or_null(grad_out, first * n_classes), grad_scale)
-
-
-cdef bint split_label_rows(const real* x, const int64_t* labels, const real* weight,
-                           int64_t ignore_index, double eps, Py_ssize_t n_rows,
-                           Py_ssize_t n_classes, real* loss_out, real* grad_out, double grad_scale,
-                           int n_chunks, int n_threads) noexcept nogil:
-    """Cross-entropy of few long rows, each cut into n_chunks pieces: the same formulas as
-    lc_cross_entropy_labels_rows (see fast_math.h), pass by pass over the pieces: the row
-    max; the label logit and smoothing sums (everything the loss reads from x, so that
-    grad_out may be x); the sums of exps, stored in grad_out; the gradient. False (nothing
-    done) if the scratch cannot be allocated."""
-    cdef Py_ssize_t n_tasks = n_rows * n_chunks, task, row, start, end, c
-    cdef int piece
-    cdef real* chunk_max = <real*>malloc(n_tasks * sizeof(real))
-    cdef lc_exp_sums* chunk_sums = <lc_exp_sums*>malloc(n_tasks * sizeof(lc_exp_sums))
-    cdef double* chunk_smoothing = <double*>malloc(n_tasks * sizeof(double))
-    cdef real* row_max = <real*>malloc(n_rows * sizeof(real))
-    cdef double* row_factors = <double*>malloc(3 * n_rows * sizeof(double))
-    if (chunk_max == NULL or chunk_sums == NULL or chunk_smoothing == NULL or row_max == NULL
-            or row_factors == NULL):
-        free(chunk_max); free(chunk_sums); free(chunk_smoothing); free(row_max); free(row_factors)
-        return False
-    # per row: exp_factor, weight_factor of the gradient, and the label's gradient
-    cdef double* exp_factor = row_factors
-    cdef double* weight_factor = row_factors + n_rows
-    cdef double* label_grad = row_factors + 2 * n_rows
-    cdef real top, shift
-    cdef double weight_total = 0.0, normaliser, log_normaliser, loss, label_coef, smoothing_coef
-    cdef double q_total, smoothing_sum
-    cdef lc_exp_sums sums
-    cdef bint use_smoothing = False, keep
-    cdef int64_t label
-    if eps > 0.0:
-        for c in range(n_classes):
-            weight_total += weight[c]
-            use_smoothing = use_smoothing or weight[c] != 0
-    # 1. each piece's max, merged into the row's
-    for task in prange(n_tasks, num_threads=n_threads, schedule="static"):
-        row = task // n_chunks
-        piece = task % n_chunks
-        start = range_start(n_classes, piece, n_chunks)
-        end = range_start(n_classes, piece + 1, n_chunks)
-        if real is float:
-            chunk_max[task] = lc_chunk_max_f32(x + row * n_classes + start, end - start)
-        else:
-            chunk_max[task] = lc_chunk_max_f64(x + row * n_classes + start, end - start)
-    for row in range(n_rows):
-        top = -INFINITY
-        for piece in range(n_chunks):
-            if chunk_max[row * n_chunks + piece] > top:
-                top = chunk_max[row * n_chunks + piece]
-        row_max[row] = top
-    # 2. sum_{w != 0} w (x - max) per piece (only with label smoothing), then the sums of
-    #    exp(x - shift), the exps stored in grad_out (which may be x: read last)
-    for task in prange(n_tasks, num_threads=n_threads, schedule="static"):
-        row = task // n_chunks
-        piece = task % n_chunks
-        start = range_start(n_classes, piece, n_chunks)
-        end = range_start(n_classes, piece + 1, n_chunks)
-        if use_smoothing:
-            if real is float:
-                chunk_smoothing[task] = lc_chunk_weighted_shifted_sum_f32(
-                    x + row * n_classes + start, weight + start, end - start, row_max[row])
-            else:
-                chunk_smoothing[task] = lc_chunk_weighted_shifted_sum_f64(
-                    x + row * n_classes + start, weight + start, end - start, row_max[row])
-    for row in range(n_rows):
-        label = labels[row]
-        keep = label != ignore_index
-        # the loss's reads of x, before the exps may overwrite it
-        label_grad[row] = <double>x[row * n_classes + (label if keep else 0)] - row_max[row]
-    for task in prange(n_tasks, num_threads=n_threads, schedule="static"):
-        row = task // n_chunks
-        piece = task % n_chunks
-        start = row * n_classes + range_start(n_classes, piece, n_chunks)
-        end = row * n_classes + range_start(n_classes, piece + 1, n_chunks)
-        shift = row_max[row] if isfinite(row_max[row]) else 0
-        if real is float:
-            chunk_sums[task] = lc_chunk_sum_exp_f32(x + start, end - start, shift,
-                                                    offset_or_null(grad_out, start))
-        else:
-            chunk_sums[task] = lc_chunk_sum_exp_f64(x + start, end - start, shift,
-                                                    offset_or_null(grad_out, start))
-    # 3. the loss of each row and its gradient's coefficients
-    for row in range(n_rows):
-        label = labels[row]
-        keep = label != ignore_index
-        # every piece's sums are relative to the row's shift: they merge by adding
-        sums.others = 0.0
-        sums.n_at_max = 0.0
-        smoothing_sum = 0.0
-        for piece in range(n_chunks):
-            sums = lc_exp_sums_add(sums, chunk_sums[row * n_chunks + piece])
-            if use_smoothing:
-                smoothing_sum += chunk_smoothing[row * n_chunks + piece]
-        if isfinite(row_max[row]):
-            normaliser = lc_exp_sums_total(sums)
-            log_normaliser = lc_exp_sums_log(sums)
-        else:
-            normaliser = NAN
-            log_normaliser = NAN
-        label_coef = (1.0 - eps) * <double>weight[label] if keep else 0.0
-        smoothing_coef = eps / n_classes if keep and use_smoothing else 0.0
-        loss = 0.0
-        if label_coef != 0.0:  # q == 0 terms are 0 even where log p is -inf or NaN
-            loss += label_coef * (log_normaliser - label_grad[row])
-        if smoothing_coef != 0.0:
-            loss += smoothing_coef * (weight_total * log_normaliser - smoothing_sum)
-        loss_out[row] = <real>loss
-        q_total = label_coef + smoothing_coef * weight_total
-        exp_factor[row] = grad_scale * q_total / normaliser
-        weight_factor[row] = grad_scale * smoothing_coef
-        if grad_out != NULL and keep:
-            # in double: p[y] sum(q) - q[y] cancels when p[y] -> 1
-            label_grad[row] = grad_scale * (
-                <double>grad_out[row * n_classes + label] / normaliser * q_total
-                - (label_coef + smoothing_coef * <double>weight[label]))
-    # 4. the gradient, from the stored exps
-    if grad_out != NULL:
-        for task in prange(n_tasks, num_threads=n_threads, schedule="static"):
-            row = task // n_chunks
-            piece = task % n_chunks
-            start = range_start(n_classes, piece, n_chunks)
-            end = range_start(n_classes, piece + 1, n_chunks)
-            if real is float:
-                lc_chunk_label_grad_f32(grad_out + row * n_classes + start, weight + start,
-                                        end - start, <float>exp_factor[row],
-                                        <float>weight_factor[row])
-            else:
-                lc_chunk_label_grad_f64(grad_out + row * n_classes + start, weight + start,
-                                        end - start, exp_factor[row], weight_factor[row])
-        for row in range(n_rows):
-            if labels[row] != ignore_index:
-                grad_out[row * n_classes + labels[row]] = <real>label_grad[row]
-    free(chunk_max); free(chunk_sums); free(chunk_smoothing); free(row_max); free(row_factors)
-    return True
+    cdef lc_operands o
+    init_operands(&o, LC_OP_LOGSUMEXP_SCALED, x, n_rows, n_classes, data(out), 1)
+    o.y = data(b)
+    o.out2 = data(sign_out)
+    run(&o, type_num, n_threads)
 
 
 def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
@@ -829,65 +572,21 @@ def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
     expect(labels, "labels", cnp.NPY_INT64, n_rows, -1, False)
     expect(weight, "weight", type_num, n_classes, -1, False)
     expect(loss_out, "loss_out", type_num, n_rows, -1, True)
-    if cnp.PyArray_SIZE(grad_out) != 0:
-        expect(grad_out, "grad_out", type_num, n_rows, n_classes, True)
+    expect_gradient(grad_out, type_num, n_rows, n_classes)
     if n_rows == 0:
         return
     if n_classes == 0:  # every label is ignore_index (validated): nothing to learn
         loss_out[:] = 0
         return
-    n_threads = usable_threads(n_threads)
-    cdef void* x_data = data(x)
-    cdef const int64_t* label_data = <const int64_t*>data(labels)
-    cdef void* weight_data = data(weight)
-    cdef void* loss_data = data(loss_out)
-    cdef void* grad_data = data_or_null(grad_out)
-    # few long rows: each row's class axis is cut into pieces (falls back to whole rows
-    # if its scratch cannot be allocated)
-    cdef int n_chunks = chunks_per_row(n_rows, n_classes, n_threads)
-    cdef bint done = False
-    with nogil:
-        if type_num == cnp.NPY_FLOAT:
-            if n_chunks > 1:
-                done = split_label_rows(<const float*>x_data, label_data,
-                                        <const float*>weight_data, ignore_index, label_smoothing,
-                                        n_rows, n_classes, <float*>loss_data, <float*>grad_data,
-                                        grad_scale, n_chunks, n_threads)
-            if not done:
-                label_rows(<const float*>x_data, label_data, <const float*>weight_data,
-                           ignore_index, label_smoothing, n_rows, n_classes, <float*>loss_data,
-                           <float*>grad_data, grad_scale, n_threads)
-        else:
-            if n_chunks > 1:
-                done = split_label_rows(<const double*>x_data, label_data,
-                                        <const double*>weight_data, ignore_index,
-                                        label_smoothing, n_rows, n_classes, <double*>loss_data,
-                                        <double*>grad_data, grad_scale, n_chunks, n_threads)
-            if not done:
-                label_rows(<const double*>x_data, label_data, <const double*>weight_data,
-                           ignore_index, label_smoothing, n_rows, n_classes, <double*>loss_data,
-                           <double*>grad_data, grad_scale, n_threads)
-
-
-cdef void probability_rows(const real* x, const real* target, const real* weight,
-                           double label_smoothing, Py_ssize_t n_rows, Py_ssize_t n_classes,
-                           real* loss_out, real* grad_out, double grad_scale,
-                           int n_threads) noexcept nogil:
-    cdef Py_ssize_t part, first, end
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
-    for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-        first = range_start(n_rows, part, n_parts)
-        end = range_start(n_rows, part + 1, n_parts)
-        if real is float:
-            lc_cross_entropy_probs_rows_f32(
-                x + first * n_classes, target + first * n_classes, weight, label_smoothing,
-                end - first, n_classes, loss_out + first,
-                offset_or_null(grad_out, first * n_classes), grad_scale)
-        else:
-            lc_cross_entropy_probs_rows_f64(
-                x + first * n_classes, target + first * n_classes, weight, label_smoothing,
-                end - first, n_classes, loss_out + first,
-                offset_or_null(grad_out, first * n_classes), grad_scale)
+    cdef lc_operands o
+    init_operands(&o, LC_OP_CROSS_ENTROPY_LABELS, x, n_rows, n_classes, data(loss_out), 1)
+    o.labels = <const int64_t*>data(labels)
+    o.weight = data(weight)
+    o.ignore_index = ignore_index
+    o.label_smoothing = label_smoothing
+    o.out2 = data_or_null(grad_out)
+    o.grad_scale = grad_scale
+    run(&o, type_num, n_threads)
 
 
 def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None,
@@ -900,52 +599,20 @@ def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None,
     expect(target, "target", type_num, n_rows, n_classes, False)
     expect(weight, "weight", type_num, n_classes, -1, False)
     expect(loss_out, "loss_out", type_num, n_rows, -1, True)
-    if cnp.PyArray_SIZE(grad_out) != 0:
-        expect(grad_out, "grad_out", type_num, n_rows, n_classes, True)
+    expect_gradient(grad_out, type_num, n_rows, n_classes)
     if n_rows == 0:
         return
     if n_classes == 0:
         loss_out[:] = 0
         return
-    n_threads = usable_threads(n_threads)
-    cdef void* x_data = data(x)
-    cdef void* target_data = data(target)
-    cdef void* weight_data = data(weight)
-    cdef void* loss_data = data(loss_out)
-    cdef void* grad_data = data_or_null(grad_out)
-    with nogil:
-        if type_num == cnp.NPY_FLOAT:
-            probability_rows(<const float*>x_data, <const float*>target_data,
-                             <const float*>weight_data, label_smoothing, n_rows, n_classes,
-                             <float*>loss_data, <float*>grad_data, grad_scale, n_threads)
-        else:
-            probability_rows(<const double*>x_data, <const double*>target_data,
-                             <const double*>weight_data, label_smoothing, n_rows, n_classes,
-                             <double*>loss_data, <double*>grad_data, grad_scale, n_threads)
-
-
-cdef void binary_rows(const real* x, const real* target, const real* weight,
-                      Py_ssize_t weight_stride, const real* pos_weight,
-                      Py_ssize_t pos_weight_stride, Py_ssize_t n_rows, Py_ssize_t n_classes,
-                      real* loss_out, Py_ssize_t loss_row_length, bint loss_row_sums,
-                      real* grad_out, double grad_scale, int n_threads) noexcept nogil:
-    cdef Py_ssize_t part, first, end
-    cdef int n_parts = threads_for(n_rows, n_classes, n_threads)
-    for part in prange(n_parts, num_threads=n_parts, schedule="static"):
-        first = range_start(n_rows, part, n_parts)
-        end = range_start(n_rows, part + 1, n_parts)
-        if real is float:
-            lc_bce_rows_f32(
-                x + first * n_classes, target + first * n_classes, weight + first * weight_stride,
-                weight_stride, pos_weight + first * pos_weight_stride, pos_weight_stride,
-                end - first, n_classes, loss_out + first * loss_row_length, loss_row_sums,
-                offset_or_null(grad_out, first * n_classes), grad_scale)
-        else:
-            lc_bce_rows_f64(
-                x + first * n_classes, target + first * n_classes, weight + first * weight_stride,
-                weight_stride, pos_weight + first * pos_weight_stride, pos_weight_stride,
-                end - first, n_classes, loss_out + first * loss_row_length, loss_row_sums,
-                offset_or_null(grad_out, first * n_classes), grad_scale)
+    cdef lc_operands o
+    init_operands(&o, LC_OP_CROSS_ENTROPY_PROBS, x, n_rows, n_classes, data(loss_out), 1)
+    o.y = data(target)
+    o.weight = data(weight)
+    o.label_smoothing = label_smoothing
+    o.out2 = data_or_null(grad_out)
+    o.grad_scale = grad_scale
+    run(&o, type_num, n_threads)
 
 
 def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
@@ -965,33 +632,64 @@ def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
     cdef bint loss_row_sums = dim(loss_out, 1) == 1 and n_classes != 1
     cdef Py_ssize_t loss_row_length = 1 if loss_row_sums else n_classes
     expect(loss_out, "loss_out", type_num, n_rows, loss_row_length, True)
-    if cnp.PyArray_SIZE(grad_out) != 0:
-        expect(grad_out, "grad_out", type_num, n_rows, n_classes, True)
+    expect_gradient(grad_out, type_num, n_rows, n_classes)
     if n_rows == 0:
         return
     if n_classes == 0:
         if loss_row_sums:
             loss_out[:, :] = 0
         return
-    n_threads = usable_threads(n_threads)
-    cdef Py_ssize_t weight_stride = 0 if weight_rows == 1 else n_classes
-    cdef Py_ssize_t pos_weight_stride = 0 if pos_weight_rows == 1 else n_classes
+    cdef lc_operands o
+    init_operands(&o, LC_OP_BCE_WITH_LOGITS, x, n_rows, n_classes, data(loss_out), loss_row_length)
+    o.y = data(target)
+    o.weight = data(weight)
+    o.weight_stride = 0 if weight_rows == 1 else n_classes
+    o.pos_weight = data(pos_weight)
+    o.pos_weight_stride = 0 if pos_weight_rows == 1 else n_classes
+    o.loss_row_sums = loss_row_sums
+    o.out2 = data_or_null(grad_out)
+    o.grad_scale = grad_scale
+    run(&o, type_num, n_threads)
+
+
+# ---------------------------------------------------------------- test hooks of the math library
+# Not kernels of the op table (SUPPORTED_KERNELS does not list them): the exp, log and log1p
+# every kernel uses (lc_math.h), elementwise over a 1-D float32 or float64 array, so that
+# tests can hold them to ulp bounds and compare them with the numba backend's.
+
+def math_exp(cnp.ndarray x not None, cnp.ndarray out not None):
+    """out = exp(x), the kernels' exp."""
+    _math_entry(0, x, out)
+
+
+def math_log(cnp.ndarray x not None, cnp.ndarray out not None):
+    """out = log(x), the kernels' log (computed in double, also for float32)."""
+    _math_entry(1, x, out)
+
+
+def math_log1p(cnp.ndarray x not None, cnp.ndarray out not None):
+    """out = log1p(x) for x in [-1, inf] (NaN below), the kernels' log1p (in double)."""
+    _math_entry(2, x, out)
+
+
+cdef _math_entry(int function, cnp.ndarray x, cnp.ndarray out):
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n = dim(x, 0)
+    expect(x, "x", type_num, n, -1, False)
+    expect(out, "out", type_num, n, -1, True)
     cdef void* x_data = data(x)
-    cdef void* target_data = data(target)
-    cdef void* weight_data = data(weight)
-    cdef void* pos_weight_data = data(pos_weight)
-    cdef void* loss_data = data(loss_out)
-    cdef void* grad_data = data_or_null(grad_out)
-    with nogil:
-        if type_num == cnp.NPY_FLOAT:
-            binary_rows(<const float*>x_data, <const float*>target_data,
-                        <const float*>weight_data, weight_stride,
-                        <const float*>pos_weight_data, pos_weight_stride, n_rows, n_classes,
-                        <float*>loss_data, loss_row_length, loss_row_sums, <float*>grad_data,
-                        grad_scale, n_threads)
+    cdef void* out_data = data(out)
+    if type_num == cnp.NPY_FLOAT:
+        if function == 0:
+            lc_exp_span_f32(<const float*>x_data, <float*>out_data, n)
+        elif function == 1:
+            lc_log_span_f32(<const float*>x_data, <float*>out_data, n)
         else:
-            binary_rows(<const double*>x_data, <const double*>target_data,
-                        <const double*>weight_data, weight_stride,
-                        <const double*>pos_weight_data, pos_weight_stride, n_rows, n_classes,
-                        <double*>loss_data, loss_row_length, loss_row_sums, <double*>grad_data,
-                        grad_scale, n_threads)
+            lc_log1p_span_f32(<const float*>x_data, <float*>out_data, n)
+    else:
+        if function == 0:
+            lc_exp_span_f64(<const double*>x_data, <double*>out_data, n)
+        elif function == 1:
+            lc_log_span_f64(<const double*>x_data, <double*>out_data, n)
+        else:
+            lc_log1p_span_f64(<const double*>x_data, <double*>out_data, n)

@@ -1,0 +1,168 @@
+/*
+ * lc_row_state.h -- the exp-sum row state and its merge (see docs/architecture.md, "Row
+ * state"). Private to logitcore._backends._cython_kernels; not a public API.
+ */
+#ifndef LC_ROW_STATE_H
+#define LC_ROW_STATE_H
+
+#include "lc_math.h"
+
+/*
+ * The sums of a row's exps, kept so that tiny terms survive (SciPy gh-18295: the sum
+ * 1 + 4e-18 of logsumexp([0, -40]) rounds to 1 and its log to 0). With shift the row's
+ * maximum (finite_or_zero of it, see the template part):
+ *   others   = sum of exp(x - shift) over the x that differ from shift,
+ *   n_at_max = how many x equal shift,
+ * so that sum exp(x - shift) = n_at_max + others and
+ *   lse = max + log1p(others + (n_at_max - 1)),
+ * which keeps every bit of `others` when the maximum is unique. Two blocks of a row with
+ * maxima m1, m2 merge under the larger M (lc_exp_sums_rescaled): a block whose max is M
+ * adds both fields; a block with a smaller max adds (n_at_max + others) exp(m - M) to
+ * others. For a row whose max is not finite (the shift is 0), log1p(others + n - 1) is
+ * +inf, -inf or NaN as the edge table needs: see lc_exp_sums_log.
+ */
+typedef struct {
+    double others;
+    double n_at_max;
+} lc_exp_sums;
+
+LC_INLINE lc_exp_sums lc_exp_sums_add(lc_exp_sums a, lc_exp_sums b)
+{
+    lc_exp_sums sum = {a.others + b.others, a.n_at_max + b.n_at_max};
+    return sum;
+}
+
+/* A block's sums, whose shift was its own max `block_max`, re-expressed for the row max
+   `row_max` >= block_max (raw maxima: -inf for an all -inf block, whose sums are 0). */
+LC_INLINE lc_exp_sums lc_exp_sums_rescaled(lc_exp_sums block, double block_max, double row_max)
+{
+    if (block_max == row_max)
+        return block;
+    lc_exp_sums rescaled = {(block.others + block.n_at_max) * lc_exp_f64(block_max - row_max), 0.0};
+    return rescaled;
+}
+
+/* sum exp(x - shift): the normaliser of softmax. */
+LC_INLINE double lc_exp_sums_total(lc_exp_sums sums) { return sums.others + sums.n_at_max; }
+
+/* log(sum exp(x - shift)) = log1p(others + (n_at_max - 1)). For a row with a finite max,
+   n_at_max >= 1. Rows whose max is not finite have shift 0: +inf rows have others = inf
+   (-> inf); all -inf and empty rows have others = 0 and n_at_max = 0 (-> log1p(-1) = -inf);
+   a NaN anywhere makes others NaN. */
+LC_INLINE double lc_exp_sums_log(lc_exp_sums sums)
+{
+    return lc_log1p_f64(sums.others + (sums.n_at_max - 1.0));
+}
+
+/*
+ * The state of one block of a long row (LC_BLOCK_CLASSES classes), and of the row once its
+ * blocks' states are merged: the raw max (NaN ignored; -inf for an all -inf block), the
+ * exp sums for the shift finite_or_zero(max) (or, for cross-entropy's second pass, for the
+ * row's shift), and `extra`, a further sum an op carries (cross-entropy with label
+ * smoothing: sum_{w != 0} w (x - row max)). Merges run in block order, so a row's result is
+ * the same whichever threads computed its blocks.
+ */
+typedef struct {
+    double max;
+    lc_exp_sums sums;
+    double extra;
+} lc_block_state;
+
+/* The largest max of `count` block states (NaN-free: each block's max ignores NaN). */
+LC_INLINE double lc_block_states_max(const lc_block_state* blocks, lc_index count)
+{
+    double top = -INFINITY;
+    for (lc_index b = 0; b < count; b++)
+        top = blocks[b].max > top ? blocks[b].max : top;
+    return top;
+}
+
+/* The row state of blocks whose sums are each for their own max: the row max, and every
+   block's sums rescaled to it (lc_exp_sums_rescaled) and added in block order. */
+LC_INLINE lc_block_state lc_block_states_merge(const lc_block_state* blocks, lc_index count)
+{
+    lc_block_state row = {lc_block_states_max(blocks, count), {0.0, 0.0}, 0.0};
+    for (lc_index b = 0; b < count; b++)
+        row.sums = lc_exp_sums_add(row.sums,
+                                   lc_exp_sums_rescaled(blocks[b].sums, blocks[b].max, row.max));
+    return row;
+}
+
+/* The row state of blocks whose sums are all for the same shift (the row's): their sums
+   and extras added in block order; `row_max` is the row's max. */
+LC_INLINE lc_block_state lc_block_states_add(const lc_block_state* blocks, lc_index count,
+                                             double row_max)
+{
+    lc_block_state row = {row_max, {0.0, 0.0}, 0.0};
+    for (lc_index b = 0; b < count; b++) {
+        row.sums = lc_exp_sums_add(row.sums, blocks[b].sums);
+        row.extra += blocks[b].extra;
+    }
+    return row;
+}
+
+/* The sum that normalises softmax, and its log, from a row's state: NaN when the row's max
+   is not finite (a +inf or all -inf row: the edge table of docs/architecture.md wants NaN
+   softmax and log_softmax rows there). */
+LC_INLINE double lc_row_state_normaliser(lc_block_state row)
+{
+    return isfinite(row.max) ? lc_exp_sums_total(row.sums) : NAN;
+}
+
+LC_INLINE double lc_row_state_log_normaliser(lc_block_state row)
+{
+    return isfinite(row.max) ? lc_exp_sums_log(row.sums) : NAN;
+}
+
+/* A row's logsumexp from its state: max + log1p(others + n_at_max - 1), right at the edges
+   too (see lc_exp_sums_log): inf + inf = inf, -inf + -inf = -inf, NaN stays NaN. */
+LC_INLINE double lc_row_state_logsumexp(lc_block_state row)
+{
+    return row.max + lc_exp_sums_log(row.sums);
+}
+
+/*
+ * Cross-entropy with labels, what a row's loss and gradient need once its state is known.
+ * With q = (1 - eps) w[y] onehot(y) + eps / C * w and log p = x - max - log S:
+ *   loss = (1 - eps) w[y] (log S - (x[y] - max)) + eps / C (W log S - sum w (x - max)),
+ *   grad = grad_scale (p sum(q) - q) = exp_factor * exp(x - shift) - weight_factor * w,
+ * except the label's element, label_grad, formed in double (p[y] sum(q) - q[y] cancels
+ * when p[y] -> 1). Ignored rows have q = 0: loss 0 and gradient p * 0 (NaN for NaN rows).
+ */
+typedef struct {
+    double label_smoothing, grad_scale;
+    double weight_total;       /* W = sum of the class weights (with label smoothing only) */
+    double smoothing_per_class; /* eps / C */
+    int use_smoothing;         /* eps > 0 and some weight != 0 */
+} lc_ce_label_params;
+
+typedef struct {
+    double loss, exp_factor, weight_factor, label_grad;
+} lc_ce_label_row;
+
+/* `shifted_label_logit` x[y] - max; `smoothing_sum` sum_{w != 0} w (x - max); `label_weight`
+   w[y] and `label_exp` exp(x[y] - shift) (any value when the row is ignored, `keep` 0). */
+LC_INLINE lc_ce_label_row lc_ce_label_row_finish(const lc_ce_label_params* p, double row_max,
+                                                 lc_exp_sums sums, double shifted_label_logit,
+                                                 double smoothing_sum, int keep,
+                                                 double label_weight, double label_exp)
+{
+    double normaliser = isfinite(row_max) ? lc_exp_sums_total(sums) : NAN;
+    double log_normaliser = isfinite(row_max) ? lc_exp_sums_log(sums) : NAN;
+    double label_coef = keep ? (1.0 - p->label_smoothing) * label_weight : 0.0;
+    double smoothing_coef = keep && p->use_smoothing ? p->smoothing_per_class : 0.0;
+    lc_ce_label_row row;
+    row.loss = 0.0;
+    if (label_coef != 0.0) /* q == 0 terms are 0 even where log p is -inf or NaN */
+        row.loss += label_coef * (log_normaliser - shifted_label_logit);
+    if (smoothing_coef != 0.0)
+        row.loss += smoothing_coef * (p->weight_total * log_normaliser - smoothing_sum);
+    double q_total = label_coef + smoothing_coef * p->weight_total;
+    row.exp_factor = p->grad_scale * q_total / normaliser;
+    row.weight_factor = p->grad_scale * smoothing_coef;
+    row.label_grad = p->grad_scale * (label_exp / normaliser * q_total -
+                                      (label_coef + smoothing_coef * label_weight));
+    return row;
+}
+
+#endif /* LC_ROW_STATE_H */
