@@ -96,9 +96,6 @@ def test_same_bits_on_any_thread_count(backend_name, kernel_name, dtype, shape):
     backend = load(backend_name)
     if kernel_name not in backend.SUPPORTED_KERNELS:
         pytest.skip(f"{backend_name} does not implement {kernel_name}")
-    if (backend_name == "cython" and kernel_name in ("softmax", "log_softmax")
-            and shape[0] == 1):
-        pytest.xfail("cython's long-row softmax still cuts rows by the thread count")
     kernel = op_table.KERNELS[kernel_name]
     results = []
     for threads in (1, 2, 3):
