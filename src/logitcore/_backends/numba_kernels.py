@@ -1,6 +1,6 @@
 """Numba backend: the kernel contract of ``logitcore._backends`` as @njit(parallel=True) kernels.
 
-Where the speed comes from (DESIGN.md, "Numerics and speed"):
+Where the speed comes from (docs/architecture.md, "Numerics and speed"):
 
 * A branch-free exp written as plain arithmetic (range reduction, polynomial, 2^k built
   from its bit pattern), so that LLVM vectorises it. Numba >= 0.62 compiles ``np.exp`` in
@@ -23,18 +23,13 @@ of the edge table. The exp/log code and formulas whose evaluation order matters 
 compiled with ``contract`` only: reassociation would undo the Cody-Waite split and the
 rounding trick inside exp.
 
-Threading: this module asks numba for a thread-safe threading layer before any launch,
-GNU OpenMP first, then TBB (see PREFERRED_LAYERS), because the default workqueue layer
-aborts when two Python threads launch parallel kernels at once. If neither can be
-loaded, launches are serialised with a lock.
+Threading layer, pool and fork handling: numba_threads.py. Pure-Python twins of the
+intrinsics for NUMBA_DISABLE_JIT=1: numba_python_mode.py. Every jitted function stays in
+this file: numba's cache only watches the file of the function it compiled, so jitted
+code calling jitted code in another file would run stale machine code after an edit.
 """
 
 from __future__ import annotations
-
-import ctypes
-import functools
-import os
-import threading
 
 import numba
 import numpy as np
@@ -42,111 +37,11 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
-from numba.np.ufunc import parallel as numba_parallel
 
-from logitcore._backends import ALL_KERNELS, gnu_openmp
+from logitcore._backends import ALL_KERNELS
+from logitcore._backends.numba_threads import launch, threading_layer_name, usable_threads
 
 SUPPORTED_KERNELS = ALL_KERNELS
-
-# --------------------------------------------------------------------------------------
-# Threading layer
-# --------------------------------------------------------------------------------------
-
-THREADSAFE_LAYERS = ("tbb", "omp")
-
-# The layers tried, in order, unless the user chose one (NUMBA_THREADING_LAYER, which is
-# respected). GNU OpenMP first: its workers spin for a while after a launch, so the next
-# launch finds them awake. TBB's numba layer builds a new task arena per launch and its
-# worker joins ~2 us late (launch to worker start 2.0 us vs 0.56 us on OpenMP, measured
-# with the cycle counter in a 64-block kernel; total 14.1 vs 12.5 us for 23.4 us of
-# work): one 1x131072 float32 row gains 1.5x from 2 threads on TBB, 1.6-1.75x on OpenMP,
-# and batch shapes are equal or up to 10% faster (softmax). It is also the runtime of the
-# cython backend, so mixing the two backends no longer alternates two pools.
-# GNU OpenMP does not survive fork() (see gnu_openmp.py): numba's layer kills a child
-# that launches after its parent started the layer, so _after_fork_in_child registers
-# the child with it and the child runs on one thread. Where libgomp is missing: TBB
-# ("threadsafe") where the dynamic loader finds libtbb (not in <venv>/lib, where pip's tbb
-# wheel puts it, so that wheel is no dependency), else numba's default,
-# which is then its workqueue layer: fork-safe, but it aborts on concurrent launches, so
-# _launch serialises them with _launch_lock (tests: test_numba_threading_layer_fallback).
-PREFERRED_LAYERS = ("omp", "threadsafe", "default")
-_layer_chosen_by_user = numba.config.THREADING_LAYER != "default"
-if not _layer_chosen_by_user:
-    numba.config.THREADING_LAYER = PREFERRED_LAYERS[0]
-
-_launch_lock = threading.Lock()
-_concurrent_launches_safe = False  # set once the pool runs on a layer in THREADSAFE_LAYERS
-
-
-def threading_layer_name():
-    """Numba's active threading layer ("omp", "tbb", "workqueue"), None before first launch."""
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return None
-
-
-# The layer's own setter of the (thread-local) thread count, once the pool runs: a C call
-# of ~0.2 us, where numba.set_num_threads re-validates in Python for ~0.8 us, a third of
-# a small kernel's run time. The public function stays the fallback.
-_set_thread_count = numba.set_num_threads
-
-
-def _start_thread_pool():
-    """Launch numba's threads (once) on the first layer that loads."""
-    global _concurrent_launches_safe, _set_thread_count
-    if threading_layer_name() is None:
-        layers = ((numba.config.THREADING_LAYER, "default") if _layer_chosen_by_user
-                  else PREFERRED_LAYERS)
-        for layer in layers:
-            numba.config.THREADING_LAYER = layer
-            try:
-                numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-                break
-            except ValueError:  # "No threading layer could be loaded"
-                if layer == layers[-1]:
-                    raise
-    if threading_layer_name() == "omp":
-        gnu_openmp.note_threads(numba.config.NUMBA_NUM_THREADS)
-    _set_thread_count = getattr(numba_parallel, "_set_num_threads", None) or numba.set_num_threads
-    _concurrent_launches_safe = threading_layer_name() in THREADSAFE_LAYERS
-
-
-def _after_fork_in_child():
-    """Let this child launch on numba's OpenMP layer (with one thread, see _usable_threads).
-
-    The layer records the pid of the process that started it and kills any child of that
-    process that launches a kernel. Its start function only records the calling pid again
-    (and sets OpenMP's default thread count), so calling it here makes this process the
-    recorded one; numba itself calls it the same way when it loads the layer.
-    """
-    if threading_layer_name() == "omp":
-        from numba.np.ufunc import omppool
-
-        ctypes.CFUNCTYPE(None, ctypes.c_int)(omppool.launch_threads)(1)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _usable_threads(n_threads):
-    if gnu_openmp.forked_after_threads:
-        return 1
-    return max(1, min(int(n_threads), numba.config.NUMBA_NUM_THREADS))
-
-
-def _launch(threads, kernel, *args):
-    """Run a parallel kernel on ``threads`` threads (numba's thread count is thread-local)."""
-    if _concurrent_launches_safe:
-        _set_thread_count(threads)
-        return kernel(*args)
-    # Before the pool is started, or on a layer that aborts on concurrent launches.
-    with _launch_lock:
-        _start_thread_pool()
-        _set_thread_count(threads)
-        return kernel(*args)
-
 
 # --------------------------------------------------------------------------------------
 # Tuning constants (module-level Python numbers are frozen into the cached machine code)
@@ -480,83 +375,21 @@ def _log1p_unit(u):
     return None
 
 
-# --------------------------------------------------------------------------------------
-# Python mode (NUMBA_DISABLE_JIT=1): pure-Python twins of the intrinsics and overloads
-# --------------------------------------------------------------------------------------
-# With JIT disabled numba leaves every @njit function as plain Python (prange is range),
-# but intrinsics and @overload stubs have no Python body. These twins replace them with
-# the same semantics on NumPy scalars, so that the whole backend runs (slowly) as Python:
-# CI runs a small kernel-test subset this way to check the kernels' logic and coverage.
-# Under JIT nothing here is defined and the definitions above are used unchanged.
-# Python-mode caveats: no fast-math, so results differ from the compiled ones by a few
-# ulps (no FMA contraction, sums in order). And NumPy 2 keeps float32 + Python float in
-# float32 where numba types 0.0 as float64 and widens: a float64 sum of float32 terms
-# must start at np.float64(0.0), not 0.0 (see sum_exp_of and log_of_sum).
+# Python mode (NUMBA_DISABLE_JIT=1): the intrinsics and overloads above have no Python
+# body; numba_python_mode.py holds their pure-Python twins.
 if numba.config.DISABLE_JIT:
+    from logitcore._backends.numba_python_mode import (  # noqa: F811
+        bits_to_float,
+        cast_like,
+        fast_exp,
+        float_to_bits,
+        ieee_quiet,
+        log1p_unit,
+        max_ignoring_nan,
+        prefetch,
+    )
 
-    def bits_to_float(bits):
-        """Reinterpret an int32 as float32 or an int64 (a Python int: numba's int64) as
-        float64. The callers' bit arithmetic on NumPy int32/int64 scalars wraps (shifts
-        silently) as in machine code, so it needs no masking here."""
-        if isinstance(bits, np.int32):
-            return bits.view(np.float32)
-        if isinstance(bits, (np.int64, int)):
-            return np.int64(bits).view(np.float64)
-        raise TypeError(f"bits_to_float: int32 or int64 expected, got {type(bits).__name__}")
-
-    def float_to_bits(value):
-        """Reinterpret a float32 as int32 or a float64 (or a Python float) as int64."""
-        if isinstance(value, np.float32):
-            return value.view(np.int32)
-        if isinstance(value, float):  # np.float64 is a subclass of float
-            return np.float64(value).view(np.int64)
-        raise TypeError(f"float_to_bits: float32 or float64 expected, got "
-                        f"{type(value).__name__}")
-
-    def max_ignoring_nan(a, b):
-        """llvm.maxnum: the larger of a and b, the other one if either is NaN."""
-        if a != a:
-            return b
-        if b != b:
-            return a
-        return a if a >= b else b
-
-    def prefetch(array, index):
-        """A cache hint: nothing to do in Python."""
-
-    def cast_like(value, like):
-        """``value`` converted to the float type of ``like`` (a scalar or an array)."""
-        return np.result_type(like).type(value)
-
-    def _by_float_type(value, float32_version, float64_version):
-        # np.float64 is a subclass of float; a Python float is numba's float64.
-        if isinstance(value, np.float32):
-            return float32_version(value)
-        if isinstance(value, float):
-            return float64_version(np.float64(value))
-        raise TypeError(f"float32 or float64 expected, got {type(value).__name__}")
-
-    def fast_exp(x):
-        """exp(x) in x's float type (see exp_float32 / exp_float64)."""
-        return _by_float_type(x, exp_float32, exp_float64)
-
-    def log1p_unit(u):
-        """log(1 + u) for u in [0, 1], in u's float type."""
-        return _by_float_type(u, log1p_unit_float32, log1p_unit_float64)
-
-    def _ieee_quiet(kernel):
-        """error_model="numpy" in Python: IEEE results (inf - inf = NaN, x / 0 = inf)
-        without NumPy's scalar RuntimeWarnings, which the edge table would raise by the
-        thousand. Applied to the kernels, the entry points of every helper call."""
-
-        @functools.wraps(kernel)
-        def run(*args, **kwargs):
-            with np.errstate(all="ignore"):
-                return kernel(*args, **kwargs)
-
-        return run
-
-    parallel_kernel = serial_kernel = _ieee_quiet
+    parallel_kernel = serial_kernel = ieee_quiet
 
 
 # --------------------------------------------------------------------------------------
@@ -926,17 +759,17 @@ def _launch_by_shape(threads, split, narrow, rows, x, *args):
     iteration."""
     n_rows, n_classes = x.shape
     if _splits_classes(n_rows, n_classes, threads):
-        _launch(threads, split, x, *args)
+        launch(threads, split, x, *args)
     elif _is_narrow(n_classes):
-        _launch(threads, narrow, x, *args, threads)
+        launch(threads, narrow, x, *args, threads)
     else:
-        _launch(threads, rows, x, *args)
+        launch(threads, rows, x, *args)
 
 
 def logsumexp(x, out, n_threads=1):
     if x.shape[0] == 0:
         return
-    _launch_by_shape(_usable_threads(n_threads), _logsumexp_split, _logsumexp_narrow,
+    _launch_by_shape(usable_threads(n_threads), _logsumexp_split, _logsumexp_narrow,
                      _logsumexp_rows, x, out)
 
 
@@ -988,7 +821,7 @@ def _logsumexp_scaled_rows(x, b, out, sign_out):
 def logsumexp_scaled(x, b, out, sign_out, n_threads=1):
     if x.shape[0] == 0:
         return
-    _launch(_usable_threads(n_threads), _logsumexp_scaled_rows, x, b, out, sign_out)
+    launch(usable_threads(n_threads), _logsumexp_scaled_rows, x, b, out, sign_out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1089,7 +922,7 @@ def softmax(x, out, n_threads=1):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
-    _launch_by_shape(_usable_threads(n_threads), _softmax_split, _softmax_narrow,
+    _launch_by_shape(usable_threads(n_threads), _softmax_split, _softmax_narrow,
                      _softmax_rows, x, out)
 
 
@@ -1167,7 +1000,7 @@ def log_softmax(x, out, n_threads=1):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
-    _launch_by_shape(_usable_threads(n_threads), _log_softmax_split, _log_softmax_narrow,
+    _launch_by_shape(usable_threads(n_threads), _log_softmax_split, _log_softmax_narrow,
                      _log_softmax_rows, x, out)
 
 
@@ -1221,16 +1054,16 @@ def sigmoid(x, out, n_threads=1):
     _check_flat(x, out)
     if x.shape[0] == 0:
         return
-    threads = _usable_threads(n_threads)
-    _launch(threads, _sigmoid_flat, x, out, _flat_tasks(x.shape[0], threads))
+    threads = usable_threads(n_threads)
+    launch(threads, _sigmoid_flat, x, out, _flat_tasks(x.shape[0], threads))
 
 
 def log_sigmoid(x, out, n_threads=1):
     _check_flat(x, out)
     if x.shape[0] == 0:
         return
-    threads = _usable_threads(n_threads)
-    _launch(threads, _log_sigmoid_flat, x, out, _flat_tasks(x.shape[0], threads))
+    threads = usable_threads(n_threads)
+    launch(threads, _log_sigmoid_flat, x, out, _flat_tasks(x.shape[0], threads))
 
 
 # --------------------------------------------------------------------------------------
@@ -1307,11 +1140,11 @@ def _label_stats_parallel(labels, weight, ignore_index):
 
 
 def label_stats(labels, weight, ignore_index, n_threads=1):
-    threads = _usable_threads(n_threads)
+    threads = usable_threads(n_threads)
     if threads == 1 or labels.shape[0] <= LABEL_CHUNK:
         first_invalid, kept_weight = _label_stats_serial(labels, weight, int(ignore_index))
     else:
-        first_invalid, kept_weight = _launch(threads, _label_stats_parallel, labels, weight,
+        first_invalid, kept_weight = launch(threads, _label_stats_parallel, labels, weight,
                                              int(ignore_index))
     return int(first_invalid), float(kept_weight)
 
@@ -1578,7 +1411,7 @@ def cross_entropy_labels(x, labels, weight, ignore_index, label_smoothing, loss_
                          grad_out, grad_scale, n_threads=1):
     if x.shape[0] == 0:
         return
-    _launch_by_shape(_usable_threads(n_threads), _cross_entropy_labels_split,
+    _launch_by_shape(usable_threads(n_threads), _cross_entropy_labels_split,
                      _cross_entropy_labels_narrow, _cross_entropy_labels_rows, x, labels,
                      weight, int(ignore_index), float(label_smoothing), loss_out, grad_out,
                      float(grad_scale), _wants_grad(grad_out, x))
@@ -1673,7 +1506,7 @@ def cross_entropy_probs(x, target, weight, label_smoothing, loss_out, grad_out, 
                         n_threads=1):
     if x.shape[0] == 0:
         return
-    _launch(_usable_threads(n_threads), _cross_entropy_probs_rows, x, target, weight,
+    launch(usable_threads(n_threads), _cross_entropy_probs_rows, x, target, weight,
             float(label_smoothing), loss_out, grad_out, float(grad_scale),
             _wants_grad(grad_out, x))
 
@@ -1744,7 +1577,7 @@ def bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scal
     if n_rows == 0:
         return
     sum_loss = loss_out.shape[1] == 1 and n_classes != 1
-    _launch(_usable_threads(n_threads), _bce_rows, x, target, weight, pos_weight, loss_out,
+    launch(usable_threads(n_threads), _bce_rows, x, target, weight, pos_weight, loss_out,
             grad_out, float(grad_scale), sum_loss, _wants_grad(grad_out, x))
 
 
@@ -1786,10 +1619,10 @@ def _log_softmax_backward_rows(dy, y, out):
 def softmax_backward(dy, y, out, n_threads=1):
     if dy.shape[0] == 0 or dy.shape[1] == 0:
         return
-    _launch(_usable_threads(n_threads), _softmax_backward_rows, dy, y, out)
+    launch(usable_threads(n_threads), _softmax_backward_rows, dy, y, out)
 
 
 def log_softmax_backward(dy, y, out, n_threads=1):
     if dy.shape[0] == 0 or dy.shape[1] == 0:
         return
-    _launch(_usable_threads(n_threads), _log_softmax_backward_rows, dy, y, out)
+    launch(usable_threads(n_threads), _log_softmax_backward_rows, dy, y, out)
