@@ -6,7 +6,7 @@ Where the speed comes from (docs/architecture.md, "Numerics and speed"):
   from its bit pattern), so that LLVM vectorises it. Numba >= 0.62 compiles ``np.exp`` in
   a loop as one scalar libm call per element, about 5x slower. The same for the log of
   each row's sum and the log1p of softplus.
-* Few memory passes. A row is read from memory once, in blocks of ``BLOCK`` classes: the
+* Few memory passes. A row is read from memory once, in blocks of ``BLOCK_CLASSES`` classes: the
   block's maximum, then its sum of exp (the block is still in L1), and the per-block
   (max, sum exp) pairs are merged like online softmax. The exp loops prefetch the data
   the next max pass will read, so memory and arithmetic overlap. Nothing N x C is
@@ -31,6 +31,9 @@ code calling jitted code in another file would run stale machine code after an e
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -38,31 +41,29 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from logitcore._backends import ALL_KERNELS
+from logitcore._backends import ALL_KERNELS, kernel_constants
+from logitcore._backends.kernel_constants import (
+    BLOCK_CLASSES,
+    LABEL_CHUNK,
+    NARROW_MAX_CLASSES,
+    ROW_TILE_ELEMENTS,
+)
 from logitcore._backends.numba_threads import launch, threading_layer_name, usable_threads
 
 SUPPORTED_KERNELS = ALL_KERNELS
 
 # --------------------------------------------------------------------------------------
-# Tuning constants (module-level Python numbers are frozen into the cached machine code)
+# Sizes (module-level Python numbers are frozen into the cached machine code)
 # --------------------------------------------------------------------------------------
-
-# Classes per block: a block is read from memory for its max, then again from L1 for its
-# sum of exp. Also the unit of the class split across threads.
-BLOCK = 2048
+# The sizes and coefficients both compiled backends must agree on come from
+# kernel_constants.py. numba's cache does not see edits of that file, so
+# _forget_stale_cache (end of this module) drops this module's cached machine code when
+# the constants differ from those it was compiled with.
 CACHE_LINE = 64
-# Rows shorter than this are too short for a vectorised inner loop; they go through the
-# narrow path, which works on a transposed block of rows.
-NARROW_MAX_CLASSES = 64
 # Terms summed in the input precision before the running sum moves to float64.
 SUM_CHUNK = 256
-# Elements per block of rows in the narrow path (fits in L1 with its scratch).
-NARROW_BLOCK_ELEMENTS = 2048
 # Split the class axis across threads while there are fewer than this many rows per thread.
 SPLIT_ROWS_PER_THREAD = 2
-# Labels per chunk of the label scan: a fixed decomposition, so the float64 sum of the
-# weights does not depend on the thread count.
-LABEL_CHUNK = 16384
 
 VECTOR_MATH = {"contract", "reassoc", "afn", "arcp"}
 ORDERED_MATH = {"contract"}
@@ -175,178 +176,193 @@ def _cast_like(value, like):
 
 
 # --------------------------------------------------------------------------------------
-# Vectorisable exp and log1p
+# The math library: exp, log, log1p (the cython backend's fast_math.h, same algorithms)
 # --------------------------------------------------------------------------------------
+# Written as plain branch-free arithmetic (range reduction, polynomial, 2^k built from its
+# bit pattern) so that LLVM vectorises it: numba compiles np.exp in a loop as one scalar
+# libm call per element. The algorithms and coefficients are kernel_constants.py's, shared
+# with the C side (docs/architecture.md, "One math library"): exp is Cody-Waite range
+# reduction, a polynomial and a two-factor 2^k scale, so results in the subnormal range are
+# kept (not flushed to 0) and underflow / overflow come out of the arithmetic itself; log
+# is fdlibm's log1p polynomial on the reduced mantissa.
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-SQRT2 = 1.4142135623730951
-
-# float32: 1.5 * 2^23 added to x / ln2 rounds it to an integer held in the low mantissa bits.
-ROUND_MAGIC32 = 12582912.0
-# ln2 = LN2_HI32 + LN2_LO32, LN2_HI32 with 9 significant bits so k * LN2_HI32 is exact.
-LN2_HI32 = 0.693359375
-LN2_LO32 = -2.12194440e-4
-# Clamp bounds: below EXP32_LOWEST, k <= -127 and 2^k's bit pattern is 0, so exp gives
-# exactly 0 (results under ~1e-38 flush to 0); above EXP32_HIGHEST, k = 128 and 2^k = inf.
-EXP32_LOWEST = -88.0
-EXP32_HIGHEST = 88.8
-# exp(r) ~ 1 + r + r^2 (C2 + C3 r + ...) on |r| <= ln2/2, fitted for relative error 3e-9.
-EXP32_C2 = 0.4999999345155807
-EXP32_C3 = 0.1666652068617313
-EXP32_C4 = 0.041668387381189026
-EXP32_C5 = 0.008368710176231742
-EXP32_C6 = 0.0013814612911119666
-
-ROUND_MAGIC64 = 6755399441055744.0  # 1.5 * 2^52
-LN2_HI64 = 6.93147180369123816490e-01  # fdlibm split: k * LN2_HI64 exact for |k| < 2^20
-LN2_LO64 = 1.90821492927058770002e-10
-EXP64_LOWEST = -709.0  # k = -1023: 2^k bits are 0
-EXP64_HIGHEST = 710.0  # k = 1024: 2^k = inf
+LOG2E = kernel_constants.LOG2E
+SQRT2 = kernel_constants.SQRT2
+ROUND_MAGIC_F32 = kernel_constants.ROUND_MAGIC_F32
+ROUND_MAGIC_F64 = kernel_constants.ROUND_MAGIC_F64
+LN2_HI_F32 = kernel_constants.LN2_HI_F32
+LN2_LO_F32 = kernel_constants.LN2_LO_F32
+LN2_HI_F64 = kernel_constants.LN2_HI_F64
+LN2_LO_F64 = kernel_constants.LN2_LO_F64
+LN2_HI_LOG_F32 = kernel_constants.LN2_HI_LOG_F32
+LN2_LO_LOG_F32 = kernel_constants.LN2_LO_LOG_F32
+EXP_LOWEST_F32 = kernel_constants.EXP_LOWEST_F32
+EXP_HIGHEST_F32 = kernel_constants.EXP_HIGHEST_F32
+EXP_LOWEST_F64 = kernel_constants.EXP_LOWEST_F64
+EXP_HIGHEST_F64 = kernel_constants.EXP_HIGHEST_F64
+# The polynomials, highest degree first, unpacked into names: numba freezes each as a
+# constant, and a change of degree in kernel_constants.py fails here, loudly.
+(EXP_F32_C7, EXP_F32_C6, EXP_F32_C5, EXP_F32_C4, EXP_F32_C3,
+ EXP_F32_C2) = kernel_constants.EXP_POLY_F32
+(EXP_F64_C13, EXP_F64_C12, EXP_F64_C11, EXP_F64_C10, EXP_F64_C9, EXP_F64_C8, EXP_F64_C7,
+ EXP_F64_C6, EXP_F64_C5, EXP_F64_C4, EXP_F64_C3, EXP_F64_C2) = kernel_constants.EXP_POLY_F64
+LOG1P_F32_C4, LOG1P_F32_C3, LOG1P_F32_C2, LOG1P_F32_C1 = kernel_constants.LOG1P_POLY_F32
+(LOG1P_F64_C7, LOG1P_F64_C6, LOG1P_F64_C5, LOG1P_F64_C4, LOG1P_F64_C3, LOG1P_F64_C2,
+ LOG1P_F64_C1) = kernel_constants.LOG1P_POLY_F64
+SMALLEST_NORMAL_F64 = 2.2250738585072014e-308
+TWO_TO_54 = 18014398509481984.0
 
 
 @ordered_jit
 def exp_float32(x):
     """exp for float32, ~1 ulp, branch-free. exp(-inf) = 0, exp(inf) = inf, NaN -> NaN."""
-    # Clamping with selects keeps NaN (both comparisons are false for it).
-    x = np.float32(EXP32_LOWEST) if x < np.float32(EXP32_LOWEST) else x
-    x = np.float32(EXP32_HIGHEST) if x > np.float32(EXP32_HIGHEST) else x
-    # x = k ln2 + r, k = round(x / ln2), |r| <= ln2 / 2.
-    rounded = x * np.float32(LOG2E) + np.float32(ROUND_MAGIC32)
-    k = np.int32(float_to_bits(rounded) - float_to_bits(np.float32(ROUND_MAGIC32)))
-    k_float = rounded - np.float32(ROUND_MAGIC32)
-    r = (x - k_float * np.float32(LN2_HI32)) - k_float * np.float32(LN2_LO32)
-    p = np.float32(EXP32_C6)
-    p = p * r + np.float32(EXP32_C5)
-    p = p * r + np.float32(EXP32_C4)
-    p = p * r + np.float32(EXP32_C3)
-    p = p * r + np.float32(EXP32_C2)
-    p = p * (r * r) + r + np.float32(1.0)
-    # 2^k: the biased exponent k + 127 shifted into the exponent field.
-    two_to_k = bits_to_float(np.int32((k + 127) << 23))
-    return p * two_to_k
+    # Clamp so that k stays where the two-factor scale works; the clamped ends still round
+    # to 0 and to inf. (bound > x ? bound : x) keeps a NaN x: both comparisons are false.
+    x = np.float32(EXP_LOWEST_F32) if np.float32(EXP_LOWEST_F32) > x else x
+    x = np.float32(EXP_HIGHEST_F32) if np.float32(EXP_HIGHEST_F32) < x else x
+    # x = k ln2 + r, k = round(x / ln2), |r| <= ln2 / 2 (Cody-Waite: k * LN2_HI is exact).
+    rounded = x * np.float32(LOG2E) + np.float32(ROUND_MAGIC_F32)
+    k = np.int32(float_to_bits(rounded) - float_to_bits(np.float32(ROUND_MAGIC_F32)))
+    k_float = rounded - np.float32(ROUND_MAGIC_F32)
+    r = x - k_float * np.float32(LN2_HI_F32)
+    r = r - k_float * np.float32(LN2_LO_F32)
+    p = np.float32(EXP_F32_C7)
+    p = p * r + np.float32(EXP_F32_C6)
+    p = p * r + np.float32(EXP_F32_C5)
+    p = p * r + np.float32(EXP_F32_C4)
+    p = p * r + np.float32(EXP_F32_C3)
+    p = p * r + np.float32(EXP_F32_C2)
+    exp_r = p * (r * r) + r + np.float32(1.0)
+    # 2^k as two normal powers of two (k in [-150, 128]): exp_r * scale_a is exact, so the
+    # product rounds once, also where the result is subnormal. Any split of k gives the
+    # same bits.
+    k_half = np.int32(k >> 1)
+    scale_a = bits_to_float(np.int32((k_half + 127) << 23))
+    scale_b = bits_to_float(np.int32((k - k_half + 127) << 23))
+    return exp_r * scale_a * scale_b
 
 
 @ordered_jit
 def exp_float64(x):
     """exp for float64, ~1 ulp, branch-free. exp(-inf) = 0, exp(inf) = inf, NaN -> NaN."""
-    x = EXP64_LOWEST if x < EXP64_LOWEST else x
-    x = EXP64_HIGHEST if x > EXP64_HIGHEST else x
-    rounded = x * LOG2E + ROUND_MAGIC64
-    k = float_to_bits(rounded) - float_to_bits(ROUND_MAGIC64)
-    k_float = rounded - ROUND_MAGIC64
-    r = (x - k_float * LN2_HI64) - k_float * LN2_LO64
-    # Taylor series to r^13: the first omitted term is < 5e-18 relative on |r| <= ln2/2.
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * (r * r) + r + 1.0
-    two_to_k = bits_to_float((k + 1023) << 52)
-    return p * two_to_k
+    x = EXP_LOWEST_F64 if EXP_LOWEST_F64 > x else x
+    x = EXP_HIGHEST_F64 if EXP_HIGHEST_F64 < x else x
+    rounded = x * LOG2E + ROUND_MAGIC_F64
+    k = float_to_bits(rounded) - float_to_bits(ROUND_MAGIC_F64)
+    k_float = rounded - ROUND_MAGIC_F64
+    r = x - k_float * LN2_HI_F64
+    r = r - k_float * LN2_LO_F64
+    p = EXP_F64_C13
+    p = p * r + EXP_F64_C12
+    p = p * r + EXP_F64_C11
+    p = p * r + EXP_F64_C10
+    p = p * r + EXP_F64_C9
+    p = p * r + EXP_F64_C8
+    p = p * r + EXP_F64_C7
+    p = p * r + EXP_F64_C6
+    p = p * r + EXP_F64_C5
+    p = p * r + EXP_F64_C4
+    p = p * r + EXP_F64_C3
+    p = p * r + EXP_F64_C2
+    exp_r = p * (r * r) + r + 1.0
+    # Halve k with the rounding trick too: AVX2 has no 64-bit arithmetic shift.
+    k_half = float_to_bits(k_float * 0.5 + ROUND_MAGIC_F64) - float_to_bits(ROUND_MAGIC_F64)
+    scale_a = bits_to_float((k_half + 1023) << 52)
+    scale_b = bits_to_float((k - k_half + 1023) << 52)
+    return exp_r * scale_a * scale_b
 
 
 @ordered_jit
-def log1p_unit_float32(u):
-    """log(1 + u) for u in [0, 1] (or NaN), branch-free, float32."""
-    z = np.float32(1.0) + u
-    # Halve z above sqrt(2) so that m lies in [sqrt(1/2), sqrt(2)].
-    above = z > np.float32(SQRT2)
-    m = z * np.float32(0.5) if above else z
-    k_ln2 = np.float32(LN2) if above else np.float32(0.0)
-    # Rounding 1 + u to z dropped the low bits of u; this puts them back.
-    correction = (u - (z - np.float32(1.0))) / z
-    # log(m) = 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...), |s| <= 0.172.
-    s = (m - np.float32(1.0)) / (m + np.float32(1.0))
-    s2 = s * s
-    p = np.float32(1.0 / 9.0)
-    p = p * s2 + np.float32(1.0 / 7.0)
-    p = p * s2 + np.float32(1.0 / 5.0)
-    p = p * s2 + np.float32(1.0 / 3.0)
-    log_m = np.float32(2.0) * s + np.float32(2.0) * s * s2 * p
-    return k_ln2 + (log_m + correction)
+def log1p_reduced_float64(f, k_ln2_hi, k_ln2_lo):
+    """k ln2 + log(1 + f) for 1 + f in [sqrt(1/2), sqrt(2)) (fdlibm): log(1 + f) =
+    f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f)."""
+    s = f / (2.0 + f)
+    z = s * s
+    p = LOG1P_F64_C7
+    p = p * z + LOG1P_F64_C6
+    p = p * z + LOG1P_F64_C5
+    p = p * z + LOG1P_F64_C4
+    p = p * z + LOG1P_F64_C3
+    p = p * z + LOG1P_F64_C2
+    p = p * z + LOG1P_F64_C1
+    half_f_squared = 0.5 * f * f
+    return k_ln2_hi - ((half_f_squared - (s * (half_f_squared + p * z) + k_ln2_lo)) - f)
 
 
 @ordered_jit
-def log1p_unit_float64(u):
-    """log(1 + u) for u in [0, 1] (or NaN), branch-free, float64."""
-    z = 1.0 + u
-    above = z > SQRT2
-    m = z * 0.5 if above else z
-    k_ln2 = LN2 if above else 0.0
-    correction = (u - (z - 1.0)) / z
-    s = (m - 1.0) / (m + 1.0)
-    s2 = s * s
-    # Series to s^21: the first omitted term is < 1e-17 relative.
-    p = 1.0 / 21.0
-    p = p * s2 + 1.0 / 19.0
-    p = p * s2 + 1.0 / 17.0
-    p = p * s2 + 1.0 / 15.0
-    p = p * s2 + 1.0 / 13.0
-    p = p * s2 + 1.0 / 11.0
-    p = p * s2 + 1.0 / 9.0
-    p = p * s2 + 1.0 / 7.0
-    p = p * s2 + 1.0 / 5.0
-    p = p * s2 + 1.0 / 3.0
-    log_m = 2.0 * s + 2.0 * s * s2 * p
-    return k_ln2 + (log_m + correction)
+def log1p_reduced_float32(f, k_ln2_hi, k_ln2_lo):
+    """log1p_reduced_float64 in float32, with the float32 polynomial."""
+    s = f / (np.float32(2.0) + f)
+    z = s * s
+    p = np.float32(LOG1P_F32_C4)
+    p = p * z + np.float32(LOG1P_F32_C3)
+    p = p * z + np.float32(LOG1P_F32_C2)
+    p = p * z + np.float32(LOG1P_F32_C1)
+    half_f_squared = np.float32(0.5) * f * f
+    return k_ln2_hi - ((half_f_squared - (s * (half_f_squared + p * z) + k_ln2_lo)) - f)
 
 
 @ordered_jit
-def log_of_sum(x):
-    """log(x) for a float64 sum of exps: 0, a normal positive number, inf or NaN.
+def log_float64(x):
+    """log(x) for any float64, branch-free (the log of each row's sum of exps).
 
-    Branch-free so it vectorises over the rows of the narrow path, and ~4x cheaper than a
-    libm call per row. x = 2^k m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s),
-    s = (m - 1) / (m + 1). (Subnormal x, which no sum of exps produces, is not handled.)
+    x = 2^k m, m in [sqrt(1/2), sqrt(2)); log x = k ln2 + log1p(m - 1). log(0) = -inf,
+    log(inf) = inf, negative or NaN -> NaN.
     """
     # A no-op when compiled; in Python mode a sum accumulated from 0.0 + float32 terms
     # arrives as float32 (NumPy 2 keeps it float32, numba widens to float64).
     x = np.float64(x)
-    bits = float_to_bits(x)
-    exponent = ((bits >> 52) & 0x7FF) - 1023
-    mantissa = bits_to_float((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # [1, 2)
-    above = mantissa > SQRT2
-    m = mantissa * 0.5 if above else mantissa
-    k = np.float64(exponent + 1 if above else exponent)
-    s = (m - 1.0) / (m + 1.0)
-    s2 = s * s
-    p = 1.0 / 21.0
-    p = p * s2 + 1.0 / 19.0
-    p = p * s2 + 1.0 / 17.0
-    p = p * s2 + 1.0 / 15.0
-    p = p * s2 + 1.0 / 13.0
-    p = p * s2 + 1.0 / 11.0
-    p = p * s2 + 1.0 / 9.0
-    p = p * s2 + 1.0 / 7.0
-    p = p * s2 + 1.0 / 5.0
-    p = p * s2 + 1.0 / 3.0
-    log_m = 2.0 * s + 2.0 * s * s2 * p
-    result = k * LN2_HI64 + (log_m + k * LN2_LO64)
-    # Edge values: log(0) = -inf, log(inf) = inf, NaN (and negative) -> NaN.
-    result = -np.inf if x == 0.0 else result
+    is_subnormal = x < SMALLEST_NORMAL_F64
+    scaled = x * TWO_TO_54 if is_subnormal else x
+    bits = float_to_bits(scaled)
+    exponent = ((bits >> 52) & 0x7FF) - (1023 + 54 if is_subnormal else 1023)
+    m = bits_to_float((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # [1, 2)
+    is_high = m > SQRT2
+    m = m * 0.5 if is_high else m
+    exponent = exponent + 1 if is_high else exponent
+    # The exponent as a float64 without an int64 -> float64 conversion (absent from AVX2).
+    k = bits_to_float(float_to_bits(ROUND_MAGIC_F64) + exponent) - ROUND_MAGIC_F64
+    result = log1p_reduced_float64(m - 1.0, k * LN2_HI_F64, k * LN2_LO_F64)
     result = x if x == np.inf else result
+    result = -np.inf if x == 0.0 else result
     return result if x >= 0.0 else np.nan
 
 
 @ordered_jit
-def log1p_of_sum(y):
+def log1p_float64(y):
     """log(1 + y) for a float64 y >= -1 (or NaN): log of the rounded u = 1 + y plus the bits
     of y that rounding dropped, (y - (u - 1)) / u, so that log1p(tiny) == tiny. y = -1
     gives -inf and y = inf gives inf (no correction there: it would be 0/0 or inf - inf)."""
     y = np.float64(y)
     u = 1.0 + y
     correction = (y - (u - 1.0)) / u
-    # `&`, not `and`: no branch, so that it vectorises over the rows of a narrow block
-    return log_of_sum(u) + (correction if (u > 0.0) & (u < np.inf) else 0.0)
+    # `&`, not `and`: no branch, so that it vectorises over the rows of a row tile
+    return log_float64(u) + (correction if (u > 0.0) & (u < np.inf) else 0.0)
+
+
+@ordered_jit
+def log1p_unit_float64(e):
+    """log(1 + e) for e in [0, 1] (or NaN), branch-free: the softplus term
+    log1p(exp(-|x|)). 1 + e lies in [1, 2], so at most one halving; `correction` restores
+    the bits of e lost in rounding 1 + e, which keeps log1p(tiny) == tiny."""
+    u = 1.0 + e
+    correction = (e - (u - 1.0)) / u
+    is_high = u > SQRT2
+    m = 0.5 * u if is_high else u
+    return log1p_reduced_float64(m - 1.0, LN2_HI_F64 if is_high else 0.0,
+                                 (LN2_LO_F64 if is_high else 0.0) + correction)
+
+
+@ordered_jit
+def log1p_unit_float32(e):
+    """log1p_unit_float64 in float32."""
+    u = np.float32(1.0) + e
+    correction = (e - (u - np.float32(1.0))) / u
+    is_high = u > np.float32(SQRT2)
+    m = np.float32(0.5) * u if is_high else u
+    k_ln2_hi = np.float32(LN2_HI_LOG_F32) if is_high else np.float32(0.0)
+    k_ln2_lo = np.float32(LN2_LO_LOG_F32) if is_high else np.float32(0.0)
+    return log1p_reduced_float32(m - np.float32(1.0), k_ln2_hi, k_ln2_lo + correction)
 
 
 def fast_exp(x):
@@ -466,13 +482,13 @@ def max_of(values):
 
 @plain_jit
 def prefetch_ahead(values, start):
-    """Prefetch the SUM_CHUNK elements lying BLOCK elements past values[start].
+    """Prefetch the SUM_CHUNK elements lying BLOCK_CLASSES elements past values[start].
 
     Rows are contiguous, so that memory is the next block or the next rows: the data the
     next (memory-bound) max pass will read. Issued from the compute-bound exp loops, it
     keeps memory busy while the cores compute instead of leaving them waiting later.
     """
-    for k in range(start + BLOCK, start + BLOCK + SUM_CHUNK, CACHE_LINE // values.itemsize):
+    for k in range(start + BLOCK_CLASSES, start + BLOCK_CLASSES + SUM_CHUNK, CACHE_LINE // values.itemsize):
         prefetch(values, k)
 
 
@@ -559,13 +575,13 @@ def block_max_store_exp(values, out):
 
 @plain_jit
 def n_blocks_of(n_classes):
-    return (n_classes + BLOCK - 1) // BLOCK
+    return (n_classes + BLOCK_CLASSES - 1) // BLOCK_CLASSES
 
 
 @plain_jit
 def block_bounds(n_classes, block):
-    start = block * BLOCK
-    return start, min(start + BLOCK, n_classes)
+    start = block * BLOCK_CLASSES
+    return start, min(start + BLOCK_CLASSES, n_classes)
 
 
 @vector_jit
@@ -576,7 +592,7 @@ def row_max_sum_exp(row):
     not depend on the number of threads.
     """
     n_classes = row.shape[0]
-    if n_classes <= BLOCK:
+    if n_classes <= BLOCK_CLASSES:
         return block_max_sum_exp(row)  # the value merge_block_stats gives for one block
     n_blocks = n_blocks_of(n_classes)
     block_maxes = np.empty(n_blocks, dtype=row.dtype)
@@ -612,7 +628,7 @@ def merge_block_stats(block_maxes, block_others, block_counts):
 @plain_jit
 def log_sum_exp_of(row_max, others, n_at_max):
     """max + log1p(others + n_at_max - 1): right at the edges too (see above)."""
-    return np.float64(row_max) + log1p_of_sum(others + (n_at_max - 1.0))
+    return np.float64(row_max) + log1p_float64(others + (n_at_max - 1.0))
 
 
 @plain_jit
@@ -662,7 +678,7 @@ def split_row_stats(x):
 
 @plain_jit
 def narrow_rows_per_block(n_classes):
-    return max(1, NARROW_BLOCK_ELEMENTS // n_classes)
+    return max(1, ROW_TILE_ELEMENTS // n_classes)
 
 
 @plain_jit
@@ -746,7 +762,7 @@ def _logsumexp_narrow(x, out, n_tasks):
 
 def _splits_classes(n_rows, n_classes, threads):
     """Few rows, long rows: spread each row's blocks over the threads."""
-    return threads > 1 and n_classes > BLOCK and n_rows < SPLIT_ROWS_PER_THREAD * threads
+    return threads > 1 and n_classes > BLOCK_CLASSES and n_rows < SPLIT_ROWS_PER_THREAD * threads
 
 
 def _is_narrow(n_classes):
@@ -814,7 +830,7 @@ def _logsumexp_scaled_rows(x, b, out, sign_out):
     for i in prange(x.shape[0]):
         shift = shift_for(max_where_nonzero(x[i], b[i]))
         total = sum_scaled_exp(x[i], b[i], shift)
-        out[i] = np.log(abs(total)) + np.float64(shift)
+        out[i] = log_float64(abs(total)) + np.float64(shift)
         sign_out[i] = sign_of(total)
 
 
@@ -937,7 +953,7 @@ def log_sum_or_nan(row_max, others, n_at_max):
     (every log-probability is NaN there). Branch-free: it vectorises over the rows of a
     narrow block."""
     defined = softmax_is_defined(row_max, others)
-    return log1p_of_sum(others + (n_at_max - 1.0)) if defined else np.nan
+    return log1p_float64(others + (n_at_max - 1.0)) if defined else np.nan
 
 
 @vector_jit
@@ -1626,3 +1642,89 @@ def log_softmax_backward(dy, y, out, n_threads=1):
     if dy.shape[0] == 0 or dy.shape[1] == 0:
         return
     launch(usable_threads(n_threads), _log_softmax_backward_rows, dy, y, out)
+
+
+# --------------------------------------------------------------------------------------
+# The math library's primitives on arrays (test hooks, not kernels of the op table)
+# --------------------------------------------------------------------------------------
+# 1-D float32 or float64 x and out. The cython backend exposes the same three names, so
+# tests compare both backends' primitives element by element.
+
+
+@serial_kernel
+def math_exp(x, out):
+    """out = exp(x), the kernels' exp in x's type."""
+    for j in range(x.shape[0]):
+        out[j] = fast_exp(x[j])
+
+
+@serial_kernel
+def math_log(x, out):
+    """out = log(x), computed in float64 (as the kernels take the log of a row's sum)."""
+    for j in range(x.shape[0]):
+        out[j] = cast_like(log_float64(np.float64(x[j])), out)
+
+
+@serial_kernel
+def math_log1p(x, out):
+    """out = log1p(x) for x in [-1, inf] or NaN: the kernels' log1p_unit in x's type on
+    [0, 1] (softplus), log1p_float64 elsewhere (the log of a row's sum of exps)."""
+    for j in range(x.shape[0]):
+        value = x[j]
+        if value >= 0 and value <= 1:
+            out[j] = log1p_unit(value)
+        else:
+            out[j] = cast_like(log1p_float64(np.float64(value)), out)
+
+
+# --------------------------------------------------------------------------------------
+# The cached machine code and kernel_constants.py
+# --------------------------------------------------------------------------------------
+
+
+def _constants_fingerprint():
+    """A hash of every constant of kernel_constants.py, as this process sees them."""
+    values = sorted((name, repr(value)) for name, value in vars(kernel_constants).items()
+                    if name.isupper())
+    return hashlib.sha256(repr(values).encode()).hexdigest()
+
+
+def _forget_stale_cache():
+    """Remove this module's cached machine code if it was compiled with other constants.
+
+    numba's cache index checks only the timestamp of the file holding the jitted function
+    (this one), while the sizes and coefficients frozen into the machine code come from
+    kernel_constants.py: after an edit there, the old machine code would be loaded as if
+    nothing had changed. So the constants' fingerprint is kept beside numba's index, and
+    the module's cache files are removed (compiled afresh on first use) when it differs.
+    Runs at import, before any kernel is loaded from the cache.
+    """
+    try:
+        # Every cache=True kernel of this module shares one cache directory.
+        cache_dir = _logsumexp_rows._cache.cache_path
+    except AttributeError:  # no on-disk cache (no writable location)
+        return
+    stamp = os.path.join(cache_dir, __name__.rsplit(".", 1)[-1] + ".constants")
+    fingerprint = _constants_fingerprint()
+    try:
+        with open(stamp) as file:
+            if file.read() == fingerprint:
+                return
+    except OSError:
+        pass
+    prefix = os.path.basename(__file__).rsplit(".", 1)[0] + "."
+    try:
+        for name in os.listdir(cache_dir):
+            if name.startswith(prefix) and name.endswith((".nbi", ".nbc")):
+                os.remove(os.path.join(cache_dir, name))
+        os.makedirs(cache_dir, exist_ok=True)
+        temporary = f"{stamp}.{os.getpid()}"
+        with open(temporary, "w") as file:
+            file.write(fingerprint)
+        os.replace(temporary, stamp)
+    except OSError:  # a read-only cache location: numba does not write there either
+        pass
+
+
+if not numba.config.DISABLE_JIT:
+    _forget_stale_cache()

@@ -9,7 +9,7 @@ logic and coverage. Under JIT this module is not imported.
 Python-mode caveats: no fast-math, so results differ from the compiled ones by a few
 ulps (no FMA contraction, sums in order). And NumPy 2 keeps float32 + Python float in
 float32 where numba types 0.0 as float64 and widens: a float64 sum of float32 terms
-must start at np.float64(0.0), not 0.0 (see sum_exp_of and log_of_sum).
+must start at np.float64(0.0), not 0.0 (see sum_exp_of and log_float64).
 """
 
 from __future__ import annotations
