@@ -37,7 +37,7 @@ import os
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import literally, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
@@ -637,20 +637,30 @@ def task_range(n_items, n_tasks, task):
     return task * n_items // n_tasks, (task + 1) * n_items // n_tasks
 
 
-@parallel_kernel
-def split_block_stats(x):
-    """Per-(row, block) (max, sum exp), the blocks of all rows spread over the threads."""
-    n_rows, n_classes = x.shape
-    n_blocks = n_blocks_of(n_classes)
+@plain_jit
+def split_state_buffers(x):
+    """Per-(row, block) (max, others, n_at_max) arrays for the class split."""
+    n_rows = x.shape[0]
+    n_blocks = n_blocks_of(x.shape[1])
     block_maxes = np.empty((n_rows, n_blocks), dtype=x.dtype)
     block_others = np.empty((n_rows, n_blocks), dtype=np.float64)
     block_counts = np.empty((n_rows, n_blocks), dtype=np.float64)
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        block_maxes[i, block], block_others[i, block], block_counts[i, block] = (
-            block_max_sum_exp(x[i, start:stop]))
     return block_maxes, block_others, block_counts
+
+
+@vector_jit
+def block_stats_block(x, args, i, block, start, stop):
+    block_maxes, block_others, block_counts = args
+    block_maxes[i, block], block_others[i, block], block_counts[i, block] = (
+        block_max_sum_exp(x[i, start:stop]))
+
+
+@vector_jit
+def split_block_stats(x):
+    """Per-(row, block) (max, sum exp), the blocks of all rows spread over the threads."""
+    states = split_state_buffers(x)
+    class_split_schedule("block_stats", x, states)
+    return states
 
 
 @vector_jit
@@ -677,7 +687,7 @@ def split_row_stats(x):
 
 
 @plain_jit
-def narrow_rows_per_block(n_classes):
+def narrow_rows_per_tile(n_classes):
     return max(1, ROW_TILE_ELEMENTS // n_classes)
 
 
@@ -685,7 +695,7 @@ def narrow_rows_per_block(n_classes):
 def narrow_scratch(x):
     """Per-task buffers for one block of rows: row maxima, float64 others and n_at_max,
     and the transposed block."""
-    rows_per_block = narrow_rows_per_block(x.shape[1])
+    rows_per_block = narrow_rows_per_tile(x.shape[1])
     row_max = np.empty(rows_per_block, dtype=x.dtype)
     others = np.empty(rows_per_block, dtype=np.float64)
     counts = np.empty(rows_per_block, dtype=x.dtype)  # < 64: exact, and no conversion
@@ -694,7 +704,7 @@ def narrow_scratch(x):
 
 
 @vector_jit
-def narrow_block_stats(block, row_max, others, counts, transposed):
+def narrow_tile_stats(block, row_max, others, counts, transposed):
     """For the rows of ``block`` (a 2-D view) fill row_max[r], others[r] and counts[r]
     (n_at_max), and return exps[c, r] = exp(block[r, c] - shift_for(row_max[r])), a
     (classes, rows) view of ``transposed``."""
@@ -726,15 +736,142 @@ def narrow_block_stats(block, row_max, others, counts, transposed):
 
 
 # --------------------------------------------------------------------------------------
+# Row operations and schedules
+# --------------------------------------------------------------------------------------
+# What an op computes on its rows (its row operation) and how the rows are spread over
+# the threads (the schedule) are written apart (docs/architecture.md, "Schedules"):
+#
+# * a row operation is a name in ROW_OPERATIONS mapping each schedule's step to a small
+#   jitted function: "row" (one whole row i), "block" (one block of row i, class split),
+#   "tile" (one tile of narrow rows, given their row states), "flat" (a span of elements);
+# * a schedule is ONE parallel loop, generic over the row operation: rows_schedule,
+#   class_split_schedule, narrow_schedule, flat_schedule. It receives the operation's
+#   name as a string literal and its operands as one tuple ``args``.
+#
+# The step is chosen at compile time (the name is a literal; row_step & co. are overloads
+# that look the function up), so each op's kernel is compiled as if written out by hand,
+# and the kernels stay cacheable: numba cannot cache code that receives jitted functions
+# as values (they are "dynamic globals" to it), but it caches this. Each op keeps a
+# one-line cached entry kernel per schedule that it uses, which calls the schedule.
+
+ROW_OPERATIONS: dict[str, dict] = {}
+
+
+def row_operation(name, **steps):
+    """Register the steps (schedule step name -> jitted function) of a row operation."""
+    ROW_OPERATIONS.setdefault(name, {}).update(steps)
+
+
+def _row_operation_step(step):
+    """A jitted function ``step(op, *args)`` calling operation ``op``'s ``step`` function
+    with ``args``; ``op`` must be a string literal (the schedules ask for one)."""
+
+    def call_step(op, *args):
+        raise NotImplementedError(f"{step}: only callable from jitted code")
+
+    @overload(call_step)
+    def _call_step(op, *args):
+        if not isinstance(op, types.StringLiteral):
+            return None
+        function = ROW_OPERATIONS[op.literal_value][step]
+        return lambda op, *args: function(*args)
+
+    return call_step
+
+
+if numba.config.DISABLE_JIT:
+    from logitcore._backends.numba_python_mode import row_operation_step as _row_operation_step  # noqa: F811,E501
+
+row_step = _row_operation_step("row")
+block_step = _row_operation_step("block")
+tile_step = _row_operation_step("tile")
+flat_step = _row_operation_step("flat")
+
+# Schedules are compiled into the cached entry kernel that calls them, not cached apart.
+schedule = njit(parallel=True, fastmath=VECTOR_MATH, error_model="numpy")
+
+
+@schedule
+def rows_schedule(op, x, args):
+    """Whole rows in parallel: row_step(op, x, args, i) for every row i."""
+    literally(op)
+    for i in prange(x.shape[0]):
+        row_step(op, x, args, i)
+
+
+@schedule
+def class_split_schedule(op, x, args):
+    """Few long rows: every (row, block) pair is a task of its own, in parallel.
+    block_step(op, x, args, i, block, start, stop) for the classes start:stop of row i.
+    Whatever the block step leaves per block is merged by the caller in block order, so
+    results do not depend on the thread count."""
+    literally(op)
+    n_rows, n_classes = x.shape
+    n_blocks = n_blocks_of(n_classes)
+    for task in prange(n_rows * n_blocks):
+        i, block = task // n_blocks, task % n_blocks
+        start, stop = block_bounds(n_classes, block)
+        block_step(op, x, args, i, block, start, stop)
+
+
+@schedule
+def narrow_schedule(op, x, args, n_tasks):
+    """Short rows: n_tasks contiguous ranges of rows in parallel, each cut into row tiles.
+    For each tile narrow_tile_stats gives the row states (row_max, others, counts) and the
+    transposed exps; tile_step(op, x, args, start, stop, exps, row_max, others, counts,
+    row_scratch) then writes the tile's rows start:stop (row_scratch: two float64 values
+    per row of the tile, free for the step's per-row factors)."""
+    literally(op)
+    n_rows, n_classes = x.shape
+    rows_per_tile = narrow_rows_per_tile(n_classes)
+    for task in prange(n_tasks):
+        first, stop = task_range(n_rows, n_tasks, task)
+        row_max, others, counts, transposed = narrow_scratch(x)
+        row_scratch = np.empty((2, rows_per_tile))
+        for tile_start in range(first, stop, rows_per_tile):
+            tile_stop = min(tile_start + rows_per_tile, stop)
+            exps = narrow_tile_stats(x[tile_start:tile_stop], row_max, others, counts,
+                                     transposed)
+            tile_step(op, x, args, tile_start, tile_stop, exps, row_max, others, counts,
+                      row_scratch)
+
+
+@schedule
+def flat_schedule(op, x, out, n_tasks):
+    """Elementwise: n_tasks contiguous spans, flat_step(op, x[span], out[span])."""
+    literally(op)
+    for task in prange(n_tasks):
+        start, stop = task_range(x.shape[0], n_tasks, task)
+        flat_step(op, x[start:stop], out[start:stop])
+
+
+# --------------------------------------------------------------------------------------
 # logsumexp
 # --------------------------------------------------------------------------------------
 
 
-@parallel_kernel
+@vector_jit
+def logsumexp_row(x, args, i):
+    (out,) = args
+    row_max, others, n_at_max = row_max_sum_exp(x[i])
+    out[i] = log_sum_exp_of(row_max, others, n_at_max)
+
+
+@vector_jit
+def logsumexp_tile(x, args, start, stop, exps, row_max, others, counts, row_scratch):
+    (out,) = args
+    out_tile = out[start:stop]
+    for r in range(stop - start):
+        out_tile[r] = log_sum_exp_of(row_max[r], others[r], counts[r])
+
+
+row_operation("logsumexp", row=logsumexp_row, tile=logsumexp_tile)
+row_operation("block_stats", block=block_stats_block)
+
+
+@serial_kernel
 def _logsumexp_rows(x, out):
-    for i in prange(x.shape[0]):
-        row_max, others, n_at_max = row_max_sum_exp(x[i])
-        out[i] = log_sum_exp_of(row_max, others, n_at_max)
+    rows_schedule("logsumexp", x, (out,))
 
 
 @serial_kernel
@@ -745,19 +882,9 @@ def _logsumexp_split(x, out):
         out[i] = log_sum_exp_of(row_maxes[i], others[i], counts[i])
 
 
-@parallel_kernel
+@serial_kernel
 def _logsumexp_narrow(x, out, n_tasks):
-    n_rows = x.shape[0]
-    rows_per_block = narrow_rows_per_block(x.shape[1])
-    for task in prange(n_tasks):
-        first, stop = task_range(n_rows, n_tasks, task)
-        row_max, others, counts, transposed = narrow_scratch(x)
-        for block_start in range(first, stop, rows_per_block):
-            block_stop = min(block_start + rows_per_block, stop)
-            narrow_block_stats(x[block_start:block_stop], row_max, others, counts, transposed)
-            out_block = out[block_start:block_stop]
-            for r in range(block_stop - block_start):
-                out_block[r] = log_sum_exp_of(row_max[r], others[r], counts[r])
+    narrow_schedule("logsumexp", x, (out,), n_tasks)
 
 
 def _splits_classes(n_rows, n_classes, threads):
@@ -825,13 +952,21 @@ def sign_of(value):
     return value  # 0 or NaN
 
 
-@parallel_kernel
+@vector_jit
+def logsumexp_scaled_row(x, args, i):
+    b, out, sign_out = args
+    shift = shift_for(max_where_nonzero(x[i], b[i]))
+    total = sum_scaled_exp(x[i], b[i], shift)
+    out[i] = log_float64(abs(total)) + np.float64(shift)
+    sign_out[i] = sign_of(total)
+
+
+row_operation("logsumexp_scaled", row=logsumexp_scaled_row)
+
+
+@serial_kernel
 def _logsumexp_scaled_rows(x, b, out, sign_out):
-    for i in prange(x.shape[0]):
-        shift = shift_for(max_where_nonzero(x[i], b[i]))
-        total = sum_scaled_exp(x[i], b[i], shift)
-        out[i] = log_float64(abs(total)) + np.float64(shift)
-        sign_out[i] = sign_of(total)
+    rows_schedule("logsumexp_scaled", x, (b, out, sign_out))
 
 
 def logsumexp_scaled(x, b, out, sign_out, n_threads=1):
@@ -879,59 +1014,71 @@ def row_softmax(row, out):
         finish_softmax_block(out[start:stop], block_maxes[block], row_max, others + n_at_max)
 
 
-@parallel_kernel
+@vector_jit
+def softmax_row(x, args, i):
+    (out,) = args
+    row_softmax(x[i], out[i])
+
+
+@vector_jit
+def softmax_tile(x, args, start, stop, exps, row_max, others, counts, row_scratch):
+    (out,) = args
+    n_classes = x.shape[1]
+    # Per-row factors first, in their own (vectorised) loop.
+    factors = row_scratch[0]
+    for r in range(stop - start):
+        sum_exp = others[r] + counts[r]
+        defined = softmax_is_defined(row_max[r], sum_exp)
+        factors[r] = 1.0 / sum_exp if defined else np.nan
+    out_tile = out[start:stop]
+    for r in range(stop - start):
+        factor = cast_like(factors[r], x)
+        for c in range(n_classes):
+            out_tile[r, c] = exps[c, r] * factor
+
+
+@vector_jit
+def softmax_exp_block(x, args, i, block, start, stop):
+    """Class split, first pass: a block's exps into out, and its state."""
+    out, block_maxes, block_others, block_counts = args
+    block_maxes[i, block], block_others[i, block], block_counts[i, block] = (
+        block_max_store_exp(x[i, start:stop], out[i, start:stop]))
+
+
+@vector_jit
+def softmax_scale_block(x, args, i, block, start, stop):
+    """Class split, second pass: a block's exps into probabilities, given the row's state."""
+    out, block_maxes, row_maxes, sums = args
+    finish_softmax_block(out[i, start:stop], block_maxes[i, block], row_maxes[i], sums[i])
+
+
+row_operation("softmax", row=softmax_row, tile=softmax_tile)
+row_operation("softmax_exp", block=softmax_exp_block)
+row_operation("softmax_scale", block=softmax_scale_block)
+
+
+@serial_kernel
 def _softmax_rows(x, out):
-    for i in prange(x.shape[0]):
-        row_softmax(x[i], out[i])
+    rows_schedule("softmax", x, (out,))
 
 
-@parallel_kernel
+@serial_kernel
 def _softmax_split(x, out):
-    n_rows, n_classes = x.shape
-    n_blocks = n_blocks_of(n_classes)
-    block_maxes = np.empty((n_rows, n_blocks), dtype=x.dtype)
-    block_others = np.empty((n_rows, n_blocks), dtype=np.float64)
-    block_counts = np.empty((n_rows, n_blocks), dtype=np.float64)
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        block_maxes[i, block], block_others[i, block], block_counts[i, block] = (
-            block_max_store_exp(x[i, start:stop], out[i, start:stop]))
+    block_maxes, block_others, block_counts = split_state_buffers(x)
+    class_split_schedule("softmax_exp", x, (out, block_maxes, block_others, block_counts))
+    n_rows = x.shape[0]
     row_maxes = np.empty(n_rows, dtype=x.dtype)
     sums = np.empty(n_rows, dtype=np.float64)
     for i in range(n_rows):
         row_maxes[i], others, n_at_max = merge_block_stats(
             block_maxes[i], block_others[i], block_counts[i])
         sums[i] = others + n_at_max
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        finish_softmax_block(out[i, start:stop], block_maxes[i, block], row_maxes[i], sums[i])
+    class_split_schedule("softmax_scale", x, (out, block_maxes, row_maxes, sums))
 
 
-@parallel_kernel
+@serial_kernel
 def _softmax_narrow(x, out, n_tasks):
-    n_rows, n_classes = x.shape
-    rows_per_block = narrow_rows_per_block(n_classes)
-    for task in prange(n_tasks):
-        first, stop = task_range(n_rows, n_tasks, task)
-        row_max, others, counts, transposed = narrow_scratch(x)
-        for block_start in range(first, stop, rows_per_block):
-            block_stop = min(block_start + rows_per_block, stop)
-            n_block_rows = block_stop - block_start
-            exps = narrow_block_stats(x[block_start:block_stop], row_max, others, counts,
-                                      transposed)
-            # Per-row factors first, in their own (vectorised) loop; they replace others.
-            factors = others
-            for r in range(n_block_rows):
-                sum_exp = others[r] + counts[r]
-                defined = softmax_is_defined(row_max[r], sum_exp)
-                factors[r] = 1.0 / sum_exp if defined else np.nan
-            out_block = out[block_start:block_stop]
-            for r in range(n_block_rows):
-                factor = cast_like(factors[r], x)
-                for c in range(n_classes):
-                    out_block[r, c] = exps[c, r] * factor
+    narrow_schedule("softmax", x, (out,), n_tasks)
 
 
 def softmax(x, out, n_threads=1):
@@ -967,49 +1114,57 @@ def store_log_softmax(values, out, row_max, log_sum):
         out[j] = log_softmax_value(values[j], row_max, log_sum_typed)
 
 
-@parallel_kernel
+@vector_jit
+def log_softmax_row(x, args, i):
+    (out,) = args
+    row_max, others, n_at_max = row_max_sum_exp(x[i])
+    store_log_softmax(x[i], out[i], row_max, log_sum_or_nan(row_max, others, n_at_max))
+
+
+@vector_jit
+def log_softmax_tile(x, args, start, stop, exps, row_max, others, counts, row_scratch):
+    (out,) = args
+    n_classes = x.shape[1]
+    # Per-row log(sum) first, in their own (vectorised) loop.
+    log_sums = row_scratch[0]
+    for r in range(stop - start):
+        log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
+    tile = x[start:stop]
+    out_tile = out[start:stop]
+    for r in range(stop - start):
+        shift = row_max[r]
+        log_sum = cast_like(log_sums[r], x)
+        for c in range(n_classes):
+            out_tile[r, c] = log_softmax_value(tile[r, c], shift, log_sum)
+
+
+@vector_jit
+def log_softmax_write_block(x, args, i, block, start, stop):
+    out, row_maxes, log_sums = args
+    store_log_softmax(x[i, start:stop], out[i, start:stop], row_maxes[i], log_sums[i])
+
+
+row_operation("log_softmax", row=log_softmax_row, tile=log_softmax_tile)
+row_operation("log_softmax_write", block=log_softmax_write_block)
+
+
+@serial_kernel
 def _log_softmax_rows(x, out):
-    for i in prange(x.shape[0]):
-        row_max, others, n_at_max = row_max_sum_exp(x[i])
-        store_log_softmax(x[i], out[i], row_max, log_sum_or_nan(row_max, others, n_at_max))
+    rows_schedule("log_softmax", x, (out,))
 
 
-@parallel_kernel
+@serial_kernel
 def _log_softmax_split(x, out):
-    n_rows, n_classes = x.shape
-    n_blocks = n_blocks_of(n_classes)
     row_maxes, others, counts = split_row_stats(x)
-    log_sums = np.empty(n_rows)
-    for i in range(n_rows):
+    log_sums = np.empty(x.shape[0])
+    for i in range(x.shape[0]):
         log_sums[i] = log_sum_or_nan(row_maxes[i], others[i], counts[i])
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        store_log_softmax(x[i, start:stop], out[i, start:stop], row_maxes[i], log_sums[i])
+    class_split_schedule("log_softmax_write", x, (out, row_maxes, log_sums))
 
 
-@parallel_kernel
+@serial_kernel
 def _log_softmax_narrow(x, out, n_tasks):
-    n_rows, n_classes = x.shape
-    rows_per_block = narrow_rows_per_block(x.shape[1])
-    for task in prange(n_tasks):
-        first, stop = task_range(n_rows, n_tasks, task)
-        row_max, others, counts, transposed = narrow_scratch(x)
-        for block_start in range(first, stop, rows_per_block):
-            block_stop = min(block_start + rows_per_block, stop)
-            n_block_rows = block_stop - block_start
-            block = x[block_start:block_stop]
-            narrow_block_stats(block, row_max, others, counts, transposed)
-            # Per-row log(sum) first, in their own (vectorised) loop; they replace others.
-            log_sums = others
-            for r in range(n_block_rows):
-                log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
-            out_block = out[block_start:block_stop]
-            for r in range(n_block_rows):
-                shift = row_max[r]
-                log_sum = cast_like(log_sums[r], x)
-                for c in range(n_classes):
-                    out_block[r, c] = log_softmax_value(block[r, c], shift, log_sum)
+    narrow_schedule("log_softmax", x, (out,), n_tasks)
 
 
 def log_softmax(x, out, n_threads=1):
@@ -1037,18 +1192,18 @@ def store_log_sigmoid(values, out):
         out[j] = -softplus_of_negative(values[j])
 
 
-@parallel_kernel
+row_operation("sigmoid", flat=store_sigmoid)
+row_operation("log_sigmoid", flat=store_log_sigmoid)
+
+
+@serial_kernel
 def _sigmoid_flat(x, out, n_tasks):
-    for task in prange(n_tasks):
-        start, stop = task_range(x.shape[0], n_tasks, task)
-        store_sigmoid(x[start:stop], out[start:stop])
+    flat_schedule("sigmoid", x, out, n_tasks)
 
 
-@parallel_kernel
+@serial_kernel
 def _log_sigmoid_flat(x, out, n_tasks):
-    for task in prange(n_tasks):
-        start, stop = task_range(x.shape[0], n_tasks, task)
-        store_log_sigmoid(x[start:stop], out[start:stop])
+    flat_schedule("log_sigmoid", x, out, n_tasks)
 
 
 def _flat_tasks(n_elements, threads):
@@ -1377,7 +1532,7 @@ def _cross_entropy_labels_narrow(x, labels, weight, ignore_index, eps, loss_out,
     n_rows, n_classes = x.shape
     weight_sum, any_weight = smoothing_weight_summary(weight, eps)
     smoothing_coef = eps / n_classes
-    rows_per_block = narrow_rows_per_block(n_classes)
+    rows_per_block = narrow_rows_per_tile(n_classes)
     for task in prange(n_tasks):
         first, stop = task_range(n_rows, n_tasks, task)
         row_max, others, counts, transposed = narrow_scratch(x)
@@ -1385,7 +1540,7 @@ def _cross_entropy_labels_narrow(x, labels, weight, ignore_index, eps, loss_out,
         sums = np.empty_like(others)
         for block_start in range(first, stop, rows_per_block):
             block_stop = min(block_start + rows_per_block, stop)
-            exps = narrow_block_stats(x[block_start:block_stop], row_max, others, counts,
+            exps = narrow_tile_stats(x[block_start:block_stop], row_max, others, counts,
                                       transposed)
             # The logs first, in a loop of their own that vectorises across the rows: in the
             # branchy per-row loop below each would be a scalar call (it was 2x the time).

@@ -89,3 +89,12 @@ def ieee_quiet(kernel):
             return kernel(*args, **kwargs)
 
     return run
+
+
+def row_operation_step(step):
+    """The schedules' step dispatch (see numba_kernels._row_operation_step) in Python."""
+
+    def call_step(op, *args):
+        return _kernels().ROW_OPERATIONS[op][step](*args)
+
+    return call_step
