@@ -1442,53 +1442,103 @@ def row_cross_entropy_labels(row, grad, label, weight, eps, weight_sum, any_weig
     return loss
 
 
-@parallel_kernel
-def _cross_entropy_labels_rows(x, labels, weight, ignore_index, eps, loss_out, grad_out,
-                               grad_scale, want_grad):
+@vector_jit
+def cross_entropy_labels_row(x, args, i):
+    (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
+     weight_sum, any_weight, no_grad) = args
+    grad_row = grad_out[i] if want_grad else no_grad
+    loss_out[i] = row_cross_entropy_labels(
+        x[i], grad_row, labels[i], weight, eps, weight_sum, any_weight, grad_scale,
+        want_grad, ignore_index)
+
+
+@vector_jit
+def cross_entropy_labels_tile(x, args, start, stop, exps, row_max, others, counts,
+                              row_scratch):
+    (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
+     weight_sum, any_weight, no_grad) = args
+    n_classes = x.shape[1]
+    smoothing_coef = eps / n_classes
+    # The logs first, in a loop of their own that vectorises across the rows: in the
+    # branchy per-row loop below each would be a scalar call.
+    log_sums = row_scratch[0]
+    sums = row_scratch[1]
+    for r in range(stop - start):
+        log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
+        sums[r] = others[r] + counts[r]
+    for r in range(stop - start):
+        i = start + r
+        label = labels[i]
+        if label == ignore_index:
+            loss_out[i] = 0.0
+            if want_grad:
+                fill(grad_out[i], cast_like(ignored_row_grad(row_max[r], sums[r]), grad_out))
+            continue
+        label_coef = (1.0 - eps) * np.float64(weight[label])
+        smoothing_sum = 0.0
+        if smoothing_coef != 0.0 and any_weight:
+            smoothing_sum = weighted_shifted_sum(x[i], weight, shift_for(row_max[r]))
+        loss_out[i] = label_loss(row_max[r], log_sums[r], x[i, label], label_coef,
+                                 smoothing_coef, smoothing_sum, weight_sum, any_weight)
+        if want_grad:
+            prob_factor, smoothing_grad, label_grad = label_grad_coefficients(
+                row_max[r], sums[r], label_coef, smoothing_coef, weight_sum, grad_scale)
+            factor = cast_like(prob_factor, x)
+            smoothing = cast_like(smoothing_grad, x)
+            grad_row = grad_out[i]
+            for c in range(n_classes):
+                grad_row[c] = exps[c, r] * factor - smoothing * weight[c]
+            grad_row[label] -= cast_like(label_grad, grad_out)
+
+
+@vector_jit
+def smoothing_sum_block(x, args, i, block, start, stop):
+    """Class split: a block's sum_{w != 0} w (x - max)."""
+    weight, row_maxes, block_smoothing = args
+    block_smoothing[i, block] = weighted_shifted_sum(
+        x[i, start:stop], weight[start:stop], shift_for(row_maxes[i]))
+
+
+@vector_jit
+def label_grad_block(x, args, i, block, start, stop):
+    """Class split: a block of the gradient from its row's coefficients."""
+    labels, weight, ignore_index, grad_out, row_maxes, prob_factors, smoothing_grads = args
+    if labels[i] == ignore_index:  # prob_factors holds ignored_row_grad
+        fill(grad_out[i, start:stop], cast_like(prob_factors[i], grad_out))
+    else:
+        store_label_grad(x[i, start:stop], grad_out[i, start:stop], weight[start:stop],
+                         row_maxes[i], prob_factors[i], smoothing_grads[i])
+
+
+row_operation("cross_entropy_labels", row=cross_entropy_labels_row,
+              tile=cross_entropy_labels_tile)
+row_operation("smoothing_sum", block=smoothing_sum_block)
+row_operation("label_grad", block=label_grad_block)
+
+
+@plain_jit
+def cross_entropy_labels_args(labels, weight, ignore_index, eps, loss_out, grad_out,
+                              grad_scale, want_grad):
+    """The operands of the rows and narrow steps: the call's, the weight summary and an
+    empty gradient row for calls without a gradient."""
     weight_sum, any_weight = smoothing_weight_summary(weight, eps)
     no_grad = np.empty(0, dtype=grad_out.dtype)
-    for i in prange(x.shape[0]):
-        grad_row = grad_out[i] if want_grad else no_grad
-        loss_out[i] = row_cross_entropy_labels(
-            x[i], grad_row, labels[i], weight, eps, weight_sum, any_weight, grad_scale,
-            want_grad, ignore_index)
+    return (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
+            weight_sum, any_weight, no_grad)
 
 
-@parallel_kernel
-def split_smoothing_sums(x, weight, row_maxes):
-    """Per-(row, block) sum_{w != 0} w (x - max), the blocks spread over the threads."""
-    n_rows, n_classes = x.shape
-    n_blocks = n_blocks_of(n_classes)
-    block_smoothing = np.empty((n_rows, n_blocks))
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        block_smoothing[i, block] = weighted_shifted_sum(
-            x[i, start:stop], weight[start:stop], shift_for(row_maxes[i]))
-    return block_smoothing
-
-
-@parallel_kernel
-def split_label_grads(x, labels, weight, ignore_index, grad_out, row_maxes, prob_factors,
-                      smoothing_grads):
-    """The gradient of few long rows from their coefficients, blocks spread over threads."""
-    n_rows, n_classes = x.shape
-    n_blocks = n_blocks_of(n_classes)
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        if labels[i] == ignore_index:  # prob_factors holds ignored_row_grad
-            fill(grad_out[i, start:stop], cast_like(prob_factors[i], grad_out))
-        else:
-            store_label_grad(x[i, start:stop], grad_out[i, start:stop], weight[start:stop],
-                             row_maxes[i], prob_factors[i], smoothing_grads[i])
+@serial_kernel
+def _cross_entropy_labels_rows(x, labels, weight, ignore_index, eps, loss_out, grad_out,
+                               grad_scale, want_grad):
+    rows_schedule("cross_entropy_labels", x, cross_entropy_labels_args(
+        labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad))
 
 
 @serial_kernel
 def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, grad_out,
                                 grad_scale, want_grad):
-    # Serial glue around the parallel passes (split_row_stats, split_smoothing_sums,
-    # split_label_grads): in a parallel function every np.zeros would be a parallel loop
+    # Serial glue around the parallel passes (split_row_stats and the class splits of
+    # smoothing_sum_block and label_grad_block): in a parallel function every np.zeros would be a parallel loop
     # of its own, and those launches cost more than this whole kernel gains from threads.
     n_rows, n_classes = x.shape
     n_blocks = n_blocks_of(n_classes)
@@ -1496,10 +1546,9 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
     smoothing_coef = eps / n_classes
     row_maxes, others, counts = split_row_stats(x)
     sums = others + counts
+    block_smoothing = np.zeros((n_rows, n_blocks))
     if smoothing_coef != 0.0 and any_weight:
-        block_smoothing = split_smoothing_sums(x, weight, row_maxes)
-    else:
-        block_smoothing = np.zeros((n_rows, n_blocks))
+        class_split_schedule("smoothing_sum", x, (weight, row_maxes, block_smoothing))
     prob_factors = np.zeros(n_rows)
     smoothing_grads = np.zeros(n_rows)
     label_grads = np.zeros(n_rows)
@@ -1519,59 +1568,19 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
         prob_factors[i], smoothing_grads[i], label_grads[i] = label_grad_coefficients(
             row_maxes[i], sums[i], label_coef, smoothing_coef, weight_sum, grad_scale)
     if want_grad:
-        split_label_grads(x, labels, weight, ignore_index, grad_out, row_maxes, prob_factors,
-                          smoothing_grads)
+        class_split_schedule("label_grad", x, (labels, weight, ignore_index, grad_out,
+                                               row_maxes, prob_factors, smoothing_grads))
         for i in range(n_rows):
             if labels[i] != ignore_index:
                 grad_out[i, labels[i]] -= cast_like(label_grads[i], grad_out)
 
 
-@parallel_kernel
+@serial_kernel
 def _cross_entropy_labels_narrow(x, labels, weight, ignore_index, eps, loss_out, grad_out,
                                  grad_scale, want_grad, n_tasks):
-    n_rows, n_classes = x.shape
-    weight_sum, any_weight = smoothing_weight_summary(weight, eps)
-    smoothing_coef = eps / n_classes
-    rows_per_block = narrow_rows_per_tile(n_classes)
-    for task in prange(n_tasks):
-        first, stop = task_range(n_rows, n_tasks, task)
-        row_max, others, counts, transposed = narrow_scratch(x)
-        log_sums = np.empty_like(others)
-        sums = np.empty_like(others)
-        for block_start in range(first, stop, rows_per_block):
-            block_stop = min(block_start + rows_per_block, stop)
-            exps = narrow_tile_stats(x[block_start:block_stop], row_max, others, counts,
-                                      transposed)
-            # The logs first, in a loop of their own that vectorises across the rows: in the
-            # branchy per-row loop below each would be a scalar call (it was 2x the time).
-            for r in range(block_stop - block_start):
-                log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
-                sums[r] = others[r] + counts[r]
-            for r in range(block_stop - block_start):
-                i = block_start + r
-                label = labels[i]
-                if label == ignore_index:
-                    loss_out[i] = 0.0
-                    if want_grad:
-                        fill(grad_out[i],
-                             cast_like(ignored_row_grad(row_max[r], sums[r]), grad_out))
-                    continue
-                label_coef = (1.0 - eps) * np.float64(weight[label])
-                smoothing_sum = 0.0
-                if smoothing_coef != 0.0 and any_weight:
-                    smoothing_sum = weighted_shifted_sum(x[i], weight, shift_for(row_max[r]))
-                loss_out[i] = label_loss(row_max[r], log_sums[r], x[i, label], label_coef,
-                                         smoothing_coef, smoothing_sum, weight_sum, any_weight)
-                if want_grad:
-                    prob_factor, smoothing_grad, label_grad = label_grad_coefficients(
-                        row_max[r], sums[r], label_coef, smoothing_coef, weight_sum,
-                        grad_scale)
-                    factor = cast_like(prob_factor, x)
-                    smoothing = cast_like(smoothing_grad, x)
-                    grad_row = grad_out[i]
-                    for c in range(n_classes):
-                        grad_row[c] = exps[c, r] * factor - smoothing * weight[c]
-                    grad_row[label] -= cast_like(label_grad, grad_out)
+    narrow_schedule("cross_entropy_labels", x, cross_entropy_labels_args(
+        labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad),
+        n_tasks)
 
 
 def _wants_grad(grad_out, x):
@@ -1663,14 +1672,23 @@ def row_cross_entropy_probs(row, target, grad, weight, eps, grad_scale, want_gra
     return loss
 
 
-@parallel_kernel
+@vector_jit
+def cross_entropy_probs_row(x, args, i):
+    target, weight, eps, loss_out, grad_out, grad_scale, want_grad, no_grad = args
+    grad_row = grad_out[i] if want_grad else no_grad
+    loss_out[i] = row_cross_entropy_probs(x[i], target[i], grad_row, weight, eps,
+                                          grad_scale, want_grad)
+
+
+row_operation("cross_entropy_probs", row=cross_entropy_probs_row)
+
+
+@serial_kernel
 def _cross_entropy_probs_rows(x, target, weight, eps, loss_out, grad_out, grad_scale,
                               want_grad):
     no_grad = np.empty(0, dtype=grad_out.dtype)
-    for i in prange(x.shape[0]):
-        grad_row = grad_out[i] if want_grad else no_grad
-        loss_out[i] = row_cross_entropy_probs(x[i], target[i], grad_row, weight, eps,
-                                              grad_scale, want_grad)
+    rows_schedule("cross_entropy_probs", x, (target, weight, eps, loss_out, grad_out,
+                                             grad_scale, want_grad, no_grad))
 
 
 def cross_entropy_probs(x, target, weight, label_smoothing, loss_out, grad_out, grad_scale,
@@ -1728,18 +1746,26 @@ def row_bce(row, target, weight, pos_weight, loss, grad, grad_scale, sum_loss, w
         loss[0] = total
 
 
-@parallel_kernel
+@vector_jit
+def bce_row(x, args, i):
+    target, weight, pos_weight, loss_out, grad_out, grad_scale, sum_loss, want_grad, no_grad = (
+        args)
+    grad_row = grad_out[i] if want_grad else no_grad
+    weight_row = weight[i] if weight.shape[0] != 1 else weight[0]
+    pos_weight_row = pos_weight[i] if pos_weight.shape[0] != 1 else pos_weight[0]
+    row_bce(x[i], target[i], weight_row, pos_weight_row, loss_out[i], grad_row, grad_scale,
+            sum_loss, want_grad)
+
+
+row_operation("bce_with_logits", row=bce_row)
+
+
+@serial_kernel
 def _bce_rows(x, target, weight, pos_weight, loss_out, grad_out, grad_scale, sum_loss,
               want_grad):
-    per_row_weight = weight.shape[0] != 1
-    per_row_pos_weight = pos_weight.shape[0] != 1
     no_grad = np.empty(0, dtype=grad_out.dtype)
-    for i in prange(x.shape[0]):
-        grad_row = grad_out[i] if want_grad else no_grad
-        weight_row = weight[i] if per_row_weight else weight[0]
-        pos_weight_row = pos_weight[i] if per_row_pos_weight else pos_weight[0]
-        row_bce(x[i], target[i], weight_row, pos_weight_row, loss_out[i], grad_row,
-                grad_scale, sum_loss, want_grad)
+    rows_schedule("bce_with_logits", x, (target, weight, pos_weight, loss_out, grad_out,
+                                         grad_scale, sum_loss, want_grad, no_grad))
 
 
 def bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scale,
@@ -1775,16 +1801,30 @@ def row_log_softmax_backward(dy, y, out):
         out[j] = np.float64(dy[j]) - np.float64(fast_exp(y[j])) * total
 
 
-@parallel_kernel
+@vector_jit
+def softmax_backward_row(dy, args, i):
+    y, out = args
+    row_softmax_backward(dy[i], y[i], out[i])
+
+
+@vector_jit
+def log_softmax_backward_row(dy, args, i):
+    y, out = args
+    row_log_softmax_backward(dy[i], y[i], out[i])
+
+
+row_operation("softmax_backward", row=softmax_backward_row)
+row_operation("log_softmax_backward", row=log_softmax_backward_row)
+
+
+@serial_kernel
 def _softmax_backward_rows(dy, y, out):
-    for i in prange(dy.shape[0]):
-        row_softmax_backward(dy[i], y[i], out[i])
+    rows_schedule("softmax_backward", dy, (y, out))
 
 
-@parallel_kernel
+@serial_kernel
 def _log_softmax_backward_rows(dy, y, out):
-    for i in prange(dy.shape[0]):
-        row_log_softmax_backward(dy[i], y[i], out[i])
+    rows_schedule("log_softmax_backward", dy, (y, out))
 
 
 def softmax_backward(dy, y, out, n_threads=1):
