@@ -4,18 +4,20 @@ Where the speed comes from (docs/architecture.md, "Numerics and speed"):
 
 * A branch-free exp written as plain arithmetic (range reduction, polynomial, 2^k built
   from its bit pattern), so that LLVM vectorises it. Numba >= 0.62 compiles ``np.exp`` in
-  a loop as one scalar libm call per element, about 5x slower. The same for the log of
+  a loop as one scalar libm call per element, several times slower. The same for the log of
   each row's sum and the log1p of softplus.
-* Few memory passes. A row is read from memory once, in blocks of ``BLOCK_CLASSES`` classes: the
-  block's maximum, then its sum of exp (the block is still in L1), and the per-block
-  (max, sum exp) pairs are merged like online softmax. The exp loops prefetch the data
+* Few memory passes. A row is read from memory once, in blocks of ``BLOCK_CLASSES``
+  classes: the block's maximum, then its sum of exp (the block is still in L1), and the
+  per-block row states (max, sum exp) are merged like online softmax. The exp loops prefetch the data
   the next max pass will read, so memory and arithmetic overlap. Nothing N x C is
   allocated.
 * float32 sums of exp accumulate in float32 over short chunks, then in float64.
-* Work split to fit the shape: rows across threads; when rows are fewer than threads
-  (one 128k-class row), the blocks of a row across threads, merged in the same order so
-  the result does not depend on the thread count; when rows are too short to vectorise
-  (4M x 10), blocks of rows transposed in L1 so every pass runs across rows.
+* Work split to fit the shape, by four schedules written once each and generic over the
+  op's row operation (see "Row operations and schedules"): ``rows`` (rows across
+  threads), ``class_split`` (rows fewer than threads, e.g. one 128k-class row: the blocks
+  of a row across threads, merged in block order so the result does not depend on the
+  thread count), ``narrow`` (rows too short to vectorise, e.g. 4M x 10: row tiles
+  transposed in L1 so every pass runs across rows) and ``flat`` (elementwise ops).
 
 Fast-math: kernels and reductions use ``contract, reassoc, afn, arcp`` so reductions
 vectorise; never ``nnan``/``ninf``, which would let LLVM break the -inf masks and NaN rows
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -610,9 +613,8 @@ def merge_block_stats(block_maxes, block_others, block_counts):
     """A row's (max, others, n_at_max) from its blocks': the row max first, then each block
     added in block order: a block whose max is the row's adds both fields, a block with a
     smaller max adds (n_at_max + others) exp(block max - row max) to others. Both loops
-    vectorise (64 blocks: ~0.05 us; merging the blocks one by one, online-softmax style,
-    was a chain of 128 scalar exps, ~0.5 us, part of every long row and of the serial step
-    of the class split)."""
+    vectorise (merging the blocks one by one, online-softmax style, would be a chain of
+    scalar exps, in every long row and in the serial step of the class split)."""
     row_max = max_of(block_maxes)
     others = 0.0
     n_at_max = 0.0
@@ -751,8 +753,8 @@ def narrow_tile_stats(block, row_max, others, counts, transposed):
 # The step is chosen at compile time (the name is a literal; row_step & co. are overloads
 # that look the function up), so each op's kernel is compiled as if written out by hand,
 # and the kernels stay cacheable: numba cannot cache code that receives jitted functions
-# as values (they are "dynamic globals" to it), but it caches this. Each op keeps a
-# one-line cached entry kernel per schedule that it uses, which calls the schedule.
+# as values (they are "dynamic globals" to it), but it caches this. Python enters an op's
+# schedules through its entry kernels (entry_kernels), cached per op.
 
 ROW_OPERATIONS: dict[str, dict] = {}
 
@@ -762,9 +764,10 @@ def row_operation(name, **steps):
     ROW_OPERATIONS.setdefault(name, {}).update(steps)
 
 
-def _row_operation_step(step):
+def _row_operation_step(step, default=None):
     """A jitted function ``step(op, *args)`` calling operation ``op``'s ``step`` function
-    with ``args``; ``op`` must be a string literal (the schedules ask for one)."""
+    (``default`` where the operation has none) with ``args``; ``op`` must be a string
+    literal (the schedules and entry kernels ask for one)."""
 
     def call_step(op, *args):
         raise NotImplementedError(f"{step}: only callable from jitted code")
@@ -773,10 +776,15 @@ def _row_operation_step(step):
     def _call_step(op, *args):
         if not isinstance(op, types.StringLiteral):
             return None
-        function = ROW_OPERATIONS[op.literal_value][step]
+        function = ROW_OPERATIONS[op.literal_value].get(step, default)
         return lambda op, *args: function(*args)
 
     return call_step
+
+
+@plain_jit
+def unchanged(args):
+    return args
 
 
 if numba.config.DISABLE_JIT:
@@ -786,6 +794,8 @@ row_step = _row_operation_step("row")
 block_step = _row_operation_step("block")
 tile_step = _row_operation_step("tile")
 flat_step = _row_operation_step("flat")
+# "prepare": the operands the steps receive, from the call's (default: the same).
+prepare_step = _row_operation_step("prepare", unchanged)
 
 # Schedules are compiled into the cached entry kernel that calls them, not cached apart.
 schedule = njit(parallel=True, fastmath=VECTOR_MATH, error_model="numpy")
@@ -845,6 +855,56 @@ def flat_schedule(op, x, out, n_tasks):
         flat_step(op, x[start:stop], out[start:stop])
 
 
+@dataclass(frozen=True)
+class EntryKernels:
+    rows: object
+    narrow: object
+    flat: object
+
+
+def entry_kernels(op):
+    """The cached kernels through which Python runs row operation ``op`` on a schedule:
+    rows(x, *args), narrow(x, n_tasks, *args), flat(x, out, n_tasks). Each is compiled on
+    first use; ``op`` is a constant of each, so every op has machine code of its own
+    (numba's cache tells them apart by that constant)."""
+
+    @serial_kernel
+    def rows(x, *args):
+        rows_schedule(op, x, prepare_step(op, args))
+
+    @serial_kernel
+    def narrow(x, n_tasks, *args):
+        narrow_schedule(op, x, prepare_step(op, args), n_tasks)
+
+    @serial_kernel
+    def flat(x, out, n_tasks):
+        flat_schedule(op, x, out, n_tasks)
+
+    return EntryKernels(rows, narrow, flat)
+
+
+def _splits_classes(n_rows, n_classes, threads):
+    """Few rows, long rows: spread each row's blocks over the threads."""
+    return threads > 1 and n_classes > BLOCK_CLASSES and n_rows < SPLIT_ROWS_PER_THREAD * threads
+
+
+def _is_narrow(n_classes):
+    return 0 < n_classes < NARROW_MAX_CLASSES
+
+
+def _launch_by_shape(threads, kernels, split, x, *args):
+    """Run the schedule for x's shape: few long rows split the class axis (``split``, the
+    op's own kernel: how blocks merge is the op's), short rows take the narrow schedule,
+    others the rows schedule."""
+    n_rows, n_classes = x.shape
+    if _splits_classes(n_rows, n_classes, threads):
+        launch(threads, split, x, *args)
+    elif _is_narrow(n_classes):
+        launch(threads, kernels.narrow, x, threads, *args)
+    else:
+        launch(threads, kernels.rows, x, *args)
+
+
 # --------------------------------------------------------------------------------------
 # logsumexp
 # --------------------------------------------------------------------------------------
@@ -869,9 +929,7 @@ row_operation("logsumexp", row=logsumexp_row, tile=logsumexp_tile)
 row_operation("block_stats", block=block_stats_block)
 
 
-@serial_kernel
-def _logsumexp_rows(x, out):
-    rows_schedule("logsumexp", x, (out,))
+LOGSUMEXP = entry_kernels("logsumexp")
 
 
 @serial_kernel
@@ -882,38 +940,10 @@ def _logsumexp_split(x, out):
         out[i] = log_sum_exp_of(row_maxes[i], others[i], counts[i])
 
 
-@serial_kernel
-def _logsumexp_narrow(x, out, n_tasks):
-    narrow_schedule("logsumexp", x, (out,), n_tasks)
-
-
-def _splits_classes(n_rows, n_classes, threads):
-    """Few rows, long rows: spread each row's blocks over the threads."""
-    return threads > 1 and n_classes > BLOCK_CLASSES and n_rows < SPLIT_ROWS_PER_THREAD * threads
-
-
-def _is_narrow(n_classes):
-    return 0 < n_classes < NARROW_MAX_CLASSES
-
-
-def _launch_by_shape(threads, split, narrow, rows, x, *args):
-    """Run the kernel variant for x's shape: few long rows split the class axis, short
-    rows take the narrow path (whose last argument is its task count), others a row per
-    iteration."""
-    n_rows, n_classes = x.shape
-    if _splits_classes(n_rows, n_classes, threads):
-        launch(threads, split, x, *args)
-    elif _is_narrow(n_classes):
-        launch(threads, narrow, x, *args, threads)
-    else:
-        launch(threads, rows, x, *args)
-
-
 def logsumexp(x, out, n_threads=1):
     if x.shape[0] == 0:
         return
-    _launch_by_shape(usable_threads(n_threads), _logsumexp_split, _logsumexp_narrow,
-                     _logsumexp_rows, x, out)
+    _launch_by_shape(usable_threads(n_threads), LOGSUMEXP, _logsumexp_split, x, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -964,15 +994,13 @@ def logsumexp_scaled_row(x, args, i):
 row_operation("logsumexp_scaled", row=logsumexp_scaled_row)
 
 
-@serial_kernel
-def _logsumexp_scaled_rows(x, b, out, sign_out):
-    rows_schedule("logsumexp_scaled", x, (b, out, sign_out))
+LOGSUMEXP_SCALED = entry_kernels("logsumexp_scaled")
 
 
 def logsumexp_scaled(x, b, out, sign_out, n_threads=1):
     if x.shape[0] == 0:
         return
-    launch(usable_threads(n_threads), _logsumexp_scaled_rows, x, b, out, sign_out)
+    launch(usable_threads(n_threads), LOGSUMEXP_SCALED.rows, x, b, out, sign_out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1057,9 +1085,7 @@ row_operation("softmax_exp", block=softmax_exp_block)
 row_operation("softmax_scale", block=softmax_scale_block)
 
 
-@serial_kernel
-def _softmax_rows(x, out):
-    rows_schedule("softmax", x, (out,))
+SOFTMAX = entry_kernels("softmax")
 
 
 @serial_kernel
@@ -1076,17 +1102,11 @@ def _softmax_split(x, out):
     class_split_schedule("softmax_scale", x, (out, block_maxes, row_maxes, sums))
 
 
-@serial_kernel
-def _softmax_narrow(x, out, n_tasks):
-    narrow_schedule("softmax", x, (out,), n_tasks)
-
-
 def softmax(x, out, n_threads=1):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
-    _launch_by_shape(usable_threads(n_threads), _softmax_split, _softmax_narrow,
-                     _softmax_rows, x, out)
+    _launch_by_shape(usable_threads(n_threads), SOFTMAX, _softmax_split, x, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1148,9 +1168,7 @@ row_operation("log_softmax", row=log_softmax_row, tile=log_softmax_tile)
 row_operation("log_softmax_write", block=log_softmax_write_block)
 
 
-@serial_kernel
-def _log_softmax_rows(x, out):
-    rows_schedule("log_softmax", x, (out,))
+LOG_SOFTMAX = entry_kernels("log_softmax")
 
 
 @serial_kernel
@@ -1162,17 +1180,11 @@ def _log_softmax_split(x, out):
     class_split_schedule("log_softmax_write", x, (out, row_maxes, log_sums))
 
 
-@serial_kernel
-def _log_softmax_narrow(x, out, n_tasks):
-    narrow_schedule("log_softmax", x, (out,), n_tasks)
-
-
 def log_softmax(x, out, n_threads=1):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
-    _launch_by_shape(usable_threads(n_threads), _log_softmax_split, _log_softmax_narrow,
-                     _log_softmax_rows, x, out)
+    _launch_by_shape(usable_threads(n_threads), LOG_SOFTMAX, _log_softmax_split, x, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1196,14 +1208,8 @@ row_operation("sigmoid", flat=store_sigmoid)
 row_operation("log_sigmoid", flat=store_log_sigmoid)
 
 
-@serial_kernel
-def _sigmoid_flat(x, out, n_tasks):
-    flat_schedule("sigmoid", x, out, n_tasks)
-
-
-@serial_kernel
-def _log_sigmoid_flat(x, out, n_tasks):
-    flat_schedule("log_sigmoid", x, out, n_tasks)
+SIGMOID = entry_kernels("sigmoid")
+LOG_SIGMOID = entry_kernels("log_sigmoid")
 
 
 def _flat_tasks(n_elements, threads):
@@ -1226,7 +1232,7 @@ def sigmoid(x, out, n_threads=1):
     if x.shape[0] == 0:
         return
     threads = usable_threads(n_threads)
-    launch(threads, _sigmoid_flat, x, out, _flat_tasks(x.shape[0], threads))
+    launch(threads, SIGMOID.flat, x, out, _flat_tasks(x.shape[0], threads))
 
 
 def log_sigmoid(x, out, n_threads=1):
@@ -1234,7 +1240,7 @@ def log_sigmoid(x, out, n_threads=1):
     if x.shape[0] == 0:
         return
     threads = usable_threads(n_threads)
-    launch(threads, _log_sigmoid_flat, x, out, _flat_tasks(x.shape[0], threads))
+    launch(threads, LOG_SIGMOID.flat, x, out, _flat_tasks(x.shape[0], threads))
 
 
 # --------------------------------------------------------------------------------------
@@ -1510,28 +1516,24 @@ def label_grad_block(x, args, i, block, start, stop):
                          row_maxes[i], prob_factors[i], smoothing_grads[i])
 
 
-row_operation("cross_entropy_labels", row=cross_entropy_labels_row,
-              tile=cross_entropy_labels_tile)
-row_operation("smoothing_sum", block=smoothing_sum_block)
-row_operation("label_grad", block=label_grad_block)
-
-
 @plain_jit
-def cross_entropy_labels_args(labels, weight, ignore_index, eps, loss_out, grad_out,
-                              grad_scale, want_grad):
-    """The operands of the rows and narrow steps: the call's, the weight summary and an
-    empty gradient row for calls without a gradient."""
+def cross_entropy_labels_prepare(args):
+    """The steps' operands: the call's, the weight summary, and an empty gradient row for
+    calls without a gradient."""
+    labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad = args
     weight_sum, any_weight = smoothing_weight_summary(weight, eps)
     no_grad = np.empty(0, dtype=grad_out.dtype)
     return (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
             weight_sum, any_weight, no_grad)
 
 
-@serial_kernel
-def _cross_entropy_labels_rows(x, labels, weight, ignore_index, eps, loss_out, grad_out,
-                               grad_scale, want_grad):
-    rows_schedule("cross_entropy_labels", x, cross_entropy_labels_args(
-        labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad))
+row_operation("cross_entropy_labels", prepare=cross_entropy_labels_prepare,
+              row=cross_entropy_labels_row, tile=cross_entropy_labels_tile)
+row_operation("smoothing_sum", block=smoothing_sum_block)
+row_operation("label_grad", block=label_grad_block)
+
+
+CROSS_ENTROPY_LABELS = entry_kernels("cross_entropy_labels")
 
 
 @serial_kernel
@@ -1575,14 +1577,6 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
                 grad_out[i, labels[i]] -= cast_like(label_grads[i], grad_out)
 
 
-@serial_kernel
-def _cross_entropy_labels_narrow(x, labels, weight, ignore_index, eps, loss_out, grad_out,
-                                 grad_scale, want_grad, n_tasks):
-    narrow_schedule("cross_entropy_labels", x, cross_entropy_labels_args(
-        labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad),
-        n_tasks)
-
-
 def _wants_grad(grad_out, x):
     return grad_out.shape == x.shape and grad_out.size > 0
 
@@ -1591,8 +1585,8 @@ def cross_entropy_labels(x, labels, weight, ignore_index, label_smoothing, loss_
                          grad_out, grad_scale, n_threads=1):
     if x.shape[0] == 0:
         return
-    _launch_by_shape(usable_threads(n_threads), _cross_entropy_labels_split,
-                     _cross_entropy_labels_narrow, _cross_entropy_labels_rows, x, labels,
+    _launch_by_shape(usable_threads(n_threads), CROSS_ENTROPY_LABELS,
+                     _cross_entropy_labels_split, x, labels,
                      weight, int(ignore_index), float(label_smoothing), loss_out, grad_out,
                      float(grad_scale), _wants_grad(grad_out, x))
 
@@ -1680,22 +1674,24 @@ def cross_entropy_probs_row(x, args, i):
                                           grad_scale, want_grad)
 
 
-row_operation("cross_entropy_probs", row=cross_entropy_probs_row)
+@plain_jit
+def cross_entropy_probs_prepare(args):
+    """The call's operands and an empty gradient row (the row's gradient when none is
+    asked for)."""
+    grad_out = args[4]
+    return args + (np.empty(0, dtype=grad_out.dtype),)
 
 
-@serial_kernel
-def _cross_entropy_probs_rows(x, target, weight, eps, loss_out, grad_out, grad_scale,
-                              want_grad):
-    no_grad = np.empty(0, dtype=grad_out.dtype)
-    rows_schedule("cross_entropy_probs", x, (target, weight, eps, loss_out, grad_out,
-                                             grad_scale, want_grad, no_grad))
+row_operation("cross_entropy_probs", prepare=cross_entropy_probs_prepare,
+              row=cross_entropy_probs_row)
+CROSS_ENTROPY_PROBS = entry_kernels("cross_entropy_probs")
 
 
 def cross_entropy_probs(x, target, weight, label_smoothing, loss_out, grad_out, grad_scale,
                         n_threads=1):
     if x.shape[0] == 0:
         return
-    launch(usable_threads(n_threads), _cross_entropy_probs_rows, x, target, weight,
+    launch(usable_threads(n_threads), CROSS_ENTROPY_PROBS.rows, x, target, weight,
             float(label_smoothing), loss_out, grad_out, float(grad_scale),
             _wants_grad(grad_out, x))
 
@@ -1757,15 +1753,15 @@ def bce_row(x, args, i):
             sum_loss, want_grad)
 
 
-row_operation("bce_with_logits", row=bce_row)
+@plain_jit
+def bce_prepare(args):
+    """The call's operands and an empty gradient row, as cross_entropy_probs_prepare."""
+    grad_out = args[4]
+    return args + (np.empty(0, dtype=grad_out.dtype),)
 
 
-@serial_kernel
-def _bce_rows(x, target, weight, pos_weight, loss_out, grad_out, grad_scale, sum_loss,
-              want_grad):
-    no_grad = np.empty(0, dtype=grad_out.dtype)
-    rows_schedule("bce_with_logits", x, (target, weight, pos_weight, loss_out, grad_out,
-                                         grad_scale, sum_loss, want_grad, no_grad))
+row_operation("bce_with_logits", prepare=bce_prepare, row=bce_row)
+BCE_WITH_LOGITS = entry_kernels("bce_with_logits")
 
 
 def bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scale,
@@ -1774,7 +1770,7 @@ def bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scal
     if n_rows == 0:
         return
     sum_loss = loss_out.shape[1] == 1 and n_classes != 1
-    launch(usable_threads(n_threads), _bce_rows, x, target, weight, pos_weight, loss_out,
+    launch(usable_threads(n_threads), BCE_WITH_LOGITS.rows, x, target, weight, pos_weight, loss_out,
             grad_out, float(grad_scale), sum_loss, _wants_grad(grad_out, x))
 
 
@@ -1817,26 +1813,20 @@ row_operation("softmax_backward", row=softmax_backward_row)
 row_operation("log_softmax_backward", row=log_softmax_backward_row)
 
 
-@serial_kernel
-def _softmax_backward_rows(dy, y, out):
-    rows_schedule("softmax_backward", dy, (y, out))
-
-
-@serial_kernel
-def _log_softmax_backward_rows(dy, y, out):
-    rows_schedule("log_softmax_backward", dy, (y, out))
+SOFTMAX_BACKWARD = entry_kernels("softmax_backward")
+LOG_SOFTMAX_BACKWARD = entry_kernels("log_softmax_backward")
 
 
 def softmax_backward(dy, y, out, n_threads=1):
     if dy.shape[0] == 0 or dy.shape[1] == 0:
         return
-    launch(usable_threads(n_threads), _softmax_backward_rows, dy, y, out)
+    launch(usable_threads(n_threads), SOFTMAX_BACKWARD.rows, dy, y, out)
 
 
 def log_softmax_backward(dy, y, out, n_threads=1):
     if dy.shape[0] == 0 or dy.shape[1] == 0:
         return
-    launch(usable_threads(n_threads), _log_softmax_backward_rows, dy, y, out)
+    launch(usable_threads(n_threads), LOG_SOFTMAX_BACKWARD.rows, dy, y, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1896,7 +1886,7 @@ def _forget_stale_cache():
     """
     try:
         # Every cache=True kernel of this module shares one cache directory.
-        cache_dir = _logsumexp_rows._cache.cache_path
+        cache_dir = _logsumexp_split._cache.cache_path
     except AttributeError:  # no on-disk cache (no writable location)
         return
     stamp = os.path.join(cache_dir, __name__.rsplit(".", 1)[-1] + ".constants")

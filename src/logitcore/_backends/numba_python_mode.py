@@ -91,10 +91,10 @@ def ieee_quiet(kernel):
     return run
 
 
-def row_operation_step(step):
+def row_operation_step(step, default=None):
     """The schedules' step dispatch (see numba_kernels._row_operation_step) in Python."""
 
     def call_step(op, *args):
-        return _kernels().ROW_OPERATIONS[op][step](*args)
+        return _kernels().ROW_OPERATIONS[op].get(step, default)(*args)
 
     return call_step
