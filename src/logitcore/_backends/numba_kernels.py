@@ -745,7 +745,8 @@ def narrow_tile_stats(block, row_max, others, counts, transposed):
 #
 # * a row operation is a name in ROW_OPERATIONS mapping each schedule's step to a small
 #   jitted function: "row" (one whole row i), "block" (one block of row i, class split),
-#   "tile" (one tile of narrow rows, given their row states), "flat" (a span of elements);
+#   "tile" (one tile of narrow rows, given their row states), "flat" (a span of elements),
+#   and optionally "prepare" (the steps' operands from the call's, e.g. a weight sum);
 # * a schedule is ONE parallel loop, generic over the row operation: rows_schedule,
 #   class_split_schedule, narrow_schedule, flat_schedule. It receives the operation's
 #   name as a string literal and its operands as one tuple ``args``.
@@ -1227,20 +1228,20 @@ def _check_flat(x, out):
         )
 
 
-def sigmoid(x, out, n_threads=1):
+def _launch_flat(kernels, x, out, n_threads):
     _check_flat(x, out)
     if x.shape[0] == 0:
         return
     threads = usable_threads(n_threads)
-    launch(threads, SIGMOID.flat, x, out, _flat_tasks(x.shape[0], threads))
+    launch(threads, kernels.flat, x, out, _flat_tasks(x.shape[0], threads))
+
+
+def sigmoid(x, out, n_threads=1):
+    _launch_flat(SIGMOID, x, out, n_threads)
 
 
 def log_sigmoid(x, out, n_threads=1):
-    _check_flat(x, out)
-    if x.shape[0] == 0:
-        return
-    threads = usable_threads(n_threads)
-    launch(threads, LOG_SIGMOID.flat, x, out, _flat_tasks(x.shape[0], threads))
+    _launch_flat(LOG_SIGMOID, x, out, n_threads)
 
 
 # --------------------------------------------------------------------------------------
