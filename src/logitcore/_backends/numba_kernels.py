@@ -276,6 +276,36 @@ def exp_float64(x):
 
 
 @ordered_jit
+def exp_nonpositive_float64(x):
+    """exp for float64 x <= 0 (or -inf, NaN) whose subnormal results may be flushed to 0:
+    exp_float64 with a one-factor 2^k scale. For softplus only, where it keeps the
+    elementwise loops that also hold a log1p vectorised (LLVM gives up on them with the
+    two-factor scale); a flushed term is below 2.3e-308 and the sum it joins is >= 0."""
+    x = EXP_LOWEST_F64 if EXP_LOWEST_F64 > x else x
+    rounded = x * LOG2E + ROUND_MAGIC_F64
+    k = float_to_bits(rounded) - float_to_bits(ROUND_MAGIC_F64)
+    k_float = rounded - ROUND_MAGIC_F64
+    r = x - k_float * LN2_HI_F64
+    r = r - k_float * LN2_LO_F64
+    p = EXP_F64_C13
+    p = p * r + EXP_F64_C12
+    p = p * r + EXP_F64_C11
+    p = p * r + EXP_F64_C10
+    p = p * r + EXP_F64_C9
+    p = p * r + EXP_F64_C8
+    p = p * r + EXP_F64_C7
+    p = p * r + EXP_F64_C6
+    p = p * r + EXP_F64_C5
+    p = p * r + EXP_F64_C4
+    p = p * r + EXP_F64_C3
+    p = p * r + EXP_F64_C2
+    exp_r = p * (r * r) + r + 1.0
+    # k < -1022 (results below the normal range) has no 2^k bit pattern: 0 instead. The
+    # test is on k_float, false for NaN, which so propagates.
+    return 0.0 if k_float < -1022.0 else exp_r * bits_to_float((k + 1023) << 52)
+
+
+@ordered_jit
 def log1p_reduced_float64(f, k_ln2_hi, k_ln2_lo):
     """k ln2 + log(1 + f) for 1 + f in [sqrt(1/2), sqrt(2)) (fdlibm): log(1 + f) =
     f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f)."""
@@ -381,6 +411,20 @@ def _fast_exp(x):
     return None
 
 
+def exp_for_softplus(x):
+    """exp(x) for x <= 0 in x's float type, subnormal results possibly flushed (float64:
+    exp_nonpositive_float64)."""
+
+
+@overload(exp_for_softplus)
+def _exp_for_softplus(x):
+    if x == types.float32:
+        return lambda x: exp_float32(x)
+    if x == types.float64:
+        return lambda x: exp_nonpositive_float64(x)
+    return None
+
+
 def log1p_unit(u):
     """log(1 + u) for u in [0, 1], in u's float type, vectorisable."""
 
@@ -400,6 +444,7 @@ if numba.config.DISABLE_JIT:
     from logitcore._backends.numba_python_mode import (  # noqa: F811
         bits_to_float,
         cast_like,
+        exp_for_softplus,
         fast_exp,
         float_to_bits,
         ieee_quiet,
@@ -428,7 +473,7 @@ def sigmoid_value(x):
 def softplus_of_negative(x):
     """softplus(-x) = log(1 + exp(-x)) = max(-x, 0) + log1p(exp(-|x|)), never overflows."""
     negative_part = -x if x < 0 else cast_like(0.0, x)
-    return negative_part + log1p_unit(fast_exp(-abs(x)))
+    return negative_part + log1p_unit(exp_for_softplus(-abs(x)))
 
 
 @ordered_jit

@@ -73,6 +73,11 @@ def fast_exp(x):
     """exp(x) in x's float type (see exp_float32 / exp_float64)."""
     return _by_float_type(x, _kernels().exp_float32, _kernels().exp_float64)
 
+def exp_for_softplus(x):
+    """exp(x) for x <= 0 in x's float type (see numba_kernels.exp_for_softplus)."""
+    return _by_float_type(x, _kernels().exp_float32, _kernels().exp_nonpositive_float64)
+
+
 def log1p_unit(u):
     """log(1 + u) for u in [0, 1], in u's float type."""
     return _by_float_type(u, _kernels().log1p_unit_float32,
