@@ -246,10 +246,8 @@ def exp_float32(x):
 
 
 @ordered_jit
-def exp_float64(x):
-    """exp for float64, ~1 ulp, branch-free. exp(-inf) = 0, exp(inf) = inf, NaN -> NaN."""
-    x = EXP_LOWEST_F64 if EXP_LOWEST_F64 > x else x
-    x = EXP_HIGHEST_F64 if EXP_HIGHEST_F64 < x else x
+def exp_reduced_float64(x):
+    """(exp(r), k, k as a float) with x = k ln2 + r, |r| <= ln2 / 2, for a clamped x."""
     rounded = x * LOG2E + ROUND_MAGIC_F64
     k = float_to_bits(rounded) - float_to_bits(ROUND_MAGIC_F64)
     k_float = rounded - ROUND_MAGIC_F64
@@ -267,7 +265,15 @@ def exp_float64(x):
     p = p * r + EXP_F64_C4
     p = p * r + EXP_F64_C3
     p = p * r + EXP_F64_C2
-    exp_r = p * (r * r) + r + 1.0
+    return p * (r * r) + r + 1.0, k, k_float
+
+
+@ordered_jit
+def exp_float64(x):
+    """exp for float64, ~1 ulp, branch-free. exp(-inf) = 0, exp(inf) = inf, NaN -> NaN."""
+    x = EXP_LOWEST_F64 if EXP_LOWEST_F64 > x else x
+    x = EXP_HIGHEST_F64 if EXP_HIGHEST_F64 < x else x
+    exp_r, k, k_float = exp_reduced_float64(x)
     # Halve k with the rounding trick too: AVX2 has no 64-bit arithmetic shift.
     k_half = float_to_bits(k_float * 0.5 + ROUND_MAGIC_F64) - float_to_bits(ROUND_MAGIC_F64)
     scale_a = bits_to_float((k_half + 1023) << 52)
@@ -282,24 +288,7 @@ def exp_nonpositive_float64(x):
     elementwise loops that also hold a log1p vectorised (LLVM gives up on them with the
     two-factor scale); a flushed term is below 2.3e-308 and the sum it joins is >= 0."""
     x = EXP_LOWEST_F64 if EXP_LOWEST_F64 > x else x
-    rounded = x * LOG2E + ROUND_MAGIC_F64
-    k = float_to_bits(rounded) - float_to_bits(ROUND_MAGIC_F64)
-    k_float = rounded - ROUND_MAGIC_F64
-    r = x - k_float * LN2_HI_F64
-    r = r - k_float * LN2_LO_F64
-    p = EXP_F64_C13
-    p = p * r + EXP_F64_C12
-    p = p * r + EXP_F64_C11
-    p = p * r + EXP_F64_C10
-    p = p * r + EXP_F64_C9
-    p = p * r + EXP_F64_C8
-    p = p * r + EXP_F64_C7
-    p = p * r + EXP_F64_C6
-    p = p * r + EXP_F64_C5
-    p = p * r + EXP_F64_C4
-    p = p * r + EXP_F64_C3
-    p = p * r + EXP_F64_C2
-    exp_r = p * (r * r) + r + 1.0
+    exp_r, k, k_float = exp_reduced_float64(x)
     # k < -1022 (results below the normal range) has no 2^k bit pattern: 0 instead. The
     # test is on k_float, false for NaN, which so propagates.
     return 0.0 if k_float < -1022.0 else exp_r * bits_to_float((k + 1023) << 52)
