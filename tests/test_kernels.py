@@ -778,10 +778,12 @@ def test_numba_serialised_launches(monkeypatch):
     if not available:
         pytest.skip(reason)
     numba_kernels = load("numba")
-    monkeypatch.setattr(numba_kernels, "THREADSAFE_LAYERS", ())
-    monkeypatch.setattr(numba_kernels, "_concurrent_launches_safe", False)
+    from logitcore._backends import numba_threads
+
+    monkeypatch.setattr(numba_threads, "THREADSAFE_LAYERS", ())
+    monkeypatch.setattr(numba_threads, "_concurrent_launches_safe", False)
     check_concurrent_callers(numba_kernels)
-    assert numba_kernels._concurrent_launches_safe is False
+    assert numba_threads._concurrent_launches_safe is False
 
 
 # A layer whose library is missing (libgomp for "omp", libtbb for "tbb"): numba imports

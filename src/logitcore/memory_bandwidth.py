@@ -38,8 +38,10 @@ def _compile():
     # kernel runs (GNU OpenMP first), so the bandwidth is measured on the same pool.
     from ._backends import load
 
-    numba_backend = load("numba")
+    load("numba")
     from numba import njit, prange
+
+    from ._backends import numba_threads
 
     @njit(parallel=True)
     def read_words(words, n_parts):
@@ -63,7 +65,7 @@ def _compile():
             for i in range(start, stop):
                 target[i] = source[i]
 
-    _kernels = (numba_backend, read_words, copy_words)
+    _kernels = (numba_threads, read_words, copy_words)
     return _kernels
 
 
@@ -87,17 +89,17 @@ def measure(n_threads: int, n_bytes: int = DEFAULT_BYTES, repeats: int = REPEATS
     >>> sorted(result), result["read"] > 0
     (['copy', 'read'], True)
     """
-    numba_backend, read_words, copy_words = _compile()
+    numba_threads, read_words, copy_words = _compile()
     source = np.ones(n_bytes // 8, np.uint64)
     target = np.zeros_like(source)
     # Several parts per thread would only add scheduling; one contiguous part each.
     n_parts = max(1, int(n_threads))
 
     def read():
-        numba_backend._launch(n_parts, read_words, source, n_parts)
+        numba_threads.launch(n_parts, read_words, source, n_parts)
 
     def copy():
-        numba_backend._launch(n_parts, copy_words, source, target, n_parts)
+        numba_threads.launch(n_parts, copy_words, source, target, n_parts)
 
     read_s = _best_seconds(read, repeats)
     copy_s = _best_seconds(copy, repeats)

@@ -1,21 +1,23 @@
 """Numba backend: the kernel contract of ``logitcore._backends`` as @njit(parallel=True) kernels.
 
-Where the speed comes from (DESIGN.md, "Numerics and speed"):
+Where the speed comes from (docs/architecture.md, "Numerics and speed"):
 
 * A branch-free exp written as plain arithmetic (range reduction, polynomial, 2^k built
   from its bit pattern), so that LLVM vectorises it. Numba >= 0.62 compiles ``np.exp`` in
-  a loop as one scalar libm call per element, about 5x slower. The same for the log of
+  a loop as one scalar libm call per element, several times slower. The same for the log of
   each row's sum and the log1p of softplus.
-* Few memory passes. A row is read from memory once, in blocks of ``BLOCK`` classes: the
-  block's maximum, then its sum of exp (the block is still in L1), and the per-block
-  (max, sum exp) pairs are merged like online softmax. The exp loops prefetch the data
+* Few memory passes. A row is read from memory once, in blocks of ``BLOCK_CLASSES``
+  classes: the block's maximum, then its sum of exp (the block is still in L1), and the
+  per-block row states (max, sum exp) are merged like online softmax. The exp loops prefetch the data
   the next max pass will read, so memory and arithmetic overlap. Nothing N x C is
   allocated.
 * float32 sums of exp accumulate in float32 over short chunks, then in float64.
-* Work split to fit the shape: rows across threads; when rows are fewer than threads
-  (one 128k-class row), the blocks of a row across threads, merged in the same order so
-  the result does not depend on the thread count; when rows are too short to vectorise
-  (4M x 10), blocks of rows transposed in L1 so every pass runs across rows.
+* Work split to fit the shape, by four schedules written once each and generic over the
+  op's row operation (see "Row operations and schedules"): ``rows`` (rows across
+  threads), ``class_split`` (rows fewer than threads, e.g. one 128k-class row: the blocks
+  of a row across threads, merged in block order so the result does not depend on the
+  thread count), ``narrow`` (rows too short to vectorise, e.g. 4M x 10: row tiles
+  transposed in L1 so every pass runs across rows) and ``flat`` (elementwise ops).
 
 Fast-math: kernels and reductions use ``contract, reassoc, afn, arcp`` so reductions
 vectorise; never ``nnan``/``ninf``, which would let LLVM break the -inf masks and NaN rows
@@ -23,151 +25,48 @@ of the edge table. The exp/log code and formulas whose evaluation order matters 
 compiled with ``contract`` only: reassociation would undo the Cody-Waite split and the
 rounding trick inside exp.
 
-Threading: this module asks numba for a thread-safe threading layer before any launch,
-GNU OpenMP first, then TBB (see PREFERRED_LAYERS), because the default workqueue layer
-aborts when two Python threads launch parallel kernels at once. If neither can be
-loaded, launches are serialised with a lock.
+Threading layer, pool and fork handling: numba_threads.py. Pure-Python twins of the
+intrinsics for NUMBA_DISABLE_JIT=1: numba_python_mode.py. Every jitted function stays in
+this file: numba's cache only watches the file of the function it compiled, so jitted
+code calling jitted code in another file would run stale machine code after an edit.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
+import hashlib
 import os
-import threading
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import literally, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
-from numba.np.ufunc import parallel as numba_parallel
 
-from logitcore._backends import ALL_KERNELS, gnu_openmp
+from logitcore._backends import ALL_KERNELS, kernel_constants
+from logitcore._backends.kernel_constants import (
+    BLOCK_CLASSES,
+    LABEL_CHUNK,
+    NARROW_MAX_CLASSES,
+    ROW_TILE_ELEMENTS,
+)
+from logitcore._backends.numba_threads import launch, threading_layer_name, usable_threads
 
 SUPPORTED_KERNELS = ALL_KERNELS
 
 # --------------------------------------------------------------------------------------
-# Threading layer
+# Sizes (module-level Python numbers are frozen into the cached machine code)
 # --------------------------------------------------------------------------------------
-
-THREADSAFE_LAYERS = ("tbb", "omp")
-
-# The layers tried, in order, unless the user chose one (NUMBA_THREADING_LAYER, which is
-# respected). GNU OpenMP first: its workers spin for a while after a launch, so the next
-# launch finds them awake. TBB's numba layer builds a new task arena per launch and its
-# worker joins ~2 us late (launch to worker start 2.0 us vs 0.56 us on OpenMP, measured
-# with the cycle counter in a 64-block kernel; total 14.1 vs 12.5 us for 23.4 us of
-# work): one 1x131072 float32 row gains 1.5x from 2 threads on TBB, 1.6-1.75x on OpenMP,
-# and batch shapes are equal or up to 10% faster (softmax). It is also the runtime of the
-# cython backend, so mixing the two backends no longer alternates two pools.
-# GNU OpenMP does not survive fork() (see gnu_openmp.py): numba's layer kills a child
-# that launches after its parent started the layer, so _after_fork_in_child registers
-# the child with it and the child runs on one thread. Where libgomp is missing: TBB
-# ("threadsafe") where the dynamic loader finds libtbb (not in <venv>/lib, where pip's tbb
-# wheel puts it, so that wheel is no dependency), else numba's default,
-# which is then its workqueue layer: fork-safe, but it aborts on concurrent launches, so
-# _launch serialises them with _launch_lock (tests: test_numba_threading_layer_fallback).
-PREFERRED_LAYERS = ("omp", "threadsafe", "default")
-_layer_chosen_by_user = numba.config.THREADING_LAYER != "default"
-if not _layer_chosen_by_user:
-    numba.config.THREADING_LAYER = PREFERRED_LAYERS[0]
-
-_launch_lock = threading.Lock()
-_concurrent_launches_safe = False  # set once the pool runs on a layer in THREADSAFE_LAYERS
-
-
-def threading_layer_name():
-    """Numba's active threading layer ("omp", "tbb", "workqueue"), None before first launch."""
-    try:
-        return numba.threading_layer()
-    except ValueError:
-        return None
-
-
-# The layer's own setter of the (thread-local) thread count, once the pool runs: a C call
-# of ~0.2 us, where numba.set_num_threads re-validates in Python for ~0.8 us, a third of
-# a small kernel's run time. The public function stays the fallback.
-_set_thread_count = numba.set_num_threads
-
-
-def _start_thread_pool():
-    """Launch numba's threads (once) on the first layer that loads."""
-    global _concurrent_launches_safe, _set_thread_count
-    if threading_layer_name() is None:
-        layers = ((numba.config.THREADING_LAYER, "default") if _layer_chosen_by_user
-                  else PREFERRED_LAYERS)
-        for layer in layers:
-            numba.config.THREADING_LAYER = layer
-            try:
-                numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-                break
-            except ValueError:  # "No threading layer could be loaded"
-                if layer == layers[-1]:
-                    raise
-    if threading_layer_name() == "omp":
-        gnu_openmp.note_threads(numba.config.NUMBA_NUM_THREADS)
-    _set_thread_count = getattr(numba_parallel, "_set_num_threads", None) or numba.set_num_threads
-    _concurrent_launches_safe = threading_layer_name() in THREADSAFE_LAYERS
-
-
-def _after_fork_in_child():
-    """Let this child launch on numba's OpenMP layer (with one thread, see _usable_threads).
-
-    The layer records the pid of the process that started it and kills any child of that
-    process that launches a kernel. Its start function only records the calling pid again
-    (and sets OpenMP's default thread count), so calling it here makes this process the
-    recorded one; numba itself calls it the same way when it loads the layer.
-    """
-    if threading_layer_name() == "omp":
-        from numba.np.ufunc import omppool
-
-        ctypes.CFUNCTYPE(None, ctypes.c_int)(omppool.launch_threads)(1)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _usable_threads(n_threads):
-    if gnu_openmp.forked_after_threads:
-        return 1
-    return max(1, min(int(n_threads), numba.config.NUMBA_NUM_THREADS))
-
-
-def _launch(threads, kernel, *args):
-    """Run a parallel kernel on ``threads`` threads (numba's thread count is thread-local)."""
-    if _concurrent_launches_safe:
-        _set_thread_count(threads)
-        return kernel(*args)
-    # Before the pool is started, or on a layer that aborts on concurrent launches.
-    with _launch_lock:
-        _start_thread_pool()
-        _set_thread_count(threads)
-        return kernel(*args)
-
-
-# --------------------------------------------------------------------------------------
-# Tuning constants (module-level Python numbers are frozen into the cached machine code)
-# --------------------------------------------------------------------------------------
-
-# Classes per block: a block is read from memory for its max, then again from L1 for its
-# sum of exp. Also the unit of the class split across threads.
-BLOCK = 2048
+# The sizes and coefficients both compiled backends must agree on come from
+# kernel_constants.py. numba's cache does not see edits of that file, so
+# _forget_stale_cache (end of this module) drops this module's cached machine code when
+# the constants differ from those it was compiled with.
 CACHE_LINE = 64
-# Rows shorter than this are too short for a vectorised inner loop; they go through the
-# narrow path, which works on a transposed block of rows.
-NARROW_MAX_CLASSES = 64
 # Terms summed in the input precision before the running sum moves to float64.
 SUM_CHUNK = 256
-# Elements per block of rows in the narrow path (fits in L1 with its scratch).
-NARROW_BLOCK_ELEMENTS = 2048
 # Split the class axis across threads while there are fewer than this many rows per thread.
 SPLIT_ROWS_PER_THREAD = 2
-# Labels per chunk of the label scan: a fixed decomposition, so the float64 sum of the
-# weights does not depend on the thread count.
-LABEL_CHUNK = 16384
 
 VECTOR_MATH = {"contract", "reassoc", "afn", "arcp"}
 ORDERED_MATH = {"contract"}
@@ -280,178 +179,212 @@ def _cast_like(value, like):
 
 
 # --------------------------------------------------------------------------------------
-# Vectorisable exp and log1p
+# The math library: exp, log, log1p (the cython backend's fast_math.h, same algorithms)
 # --------------------------------------------------------------------------------------
+# Written as plain branch-free arithmetic (range reduction, polynomial, 2^k built from its
+# bit pattern) so that LLVM vectorises it: numba compiles np.exp in a loop as one scalar
+# libm call per element. The algorithms and coefficients are kernel_constants.py's, shared
+# with the C side (docs/architecture.md, "One math library"): exp is Cody-Waite range
+# reduction, a polynomial and a two-factor 2^k scale, so results in the subnormal range are
+# kept (not flushed to 0) and underflow / overflow come out of the arithmetic itself; log
+# is fdlibm's log1p polynomial on the reduced mantissa.
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-SQRT2 = 1.4142135623730951
-
-# float32: 1.5 * 2^23 added to x / ln2 rounds it to an integer held in the low mantissa bits.
-ROUND_MAGIC32 = 12582912.0
-# ln2 = LN2_HI32 + LN2_LO32, LN2_HI32 with 9 significant bits so k * LN2_HI32 is exact.
-LN2_HI32 = 0.693359375
-LN2_LO32 = -2.12194440e-4
-# Clamp bounds: below EXP32_LOWEST, k <= -127 and 2^k's bit pattern is 0, so exp gives
-# exactly 0 (results under ~1e-38 flush to 0); above EXP32_HIGHEST, k = 128 and 2^k = inf.
-EXP32_LOWEST = -88.0
-EXP32_HIGHEST = 88.8
-# exp(r) ~ 1 + r + r^2 (C2 + C3 r + ...) on |r| <= ln2/2, fitted for relative error 3e-9.
-EXP32_C2 = 0.4999999345155807
-EXP32_C3 = 0.1666652068617313
-EXP32_C4 = 0.041668387381189026
-EXP32_C5 = 0.008368710176231742
-EXP32_C6 = 0.0013814612911119666
-
-ROUND_MAGIC64 = 6755399441055744.0  # 1.5 * 2^52
-LN2_HI64 = 6.93147180369123816490e-01  # fdlibm split: k * LN2_HI64 exact for |k| < 2^20
-LN2_LO64 = 1.90821492927058770002e-10
-EXP64_LOWEST = -709.0  # k = -1023: 2^k bits are 0
-EXP64_HIGHEST = 710.0  # k = 1024: 2^k = inf
+LOG2E = kernel_constants.LOG2E
+SQRT2 = kernel_constants.SQRT2
+ROUND_MAGIC_F32 = kernel_constants.ROUND_MAGIC_F32
+ROUND_MAGIC_F64 = kernel_constants.ROUND_MAGIC_F64
+LN2_HI_F32 = kernel_constants.LN2_HI_F32
+LN2_LO_F32 = kernel_constants.LN2_LO_F32
+LN2_HI_F64 = kernel_constants.LN2_HI_F64
+LN2_LO_F64 = kernel_constants.LN2_LO_F64
+LN2_HI_LOG_F32 = kernel_constants.LN2_HI_LOG_F32
+LN2_LO_LOG_F32 = kernel_constants.LN2_LO_LOG_F32
+EXP_LOWEST_F32 = kernel_constants.EXP_LOWEST_F32
+EXP_HIGHEST_F32 = kernel_constants.EXP_HIGHEST_F32
+EXP_LOWEST_F64 = kernel_constants.EXP_LOWEST_F64
+EXP_HIGHEST_F64 = kernel_constants.EXP_HIGHEST_F64
+# The polynomials, highest degree first, unpacked into names: numba freezes each as a
+# constant, and a change of degree in kernel_constants.py fails here, loudly.
+(EXP_F32_C7, EXP_F32_C6, EXP_F32_C5, EXP_F32_C4, EXP_F32_C3,
+ EXP_F32_C2) = kernel_constants.EXP_POLY_F32
+(EXP_F64_C13, EXP_F64_C12, EXP_F64_C11, EXP_F64_C10, EXP_F64_C9, EXP_F64_C8, EXP_F64_C7,
+ EXP_F64_C6, EXP_F64_C5, EXP_F64_C4, EXP_F64_C3, EXP_F64_C2) = kernel_constants.EXP_POLY_F64
+LOG1P_F32_C4, LOG1P_F32_C3, LOG1P_F32_C2, LOG1P_F32_C1 = kernel_constants.LOG1P_POLY_F32
+(LOG1P_F64_C7, LOG1P_F64_C6, LOG1P_F64_C5, LOG1P_F64_C4, LOG1P_F64_C3, LOG1P_F64_C2,
+ LOG1P_F64_C1) = kernel_constants.LOG1P_POLY_F64
+SMALLEST_NORMAL_F64 = 2.2250738585072014e-308
+TWO_TO_54 = 18014398509481984.0
 
 
 @ordered_jit
 def exp_float32(x):
     """exp for float32, ~1 ulp, branch-free. exp(-inf) = 0, exp(inf) = inf, NaN -> NaN."""
-    # Clamping with selects keeps NaN (both comparisons are false for it).
-    x = np.float32(EXP32_LOWEST) if x < np.float32(EXP32_LOWEST) else x
-    x = np.float32(EXP32_HIGHEST) if x > np.float32(EXP32_HIGHEST) else x
-    # x = k ln2 + r, k = round(x / ln2), |r| <= ln2 / 2.
-    rounded = x * np.float32(LOG2E) + np.float32(ROUND_MAGIC32)
-    k = np.int32(float_to_bits(rounded) - float_to_bits(np.float32(ROUND_MAGIC32)))
-    k_float = rounded - np.float32(ROUND_MAGIC32)
-    r = (x - k_float * np.float32(LN2_HI32)) - k_float * np.float32(LN2_LO32)
-    p = np.float32(EXP32_C6)
-    p = p * r + np.float32(EXP32_C5)
-    p = p * r + np.float32(EXP32_C4)
-    p = p * r + np.float32(EXP32_C3)
-    p = p * r + np.float32(EXP32_C2)
-    p = p * (r * r) + r + np.float32(1.0)
-    # 2^k: the biased exponent k + 127 shifted into the exponent field.
-    two_to_k = bits_to_float(np.int32((k + 127) << 23))
-    return p * two_to_k
+    # Clamp so that k stays where the two-factor scale works; the clamped ends still round
+    # to 0 and to inf. (bound > x ? bound : x) keeps a NaN x: both comparisons are false.
+    x = np.float32(EXP_LOWEST_F32) if np.float32(EXP_LOWEST_F32) > x else x
+    x = np.float32(EXP_HIGHEST_F32) if np.float32(EXP_HIGHEST_F32) < x else x
+    # x = k ln2 + r, k = round(x / ln2), |r| <= ln2 / 2 (Cody-Waite: k * LN2_HI is exact).
+    rounded = x * np.float32(LOG2E) + np.float32(ROUND_MAGIC_F32)
+    k = np.int32(float_to_bits(rounded) - float_to_bits(np.float32(ROUND_MAGIC_F32)))
+    k_float = rounded - np.float32(ROUND_MAGIC_F32)
+    r = x - k_float * np.float32(LN2_HI_F32)
+    r = r - k_float * np.float32(LN2_LO_F32)
+    p = np.float32(EXP_F32_C7)
+    p = p * r + np.float32(EXP_F32_C6)
+    p = p * r + np.float32(EXP_F32_C5)
+    p = p * r + np.float32(EXP_F32_C4)
+    p = p * r + np.float32(EXP_F32_C3)
+    p = p * r + np.float32(EXP_F32_C2)
+    exp_r = p * (r * r) + r + np.float32(1.0)
+    # 2^k as two normal powers of two (k in [-150, 128]): exp_r * scale_a is exact, so the
+    # product rounds once, also where the result is subnormal. Any split of k gives the
+    # same bits.
+    k_half = np.int32(k >> 1)
+    scale_a = bits_to_float(np.int32((k_half + 127) << 23))
+    scale_b = bits_to_float(np.int32((k - k_half + 127) << 23))
+    return exp_r * scale_a * scale_b
+
+
+@ordered_jit
+def exp_reduced_float64(x):
+    """(exp(r), k, k as a float) with x = k ln2 + r, |r| <= ln2 / 2, for a clamped x."""
+    rounded = x * LOG2E + ROUND_MAGIC_F64
+    k = float_to_bits(rounded) - float_to_bits(ROUND_MAGIC_F64)
+    k_float = rounded - ROUND_MAGIC_F64
+    r = x - k_float * LN2_HI_F64
+    r = r - k_float * LN2_LO_F64
+    p = EXP_F64_C13
+    p = p * r + EXP_F64_C12
+    p = p * r + EXP_F64_C11
+    p = p * r + EXP_F64_C10
+    p = p * r + EXP_F64_C9
+    p = p * r + EXP_F64_C8
+    p = p * r + EXP_F64_C7
+    p = p * r + EXP_F64_C6
+    p = p * r + EXP_F64_C5
+    p = p * r + EXP_F64_C4
+    p = p * r + EXP_F64_C3
+    p = p * r + EXP_F64_C2
+    return p * (r * r) + r + 1.0, k, k_float
 
 
 @ordered_jit
 def exp_float64(x):
     """exp for float64, ~1 ulp, branch-free. exp(-inf) = 0, exp(inf) = inf, NaN -> NaN."""
-    x = EXP64_LOWEST if x < EXP64_LOWEST else x
-    x = EXP64_HIGHEST if x > EXP64_HIGHEST else x
-    rounded = x * LOG2E + ROUND_MAGIC64
-    k = float_to_bits(rounded) - float_to_bits(ROUND_MAGIC64)
-    k_float = rounded - ROUND_MAGIC64
-    r = (x - k_float * LN2_HI64) - k_float * LN2_LO64
-    # Taylor series to r^13: the first omitted term is < 5e-18 relative on |r| <= ln2/2.
-    p = 1.0 / 6227020800.0
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * (r * r) + r + 1.0
-    two_to_k = bits_to_float((k + 1023) << 52)
-    return p * two_to_k
+    x = EXP_LOWEST_F64 if EXP_LOWEST_F64 > x else x
+    x = EXP_HIGHEST_F64 if EXP_HIGHEST_F64 < x else x
+    exp_r, k, k_float = exp_reduced_float64(x)
+    # Halve k with the rounding trick too: AVX2 has no 64-bit arithmetic shift.
+    k_half = float_to_bits(k_float * 0.5 + ROUND_MAGIC_F64) - float_to_bits(ROUND_MAGIC_F64)
+    scale_a = bits_to_float((k_half + 1023) << 52)
+    scale_b = bits_to_float((k - k_half + 1023) << 52)
+    return exp_r * scale_a * scale_b
 
 
 @ordered_jit
-def log1p_unit_float32(u):
-    """log(1 + u) for u in [0, 1] (or NaN), branch-free, float32."""
-    z = np.float32(1.0) + u
-    # Halve z above sqrt(2) so that m lies in [sqrt(1/2), sqrt(2)].
-    above = z > np.float32(SQRT2)
-    m = z * np.float32(0.5) if above else z
-    k_ln2 = np.float32(LN2) if above else np.float32(0.0)
-    # Rounding 1 + u to z dropped the low bits of u; this puts them back.
-    correction = (u - (z - np.float32(1.0))) / z
-    # log(m) = 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...), |s| <= 0.172.
-    s = (m - np.float32(1.0)) / (m + np.float32(1.0))
-    s2 = s * s
-    p = np.float32(1.0 / 9.0)
-    p = p * s2 + np.float32(1.0 / 7.0)
-    p = p * s2 + np.float32(1.0 / 5.0)
-    p = p * s2 + np.float32(1.0 / 3.0)
-    log_m = np.float32(2.0) * s + np.float32(2.0) * s * s2 * p
-    return k_ln2 + (log_m + correction)
+def exp_nonpositive_float64(x):
+    """exp for float64 x <= 0 (or -inf, NaN) whose subnormal results may be flushed to 0:
+    exp_float64 with a one-factor 2^k scale. For softplus only, where it keeps the
+    elementwise loops that also hold a log1p vectorised (LLVM gives up on them with the
+    two-factor scale); a flushed term is below 2.3e-308 and the sum it joins is >= 0."""
+    x = EXP_LOWEST_F64 if EXP_LOWEST_F64 > x else x
+    exp_r, k, k_float = exp_reduced_float64(x)
+    # k < -1022 (results below the normal range) has no 2^k bit pattern: 0 instead. The
+    # test is on k_float, false for NaN, which so propagates.
+    return 0.0 if k_float < -1022.0 else exp_r * bits_to_float((k + 1023) << 52)
 
 
 @ordered_jit
-def log1p_unit_float64(u):
-    """log(1 + u) for u in [0, 1] (or NaN), branch-free, float64."""
-    z = 1.0 + u
-    above = z > SQRT2
-    m = z * 0.5 if above else z
-    k_ln2 = LN2 if above else 0.0
-    correction = (u - (z - 1.0)) / z
-    s = (m - 1.0) / (m + 1.0)
-    s2 = s * s
-    # Series to s^21: the first omitted term is < 1e-17 relative.
-    p = 1.0 / 21.0
-    p = p * s2 + 1.0 / 19.0
-    p = p * s2 + 1.0 / 17.0
-    p = p * s2 + 1.0 / 15.0
-    p = p * s2 + 1.0 / 13.0
-    p = p * s2 + 1.0 / 11.0
-    p = p * s2 + 1.0 / 9.0
-    p = p * s2 + 1.0 / 7.0
-    p = p * s2 + 1.0 / 5.0
-    p = p * s2 + 1.0 / 3.0
-    log_m = 2.0 * s + 2.0 * s * s2 * p
-    return k_ln2 + (log_m + correction)
+def log1p_reduced_float64(f, k_ln2_hi, k_ln2_lo):
+    """k ln2 + log(1 + f) for 1 + f in [sqrt(1/2), sqrt(2)) (fdlibm): log(1 + f) =
+    f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f)."""
+    s = f / (2.0 + f)
+    z = s * s
+    p = LOG1P_F64_C7
+    p = p * z + LOG1P_F64_C6
+    p = p * z + LOG1P_F64_C5
+    p = p * z + LOG1P_F64_C4
+    p = p * z + LOG1P_F64_C3
+    p = p * z + LOG1P_F64_C2
+    p = p * z + LOG1P_F64_C1
+    half_f_squared = 0.5 * f * f
+    return k_ln2_hi - ((half_f_squared - (s * (half_f_squared + p * z) + k_ln2_lo)) - f)
 
 
 @ordered_jit
-def log_of_sum(x):
-    """log(x) for a float64 sum of exps: 0, a normal positive number, inf or NaN.
+def log1p_reduced_float32(f, k_ln2_hi, k_ln2_lo):
+    """log1p_reduced_float64 in float32, with the float32 polynomial."""
+    s = f / (np.float32(2.0) + f)
+    z = s * s
+    p = np.float32(LOG1P_F32_C4)
+    p = p * z + np.float32(LOG1P_F32_C3)
+    p = p * z + np.float32(LOG1P_F32_C2)
+    p = p * z + np.float32(LOG1P_F32_C1)
+    half_f_squared = np.float32(0.5) * f * f
+    return k_ln2_hi - ((half_f_squared - (s * (half_f_squared + p * z) + k_ln2_lo)) - f)
 
-    Branch-free so it vectorises over the rows of the narrow path, and ~4x cheaper than a
-    libm call per row. x = 2^k m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s),
-    s = (m - 1) / (m + 1). (Subnormal x, which no sum of exps produces, is not handled.)
+
+@ordered_jit
+def log_float64(x):
+    """log(x) for any float64, branch-free (the log of each row's sum of exps).
+
+    x = 2^k m, m in [sqrt(1/2), sqrt(2)); log x = k ln2 + log1p(m - 1). log(0) = -inf,
+    log(inf) = inf, negative or NaN -> NaN.
     """
     # A no-op when compiled; in Python mode a sum accumulated from 0.0 + float32 terms
     # arrives as float32 (NumPy 2 keeps it float32, numba widens to float64).
     x = np.float64(x)
-    bits = float_to_bits(x)
-    exponent = ((bits >> 52) & 0x7FF) - 1023
-    mantissa = bits_to_float((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # [1, 2)
-    above = mantissa > SQRT2
-    m = mantissa * 0.5 if above else mantissa
-    k = np.float64(exponent + 1 if above else exponent)
-    s = (m - 1.0) / (m + 1.0)
-    s2 = s * s
-    p = 1.0 / 21.0
-    p = p * s2 + 1.0 / 19.0
-    p = p * s2 + 1.0 / 17.0
-    p = p * s2 + 1.0 / 15.0
-    p = p * s2 + 1.0 / 13.0
-    p = p * s2 + 1.0 / 11.0
-    p = p * s2 + 1.0 / 9.0
-    p = p * s2 + 1.0 / 7.0
-    p = p * s2 + 1.0 / 5.0
-    p = p * s2 + 1.0 / 3.0
-    log_m = 2.0 * s + 2.0 * s * s2 * p
-    result = k * LN2_HI64 + (log_m + k * LN2_LO64)
-    # Edge values: log(0) = -inf, log(inf) = inf, NaN (and negative) -> NaN.
-    result = -np.inf if x == 0.0 else result
+    is_subnormal = x < SMALLEST_NORMAL_F64
+    scaled = x * TWO_TO_54 if is_subnormal else x
+    bits = float_to_bits(scaled)
+    exponent = ((bits >> 52) & 0x7FF) - (1023 + 54 if is_subnormal else 1023)
+    m = bits_to_float((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # [1, 2)
+    is_high = m > SQRT2
+    m = m * 0.5 if is_high else m
+    exponent = exponent + 1 if is_high else exponent
+    # The exponent as a float64 without an int64 -> float64 conversion (absent from AVX2).
+    k = bits_to_float(float_to_bits(ROUND_MAGIC_F64) + exponent) - ROUND_MAGIC_F64
+    result = log1p_reduced_float64(m - 1.0, k * LN2_HI_F64, k * LN2_LO_F64)
     result = x if x == np.inf else result
+    result = -np.inf if x == 0.0 else result
     return result if x >= 0.0 else np.nan
 
 
 @ordered_jit
-def log1p_of_sum(y):
+def log1p_float64(y):
     """log(1 + y) for a float64 y >= -1 (or NaN): log of the rounded u = 1 + y plus the bits
     of y that rounding dropped, (y - (u - 1)) / u, so that log1p(tiny) == tiny. y = -1
     gives -inf and y = inf gives inf (no correction there: it would be 0/0 or inf - inf)."""
     y = np.float64(y)
     u = 1.0 + y
     correction = (y - (u - 1.0)) / u
-    # `&`, not `and`: no branch, so that it vectorises over the rows of a narrow block
-    return log_of_sum(u) + (correction if (u > 0.0) & (u < np.inf) else 0.0)
+    # `&`, not `and`: no branch, so that it vectorises over the rows of a row tile
+    return log_float64(u) + (correction if (u > 0.0) & (u < np.inf) else 0.0)
+
+
+@ordered_jit
+def log1p_unit_float64(e):
+    """log(1 + e) for e in [0, 1] (or NaN), branch-free: the softplus term
+    log1p(exp(-|x|)). 1 + e lies in [1, 2], so at most one halving; `correction` restores
+    the bits of e lost in rounding 1 + e, which keeps log1p(tiny) == tiny."""
+    u = 1.0 + e
+    correction = (e - (u - 1.0)) / u
+    is_high = u > SQRT2
+    m = 0.5 * u if is_high else u
+    return log1p_reduced_float64(m - 1.0, LN2_HI_F64 if is_high else 0.0,
+                                 (LN2_LO_F64 if is_high else 0.0) + correction)
+
+
+@ordered_jit
+def log1p_unit_float32(e):
+    """log1p_unit_float64 in float32."""
+    u = np.float32(1.0) + e
+    correction = (e - (u - np.float32(1.0))) / u
+    is_high = u > np.float32(SQRT2)
+    m = np.float32(0.5) * u if is_high else u
+    k_ln2_hi = np.float32(LN2_HI_LOG_F32) if is_high else np.float32(0.0)
+    k_ln2_lo = np.float32(LN2_LO_LOG_F32) if is_high else np.float32(0.0)
+    return log1p_reduced_float32(m - np.float32(1.0), k_ln2_hi, k_ln2_lo + correction)
 
 
 def fast_exp(x):
@@ -464,6 +397,20 @@ def _fast_exp(x):
         return lambda x: exp_float32(x)
     if x == types.float64:
         return lambda x: exp_float64(x)
+    return None
+
+
+def exp_for_softplus(x):
+    """exp(x) for x <= 0 in x's float type, subnormal results possibly flushed (float64:
+    exp_nonpositive_float64)."""
+
+
+@overload(exp_for_softplus)
+def _exp_for_softplus(x):
+    if x == types.float32:
+        return lambda x: exp_float32(x)
+    if x == types.float64:
+        return lambda x: exp_nonpositive_float64(x)
     return None
 
 
@@ -480,83 +427,22 @@ def _log1p_unit(u):
     return None
 
 
-# --------------------------------------------------------------------------------------
-# Python mode (NUMBA_DISABLE_JIT=1): pure-Python twins of the intrinsics and overloads
-# --------------------------------------------------------------------------------------
-# With JIT disabled numba leaves every @njit function as plain Python (prange is range),
-# but intrinsics and @overload stubs have no Python body. These twins replace them with
-# the same semantics on NumPy scalars, so that the whole backend runs (slowly) as Python:
-# CI runs a small kernel-test subset this way to check the kernels' logic and coverage.
-# Under JIT nothing here is defined and the definitions above are used unchanged.
-# Python-mode caveats: no fast-math, so results differ from the compiled ones by a few
-# ulps (no FMA contraction, sums in order). And NumPy 2 keeps float32 + Python float in
-# float32 where numba types 0.0 as float64 and widens: a float64 sum of float32 terms
-# must start at np.float64(0.0), not 0.0 (see sum_exp_of and log_of_sum).
+# Python mode (NUMBA_DISABLE_JIT=1): the intrinsics and overloads above have no Python
+# body; numba_python_mode.py holds their pure-Python twins.
 if numba.config.DISABLE_JIT:
+    from logitcore._backends.numba_python_mode import (  # noqa: F811
+        bits_to_float,
+        cast_like,
+        exp_for_softplus,
+        fast_exp,
+        float_to_bits,
+        ieee_quiet,
+        log1p_unit,
+        max_ignoring_nan,
+        prefetch,
+    )
 
-    def bits_to_float(bits):
-        """Reinterpret an int32 as float32 or an int64 (a Python int: numba's int64) as
-        float64. The callers' bit arithmetic on NumPy int32/int64 scalars wraps (shifts
-        silently) as in machine code, so it needs no masking here."""
-        if isinstance(bits, np.int32):
-            return bits.view(np.float32)
-        if isinstance(bits, (np.int64, int)):
-            return np.int64(bits).view(np.float64)
-        raise TypeError(f"bits_to_float: int32 or int64 expected, got {type(bits).__name__}")
-
-    def float_to_bits(value):
-        """Reinterpret a float32 as int32 or a float64 (or a Python float) as int64."""
-        if isinstance(value, np.float32):
-            return value.view(np.int32)
-        if isinstance(value, float):  # np.float64 is a subclass of float
-            return np.float64(value).view(np.int64)
-        raise TypeError(f"float_to_bits: float32 or float64 expected, got "
-                        f"{type(value).__name__}")
-
-    def max_ignoring_nan(a, b):
-        """llvm.maxnum: the larger of a and b, the other one if either is NaN."""
-        if a != a:
-            return b
-        if b != b:
-            return a
-        return a if a >= b else b
-
-    def prefetch(array, index):
-        """A cache hint: nothing to do in Python."""
-
-    def cast_like(value, like):
-        """``value`` converted to the float type of ``like`` (a scalar or an array)."""
-        return np.result_type(like).type(value)
-
-    def _by_float_type(value, float32_version, float64_version):
-        # np.float64 is a subclass of float; a Python float is numba's float64.
-        if isinstance(value, np.float32):
-            return float32_version(value)
-        if isinstance(value, float):
-            return float64_version(np.float64(value))
-        raise TypeError(f"float32 or float64 expected, got {type(value).__name__}")
-
-    def fast_exp(x):
-        """exp(x) in x's float type (see exp_float32 / exp_float64)."""
-        return _by_float_type(x, exp_float32, exp_float64)
-
-    def log1p_unit(u):
-        """log(1 + u) for u in [0, 1], in u's float type."""
-        return _by_float_type(u, log1p_unit_float32, log1p_unit_float64)
-
-    def _ieee_quiet(kernel):
-        """error_model="numpy" in Python: IEEE results (inf - inf = NaN, x / 0 = inf)
-        without NumPy's scalar RuntimeWarnings, which the edge table would raise by the
-        thousand. Applied to the kernels, the entry points of every helper call."""
-
-        @functools.wraps(kernel)
-        def run(*args, **kwargs):
-            with np.errstate(all="ignore"):
-                return kernel(*args, **kwargs)
-
-        return run
-
-    parallel_kernel = serial_kernel = _ieee_quiet
+    parallel_kernel = serial_kernel = ieee_quiet
 
 
 # --------------------------------------------------------------------------------------
@@ -576,7 +462,7 @@ def sigmoid_value(x):
 def softplus_of_negative(x):
     """softplus(-x) = log(1 + exp(-x)) = max(-x, 0) + log1p(exp(-|x|)), never overflows."""
     negative_part = -x if x < 0 else cast_like(0.0, x)
-    return negative_part + log1p_unit(fast_exp(-abs(x)))
+    return negative_part + log1p_unit(exp_for_softplus(-abs(x)))
 
 
 @ordered_jit
@@ -633,13 +519,13 @@ def max_of(values):
 
 @plain_jit
 def prefetch_ahead(values, start):
-    """Prefetch the SUM_CHUNK elements lying BLOCK elements past values[start].
+    """Prefetch the SUM_CHUNK elements lying BLOCK_CLASSES elements past values[start].
 
     Rows are contiguous, so that memory is the next block or the next rows: the data the
     next (memory-bound) max pass will read. Issued from the compute-bound exp loops, it
     keeps memory busy while the cores compute instead of leaving them waiting later.
     """
-    for k in range(start + BLOCK, start + BLOCK + SUM_CHUNK, CACHE_LINE // values.itemsize):
+    for k in range(start + BLOCK_CLASSES, start + BLOCK_CLASSES + SUM_CHUNK, CACHE_LINE // values.itemsize):
         prefetch(values, k)
 
 
@@ -726,13 +612,13 @@ def block_max_store_exp(values, out):
 
 @plain_jit
 def n_blocks_of(n_classes):
-    return (n_classes + BLOCK - 1) // BLOCK
+    return (n_classes + BLOCK_CLASSES - 1) // BLOCK_CLASSES
 
 
 @plain_jit
 def block_bounds(n_classes, block):
-    start = block * BLOCK
-    return start, min(start + BLOCK, n_classes)
+    start = block * BLOCK_CLASSES
+    return start, min(start + BLOCK_CLASSES, n_classes)
 
 
 @vector_jit
@@ -743,7 +629,7 @@ def row_max_sum_exp(row):
     not depend on the number of threads.
     """
     n_classes = row.shape[0]
-    if n_classes <= BLOCK:
+    if n_classes <= BLOCK_CLASSES:
         return block_max_sum_exp(row)  # the value merge_block_stats gives for one block
     n_blocks = n_blocks_of(n_classes)
     block_maxes = np.empty(n_blocks, dtype=row.dtype)
@@ -761,9 +647,8 @@ def merge_block_stats(block_maxes, block_others, block_counts):
     """A row's (max, others, n_at_max) from its blocks': the row max first, then each block
     added in block order: a block whose max is the row's adds both fields, a block with a
     smaller max adds (n_at_max + others) exp(block max - row max) to others. Both loops
-    vectorise (64 blocks: ~0.05 us; merging the blocks one by one, online-softmax style,
-    was a chain of 128 scalar exps, ~0.5 us, part of every long row and of the serial step
-    of the class split)."""
+    vectorise (merging the blocks one by one, online-softmax style, would be a chain of
+    scalar exps, in every long row and in the serial step of the class split)."""
     row_max = max_of(block_maxes)
     others = 0.0
     n_at_max = 0.0
@@ -779,7 +664,7 @@ def merge_block_stats(block_maxes, block_others, block_counts):
 @plain_jit
 def log_sum_exp_of(row_max, others, n_at_max):
     """max + log1p(others + n_at_max - 1): right at the edges too (see above)."""
-    return np.float64(row_max) + log1p_of_sum(others + (n_at_max - 1.0))
+    return np.float64(row_max) + log1p_float64(others + (n_at_max - 1.0))
 
 
 @plain_jit
@@ -788,20 +673,30 @@ def task_range(n_items, n_tasks, task):
     return task * n_items // n_tasks, (task + 1) * n_items // n_tasks
 
 
-@parallel_kernel
-def split_block_stats(x):
-    """Per-(row, block) (max, sum exp), the blocks of all rows spread over the threads."""
-    n_rows, n_classes = x.shape
-    n_blocks = n_blocks_of(n_classes)
+@plain_jit
+def split_state_buffers(x):
+    """Per-(row, block) (max, others, n_at_max) arrays for the class split."""
+    n_rows = x.shape[0]
+    n_blocks = n_blocks_of(x.shape[1])
     block_maxes = np.empty((n_rows, n_blocks), dtype=x.dtype)
     block_others = np.empty((n_rows, n_blocks), dtype=np.float64)
     block_counts = np.empty((n_rows, n_blocks), dtype=np.float64)
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        block_maxes[i, block], block_others[i, block], block_counts[i, block] = (
-            block_max_sum_exp(x[i, start:stop]))
     return block_maxes, block_others, block_counts
+
+
+@vector_jit
+def block_stats_block(x, args, i, block, start, stop):
+    block_maxes, block_others, block_counts = args
+    block_maxes[i, block], block_others[i, block], block_counts[i, block] = (
+        block_max_sum_exp(x[i, start:stop]))
+
+
+@vector_jit
+def split_block_stats(x):
+    """Per-(row, block) (max, sum exp), the blocks of all rows spread over the threads."""
+    states = split_state_buffers(x)
+    class_split_schedule("block_stats", x, states)
+    return states
 
 
 @vector_jit
@@ -828,15 +723,15 @@ def split_row_stats(x):
 
 
 @plain_jit
-def narrow_rows_per_block(n_classes):
-    return max(1, NARROW_BLOCK_ELEMENTS // n_classes)
+def narrow_rows_per_tile(n_classes):
+    return max(1, ROW_TILE_ELEMENTS // n_classes)
 
 
 @plain_jit
 def narrow_scratch(x):
     """Per-task buffers for one block of rows: row maxima, float64 others and n_at_max,
     and the transposed block."""
-    rows_per_block = narrow_rows_per_block(x.shape[1])
+    rows_per_block = narrow_rows_per_tile(x.shape[1])
     row_max = np.empty(rows_per_block, dtype=x.dtype)
     others = np.empty(rows_per_block, dtype=np.float64)
     counts = np.empty(rows_per_block, dtype=x.dtype)  # < 64: exact, and no conversion
@@ -845,7 +740,7 @@ def narrow_scratch(x):
 
 
 @vector_jit
-def narrow_block_stats(block, row_max, others, counts, transposed):
+def narrow_tile_stats(block, row_max, others, counts, transposed):
     """For the rows of ``block`` (a 2-D view) fill row_max[r], others[r] and counts[r]
     (n_at_max), and return exps[c, r] = exp(block[r, c] - shift_for(row_max[r])), a
     (classes, rows) view of ``transposed``."""
@@ -877,15 +772,199 @@ def narrow_block_stats(block, row_max, others, counts, transposed):
 
 
 # --------------------------------------------------------------------------------------
+# Row operations and schedules
+# --------------------------------------------------------------------------------------
+# What an op computes on its rows (its row operation) and how the rows are spread over
+# the threads (the schedule) are written apart (docs/architecture.md, "Schedules"):
+#
+# * a row operation is a name in ROW_OPERATIONS mapping each schedule's step to a small
+#   jitted function: "row" (one whole row i), "block" (one block of row i, class split),
+#   "tile" (one tile of narrow rows, given their row states), "flat" (a span of elements),
+#   and optionally "prepare" (the steps' operands from the call's, e.g. a weight sum);
+# * a schedule is ONE parallel loop, generic over the row operation: rows_schedule,
+#   class_split_schedule, narrow_schedule, flat_schedule. It receives the operation's
+#   name as a string literal and its operands as one tuple ``args``.
+#
+# The step is chosen at compile time (the name is a literal; row_step & co. are overloads
+# that look the function up), so each op's kernel is compiled as if written out by hand,
+# and the kernels stay cacheable: numba cannot cache code that receives jitted functions
+# as values (they are "dynamic globals" to it), but it caches this. Python enters an op's
+# schedules through its entry kernels (entry_kernels), cached per op.
+
+ROW_OPERATIONS: dict[str, dict] = {}
+
+
+def row_operation(name, **steps):
+    """Register the steps (schedule step name -> jitted function) of a row operation."""
+    ROW_OPERATIONS.setdefault(name, {}).update(steps)
+
+
+def _row_operation_step(step, default=None):
+    """A jitted function ``step(op, *args)`` calling operation ``op``'s ``step`` function
+    (``default`` where the operation has none) with ``args``; ``op`` must be a string
+    literal (the schedules and entry kernels ask for one)."""
+
+    def call_step(op, *args):
+        raise NotImplementedError(f"{step}: only callable from jitted code")
+
+    @overload(call_step)
+    def _call_step(op, *args):
+        if not isinstance(op, types.StringLiteral):
+            return None
+        function = ROW_OPERATIONS[op.literal_value].get(step, default)
+        return lambda op, *args: function(*args)
+
+    return call_step
+
+
+@plain_jit
+def unchanged(args):
+    return args
+
+
+if numba.config.DISABLE_JIT:
+    from logitcore._backends.numba_python_mode import row_operation_step as _row_operation_step  # noqa: F811,E501
+
+row_step = _row_operation_step("row")
+block_step = _row_operation_step("block")
+tile_step = _row_operation_step("tile")
+flat_step = _row_operation_step("flat")
+# "prepare": the operands the steps receive, from the call's (default: the same).
+prepare_step = _row_operation_step("prepare", unchanged)
+
+# Schedules are compiled into the cached entry kernel that calls them, not cached apart.
+schedule = njit(parallel=True, fastmath=VECTOR_MATH, error_model="numpy")
+
+
+@schedule
+def rows_schedule(op, x, args):
+    """Whole rows in parallel: row_step(op, x, args, i) for every row i."""
+    literally(op)
+    for i in prange(x.shape[0]):
+        row_step(op, x, args, i)
+
+
+@schedule
+def class_split_schedule(op, x, args):
+    """Few long rows: every (row, block) pair is a task of its own, in parallel.
+    block_step(op, x, args, i, block, start, stop) for the classes start:stop of row i.
+    Whatever the block step leaves per block is merged by the caller in block order, so
+    results do not depend on the thread count."""
+    literally(op)
+    n_rows, n_classes = x.shape
+    n_blocks = n_blocks_of(n_classes)
+    for task in prange(n_rows * n_blocks):
+        i, block = task // n_blocks, task % n_blocks
+        start, stop = block_bounds(n_classes, block)
+        block_step(op, x, args, i, block, start, stop)
+
+
+@schedule
+def narrow_schedule(op, x, args, n_tasks):
+    """Short rows: n_tasks contiguous ranges of rows in parallel, each cut into row tiles.
+    For each tile narrow_tile_stats gives the row states (row_max, others, counts) and the
+    transposed exps; tile_step(op, x, args, start, stop, exps, row_max, others, counts,
+    row_scratch) then writes the tile's rows start:stop (row_scratch: two float64 values
+    per row of the tile, free for the step's per-row factors)."""
+    literally(op)
+    n_rows, n_classes = x.shape
+    rows_per_tile = narrow_rows_per_tile(n_classes)
+    for task in prange(n_tasks):
+        first, stop = task_range(n_rows, n_tasks, task)
+        row_max, others, counts, transposed = narrow_scratch(x)
+        row_scratch = np.empty((2, rows_per_tile))
+        for tile_start in range(first, stop, rows_per_tile):
+            tile_stop = min(tile_start + rows_per_tile, stop)
+            exps = narrow_tile_stats(x[tile_start:tile_stop], row_max, others, counts,
+                                     transposed)
+            tile_step(op, x, args, tile_start, tile_stop, exps, row_max, others, counts,
+                      row_scratch)
+
+
+@schedule
+def flat_schedule(op, x, out, n_tasks):
+    """Elementwise: n_tasks contiguous spans, flat_step(op, x[span], out[span])."""
+    literally(op)
+    for task in prange(n_tasks):
+        start, stop = task_range(x.shape[0], n_tasks, task)
+        flat_step(op, x[start:stop], out[start:stop])
+
+
+@dataclass(frozen=True)
+class EntryKernels:
+    rows: object
+    narrow: object
+    flat: object
+
+
+def entry_kernels(op):
+    """The cached kernels through which Python runs row operation ``op`` on a schedule:
+    rows(x, *args), narrow(x, n_tasks, *args), flat(x, out, n_tasks). Each is compiled on
+    first use; ``op`` is a constant of each, so every op has machine code of its own
+    (numba's cache tells them apart by that constant)."""
+
+    @serial_kernel
+    def rows(x, *args):
+        rows_schedule(op, x, prepare_step(op, args))
+
+    @serial_kernel
+    def narrow(x, n_tasks, *args):
+        narrow_schedule(op, x, prepare_step(op, args), n_tasks)
+
+    @serial_kernel
+    def flat(x, out, n_tasks):
+        flat_schedule(op, x, out, n_tasks)
+
+    return EntryKernels(rows, narrow, flat)
+
+
+def _splits_classes(n_rows, n_classes, threads):
+    """Few rows, long rows: spread each row's blocks over the threads."""
+    return threads > 1 and n_classes > BLOCK_CLASSES and n_rows < SPLIT_ROWS_PER_THREAD * threads
+
+
+def _is_narrow(n_classes):
+    return 0 < n_classes < NARROW_MAX_CLASSES
+
+
+def _launch_by_shape(threads, kernels, split, x, *args):
+    """Run the schedule for x's shape: few long rows split the class axis (``split``, the
+    op's own kernel: how blocks merge is the op's), short rows take the narrow schedule,
+    others the rows schedule."""
+    n_rows, n_classes = x.shape
+    if _splits_classes(n_rows, n_classes, threads):
+        launch(threads, split, x, *args)
+    elif _is_narrow(n_classes):
+        launch(threads, kernels.narrow, x, threads, *args)
+    else:
+        launch(threads, kernels.rows, x, *args)
+
+
+# --------------------------------------------------------------------------------------
 # logsumexp
 # --------------------------------------------------------------------------------------
 
 
-@parallel_kernel
-def _logsumexp_rows(x, out):
-    for i in prange(x.shape[0]):
-        row_max, others, n_at_max = row_max_sum_exp(x[i])
-        out[i] = log_sum_exp_of(row_max, others, n_at_max)
+@vector_jit
+def logsumexp_row(x, args, i):
+    (out,) = args
+    row_max, others, n_at_max = row_max_sum_exp(x[i])
+    out[i] = log_sum_exp_of(row_max, others, n_at_max)
+
+
+@vector_jit
+def logsumexp_tile(x, args, start, stop, exps, row_max, others, counts, row_scratch):
+    (out,) = args
+    out_tile = out[start:stop]
+    for r in range(stop - start):
+        out_tile[r] = log_sum_exp_of(row_max[r], others[r], counts[r])
+
+
+row_operation("logsumexp", row=logsumexp_row, tile=logsumexp_tile)
+row_operation("block_stats", block=block_stats_block)
+
+
+LOGSUMEXP = entry_kernels("logsumexp")
 
 
 @serial_kernel
@@ -896,48 +975,10 @@ def _logsumexp_split(x, out):
         out[i] = log_sum_exp_of(row_maxes[i], others[i], counts[i])
 
 
-@parallel_kernel
-def _logsumexp_narrow(x, out, n_tasks):
-    n_rows = x.shape[0]
-    rows_per_block = narrow_rows_per_block(x.shape[1])
-    for task in prange(n_tasks):
-        first, stop = task_range(n_rows, n_tasks, task)
-        row_max, others, counts, transposed = narrow_scratch(x)
-        for block_start in range(first, stop, rows_per_block):
-            block_stop = min(block_start + rows_per_block, stop)
-            narrow_block_stats(x[block_start:block_stop], row_max, others, counts, transposed)
-            out_block = out[block_start:block_stop]
-            for r in range(block_stop - block_start):
-                out_block[r] = log_sum_exp_of(row_max[r], others[r], counts[r])
-
-
-def _splits_classes(n_rows, n_classes, threads):
-    """Few rows, long rows: spread each row's blocks over the threads."""
-    return threads > 1 and n_classes > BLOCK and n_rows < SPLIT_ROWS_PER_THREAD * threads
-
-
-def _is_narrow(n_classes):
-    return 0 < n_classes < NARROW_MAX_CLASSES
-
-
-def _launch_by_shape(threads, split, narrow, rows, x, *args):
-    """Run the kernel variant for x's shape: few long rows split the class axis, short
-    rows take the narrow path (whose last argument is its task count), others a row per
-    iteration."""
-    n_rows, n_classes = x.shape
-    if _splits_classes(n_rows, n_classes, threads):
-        _launch(threads, split, x, *args)
-    elif _is_narrow(n_classes):
-        _launch(threads, narrow, x, *args, threads)
-    else:
-        _launch(threads, rows, x, *args)
-
-
 def logsumexp(x, out, n_threads=1):
     if x.shape[0] == 0:
         return
-    _launch_by_shape(_usable_threads(n_threads), _logsumexp_split, _logsumexp_narrow,
-                     _logsumexp_rows, x, out)
+    _launch_by_shape(usable_threads(n_threads), LOGSUMEXP, _logsumexp_split, x, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -976,19 +1017,25 @@ def sign_of(value):
     return value  # 0 or NaN
 
 
-@parallel_kernel
-def _logsumexp_scaled_rows(x, b, out, sign_out):
-    for i in prange(x.shape[0]):
-        shift = shift_for(max_where_nonzero(x[i], b[i]))
-        total = sum_scaled_exp(x[i], b[i], shift)
-        out[i] = np.log(abs(total)) + np.float64(shift)
-        sign_out[i] = sign_of(total)
+@vector_jit
+def logsumexp_scaled_row(x, args, i):
+    b, out, sign_out = args
+    shift = shift_for(max_where_nonzero(x[i], b[i]))
+    total = sum_scaled_exp(x[i], b[i], shift)
+    out[i] = log_float64(abs(total)) + np.float64(shift)
+    sign_out[i] = sign_of(total)
+
+
+row_operation("logsumexp_scaled", row=logsumexp_scaled_row)
+
+
+LOGSUMEXP_SCALED = entry_kernels("logsumexp_scaled")
 
 
 def logsumexp_scaled(x, b, out, sign_out, n_threads=1):
     if x.shape[0] == 0:
         return
-    _launch(_usable_threads(n_threads), _logsumexp_scaled_rows, x, b, out, sign_out)
+    launch(usable_threads(n_threads), LOGSUMEXP_SCALED.rows, x, b, out, sign_out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1030,67 +1077,71 @@ def row_softmax(row, out):
         finish_softmax_block(out[start:stop], block_maxes[block], row_max, others + n_at_max)
 
 
-@parallel_kernel
-def _softmax_rows(x, out):
-    for i in prange(x.shape[0]):
-        row_softmax(x[i], out[i])
+@vector_jit
+def softmax_row(x, args, i):
+    (out,) = args
+    row_softmax(x[i], out[i])
 
 
-@parallel_kernel
+@vector_jit
+def softmax_tile(x, args, start, stop, exps, row_max, others, counts, row_scratch):
+    (out,) = args
+    n_classes = x.shape[1]
+    # Per-row factors first, in their own (vectorised) loop.
+    factors = row_scratch[0]
+    for r in range(stop - start):
+        sum_exp = others[r] + counts[r]
+        defined = softmax_is_defined(row_max[r], sum_exp)
+        factors[r] = 1.0 / sum_exp if defined else np.nan
+    out_tile = out[start:stop]
+    for r in range(stop - start):
+        factor = cast_like(factors[r], x)
+        for c in range(n_classes):
+            out_tile[r, c] = exps[c, r] * factor
+
+
+@vector_jit
+def softmax_exp_block(x, args, i, block, start, stop):
+    """Class split, first pass: a block's exps into out, and its state."""
+    out, block_maxes, block_others, block_counts = args
+    block_maxes[i, block], block_others[i, block], block_counts[i, block] = (
+        block_max_store_exp(x[i, start:stop], out[i, start:stop]))
+
+
+@vector_jit
+def softmax_scale_block(x, args, i, block, start, stop):
+    """Class split, second pass: a block's exps into probabilities, given the row's state."""
+    out, block_maxes, row_maxes, sums = args
+    finish_softmax_block(out[i, start:stop], block_maxes[i, block], row_maxes[i], sums[i])
+
+
+row_operation("softmax", row=softmax_row, tile=softmax_tile)
+row_operation("softmax_exp", block=softmax_exp_block)
+row_operation("softmax_scale", block=softmax_scale_block)
+
+
+SOFTMAX = entry_kernels("softmax")
+
+
+@serial_kernel
 def _softmax_split(x, out):
-    n_rows, n_classes = x.shape
-    n_blocks = n_blocks_of(n_classes)
-    block_maxes = np.empty((n_rows, n_blocks), dtype=x.dtype)
-    block_others = np.empty((n_rows, n_blocks), dtype=np.float64)
-    block_counts = np.empty((n_rows, n_blocks), dtype=np.float64)
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        block_maxes[i, block], block_others[i, block], block_counts[i, block] = (
-            block_max_store_exp(x[i, start:stop], out[i, start:stop]))
+    block_maxes, block_others, block_counts = split_state_buffers(x)
+    class_split_schedule("softmax_exp", x, (out, block_maxes, block_others, block_counts))
+    n_rows = x.shape[0]
     row_maxes = np.empty(n_rows, dtype=x.dtype)
     sums = np.empty(n_rows, dtype=np.float64)
     for i in range(n_rows):
         row_maxes[i], others, n_at_max = merge_block_stats(
             block_maxes[i], block_others[i], block_counts[i])
         sums[i] = others + n_at_max
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        finish_softmax_block(out[i, start:stop], block_maxes[i, block], row_maxes[i], sums[i])
-
-
-@parallel_kernel
-def _softmax_narrow(x, out, n_tasks):
-    n_rows, n_classes = x.shape
-    rows_per_block = narrow_rows_per_block(n_classes)
-    for task in prange(n_tasks):
-        first, stop = task_range(n_rows, n_tasks, task)
-        row_max, others, counts, transposed = narrow_scratch(x)
-        for block_start in range(first, stop, rows_per_block):
-            block_stop = min(block_start + rows_per_block, stop)
-            n_block_rows = block_stop - block_start
-            exps = narrow_block_stats(x[block_start:block_stop], row_max, others, counts,
-                                      transposed)
-            # Per-row factors first, in their own (vectorised) loop; they replace others.
-            factors = others
-            for r in range(n_block_rows):
-                sum_exp = others[r] + counts[r]
-                defined = softmax_is_defined(row_max[r], sum_exp)
-                factors[r] = 1.0 / sum_exp if defined else np.nan
-            out_block = out[block_start:block_stop]
-            for r in range(n_block_rows):
-                factor = cast_like(factors[r], x)
-                for c in range(n_classes):
-                    out_block[r, c] = exps[c, r] * factor
+    class_split_schedule("softmax_scale", x, (out, block_maxes, row_maxes, sums))
 
 
 def softmax(x, out, n_threads=1):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
-    _launch_by_shape(_usable_threads(n_threads), _softmax_split, _softmax_narrow,
-                     _softmax_rows, x, out)
+    _launch_by_shape(usable_threads(n_threads), SOFTMAX, _softmax_split, x, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1104,7 +1155,7 @@ def log_sum_or_nan(row_max, others, n_at_max):
     (every log-probability is NaN there). Branch-free: it vectorises over the rows of a
     narrow block."""
     defined = softmax_is_defined(row_max, others)
-    return log1p_of_sum(others + (n_at_max - 1.0)) if defined else np.nan
+    return log1p_float64(others + (n_at_max - 1.0)) if defined else np.nan
 
 
 @vector_jit
@@ -1118,57 +1169,57 @@ def store_log_softmax(values, out, row_max, log_sum):
         out[j] = log_softmax_value(values[j], row_max, log_sum_typed)
 
 
-@parallel_kernel
-def _log_softmax_rows(x, out):
-    for i in prange(x.shape[0]):
-        row_max, others, n_at_max = row_max_sum_exp(x[i])
-        store_log_softmax(x[i], out[i], row_max, log_sum_or_nan(row_max, others, n_at_max))
+@vector_jit
+def log_softmax_row(x, args, i):
+    (out,) = args
+    row_max, others, n_at_max = row_max_sum_exp(x[i])
+    store_log_softmax(x[i], out[i], row_max, log_sum_or_nan(row_max, others, n_at_max))
 
 
-@parallel_kernel
+@vector_jit
+def log_softmax_tile(x, args, start, stop, exps, row_max, others, counts, row_scratch):
+    (out,) = args
+    n_classes = x.shape[1]
+    # Per-row log(sum) first, in their own (vectorised) loop.
+    log_sums = row_scratch[0]
+    for r in range(stop - start):
+        log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
+    tile = x[start:stop]
+    out_tile = out[start:stop]
+    for r in range(stop - start):
+        shift = row_max[r]
+        log_sum = cast_like(log_sums[r], x)
+        for c in range(n_classes):
+            out_tile[r, c] = log_softmax_value(tile[r, c], shift, log_sum)
+
+
+@vector_jit
+def log_softmax_write_block(x, args, i, block, start, stop):
+    out, row_maxes, log_sums = args
+    store_log_softmax(x[i, start:stop], out[i, start:stop], row_maxes[i], log_sums[i])
+
+
+row_operation("log_softmax", row=log_softmax_row, tile=log_softmax_tile)
+row_operation("log_softmax_write", block=log_softmax_write_block)
+
+
+LOG_SOFTMAX = entry_kernels("log_softmax")
+
+
+@serial_kernel
 def _log_softmax_split(x, out):
-    n_rows, n_classes = x.shape
-    n_blocks = n_blocks_of(n_classes)
     row_maxes, others, counts = split_row_stats(x)
-    log_sums = np.empty(n_rows)
-    for i in range(n_rows):
+    log_sums = np.empty(x.shape[0])
+    for i in range(x.shape[0]):
         log_sums[i] = log_sum_or_nan(row_maxes[i], others[i], counts[i])
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        store_log_softmax(x[i, start:stop], out[i, start:stop], row_maxes[i], log_sums[i])
-
-
-@parallel_kernel
-def _log_softmax_narrow(x, out, n_tasks):
-    n_rows, n_classes = x.shape
-    rows_per_block = narrow_rows_per_block(x.shape[1])
-    for task in prange(n_tasks):
-        first, stop = task_range(n_rows, n_tasks, task)
-        row_max, others, counts, transposed = narrow_scratch(x)
-        for block_start in range(first, stop, rows_per_block):
-            block_stop = min(block_start + rows_per_block, stop)
-            n_block_rows = block_stop - block_start
-            block = x[block_start:block_stop]
-            narrow_block_stats(block, row_max, others, counts, transposed)
-            # Per-row log(sum) first, in their own (vectorised) loop; they replace others.
-            log_sums = others
-            for r in range(n_block_rows):
-                log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
-            out_block = out[block_start:block_stop]
-            for r in range(n_block_rows):
-                shift = row_max[r]
-                log_sum = cast_like(log_sums[r], x)
-                for c in range(n_classes):
-                    out_block[r, c] = log_softmax_value(block[r, c], shift, log_sum)
+    class_split_schedule("log_softmax_write", x, (out, row_maxes, log_sums))
 
 
 def log_softmax(x, out, n_threads=1):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
-    _launch_by_shape(_usable_threads(n_threads), _log_softmax_split, _log_softmax_narrow,
-                     _log_softmax_rows, x, out)
+    _launch_by_shape(usable_threads(n_threads), LOG_SOFTMAX, _log_softmax_split, x, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1188,18 +1239,12 @@ def store_log_sigmoid(values, out):
         out[j] = -softplus_of_negative(values[j])
 
 
-@parallel_kernel
-def _sigmoid_flat(x, out, n_tasks):
-    for task in prange(n_tasks):
-        start, stop = task_range(x.shape[0], n_tasks, task)
-        store_sigmoid(x[start:stop], out[start:stop])
+row_operation("sigmoid", flat=store_sigmoid)
+row_operation("log_sigmoid", flat=store_log_sigmoid)
 
 
-@parallel_kernel
-def _log_sigmoid_flat(x, out, n_tasks):
-    for task in prange(n_tasks):
-        start, stop = task_range(x.shape[0], n_tasks, task)
-        store_log_sigmoid(x[start:stop], out[start:stop])
+SIGMOID = entry_kernels("sigmoid")
+LOG_SIGMOID = entry_kernels("log_sigmoid")
 
 
 def _flat_tasks(n_elements, threads):
@@ -1217,20 +1262,20 @@ def _check_flat(x, out):
         )
 
 
-def sigmoid(x, out, n_threads=1):
+def _launch_flat(kernels, x, out, n_threads):
     _check_flat(x, out)
     if x.shape[0] == 0:
         return
-    threads = _usable_threads(n_threads)
-    _launch(threads, _sigmoid_flat, x, out, _flat_tasks(x.shape[0], threads))
+    threads = usable_threads(n_threads)
+    launch(threads, kernels.flat, x, out, _flat_tasks(x.shape[0], threads))
+
+
+def sigmoid(x, out, n_threads=1):
+    _launch_flat(SIGMOID, x, out, n_threads)
 
 
 def log_sigmoid(x, out, n_threads=1):
-    _check_flat(x, out)
-    if x.shape[0] == 0:
-        return
-    threads = _usable_threads(n_threads)
-    _launch(threads, _log_sigmoid_flat, x, out, _flat_tasks(x.shape[0], threads))
+    _launch_flat(LOG_SIGMOID, x, out, n_threads)
 
 
 # --------------------------------------------------------------------------------------
@@ -1307,11 +1352,11 @@ def _label_stats_parallel(labels, weight, ignore_index):
 
 
 def label_stats(labels, weight, ignore_index, n_threads=1):
-    threads = _usable_threads(n_threads)
+    threads = usable_threads(n_threads)
     if threads == 1 or labels.shape[0] <= LABEL_CHUNK:
         first_invalid, kept_weight = _label_stats_serial(labels, weight, int(ignore_index))
     else:
-        first_invalid, kept_weight = _launch(threads, _label_stats_parallel, labels, weight,
+        first_invalid, kept_weight = launch(threads, _label_stats_parallel, labels, weight,
                                              int(ignore_index))
     return int(first_invalid), float(kept_weight)
 
@@ -1438,53 +1483,99 @@ def row_cross_entropy_labels(row, grad, label, weight, eps, weight_sum, any_weig
     return loss
 
 
-@parallel_kernel
-def _cross_entropy_labels_rows(x, labels, weight, ignore_index, eps, loss_out, grad_out,
-                               grad_scale, want_grad):
+@vector_jit
+def cross_entropy_labels_row(x, args, i):
+    (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
+     weight_sum, any_weight, no_grad) = args
+    grad_row = grad_out[i] if want_grad else no_grad
+    loss_out[i] = row_cross_entropy_labels(
+        x[i], grad_row, labels[i], weight, eps, weight_sum, any_weight, grad_scale,
+        want_grad, ignore_index)
+
+
+@vector_jit
+def cross_entropy_labels_tile(x, args, start, stop, exps, row_max, others, counts,
+                              row_scratch):
+    (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
+     weight_sum, any_weight, no_grad) = args
+    n_classes = x.shape[1]
+    smoothing_coef = eps / n_classes
+    # The logs first, in a loop of their own that vectorises across the rows: in the
+    # branchy per-row loop below each would be a scalar call.
+    log_sums = row_scratch[0]
+    sums = row_scratch[1]
+    for r in range(stop - start):
+        log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
+        sums[r] = others[r] + counts[r]
+    for r in range(stop - start):
+        i = start + r
+        label = labels[i]
+        if label == ignore_index:
+            loss_out[i] = 0.0
+            if want_grad:
+                fill(grad_out[i], cast_like(ignored_row_grad(row_max[r], sums[r]), grad_out))
+            continue
+        label_coef = (1.0 - eps) * np.float64(weight[label])
+        smoothing_sum = 0.0
+        if smoothing_coef != 0.0 and any_weight:
+            smoothing_sum = weighted_shifted_sum(x[i], weight, shift_for(row_max[r]))
+        loss_out[i] = label_loss(row_max[r], log_sums[r], x[i, label], label_coef,
+                                 smoothing_coef, smoothing_sum, weight_sum, any_weight)
+        if want_grad:
+            prob_factor, smoothing_grad, label_grad = label_grad_coefficients(
+                row_max[r], sums[r], label_coef, smoothing_coef, weight_sum, grad_scale)
+            factor = cast_like(prob_factor, x)
+            smoothing = cast_like(smoothing_grad, x)
+            grad_row = grad_out[i]
+            for c in range(n_classes):
+                grad_row[c] = exps[c, r] * factor - smoothing * weight[c]
+            grad_row[label] -= cast_like(label_grad, grad_out)
+
+
+@vector_jit
+def smoothing_sum_block(x, args, i, block, start, stop):
+    """Class split: a block's sum_{w != 0} w (x - max)."""
+    weight, row_maxes, block_smoothing = args
+    block_smoothing[i, block] = weighted_shifted_sum(
+        x[i, start:stop], weight[start:stop], shift_for(row_maxes[i]))
+
+
+@vector_jit
+def label_grad_block(x, args, i, block, start, stop):
+    """Class split: a block of the gradient from its row's coefficients."""
+    labels, weight, ignore_index, grad_out, row_maxes, prob_factors, smoothing_grads = args
+    if labels[i] == ignore_index:  # prob_factors holds ignored_row_grad
+        fill(grad_out[i, start:stop], cast_like(prob_factors[i], grad_out))
+    else:
+        store_label_grad(x[i, start:stop], grad_out[i, start:stop], weight[start:stop],
+                         row_maxes[i], prob_factors[i], smoothing_grads[i])
+
+
+@plain_jit
+def cross_entropy_labels_prepare(args):
+    """The steps' operands: the call's, the weight summary, and an empty gradient row for
+    calls without a gradient."""
+    labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad = args
     weight_sum, any_weight = smoothing_weight_summary(weight, eps)
     no_grad = np.empty(0, dtype=grad_out.dtype)
-    for i in prange(x.shape[0]):
-        grad_row = grad_out[i] if want_grad else no_grad
-        loss_out[i] = row_cross_entropy_labels(
-            x[i], grad_row, labels[i], weight, eps, weight_sum, any_weight, grad_scale,
-            want_grad, ignore_index)
+    return (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
+            weight_sum, any_weight, no_grad)
 
 
-@parallel_kernel
-def split_smoothing_sums(x, weight, row_maxes):
-    """Per-(row, block) sum_{w != 0} w (x - max), the blocks spread over the threads."""
-    n_rows, n_classes = x.shape
-    n_blocks = n_blocks_of(n_classes)
-    block_smoothing = np.empty((n_rows, n_blocks))
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        block_smoothing[i, block] = weighted_shifted_sum(
-            x[i, start:stop], weight[start:stop], shift_for(row_maxes[i]))
-    return block_smoothing
+row_operation("cross_entropy_labels", prepare=cross_entropy_labels_prepare,
+              row=cross_entropy_labels_row, tile=cross_entropy_labels_tile)
+row_operation("smoothing_sum", block=smoothing_sum_block)
+row_operation("label_grad", block=label_grad_block)
 
 
-@parallel_kernel
-def split_label_grads(x, labels, weight, ignore_index, grad_out, row_maxes, prob_factors,
-                      smoothing_grads):
-    """The gradient of few long rows from their coefficients, blocks spread over threads."""
-    n_rows, n_classes = x.shape
-    n_blocks = n_blocks_of(n_classes)
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        if labels[i] == ignore_index:  # prob_factors holds ignored_row_grad
-            fill(grad_out[i, start:stop], cast_like(prob_factors[i], grad_out))
-        else:
-            store_label_grad(x[i, start:stop], grad_out[i, start:stop], weight[start:stop],
-                             row_maxes[i], prob_factors[i], smoothing_grads[i])
+CROSS_ENTROPY_LABELS = entry_kernels("cross_entropy_labels")
 
 
 @serial_kernel
 def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, grad_out,
                                 grad_scale, want_grad):
-    # Serial glue around the parallel passes (split_row_stats, split_smoothing_sums,
-    # split_label_grads): in a parallel function every np.zeros would be a parallel loop
+    # Serial glue around the parallel passes (split_row_stats and the class splits of
+    # smoothing_sum_block and label_grad_block): in a parallel function every np.zeros would be a parallel loop
     # of its own, and those launches cost more than this whole kernel gains from threads.
     n_rows, n_classes = x.shape
     n_blocks = n_blocks_of(n_classes)
@@ -1492,10 +1583,9 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
     smoothing_coef = eps / n_classes
     row_maxes, others, counts = split_row_stats(x)
     sums = others + counts
+    block_smoothing = np.zeros((n_rows, n_blocks))
     if smoothing_coef != 0.0 and any_weight:
-        block_smoothing = split_smoothing_sums(x, weight, row_maxes)
-    else:
-        block_smoothing = np.zeros((n_rows, n_blocks))
+        class_split_schedule("smoothing_sum", x, (weight, row_maxes, block_smoothing))
     prob_factors = np.zeros(n_rows)
     smoothing_grads = np.zeros(n_rows)
     label_grads = np.zeros(n_rows)
@@ -1515,59 +1605,11 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
         prob_factors[i], smoothing_grads[i], label_grads[i] = label_grad_coefficients(
             row_maxes[i], sums[i], label_coef, smoothing_coef, weight_sum, grad_scale)
     if want_grad:
-        split_label_grads(x, labels, weight, ignore_index, grad_out, row_maxes, prob_factors,
-                          smoothing_grads)
+        class_split_schedule("label_grad", x, (labels, weight, ignore_index, grad_out,
+                                               row_maxes, prob_factors, smoothing_grads))
         for i in range(n_rows):
             if labels[i] != ignore_index:
                 grad_out[i, labels[i]] -= cast_like(label_grads[i], grad_out)
-
-
-@parallel_kernel
-def _cross_entropy_labels_narrow(x, labels, weight, ignore_index, eps, loss_out, grad_out,
-                                 grad_scale, want_grad, n_tasks):
-    n_rows, n_classes = x.shape
-    weight_sum, any_weight = smoothing_weight_summary(weight, eps)
-    smoothing_coef = eps / n_classes
-    rows_per_block = narrow_rows_per_block(n_classes)
-    for task in prange(n_tasks):
-        first, stop = task_range(n_rows, n_tasks, task)
-        row_max, others, counts, transposed = narrow_scratch(x)
-        log_sums = np.empty_like(others)
-        sums = np.empty_like(others)
-        for block_start in range(first, stop, rows_per_block):
-            block_stop = min(block_start + rows_per_block, stop)
-            exps = narrow_block_stats(x[block_start:block_stop], row_max, others, counts,
-                                      transposed)
-            # The logs first, in a loop of their own that vectorises across the rows: in the
-            # branchy per-row loop below each would be a scalar call (it was 2x the time).
-            for r in range(block_stop - block_start):
-                log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
-                sums[r] = others[r] + counts[r]
-            for r in range(block_stop - block_start):
-                i = block_start + r
-                label = labels[i]
-                if label == ignore_index:
-                    loss_out[i] = 0.0
-                    if want_grad:
-                        fill(grad_out[i],
-                             cast_like(ignored_row_grad(row_max[r], sums[r]), grad_out))
-                    continue
-                label_coef = (1.0 - eps) * np.float64(weight[label])
-                smoothing_sum = 0.0
-                if smoothing_coef != 0.0 and any_weight:
-                    smoothing_sum = weighted_shifted_sum(x[i], weight, shift_for(row_max[r]))
-                loss_out[i] = label_loss(row_max[r], log_sums[r], x[i, label], label_coef,
-                                         smoothing_coef, smoothing_sum, weight_sum, any_weight)
-                if want_grad:
-                    prob_factor, smoothing_grad, label_grad = label_grad_coefficients(
-                        row_max[r], sums[r], label_coef, smoothing_coef, weight_sum,
-                        grad_scale)
-                    factor = cast_like(prob_factor, x)
-                    smoothing = cast_like(smoothing_grad, x)
-                    grad_row = grad_out[i]
-                    for c in range(n_classes):
-                        grad_row[c] = exps[c, r] * factor - smoothing * weight[c]
-                    grad_row[label] -= cast_like(label_grad, grad_out)
 
 
 def _wants_grad(grad_out, x):
@@ -1578,8 +1620,8 @@ def cross_entropy_labels(x, labels, weight, ignore_index, label_smoothing, loss_
                          grad_out, grad_scale, n_threads=1):
     if x.shape[0] == 0:
         return
-    _launch_by_shape(_usable_threads(n_threads), _cross_entropy_labels_split,
-                     _cross_entropy_labels_narrow, _cross_entropy_labels_rows, x, labels,
+    _launch_by_shape(usable_threads(n_threads), CROSS_ENTROPY_LABELS,
+                     _cross_entropy_labels_split, x, labels,
                      weight, int(ignore_index), float(label_smoothing), loss_out, grad_out,
                      float(grad_scale), _wants_grad(grad_out, x))
 
@@ -1659,21 +1701,32 @@ def row_cross_entropy_probs(row, target, grad, weight, eps, grad_scale, want_gra
     return loss
 
 
-@parallel_kernel
-def _cross_entropy_probs_rows(x, target, weight, eps, loss_out, grad_out, grad_scale,
-                              want_grad):
-    no_grad = np.empty(0, dtype=grad_out.dtype)
-    for i in prange(x.shape[0]):
-        grad_row = grad_out[i] if want_grad else no_grad
-        loss_out[i] = row_cross_entropy_probs(x[i], target[i], grad_row, weight, eps,
-                                              grad_scale, want_grad)
+@vector_jit
+def cross_entropy_probs_row(x, args, i):
+    target, weight, eps, loss_out, grad_out, grad_scale, want_grad, no_grad = args
+    grad_row = grad_out[i] if want_grad else no_grad
+    loss_out[i] = row_cross_entropy_probs(x[i], target[i], grad_row, weight, eps,
+                                          grad_scale, want_grad)
+
+
+@plain_jit
+def cross_entropy_probs_prepare(args):
+    """The call's operands and an empty gradient row (the row's gradient when none is
+    asked for)."""
+    grad_out = args[4]
+    return args + (np.empty(0, dtype=grad_out.dtype),)
+
+
+row_operation("cross_entropy_probs", prepare=cross_entropy_probs_prepare,
+              row=cross_entropy_probs_row)
+CROSS_ENTROPY_PROBS = entry_kernels("cross_entropy_probs")
 
 
 def cross_entropy_probs(x, target, weight, label_smoothing, loss_out, grad_out, grad_scale,
                         n_threads=1):
     if x.shape[0] == 0:
         return
-    _launch(_usable_threads(n_threads), _cross_entropy_probs_rows, x, target, weight,
+    launch(usable_threads(n_threads), CROSS_ENTROPY_PROBS.rows, x, target, weight,
             float(label_smoothing), loss_out, grad_out, float(grad_scale),
             _wants_grad(grad_out, x))
 
@@ -1724,18 +1777,26 @@ def row_bce(row, target, weight, pos_weight, loss, grad, grad_scale, sum_loss, w
         loss[0] = total
 
 
-@parallel_kernel
-def _bce_rows(x, target, weight, pos_weight, loss_out, grad_out, grad_scale, sum_loss,
-              want_grad):
-    per_row_weight = weight.shape[0] != 1
-    per_row_pos_weight = pos_weight.shape[0] != 1
-    no_grad = np.empty(0, dtype=grad_out.dtype)
-    for i in prange(x.shape[0]):
-        grad_row = grad_out[i] if want_grad else no_grad
-        weight_row = weight[i] if per_row_weight else weight[0]
-        pos_weight_row = pos_weight[i] if per_row_pos_weight else pos_weight[0]
-        row_bce(x[i], target[i], weight_row, pos_weight_row, loss_out[i], grad_row,
-                grad_scale, sum_loss, want_grad)
+@vector_jit
+def bce_row(x, args, i):
+    target, weight, pos_weight, loss_out, grad_out, grad_scale, sum_loss, want_grad, no_grad = (
+        args)
+    grad_row = grad_out[i] if want_grad else no_grad
+    weight_row = weight[i] if weight.shape[0] != 1 else weight[0]
+    pos_weight_row = pos_weight[i] if pos_weight.shape[0] != 1 else pos_weight[0]
+    row_bce(x[i], target[i], weight_row, pos_weight_row, loss_out[i], grad_row, grad_scale,
+            sum_loss, want_grad)
+
+
+@plain_jit
+def bce_prepare(args):
+    """The call's operands and an empty gradient row, as cross_entropy_probs_prepare."""
+    grad_out = args[4]
+    return args + (np.empty(0, dtype=grad_out.dtype),)
+
+
+row_operation("bce_with_logits", prepare=bce_prepare, row=bce_row)
+BCE_WITH_LOGITS = entry_kernels("bce_with_logits")
 
 
 def bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scale,
@@ -1744,7 +1805,7 @@ def bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scal
     if n_rows == 0:
         return
     sum_loss = loss_out.shape[1] == 1 and n_classes != 1
-    _launch(_usable_threads(n_threads), _bce_rows, x, target, weight, pos_weight, loss_out,
+    launch(usable_threads(n_threads), BCE_WITH_LOGITS.rows, x, target, weight, pos_weight, loss_out,
             grad_out, float(grad_scale), sum_loss, _wants_grad(grad_out, x))
 
 
@@ -1771,25 +1832,119 @@ def row_log_softmax_backward(dy, y, out):
         out[j] = np.float64(dy[j]) - np.float64(fast_exp(y[j])) * total
 
 
-@parallel_kernel
-def _softmax_backward_rows(dy, y, out):
-    for i in prange(dy.shape[0]):
-        row_softmax_backward(dy[i], y[i], out[i])
+@vector_jit
+def softmax_backward_row(dy, args, i):
+    y, out = args
+    row_softmax_backward(dy[i], y[i], out[i])
 
 
-@parallel_kernel
-def _log_softmax_backward_rows(dy, y, out):
-    for i in prange(dy.shape[0]):
-        row_log_softmax_backward(dy[i], y[i], out[i])
+@vector_jit
+def log_softmax_backward_row(dy, args, i):
+    y, out = args
+    row_log_softmax_backward(dy[i], y[i], out[i])
+
+
+row_operation("softmax_backward", row=softmax_backward_row)
+row_operation("log_softmax_backward", row=log_softmax_backward_row)
+
+
+SOFTMAX_BACKWARD = entry_kernels("softmax_backward")
+LOG_SOFTMAX_BACKWARD = entry_kernels("log_softmax_backward")
 
 
 def softmax_backward(dy, y, out, n_threads=1):
     if dy.shape[0] == 0 or dy.shape[1] == 0:
         return
-    _launch(_usable_threads(n_threads), _softmax_backward_rows, dy, y, out)
+    launch(usable_threads(n_threads), SOFTMAX_BACKWARD.rows, dy, y, out)
 
 
 def log_softmax_backward(dy, y, out, n_threads=1):
     if dy.shape[0] == 0 or dy.shape[1] == 0:
         return
-    _launch(_usable_threads(n_threads), _log_softmax_backward_rows, dy, y, out)
+    launch(usable_threads(n_threads), LOG_SOFTMAX_BACKWARD.rows, dy, y, out)
+
+
+# --------------------------------------------------------------------------------------
+# The math library's primitives on arrays (test hooks, not kernels of the op table)
+# --------------------------------------------------------------------------------------
+# 1-D float32 or float64 x and out. The cython backend exposes the same three names, so
+# tests compare both backends' primitives element by element.
+
+
+@serial_kernel
+def math_exp(x, out):
+    """out = exp(x), the kernels' exp in x's type."""
+    for j in range(x.shape[0]):
+        out[j] = fast_exp(x[j])
+
+
+@serial_kernel
+def math_log(x, out):
+    """out = log(x), computed in float64 (as the kernels take the log of a row's sum)."""
+    for j in range(x.shape[0]):
+        out[j] = cast_like(log_float64(np.float64(x[j])), out)
+
+
+@serial_kernel
+def math_log1p(x, out):
+    """out = log1p(x) for x in [-1, inf] or NaN: the kernels' log1p_unit in x's type on
+    [0, 1] (softplus), log1p_float64 elsewhere (the log of a row's sum of exps)."""
+    for j in range(x.shape[0]):
+        value = x[j]
+        if value >= 0 and value <= 1:
+            out[j] = log1p_unit(value)
+        else:
+            out[j] = cast_like(log1p_float64(np.float64(value)), out)
+
+
+# --------------------------------------------------------------------------------------
+# The cached machine code and kernel_constants.py
+# --------------------------------------------------------------------------------------
+
+
+def _constants_fingerprint():
+    """A hash of every constant of kernel_constants.py, as this process sees them."""
+    values = sorted((name, repr(value)) for name, value in vars(kernel_constants).items()
+                    if name.isupper())
+    return hashlib.sha256(repr(values).encode()).hexdigest()
+
+
+def _forget_stale_cache():
+    """Remove this module's cached machine code if it was compiled with other constants.
+
+    numba's cache index checks only the timestamp of the file holding the jitted function
+    (this one), while the sizes and coefficients frozen into the machine code come from
+    kernel_constants.py: after an edit there, the old machine code would be loaded as if
+    nothing had changed. So the constants' fingerprint is kept beside numba's index, and
+    the module's cache files are removed (compiled afresh on first use) when it differs.
+    Runs at import, before any kernel is loaded from the cache.
+    """
+    try:
+        # Every cache=True kernel of this module shares one cache directory.
+        cache_dir = _logsumexp_split._cache.cache_path
+    except AttributeError:  # no on-disk cache (no writable location)
+        return
+    stamp = os.path.join(cache_dir, __name__.rsplit(".", 1)[-1] + ".constants")
+    fingerprint = _constants_fingerprint()
+    try:
+        with open(stamp) as file:
+            if file.read() == fingerprint:
+                return
+    except OSError:
+        pass
+    prefix = os.path.basename(__file__).rsplit(".", 1)[0] + "."
+    try:
+        for name in os.listdir(cache_dir):
+            if name.startswith(prefix) and name.endswith((".nbi", ".nbc")):
+                os.remove(os.path.join(cache_dir, name))
+        os.makedirs(cache_dir, exist_ok=True)
+        temporary = f"{stamp}.{os.getpid()}"
+        with open(temporary, "w") as file:
+            file.write(fingerprint)
+        os.replace(temporary, stamp)
+    except OSError:  # a read-only cache location: numba does not write there either
+        pass
+
+
+if not numba.config.DISABLE_JIT:
+    _forget_stale_cache()

@@ -1,0 +1,105 @@
+"""Python mode (NUMBA_DISABLE_JIT=1): pure-Python twins of numba_kernels' intrinsics.
+
+With JIT disabled numba leaves every @njit function as plain Python (prange is range),
+but intrinsics and @overload stubs have no Python body. numba_kernels imports these twins
+in their place, with the same semantics on NumPy scalars, so that the whole backend runs
+(slowly) as Python: CI runs a small kernel-test subset this way to check the kernels'
+logic and coverage. Under JIT this module is not imported.
+
+Python-mode caveats: no fast-math, so results differ from the compiled ones by a few
+ulps (no FMA contraction, sums in order). And NumPy 2 keeps float32 + Python float in
+float32 where numba types 0.0 as float64 and widens: a float64 sum of float32 terms
+must start at np.float64(0.0), not 0.0 (see sum_exp_of and log_float64).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+def _kernels():
+    # The compiled-code module, for the scalar functions the twins dispatch to (imported
+    # at call time: it imports this module while it loads).
+    from logitcore._backends import numba_kernels
+
+    return numba_kernels
+
+
+def bits_to_float(bits):
+    """Reinterpret an int32 as float32 or an int64 (a Python int: numba's int64) as
+    float64. The callers' bit arithmetic on NumPy int32/int64 scalars wraps (shifts
+    silently) as in machine code, so it needs no masking here."""
+    if isinstance(bits, np.int32):
+        return bits.view(np.float32)
+    if isinstance(bits, (np.int64, int)):
+        return np.int64(bits).view(np.float64)
+    raise TypeError(f"bits_to_float: int32 or int64 expected, got {type(bits).__name__}")
+
+def float_to_bits(value):
+    """Reinterpret a float32 as int32 or a float64 (or a Python float) as int64."""
+    if isinstance(value, np.float32):
+        return value.view(np.int32)
+    if isinstance(value, float):  # np.float64 is a subclass of float
+        return np.float64(value).view(np.int64)
+    raise TypeError(f"float_to_bits: float32 or float64 expected, got "
+                    f"{type(value).__name__}")
+
+def max_ignoring_nan(a, b):
+    """llvm.maxnum: the larger of a and b, the other one if either is NaN."""
+    if a != a:
+        return b
+    if b != b:
+        return a
+    return a if a >= b else b
+
+def prefetch(array, index):
+    """A cache hint: nothing to do in Python."""
+
+def cast_like(value, like):
+    """``value`` converted to the float type of ``like`` (a scalar or an array)."""
+    return np.result_type(like).type(value)
+
+def _by_float_type(value, float32_version, float64_version):
+    # np.float64 is a subclass of float; a Python float is numba's float64.
+    if isinstance(value, np.float32):
+        return float32_version(value)
+    if isinstance(value, float):
+        return float64_version(np.float64(value))
+    raise TypeError(f"float32 or float64 expected, got {type(value).__name__}")
+
+def fast_exp(x):
+    """exp(x) in x's float type (see exp_float32 / exp_float64)."""
+    return _by_float_type(x, _kernels().exp_float32, _kernels().exp_float64)
+
+def exp_for_softplus(x):
+    """exp(x) for x <= 0 in x's float type (see numba_kernels.exp_for_softplus)."""
+    return _by_float_type(x, _kernels().exp_float32, _kernels().exp_nonpositive_float64)
+
+
+def log1p_unit(u):
+    """log(1 + u) for u in [0, 1], in u's float type."""
+    return _by_float_type(u, _kernels().log1p_unit_float32,
+                          _kernels().log1p_unit_float64)
+
+def ieee_quiet(kernel):
+    """error_model="numpy" in Python: IEEE results (inf - inf = NaN, x / 0 = inf)
+    without NumPy's scalar RuntimeWarnings, which the edge table would raise by the
+    thousand. Applied to the kernels, the entry points of every helper call."""
+
+    @functools.wraps(kernel)
+    def run(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return kernel(*args, **kwargs)
+
+    return run
+
+
+def row_operation_step(step, default=None):
+    """The schedules' step dispatch (see numba_kernels._row_operation_step) in Python."""
+
+    def call_step(op, *args):
+        return _kernels().ROW_OPERATIONS[op].get(step, default)(*args)
+
+    return call_step
