@@ -29,12 +29,6 @@ import threading
 
 from . import op_table
 
-# The kernels every backend implements: the op table's, less the scoring kernels, which
-# only the reference backend has so far (it declares ``op_table.ALL_KERNELS``). A
-# compiled backend that implements all of these says ``SUPPORTED_KERNELS = ALL_KERNELS``;
-# when it gains the scoring kernels it adds ``op_table.SCORE_KERNELS`` to its set.
-ALL_KERNELS = op_table.ALL_KERNELS - op_table.SCORE_KERNELS
-
 # Order in which "auto" tries the backends (see _config.AUTO_PREFERENCE for the
 # per-kernel evidence). "numpy" is the reference and is always available.
 BACKEND_NAMES = ("numpy", "numba", "cython")

@@ -44,7 +44,7 @@ from numba import literally, njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from logitcore._backends import ALL_KERNELS, kernel_constants
+from logitcore._backends import kernel_constants, op_table
 from logitcore._backends.kernel_constants import (
     BLOCK_CLASSES,
     LABEL_CHUNK,
@@ -53,7 +53,8 @@ from logitcore._backends.kernel_constants import (
 )
 from logitcore._backends.numba_threads import launch, threading_layer_name, usable_threads
 
-SUPPORTED_KERNELS = ALL_KERNELS
+# Every kernel of the op table but the scoring ones (the reference has those, so far).
+SUPPORTED_KERNELS = op_table.ALL_KERNELS - op_table.SCORE_KERNELS
 
 # --------------------------------------------------------------------------------------
 # Sizes (module-level Python numbers are frozen into the cached machine code)
