@@ -218,13 +218,9 @@ TWO_TO_54 = 18014398509481984.0
 
 
 @ordered_jit
-def exp_float32(x):
-    """exp for float32, ~1 ulp, branch-free. exp(-inf) = 0, exp(inf) = inf, NaN -> NaN."""
-    # Clamp so that k stays where the two-factor scale works; the clamped ends still round
-    # to 0 and to inf. (bound > x ? bound : x) keeps a NaN x: both comparisons are false.
-    x = np.float32(EXP_LOWEST_F32) if np.float32(EXP_LOWEST_F32) > x else x
-    x = np.float32(EXP_HIGHEST_F32) if np.float32(EXP_HIGHEST_F32) < x else x
-    # x = k ln2 + r, k = round(x / ln2), |r| <= ln2 / 2 (Cody-Waite: k * LN2_HI is exact).
+def exp_reduced_float32(x):
+    """(exp(r), k) with x = k ln2 + r, |r| <= ln2 / 2, for a clamped float32 x (Cody-Waite:
+    k * LN2_HI is exact)."""
     rounded = x * np.float32(LOG2E) + np.float32(ROUND_MAGIC_F32)
     k = np.int32(float_to_bits(rounded) - float_to_bits(np.float32(ROUND_MAGIC_F32)))
     k_float = rounded - np.float32(ROUND_MAGIC_F32)
@@ -236,7 +232,17 @@ def exp_float32(x):
     p = p * r + np.float32(EXP_F32_C4)
     p = p * r + np.float32(EXP_F32_C3)
     p = p * r + np.float32(EXP_F32_C2)
-    exp_r = p * (r * r) + r + np.float32(1.0)
+    return p * (r * r) + r + np.float32(1.0), k
+
+
+@ordered_jit
+def exp_float32(x):
+    """exp for float32, ~1 ulp, branch-free. exp(-inf) = 0, exp(inf) = inf, NaN -> NaN."""
+    # Clamp so that k stays where the two-factor scale works; the clamped ends still round
+    # to 0 and to inf. (bound > x ? bound : x) keeps a NaN x: both comparisons are false.
+    x = np.float32(EXP_LOWEST_F32) if np.float32(EXP_LOWEST_F32) > x else x
+    x = np.float32(EXP_HIGHEST_F32) if np.float32(EXP_HIGHEST_F32) < x else x
+    exp_r, k = exp_reduced_float32(x)
     # 2^k as two normal powers of two (k in [-150, 128]): exp_r * scale_a is exact, so the
     # product rounds once, also where the result is subnormal. Any split of k gives the
     # same bits.
@@ -282,17 +288,36 @@ def exp_float64(x):
     return exp_r * scale_a * scale_b
 
 
+# Every exp in a kernel's hot loop is of a shifted argument, x - max <= 0 (and exp(-|x|) in
+# sigmoid and softplus). For those 2^k needs no split in two halves: exp(r) * 2^(k + 64)
+# is exact (k + 64 >= -1011, a normal power of two) and the product with the constant
+# 2^-64 rounds once, to the same bits as exp_float32/64 give, subnormal results included,
+# for two operations fewer per element than the halving. A positive argument only arises
+# from a row whose shift is 0 because its maximum is +inf; there the sum is +inf whatever
+# the finite terms are, so any x > 0 gives +inf.
+SHIFTED_SCALE_BIAS = 64
+
+
 @ordered_jit
-def exp_nonpositive_float64(x):
-    """exp for float64 x <= 0 (or -inf, NaN) whose subnormal results may be flushed to 0:
-    exp_float64 with a one-factor 2^k scale. For softplus only, where it keeps the
-    elementwise loops that also hold a log1p vectorised (LLVM gives up on them with the
-    two-factor scale); a flushed term is below 2.3e-308 and the sum it joins is >= 0."""
-    x = EXP_LOWEST_F64 if EXP_LOWEST_F64 > x else x
-    exp_r, k, k_float = exp_reduced_float64(x)
-    # k < -1022 (results below the normal range) has no 2^k bit pattern: 0 instead. The
-    # test is on k_float, false for NaN, which so propagates.
-    return 0.0 if k_float < -1022.0 else exp_r * bits_to_float((k + 1023) << 52)
+def exp_shifted_float32(x):
+    """exp(x) for float32 x <= 0 (exact as exp_float32); any x > 0 gives +inf, NaN NaN."""
+    clamped = np.float32(0.0) if x > np.float32(0.0) else x
+    clamped = np.float32(EXP_LOWEST_F32) if np.float32(EXP_LOWEST_F32) > clamped else clamped
+    exp_r, k = exp_reduced_float32(clamped)
+    scaled = exp_r * bits_to_float(np.int32((k + (127 + SHIFTED_SCALE_BIAS)) << 23))
+    result = scaled * np.float32(2.0 ** -SHIFTED_SCALE_BIAS)
+    return np.float32(np.inf) if x > np.float32(0.0) else result
+
+
+@ordered_jit
+def exp_shifted_float64(x):
+    """exp(x) for float64 x <= 0 (exact as exp_float64); any x > 0 gives +inf, NaN NaN."""
+    clamped = 0.0 if x > 0.0 else x
+    clamped = EXP_LOWEST_F64 if EXP_LOWEST_F64 > clamped else clamped
+    exp_r, k, _ = exp_reduced_float64(clamped)
+    scaled = exp_r * bits_to_float((k + (1023 + SHIFTED_SCALE_BIAS)) << 52)
+    result = scaled * 2.0 ** -SHIFTED_SCALE_BIAS
+    return np.inf if x > 0.0 else result
 
 
 @ordered_jit
@@ -401,17 +426,17 @@ def _fast_exp(x):
     return None
 
 
-def exp_for_softplus(x):
-    """exp(x) for x <= 0 in x's float type, subnormal results possibly flushed (float64:
-    exp_nonpositive_float64)."""
+def shifted_exp(x):
+    """exp(x) of a shifted argument x <= 0 in x's float type (exp_shifted_float32/64);
+    any x > 0 gives +inf."""
 
 
-@overload(exp_for_softplus)
-def _exp_for_softplus(x):
+@overload(shifted_exp)
+def _shifted_exp(x):
     if x == types.float32:
-        return lambda x: exp_float32(x)
+        return lambda x: exp_shifted_float32(x)
     if x == types.float64:
-        return lambda x: exp_nonpositive_float64(x)
+        return lambda x: exp_shifted_float64(x)
     return None
 
 
@@ -434,13 +459,13 @@ if numba.config.DISABLE_JIT:
     from logitcore._backends.numba_python_mode import (  # noqa: F811
         bits_to_float,
         cast_like,
-        exp_for_softplus,
         fast_exp,
         float_to_bits,
         ieee_quiet,
         log1p_unit,
         max_ignoring_nan,
         prefetch,
+        shifted_exp,
     )
 
     parallel_kernel = serial_kernel = ieee_quiet
@@ -454,7 +479,7 @@ if numba.config.DISABLE_JIT:
 @ordered_jit
 def sigmoid_value(x):
     # exp(-|x|) never overflows; 1/(1+e) on the right, e/(1+e) on the left keep precision.
-    e = fast_exp(-abs(x))
+    e = shifted_exp(-abs(x))
     inverse = cast_like(1.0, x) / (cast_like(1.0, x) + e)
     return inverse if x >= 0 else e * inverse
 
@@ -463,7 +488,7 @@ def sigmoid_value(x):
 def softplus_of_negative(x):
     """softplus(-x) = log(1 + exp(-x)) = max(-x, 0) + log1p(exp(-|x|)), never overflows."""
     negative_part = -x if x < 0 else cast_like(0.0, x)
-    return negative_part + log1p_unit(exp_for_softplus(-abs(x)))
+    return negative_part + log1p_unit(shifted_exp(-abs(x)))
 
 
 @ordered_jit
@@ -545,7 +570,7 @@ def sum_exp_of(values, shift):
         count = zero
         for j in range(chunk.shape[0]):
             at_max = cast_like(chunk[j] == shift, values)
-            partial += fast_exp(chunk[j] - shift) - at_max
+            partial += shifted_exp(chunk[j] - shift) - at_max
             count += at_max
         others += partial
         n_at_max += count
@@ -566,7 +591,7 @@ def store_exp(values, out, shift):
         count = zero
         for j in range(chunk.shape[0]):
             at_max = cast_like(chunk[j] == shift, values)
-            e = fast_exp(chunk[j] - shift)
+            e = shifted_exp(chunk[j] - shift)
             out_chunk[j] = e
             partial += e - at_max
             count += at_max
@@ -592,7 +617,7 @@ def relative_scale(part_max, row_max):
     """exp(part_max - row_max), re-expressing a part's sums (shift shift_for(part_max))
     relative to the row's max (raw maxima: a part that is all -inf has sums 0 and factor
     0; when row_max is +inf, every part with a smaller max gets 0)."""
-    return fast_exp(np.float64(part_max) - np.float64(row_max))
+    return shifted_exp(np.float64(part_max) - np.float64(row_max))
 
 
 @vector_jit
@@ -765,7 +790,7 @@ def narrow_tile_stats(block, row_max, others, counts, transposed):
         for r in range(n_rows):
             shift = shift_for(block_max[r])
             at_max = cast_like(column[r] == shift, column)
-            e = fast_exp(column[r] - shift)
+            e = shifted_exp(column[r] - shift)
             column[r] = e
             block_others[r] += np.float64(e - at_max)  # 0 at the max (see sum_exp_of)
             block_counts[r] += at_max
@@ -1449,11 +1474,11 @@ def store_label_grad(values, grad, weight, row_max, prob_factor, smoothing_grad)
     factor = cast_like(prob_factor, values)
     if smoothing_grad == 0.0:
         for j in range(values.shape[0]):
-            grad[j] = fast_exp(values[j] - shift) * factor
+            grad[j] = shifted_exp(values[j] - shift) * factor
     else:
         smoothing = cast_like(smoothing_grad, values)
         for j in range(values.shape[0]):
-            grad[j] = fast_exp(values[j] - shift) * factor - smoothing * weight[j]
+            grad[j] = shifted_exp(values[j] - shift) * factor - smoothing * weight[j]
 
 
 @vector_jit
@@ -1645,7 +1670,7 @@ def probs_sums(values, target, weight, shift, keep, spread):
     for j in range(values.shape[0]):
         q = np.float64(weight[j]) * (keep * np.float64(target[j]) + spread)
         at_max = cast_like(values[j] == shift, values)
-        others += np.float64(fast_exp(values[j] - shift) - at_max)  # see sum_exp_of
+        others += np.float64(shifted_exp(values[j] - shift) - at_max)  # see sum_exp_of
         n_at_max += np.float64(at_max)
         sum_q += q
         sum_q_shifted += q * (np.float64(values[j]) - np.float64(shift))
@@ -1678,7 +1703,7 @@ def store_probs_grad(values, target, weight, grad, shift, prob_factor, keep_scal
     """grad = exp(x - shift) * prob_factor - grad_scale * q; reads x before writing grad."""
     for j in range(values.shape[0]):
         q_scaled = np.float64(weight[j]) * (keep_scaled * np.float64(target[j]) + spread_scaled)
-        grad[j] = fast_exp(values[j] - shift) * prob_factor - q_scaled
+        grad[j] = shifted_exp(values[j] - shift) * prob_factor - q_scaled
 
 
 @vector_jit

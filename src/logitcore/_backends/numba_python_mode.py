@@ -73,9 +73,9 @@ def fast_exp(x):
     """exp(x) in x's float type (see exp_float32 / exp_float64)."""
     return _by_float_type(x, _kernels().exp_float32, _kernels().exp_float64)
 
-def exp_for_softplus(x):
-    """exp(x) for x <= 0 in x's float type (see numba_kernels.exp_for_softplus)."""
-    return _by_float_type(x, _kernels().exp_float32, _kernels().exp_nonpositive_float64)
+def shifted_exp(x):
+    """exp(x) of a shifted argument in x's float type (see numba_kernels.shifted_exp)."""
+    return _by_float_type(x, _kernels().exp_shifted_float32, _kernels().exp_shifted_float64)
 
 
 def log1p_unit(u):
