@@ -211,16 +211,19 @@ def resolve(kernel: str, backend: str | None, n_elements: int | None = None):
 # Availability never changes once checked, so "auto" decides once per kernel and order.
 _auto_choices: dict = {}
 
-# What small calls that name no backend run: kernel -> (backend name, kernel function,
-# n_threads), from resolve() and get_num_threads(). It holds for the process-wide settings
-# only, so it is emptied when they (or the registry) change and not read inside config().
+# What small calls that name no backend run: kernel -> (kernel function, n_threads, what
+# last_dispatch reports), from resolve() and get_num_threads(). It holds for the
+# process-wide settings only, so it is emptied when they (or the registry) change and is
+# not read inside config().
 small_call_plans: dict = {}
 
 
 def small_call_plan(kernel: str, n_elements: int):
     """The plan ``logitcore._ops`` keeps for ``kernel`` in ``small_call_plans``."""
     name, module = resolve(kernel, None, n_elements)
-    plan = small_call_plans[kernel] = (name, getattr(module, kernel), get_num_threads())
+    n_threads = get_num_threads()
+    plan = (getattr(module, kernel), n_threads, (kernel, kernel, name, n_threads))
+    small_call_plans[kernel] = plan
     return plan
 
 

@@ -71,11 +71,11 @@ def _small_row_call(kernel: str, x, axis, row_output: bool):
             or x.dtype not in _KERNEL_DTYPES or not x.flags.c_contiguous
             or _config_context.__dict__):
         return None
-    plan = _small_call_plans.get(kernel) or _config.small_call_plan(kernel, x.size)
-    name, function, n_threads = plan
+    function, n_threads, dispatch = (_small_call_plans.get(kernel)
+                                     or _config.small_call_plan(kernel, x.size))
     result = np.empty(x.shape[0] if row_output else x.shape, x.dtype)
     function(x, result, n_threads)
-    _last_dispatch.info = (kernel, kernel, name, n_threads)
+    _last_dispatch.info = dispatch
     return result
 
 
