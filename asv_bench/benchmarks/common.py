@@ -66,6 +66,7 @@ PEERS_BY_OP = {
     "cross_entropy_grad": ["torch", "jax", "sklearn"],
     "bce_with_logits": ["torch"],
     "softmax_backward": ["torch"],
+    "score": ["torch", "scipy"],
 }
 
 # Modules each peer needs; imported once in asv's fork server (see ``preload``).

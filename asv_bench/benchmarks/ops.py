@@ -95,3 +95,11 @@ class SoftmaxBackward(_OpBenchmark):
 
     op = "softmax_backward"
     params = _params(op)
+
+
+class Score(_OpBenchmark):
+    """score(logits, labels, top_k=5): every per-row figure (torch and SciPy: the usual
+    chain of log_softmax, exp, max, top-k, entropy and the label's log-probability)."""
+
+    op = "score"
+    params = _params(op)

@@ -22,6 +22,7 @@ import numpy as np
 from . import _backends, _config, memory_bandwidth
 from ._backends import op_table
 from . import _ops as ops
+from . import _score
 
 REFERENCE_SHAPES = [(65536, 1000), (256, 131072), (4194304, 10), (1, 131072)]
 QUICK_SHAPES = [(8192, 1000), (32, 131072), (524288, 10), (1, 131072)]
@@ -41,7 +42,10 @@ OPS = {
                                row_outputs=False),
     "sigmoid": dict(kernel="sigmoid", with_gradient=False, row_outputs=True),
     "bce_with_logits": dict(kernel="bce_with_logits", with_gradient=False, row_outputs=False),
+    # every multiclass field of score() with labels and top_k=SCORE_TOP_K
+    "score": dict(kernel="score_multiclass", with_gradient=False, row_outputs=True),
 }
+SCORE_TOP_K = 5
 
 
 def traffic_bytes(op: str, shape: tuple[int, int], dtype) -> tuple[int, int]:
@@ -140,6 +144,7 @@ def logitcore_runners(op, x, labels, backend):
         "sigmoid": lambda: ops.sigmoid(x, backend=backend),
         "bce_with_logits": lambda: ops.binary_cross_entropy_with_logits(
             x, target, backend=backend),
+        "score": lambda: _score.score(x, labels, top_k=SCORE_TOP_K, backend=backend),
     }
     return calls[op]
 
@@ -171,6 +176,17 @@ def peer_runners(op, x, labels, n_threads) -> dict:
             "sigmoid": lambda: torch.sigmoid(tx),
             "bce_with_logits": lambda: F.binary_cross_entropy_with_logits(tx, t_target),
         }
+        def torch_score_pipeline():
+            # The per-row figures as people chain them in torch: one pass each.
+            log_probs = torch.log_softmax(tx, dim=-1)
+            probs = log_probs.exp()
+            confidence, pred = probs.max(dim=-1)
+            top_probs, top_indices = probs.topk(SCORE_TOP_K, dim=-1)
+            entropy = -(probs * log_probs).sum(dim=-1)
+            label_logprob = log_probs.gather(-1, tl[:, None])[:, 0]
+            return confidence, pred, top_probs, top_indices, entropy, label_logprob
+
+        torch_calls["score"] = torch_score_pipeline
         if op in torch_calls:
             runners["torch"] = torch_calls[op]
     except ImportError:
@@ -184,6 +200,21 @@ def peer_runners(op, x, labels, n_threads) -> dict:
             "log_softmax": lambda: sp.log_softmax(x, axis=-1),
             "sigmoid": lambda: sp.expit(x),
         }
+        def scipy_score_pipeline():
+            # The same figures with SciPy and NumPy (argpartition, then sort the top k).
+            log_probs = sp.log_softmax(x, axis=-1)
+            probs = np.exp(log_probs)
+            pred = probs.argmax(axis=-1)
+            confidence = np.take_along_axis(probs, pred[:, None], axis=-1)[:, 0]
+            top = np.argpartition(-probs, SCORE_TOP_K - 1, axis=-1)[:, :SCORE_TOP_K]
+            top_probs = np.take_along_axis(probs, top, axis=-1)
+            order = np.argsort(-top_probs, axis=-1, kind="stable")
+            top_indices = np.take_along_axis(top, order, axis=-1)
+            entropy = sp.entr(probs).sum(axis=-1)
+            label_logprob = np.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+            return confidence, pred, top_indices, entropy, label_logprob
+
+        scipy_calls["score"] = scipy_score_pipeline
         if op in scipy_calls:
             runners["scipy"] = scipy_calls[op]
     except ImportError:
