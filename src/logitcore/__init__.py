@@ -10,6 +10,7 @@ from ._info import backend_info, show_config
 from ._ops import (
     binary_cross_entropy_with_logits,
     cross_entropy,
+    entropy,
     last_dispatch,
     log_sigmoid,
     log_softmax,
@@ -28,6 +29,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "config",
     "cross_entropy",
+    "entropy",
     "get_backend",
     "get_num_threads",
     "last_dispatch",

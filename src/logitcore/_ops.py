@@ -248,6 +248,37 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
     return result
 
 
+def entropy(x, axis=-1, *, out=None, backend=None):
+    """Shannon entropy (in nats) of ``softmax(x)`` along ``axis`` (int, tuple or None).
+
+    ``-sum p log p`` with ``p = softmax(x)``, i.e. ``scipy.stats.entropy(softmax(x))`` and
+    ``torch.distributions.Categorical(logits=x).entropy()``, computed from the logits
+    without forming ``p``. A -inf entry (probability 0) adds 0; a single class gives 0; a
+    row holding NaN or +inf, or only -inf, has no softmax and gives NaN, and so does an
+    empty row (SciPy and PyTorch reject it). The reduced axes are dropped from the shape.
+
+    >>> import numpy as np, logitcore
+    >>> logitcore.entropy(np.array([[0.0, 0.0], [0.0, -np.inf]]))  # log 2, then 0
+    array([0.69314718, 0.        ])
+    >>> round(float(logitcore.entropy(np.zeros(4))), 12)  # uniform over 4: log 4
+    1.38629436112
+    """
+    x_given = x
+    x = v.as_float_array(x, "x")
+    if x.ndim == 0:  # as logsumexp: a scalar is one class
+        x = x.reshape(1)
+    axes = v.normalize_axes(axis, x.ndim)
+    kept_shape = tuple(n for i, n in enumerate(x.shape) if i not in axes)
+    out_view = _checked_out(out, kept_shape, x.dtype, {"x": x_given})
+    x2d = _as_rows(x, axes)
+    result = np.empty(x2d.shape[0], x.dtype)
+    _run("entropy", "entropy", backend, x2d, result)
+    result = result.reshape(kept_shape)
+    if out_view is not None:
+        out_view[...] = result
+    return _result_or_out(result, out)
+
+
 def _promoted_with_scale(x, b):
     """``x`` and ``b`` of logsumexp broadcast against each other, in the dtype NumPy
     promotes the pair to (``np.result_type``; a Python scalar ``b`` takes x's dtype), then

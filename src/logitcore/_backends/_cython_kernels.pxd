@@ -72,6 +72,7 @@ cdef extern from "lc_row_ops.h" nogil:
         LC_OP_CROSS_ENTROPY_LABELS
         LC_OP_CROSS_ENTROPY_PROBS
         LC_OP_BCE_WITH_LOGITS
+        LC_OP_ENTROPY
     ctypedef struct lc_operands:
         lc_op op
         Py_ssize_t n_rows

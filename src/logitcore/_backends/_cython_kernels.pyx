@@ -26,7 +26,7 @@ ValueError, not a write out of bounds.
 
 cimport numpy as cnp
 from cython.parallel cimport prange
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, NAN
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
@@ -44,6 +44,7 @@ SUPPORTED_KERNELS = frozenset(
     {
         "logsumexp",
         "logsumexp_scaled",
+        "entropy",
         "softmax",
         "log_softmax",
         "sigmoid",
@@ -389,6 +390,22 @@ def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1)
         return
     cdef lc_operands o
     init_operands(&o, LC_OP_LOGSUMEXP, x, n_rows, n_classes, data(out), 1)
+    run(&o, type_num, n_threads)
+
+
+def entropy(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
+    # Whole rows only (the rows schedule); see lc_entropy_rows.
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
+    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect(out, "out", type_num, n_rows, -1, True)
+    if n_rows == 0:
+        return
+    if n_classes == 0:
+        out[:] = NAN
+        return
+    cdef lc_operands o
+    init_operands(&o, LC_OP_ENTROPY, x, n_rows, n_classes, data(out), 1)
     run(&o, type_num, n_threads)
 
 

@@ -56,6 +56,8 @@ enum lc_row_term {
     LC_TERM_SCALED_EXP,       /* b * exp(a - shift), exactly 0 where b == 0 (even if a = inf) */
     LC_TERM_TARGET,           /* q = b * (scale * c + offset): weight times smoothed target */
     LC_TERM_TARGET_SHIFTED,   /* q * (a - shift) */
+    LC_TERM_SHIFTED_EXP_MOMENT, /* (a - shift) exp(a - shift), exactly 0 where the exp is 0
+                                   (a = -inf: not -inf * 0 = NaN) */
 };
 
 /* What a kernel call hands its schedule (_cython_kernels.pyx fills it): the op, its sizes,
@@ -73,6 +75,7 @@ typedef enum {
     LC_OP_CROSS_ENTROPY_LABELS,
     LC_OP_CROSS_ENTROPY_PROBS,
     LC_OP_BCE_WITH_LOGITS,
+    LC_OP_ENTROPY,
 } lc_op;
 
 typedef struct {
@@ -125,7 +128,7 @@ typedef struct {
    lc_ce_label_block_sums_f32/_f64, label_grad_span_f32/_f64,
    lc_ce_label_setup_f32/_f64,
    normalise_tiles_f32/_f64, lc_logsumexp_rows_f32/_f64, lc_softmax_rows_f32/_f64,
-   lc_log_softmax_rows_f32/_f64, lc_logsumexp_scaled_rows_f32/_f64,
+   lc_log_softmax_rows_f32/_f64, lc_logsumexp_scaled_rows_f32/_f64, lc_entropy_rows_f32/_f64,
    lc_cross_entropy_labels_rows_f32/_f64, lc_cross_entropy_probs_rows_f32/_f64,
    bce_element_f32/_f64, lc_bce_rows_f32/_f64, lc_sigmoid_span_f32/_f64,
    lc_log_sigmoid_span_f32/_f64, backward_rows_f32/_f64,

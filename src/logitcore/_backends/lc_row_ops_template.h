@@ -145,6 +145,10 @@ LC_INLINE double LC_NAME(row_term)(enum lc_row_term term, LC_NAME(row_operands) 
         return op.b[i] != 0 ? (double)op.b[i] * LC_EXP(op.a[i] - op.shift) : 0.0;
     case LC_TERM_TARGET:
         return LC_NAME(smoothed_target)(op.b[i], op.c[i], op.scale, op.offset);
+    case LC_TERM_SHIFTED_EXP_MOMENT: {
+        double e = LC_EXP(op.a[i] - op.shift);
+        return e != 0 ? ((double)op.a[i] - (double)op.shift) * e : 0.0;
+    }
     case LC_TERM_TARGET_SHIFTED:
         return (double)LC_NAME(smoothed_target)(op.b[i], op.c[i], op.scale, op.offset) *
                ((double)op.a[i] - (double)op.shift);
@@ -480,6 +484,28 @@ LC_DISPATCH static void LC_NAME(lc_logsumexp_scaled_rows)(const LC_REAL* x, cons
     }
 }
 
+/* out = the Shannon entropy of softmax(x) per row, H = log S - T / S with the shift the
+   row max, S = sum exp(x - shift) (kept as exp sums, so log S keeps its small terms) and
+   T = sum (x - shift) exp(x - shift); masked classes (x = -inf) add 0. Rows whose max is
+   not finite (NaN, +inf, all -inf) have no softmax: NaN. Row by row: the narrow and
+   class_split schedules would need a tile pass and a block merge of T of their own. */
+LC_DISPATCH static void LC_NAME(lc_entropy_rows)(const LC_REAL* x, lc_index n_rows,
+                                                 lc_index n_classes, LC_REAL* out)
+{
+    for (lc_index r = 0; r < n_rows; r++) {
+        const LC_REAL* x_row = x + r * n_classes;
+        LC_REAL row_max = LC_NAME(row_max)(x_row, n_classes);
+        LC_REAL shift = LC_NAME(finite_or_zero)(row_max);
+        lc_exp_sums sums = LC_NAME(row_sum_exp)(x_row, n_classes, shift, NULL);
+        double moment = LC_NAME(row_sum)(
+            LC_TERM_SHIFTED_EXP_MOMENT, (LC_NAME(row_operands)){.a = x_row, .shift = shift},
+            n_classes);
+        out[r] = isfinite(row_max)
+                     ? (LC_REAL)(lc_exp_sums_log(sums) - moment / lc_exp_sums_total(sums))
+                     : (LC_REAL)NAN;
+    }
+}
+
 /*
  * Cross-entropy with integer labels, one pass over memory per row and no N x C temporary:
  * max, then (from cache) x[label] and, with label smoothing, sum_{w != 0} w (x - max);
@@ -761,6 +787,9 @@ static void LC_NAME(lc_rows)(const lc_operands* o, lc_index first, lc_index coun
         break;
     case LC_OP_LOGSUMEXP_SCALED:
         LC_NAME(lc_logsumexp_scaled_rows)(x, y, count, C, out, out2);
+        break;
+    case LC_OP_ENTROPY:
+        LC_NAME(lc_entropy_rows)(x, count, C, out);
         break;
     case LC_OP_CROSS_ENTROPY_LABELS:
         LC_NAME(lc_cross_entropy_labels_rows)(x, o->labels + first, weight, o->ignore_index,

@@ -1065,6 +1065,76 @@ def logsumexp_scaled(x, b, out, sign_out, n_threads=1):
 
 
 # --------------------------------------------------------------------------------------
+# entropy
+# --------------------------------------------------------------------------------------
+
+
+# H = log S - T / S per row, with the row state's shift (the max), S = sum e = n_at_max +
+# others and T = sum (x - shift) e, e = exp(x - shift); log S = log1p(others + n_at_max - 1)
+# keeps the small terms as logsumexp does. A masked class (x = -inf, e = 0) adds 0 to T,
+# not (-inf) * 0 = NaN. Rows whose max is not finite have no softmax: NaN.
+# Schedules: rows and narrow. The class split would need T merged over blocks (rescaled by
+# exp(block max - row max) plus a (block max - row max) S_block term): glue of its own, so
+# long rows go through the rows schedule whatever the thread count.
+
+
+@plain_jit
+def entropy_of(row_max, others, n_at_max, weighted):
+    if not np.isfinite(row_max):
+        return np.nan
+    total = others + n_at_max
+    return log1p_float64(total - 1.0) - weighted / total
+
+
+@vector_jit
+def sum_shifted_times_exp(values, shift):
+    """sum (x - shift) exp(x - shift) in float64, 0 for the terms whose exp is 0."""
+    total = 0.0
+    for j in range(values.shape[0]):
+        e = shifted_exp(values[j] - shift)
+        term = (np.float64(values[j]) - np.float64(shift)) * np.float64(e)
+        total += term if e != 0 else 0.0
+    return total
+
+
+@vector_jit
+def entropy_row(x, args, i):
+    (out,) = args
+    row_max, others, n_at_max = row_max_sum_exp(x[i])
+    weighted = sum_shifted_times_exp(x[i], shift_for(row_max))
+    out[i] = entropy_of(row_max, others, n_at_max, weighted)
+
+
+@vector_jit
+def entropy_tile(x, args, start, stop, exps, row_max, others, counts, row_scratch):
+    (out,) = args
+    for r in range(stop - start):
+        shift = shift_for(row_max[r])
+        weighted = 0.0
+        for c in range(exps.shape[0]):
+            e = exps[c, r]
+            term = (np.float64(x[start + r, c]) - np.float64(shift)) * np.float64(e)
+            weighted += term if e != 0 else 0.0
+        out[start + r] = entropy_of(row_max[r], others[r], np.float64(counts[r]), weighted)
+
+
+row_operation("entropy", row=entropy_row, tile=entropy_tile)
+
+
+ENTROPY = entry_kernels("entropy")
+
+
+def entropy(x, out, n_threads=1):
+    if x.shape[0] == 0:
+        return
+    threads = usable_threads(n_threads)
+    if _is_narrow(x.shape[1]):
+        launch(threads, ENTROPY.narrow, x, threads, out)
+    else:
+        launch(threads, ENTROPY.rows, x, out)
+
+
+# --------------------------------------------------------------------------------------
 # softmax
 # --------------------------------------------------------------------------------------
 

@@ -58,6 +58,24 @@ def logsumexp(x, out, n_threads=1):
     out[...] = _logsumexp64(x.astype(np.float64))
 
 
+def entropy(x, out, n_threads=1):
+    # H = log S - sum_c (x_c - m) e_c / S with e = exp(x - m), S = sum e and m the row max.
+    # A masked class (x = -inf, e = 0) adds 0, not (-inf) * 0 = NaN. Rows whose max is not
+    # finite (NaN, +inf, all -inf; also C == 0) have no softmax: NaN.
+    x64 = x.astype(np.float64)
+    if x64.shape[1] == 0:
+        out[...] = np.nan
+        return
+    with np.errstate(**_ERRSTATE):
+        row_max = np.max(x64, axis=1, keepdims=True)
+        shift = np.where(np.isfinite(row_max), row_max, 0.0)
+        exps = np.exp(x64 - shift)
+        total = np.sum(exps, axis=1)
+        weighted = np.sum(np.where(exps > 0, (x64 - shift) * exps, 0.0), axis=1)
+        result = np.log(total) - weighted / total
+        out[...] = np.where(np.isfinite(row_max[:, 0]), result, np.nan)
+
+
 def logsumexp_scaled(x, b, out, sign_out, n_threads=1):
     # Terms with b == 0 are left out entirely, as in scipy: they neither set the shift
     # (x = [1000, 0], b = [0, 1] gives 0, not -inf) nor add 0 * inf = NaN.

@@ -112,6 +112,11 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
            "out[i] = log|sum_c b[i, c] exp(x[i, c])|, sign_out[i] its sign; terms with "
            "b == 0 are left out",
            full_reads=2, row_writes=2),
+    Kernel("entropy", (("x", "rows"), ("out", "row_out")),
+           ("entropy",),
+           "out[i] = -sum_c p_c log p_c with p = softmax(x[i]) (nats), as lse - sum_c p_c "
+           "x_c; classes with p == 0 add 0; NaN row, +inf, all -inf or C == 0 -> NaN",
+           row_writes=1),
     Kernel("softmax", (("x", "rows"), ("out", "rows_out")),
            ("softmax",),
            "out = exp(x - logsumexp(x)) row by row", full_writes=1),
