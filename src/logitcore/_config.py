@@ -201,14 +201,15 @@ def resolve(kernel: str, backend: str | None, n_elements: int | None = None):
         order = SMALL_CALL_ORDER
     else:
         order = AUTO_ORDER_BY_KERNEL.get(kernel, DEFAULT_AUTO_ORDER)
-    key = (kernel, order, _backends.generation)
+    key = (kernel, order)
     choice = _auto_choices.get(key)
     if choice is None:
         choice = _auto_choices[key] = _first_supporting(kernel, order)
     return choice
 
 
-# Availability never changes once checked, so "auto" decides once per kernel and order.
+# Availability never changes once checked, so "auto" decides once per kernel and order
+# (until the registry changes: _forget_cached_choices).
 _auto_choices: dict = {}
 
 # What small calls that name no backend run: kernel -> (kernel function, n_threads, what
@@ -231,7 +232,13 @@ def _forget_small_call_plans() -> None:
     small_call_plans.clear()
 
 
-_backends.on_registry_change(_forget_small_call_plans)
+def _forget_cached_choices() -> None:
+    """A backend was registered or unregistered: every cached choice may be stale."""
+    _auto_choices.clear()
+    _forget_small_call_plans()
+
+
+_backends.on_registry_change(_forget_cached_choices)
 
 
 def _first_supporting(kernel: str, order: tuple[str, ...]):

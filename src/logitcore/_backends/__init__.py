@@ -39,10 +39,9 @@ _MODULE_PATHS = {
     "cython": "logitcore._backends._cython_kernels",
 }
 
-# Backends registered at run time (tests use this to count dispatches). ``generation``
-# changes with every (un)registration so that cached "auto" choices are not reused.
+# Backends registered at run time (tests use this to count dispatches). Every
+# (un)registration calls the registry listeners, which drop the choices cached from it.
 _extra_backends: dict[str, object] = {}
-generation = 0
 _loaded: dict[str, object] = {}
 _unavailable_reason: dict[str, str] = {}
 _load_lock = threading.Lock()
@@ -64,17 +63,13 @@ def register_backend(name: str, module) -> None:
     """Add a backend object (anything with the kernel functions and SUPPORTED_KERNELS)."""
     if name in BACKEND_NAMES or name == "auto":
         raise ValueError(f"backend name {name!r} is reserved")
-    global generation
     _extra_backends[name] = module
-    generation += 1
     for listener in _registry_listeners:
         listener()
 
 
 def unregister_backend(name: str) -> None:
-    global generation
     _extra_backends.pop(name, None)
-    generation += 1
     for listener in _registry_listeners:
         listener()
 
