@@ -1,0 +1,942 @@
+"""logitcore on Dask arrays: the ops and ``score`` taking and returning dask collections.
+
+``import logitcore.dask`` needs dask and distributed (``pip install "logitcore[dask]"``);
+``import logitcore`` never imports them.
+
+Every function has the signature of the in-memory function of the same name and is lazy:
+it returns a dask array (or, for ``score``, a :class:`DaskScores` of dask arrays) and
+nothing is read until it is computed. Each task runs logitcore's own kernels on one chunk
+of the logits, on as many threads as the dask worker running it has
+(``_task_threads``), so a worker with one thread runs our kernels on one thread.
+
+Two chunkings of the class axis:
+
+* **one class chunk** (chunks split the rows only): each chunk is an ordinary in-memory
+  call, so every per-row result is bit-identical to the in-memory function on the whole
+  array. Sums over rows (the ``"mean"`` and ``"sum"`` reductions of the losses) are float64
+  tree sums of the per-row values: the same value up to the order of the float64
+  additions.
+* **several class chunks** (a long vocabulary split across chunks): never rechunked into
+  one. Each chunk computes a small per-row state in float64 (its log-sum-exp and what the
+  op needs beyond it), the states of a row are merged through a tree reduction
+  (``dask.array.reduction``), and a last step turns the merged state into the result.
+  The rounding each op gets from the merge is stated in its docstring.
+
+A chunk's state is computed from a float64 copy of the chunk, so the merged float32
+results are as accurate as the in-memory ones (within one unit in the last place, from
+the last rounding to float32), not limited by float32 intermediate states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import numpy as np
+
+try:
+    import dask
+    import dask.array as da
+except ImportError as error:  # pragma: no cover - exercised by a subprocess test
+    raise ImportError(
+        'logitcore.dask needs dask and distributed, which are not installed: '
+        'pip install "logitcore[dask]"') from error
+
+from . import _config
+from . import _ops
+from . import _score
+from . import _validate as v
+from ._backends import op_table
+from ._score import Scores, Summary
+
+__all__ = [
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "DaskScores",
+    "log_softmax",
+    "logsumexp",
+    "score",
+    "softmax",
+]
+
+# Class-chunk merges: at most this many chunk states are merged by one task.
+SPLIT_EVERY = 8
+
+
+# --- threads ---------------------------------------------------------------------------
+
+def _task_threads() -> int | None:
+    """The thread count of the dask worker running this task, or None outside a worker
+    (then logitcore's own setting applies)."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return None
+    try:
+        worker = get_worker()
+    except ValueError:  # not inside a distributed worker (local schedulers)
+        return None
+    return worker.state.nthreads
+
+
+def _on_task_threads(function):
+    """``function`` running our kernels on the worker's own thread count."""
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        n_threads = _task_threads()
+        if n_threads is None:
+            return function(*args, **kwargs)
+        with _config.config(n_threads=n_threads):
+            return function(*args, **kwargs)
+    return run
+
+
+def task_threads() -> int:
+    """The thread count logitcore's kernels get in the calling task: the dask worker's
+    thread count inside a worker, else ``logitcore.get_num_threads()``."""
+    n_threads = _task_threads()
+    return _config.get_num_threads() if n_threads is None else n_threads
+
+
+# --- argument helpers ------------------------------------------------------------------
+
+def _as_dask(x, name: str):
+    """``x`` as a dask array: dask arrays as they are, anything else as one chunk."""
+    if isinstance(x, da.Array):
+        return x
+    try:
+        return da.asarray(x)
+    except Exception as error:
+        raise TypeError(f"{name} must be a dask array or array-like, got "
+                        f"{type(x).__name__}") from error
+
+
+def _float_dask(x, name: str):
+    """A dask array and the dtype logitcore computes and returns in for it."""
+    x = _as_dask(x, name)
+    return x, v.compute_dtype(x.dtype, name)
+
+
+def _unsupported(name: str, value, default, function: str):
+    if value is not default and not (default is None and value is None) and value != default:
+        raise NotImplementedError(f"{function}: {name}={value!r} is not supported on dask "
+                                  f"arrays (compute the array first, or leave {name} at "
+                                  f"its default {default!r})")
+
+
+def _class_chunked(x, class_axis: int) -> bool:
+    return x.numblocks[class_axis] > 1
+
+
+# --- class-chunk states ----------------------------------------------------------------
+#
+# A state is a dict of float64 / int64 / bool arrays over the rows of a block, the class
+# axis kept with length 1 (so dask knows the block's rows). ``_merged`` merges a list of
+# states of the same rows (class chunks in class order) into one.
+
+def _as_list(parts):
+    return parts if isinstance(parts, list) else [parts]
+
+
+def _lse_merge(values):
+    """log(sum exp) of log-sum-exps (float64, NaN and infinities as logsumexp)."""
+    with np.errstate(invalid="ignore"):
+        return functools.reduce(np.logaddexp, values)
+
+
+def _entropy_merge(lses, entropies, lse):
+    """The entropy of a row from its chunks' log-sum-exps and entropies:
+    with w_c = exp(lse_c - lse), H = sum_c w_c (H_c - log w_c). A chunk whose classes are
+    all -inf (w_c = 0) adds nothing, whatever its own (undefined) entropy."""
+    total = 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        for lse_c, entropy_c in zip(lses, entropies):
+            log_w = lse_c - lse
+            term = np.exp(log_w) * (entropy_c - log_w)
+            total = total + np.where(lse_c == -np.inf, 0.0, term)
+    return total
+
+
+# --- logsumexp -------------------------------------------------------------------------
+
+def _lse_chunk(x, axis, keepdims):
+    """The float64 log-sum-exp of each row of one class chunk (class axis kept)."""
+    return _on_task_threads(_ops.logsumexp)(x.astype(np.float64), axis=axis[0],
+                                             keepdims=True)
+
+
+def _lse_combine(parts, axis, keepdims):
+    return _lse_merge(_as_list(parts))
+
+
+def _lse_aggregate(parts, axis, keepdims, result_dtype=np.float64):
+    merged = _lse_merge(_as_list(parts))
+    if not keepdims:
+        merged = np.squeeze(merged, axis=axis)
+    return merged.astype(result_dtype, copy=False)
+
+
+def _row_lse(x, class_axis: int, keepdims: bool, dtype):
+    """The merged log-sum-exp of class-chunked ``x`` along ``class_axis``."""
+    return da.reduction(
+        x, _lse_chunk, functools.partial(_lse_aggregate, result_dtype=dtype),
+        combine=_lse_combine, axis=class_axis, keepdims=keepdims, dtype=dtype,
+        concatenate=False, split_every=SPLIT_EVERY,
+        meta=np.empty((0,) * (x.ndim if keepdims else x.ndim - 1), dtype))
+
+
+def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None,
+              backend=None):
+    """``logitcore.logsumexp`` of a dask array along one axis, lazily.
+
+    Row chunks: bit-identical to the in-memory call. Class chunks: each chunk's float64
+    log-sum-exp, merged with ``logaddexp`` (one rounding per merge, each within an ulp of
+    float64), then rounded to the result dtype: float32 results within 1 ulp of the
+    in-memory result, float64 within a few ulps (one per merge level). NaN, +inf and
+    all -inf rows give NaN, +inf and -inf as in memory. ``b``, ``return_sign`` and
+    ``out`` are not supported on dask arrays.
+    """
+    _unsupported("b", b, None, "logsumexp")
+    _unsupported("return_sign", return_sign, False, "logsumexp")
+    _unsupported("out", out, None, "logsumexp")
+    x, dtype = _float_dask(x, "x")
+    if x.ndim == 0:
+        raise ValueError("logitcore.dask.logsumexp needs at least 1 dimension")
+    class_axis = v.single_axis(axis[0] if isinstance(axis, tuple) and len(axis) == 1
+                               else axis, x.ndim)
+    if not _class_chunked(x, class_axis):
+        compute = _on_task_threads(functools.partial(
+            _ops.logsumexp, axis=class_axis, keepdims=keepdims, backend=backend))
+        if keepdims:
+            chunks = x.chunks[:class_axis] + ((1,),) + x.chunks[class_axis + 1:]
+            return x.map_blocks(compute, chunks=chunks, dtype=dtype,
+                                meta=np.empty((0,) * x.ndim, dtype))
+        return x.map_blocks(compute, drop_axis=class_axis, dtype=dtype,
+                            meta=np.empty((0,) * (x.ndim - 1), dtype))
+    return _row_lse(x, class_axis, keepdims, dtype)
+
+
+# --- softmax, log_softmax --------------------------------------------------------------
+
+def _normalized_block(x, lse, class_axis, log, result_dtype):
+    """softmax or log_softmax of one class chunk given its rows' merged log-sum-exp."""
+    lse = np.expand_dims(lse, class_axis)
+    with np.errstate(invalid="ignore", over="ignore"):
+        shifted = x.astype(np.float64) - lse
+        # a row holding +inf has no softmax (NaN row), as in memory; NaN and all -inf
+        # rows come out NaN from the subtraction itself
+        shifted = np.where(lse == np.inf, np.nan, shifted)
+        result = shifted if log else np.exp(shifted)
+    return result.astype(result_dtype, copy=False)
+
+
+def _softmax_family(function, x, axis, out, backend, log: bool):
+    name = "log_softmax" if log else "softmax"
+    _unsupported("out", out, None, name)
+    x, dtype = _float_dask(x, "x")
+    if x.ndim == 0:
+        raise ValueError(f"logitcore.dask.{name} needs at least 1 dimension")
+    class_axis = v.single_axis(axis, x.ndim)
+    if not _class_chunked(x, class_axis):
+        compute = _on_task_threads(functools.partial(function, axis=class_axis,
+                                                     backend=backend))
+        return x.map_blocks(compute, dtype=dtype, meta=np.empty((0,) * x.ndim, dtype))
+    lse = _row_lse(x, class_axis, keepdims=False, dtype=np.float64)
+    indices = tuple(range(x.ndim))
+    row_indices = indices[:class_axis] + indices[class_axis + 1:]
+    return da.blockwise(_normalized_block, indices, x, indices, lse, row_indices,
+                        class_axis=class_axis, log=log, result_dtype=dtype, dtype=dtype,
+                        meta=np.empty((0,) * x.ndim, dtype))
+
+
+def softmax(x, axis=-1, *, out=None, backend=None):
+    """``logitcore.softmax`` of a dask array, lazily.
+
+    Row chunks: bit-identical to the in-memory call. Class chunks: one tree reduction for
+    each row's log-sum-exp (see ``logsumexp``), then one blockwise pass
+    ``exp(x - lse)`` in float64 per chunk: float32 within 1 ulp of the in-memory result,
+    float64 within a relative 1e-14 or so (the error of the merged lse, times 1).
+    """
+    return _softmax_family(_ops.softmax, x, axis, out, backend, log=False)
+
+
+def log_softmax(x, axis=-1, *, out=None, backend=None):
+    """``logitcore.log_softmax`` of a dask array, lazily; class chunks as ``softmax``
+    (the pass is ``x - lse`` in float64: float32 within 1 ulp, float64 within a few ulps
+    of ``|lse|``)."""
+    return _softmax_family(_ops.log_softmax, x, axis, out, backend, log=True)
+
+
+# --- losses ----------------------------------------------------------------------------
+
+def _reduced_loss(row_losses, reduction: str, denominator, dtype):
+    """The loss over the rows: float64 tree sum of the per-row losses, divided by
+    ``denominator`` (a dask scalar) for the mean, as the in-memory functions do."""
+    if reduction == "none":
+        return row_losses
+    total = row_losses.sum(dtype=np.float64)
+    if reduction == "sum":
+        return total.astype(dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (total / denominator).astype(dtype)
+
+
+def _checked_label_block(labels, n_classes, ignore_index, block_info=None):
+    """The labels of one block, or IndexError naming the first bad one (its position in
+    the whole labels array)."""
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= n_classes))
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        location = block_info[0]["array-location"] if block_info else None
+        position = [start + i for (start, _), i in zip(location, where)] if location \
+            else list(where)
+        raise IndexError(f"labels{position} = {labels[where]} is not a class index in "
+                         f"[0, {n_classes}) and not ignore_index ({ignore_index})")
+    return labels
+
+
+def _labels_for_rows(labels, row_shape, row_chunks, n_classes, ignore_index, name):
+    """Integer ``labels`` as a dask array with the rows' shape and chunks, their range
+    checked when computed."""
+    labels = _as_dask(labels, name)
+    if labels.shape != tuple(row_shape):
+        raise ValueError(f"{name} must have shape {tuple(row_shape)} (one per row of "
+                         f"logits), got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integer class indices, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64).rechunk(row_chunks)
+    return labels.map_blocks(_checked_label_block, n_classes, ignore_index,
+                             dtype=np.int64, meta=np.empty((0,) * labels.ndim, np.int64))
+
+
+def _ce_chunk_state(x, labels, weight, ignore_index, label_smoothing, block_info=None):
+    """Per-row state of one class chunk for cross-entropy with integer labels: the
+    chunk's float64 log-sum-exp, the label's logit where the label lies in the chunk,
+    and for label smoothing the weighted sum of the chunk's log-probabilities
+    (sum w_j (x_j - lse_c)) and of its weights."""
+    start, stop = block_info[0]["array-location"][-1]
+    x64 = x.astype(np.float64)
+    lse = _on_task_threads(_ops.logsumexp)(x64, axis=-1, keepdims=True)
+    local = labels - start
+    holds = (labels != ignore_index) & (local >= 0) & (local < stop - start)
+    label_logit = np.take_along_axis(x64, np.where(holds, local, 0), axis=-1)
+    state = {"lse": lse, "holds": holds, "label_logit": np.where(holds, label_logit, 0.0)}
+    if label_smoothing:
+        w = weight[start:stop].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            terms = np.where(w != 0.0, w * (x64 - lse), 0.0)
+        state["smooth"] = terms.sum(axis=-1, keepdims=True)
+        state["weight"] = np.full(lse.shape, w.sum())
+    return state
+
+
+def _ce_merged(parts, axis=None, keepdims=True):
+    parts = _as_list(parts)
+    lse = _lse_merge([p["lse"] for p in parts])
+    state = {"lse": lse,
+             "holds": functools.reduce(np.logical_or, [p["holds"] for p in parts]),
+             "label_logit": sum(p["label_logit"] for p in parts)}
+    if "smooth" in parts[0]:
+        # sum w_j (x_j - lse) = sum_c [S_c + W_c (lse_c - lse)]; a chunk without weight
+        # adds nothing even where its lse_c is -inf
+        smooth = 0.0
+        with np.errstate(invalid="ignore"):
+            for p in parts:
+                shift = np.where(p["weight"] == 0.0, 0.0, p["weight"] * (p["lse"] - lse))
+                smooth = smooth + p["smooth"] + shift
+        state["smooth"] = smooth
+        state["weight"] = sum(p["weight"] for p in parts)
+    return state
+
+
+def _ce_finish(state, labels, weight, ignore_index, label_smoothing, n_classes, dtype):
+    """The row losses of one row block from its merged state."""
+    lse = state["lse"][..., 0]
+    labels = labels[..., 0]
+    kept = labels != ignore_index
+    w_y = np.where(kept, weight[np.where(kept, labels, 0)].astype(np.float64), 0.0)
+    with np.errstate(invalid="ignore"):
+        log_p_y = np.where(np.isfinite(lse), state["label_logit"][..., 0] - lse, np.nan)
+        # a class of weight 0 adds nothing, even at probability 0 (log p = -inf)
+        loss = -np.where(w_y != 0.0, (1.0 - label_smoothing) * w_y * log_p_y, 0.0)
+        if label_smoothing:
+            smooth = np.where(np.isfinite(lse), state["smooth"][..., 0], np.nan)
+            loss = loss - (label_smoothing / n_classes) * smooth
+    return np.where(kept, loss, 0.0).astype(dtype)[..., None]
+
+
+def _ce_aggregate(parts, axis, keepdims):
+    return _ce_merged(parts)
+
+
+def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
+                  reduction="mean", label_smoothing=0.0, return_grad=False,
+                  grad_out=None, backend=None):
+    """``logitcore.cross_entropy`` on dask arrays with integer labels, lazily.
+
+    Row chunks: the per-row losses (``reduction="none"``) are bit-identical to the
+    in-memory call; ``"mean"`` and ``"sum"`` are float64 tree sums of them (the same
+    value up to the order of the float64 additions). Class chunks: each chunk gives its
+    float64 log-sum-exp and, from the chunk holding it, the label's logit (and for label
+    smoothing its weighted log-probability sum); the states are merged in a tree and the
+    loss is ``-w_y (x_y - lse)`` (plus torch's smoothing term): float32 within 1 ulp of
+    the in-memory loss, float64 within a few ulps of ``|lse|``. ``ignore_index`` rows
+    have loss 0; a label out of range raises IndexError when computed.
+    Probability targets, ``return_grad`` and ``grad_out`` are not supported on dask
+    arrays.
+    """
+    _unsupported("return_grad", return_grad, False, "cross_entropy")
+    _unsupported("grad_out", grad_out, None, "cross_entropy")
+    logits, dtype = _float_dask(logits, "logits")
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least 1 dimension (the class axis), got a "
+                         "0-d array")
+    class_axis = v.single_axis(axis, logits.ndim)
+    n_classes = logits.shape[class_axis]
+    reduction = v.check_reduction(reduction)
+    label_smoothing = v.check_label_smoothing(label_smoothing)
+    ignore_index = v.check_ignore_index(ignore_index)
+    if n_classes == 0:
+        raise ValueError(f"logits has 0 classes along axis {axis}: shape {logits.shape}")
+    class_weight = (np.ones(n_classes, np.float64) if weight is None
+                    else v.check_class_weight(weight, n_classes, np.dtype(np.float64)))
+    target_dtype = getattr(target, "dtype", np.asarray(target).dtype) \
+        if not isinstance(target, da.Array) else target.dtype
+    if target_dtype.kind == "f":
+        raise NotImplementedError("cross_entropy on dask arrays takes integer labels; "
+                                  "probability targets are not supported yet")
+    x = da.moveaxis(logits, class_axis, -1)
+    row_shape, row_chunks = x.shape[:-1], x.chunks[:-1]
+    labels = _labels_for_rows(target, row_shape, row_chunks, n_classes, ignore_index,
+                              "target")
+    kept_weight = labels.map_blocks(
+        lambda y: np.where(y != ignore_index, class_weight[np.where(
+            y != ignore_index, y, 0)], 0.0), dtype=np.float64).sum()
+    if not _class_chunked(x, x.ndim - 1):
+        kernel_weight = None if weight is None else class_weight.astype(dtype)
+        compute = _on_task_threads(functools.partial(
+            _ops.cross_entropy, axis=-1, weight=kernel_weight, ignore_index=ignore_index,
+            reduction="none", label_smoothing=label_smoothing, backend=backend))
+        row_losses = _per_row_blocks(compute, x, labels, dtype)
+    else:
+        states = da.map_blocks(
+            _ce_chunk_state, x, labels[..., None], class_weight, ignore_index,
+            label_smoothing, dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64))
+        merged = da.reduction(
+            states, _identity_state, _ce_aggregate, combine=_ce_aggregate,
+            axis=x.ndim - 1, keepdims=True, dtype=np.float64, concatenate=False,
+            split_every=SPLIT_EVERY, meta=np.empty((0,) * x.ndim, np.float64))
+        row_losses = da.map_blocks(
+            _ce_finish, merged, labels[..., None], class_weight, ignore_index,
+            label_smoothing, n_classes, dtype, dtype=dtype,
+            meta=np.empty((0,) * x.ndim, dtype))[..., 0]
+    return _reduced_loss(row_losses, reduction, kept_weight, dtype)
+
+
+def _per_row_blocks(function, x, labels, dtype):
+    """``function(block, labels_block)`` per row block of ``x`` (one class chunk, class
+    axis last), giving an array with the rows' shape and chunks."""
+    rows = tuple(range(x.ndim - 1))
+    return da.blockwise(function, rows, x, rows + (x.ndim - 1,), labels, rows,
+                        concatenate=True, dtype=dtype,
+                        meta=np.empty((0,) * (x.ndim - 1), dtype))
+
+
+def _identity_state(state, axis, keepdims):
+    return state
+
+
+def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
+                                     reduction="mean", return_grad=False, grad_out=None,
+                                     backend=None):
+    """``logitcore.binary_cross_entropy_with_logits`` on dask arrays, lazily.
+
+    The loss is elementwise, so any chunking maps over the blocks: ``reduction="none"``
+    is bit-identical to the in-memory call, ``"mean"`` and ``"sum"`` are float64 tree
+    sums of the elementwise losses (the in-memory call sums per row first: equal up to
+    float64 rounding). ``weight`` and ``pos_weight`` broadcast against ``logits`` as in
+    memory. ``return_grad`` and ``grad_out`` are not supported on dask arrays.
+    """
+    _unsupported("return_grad", return_grad, False, "binary_cross_entropy_with_logits")
+    _unsupported("grad_out", grad_out, None, "binary_cross_entropy_with_logits")
+    logits, dtype = _float_dask(logits, "logits")
+    reduction = v.check_reduction(reduction)
+    target = _as_dask(target, "target")
+    if target.shape != logits.shape:
+        raise ValueError(f"logits and target must have the same shape, got "
+                         f"{logits.shape} and {target.shape}")
+    operands = [logits, target.rechunk(logits.chunks)]
+    names = []
+    for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+        if value is None:
+            continue
+        value = _as_dask(value, name)
+        try:
+            value = da.broadcast_to(value, logits.shape).rechunk(logits.chunks)
+        except ValueError:
+            raise ValueError(f"{name} must broadcast to the shape of logits: logits has "
+                             f"shape {logits.shape}, {name} has shape {value.shape}") \
+                from None
+        operands.append(value)
+        names.append(name)
+
+    def block_losses(x, t, *weights):
+        return _ops.binary_cross_entropy_with_logits(
+            x, t, reduction="none", backend=backend, **dict(zip(names, weights)))
+
+    losses = da.map_blocks(_on_task_threads(block_losses), *operands, dtype=dtype,
+                           meta=np.empty((0,) * logits.ndim, dtype))
+    return _reduced_loss(losses, reduction, float(logits.size), dtype)
+
+
+# --- score -----------------------------------------------------------------------------
+#
+# Both chunkings end in one object per row block: an in-memory ``Scores`` of the block's
+# rows. ``DaskScores`` gives each field as a dask array cut out of those blocks and the
+# summary as a tree reduction of the blocks' ``Summary`` objects, so only O(1) bytes per
+# block travel for it.
+
+# Class-chunked multiclass scores: what each field needs from the chunk states.
+_NEEDS_TOP = ("pred", "max_logit", "confidence", "margin", "logit_margin",
+              "top_k_indices", "top_k_probs", "correct")
+_NEEDS_SECOND = ("margin", "logit_margin")
+
+
+def _score_chunk_state(x, labels, *, top_k, want_entropy, want_label, want_brier,
+                       ignore_index, block_info=None):
+    """Per-row state of one class chunk (class axis last, float64): its log-sum-exp,
+    entropy, its ``top_k`` largest logits with their global class indices (ties to the
+    lower index; padded with -inf past the chunk's classes), the label's logit where the
+    label lies in the chunk, and for Brier the log of sum exp(2 x) over the chunk's
+    classes other than the label."""
+    start, stop = block_info[0]["array-location"][-1]
+    n_rows = x.shape[:-1]
+    x64 = np.ascontiguousarray(x, dtype=np.float64).reshape(-1, stop - start)
+    threads = _task_threads()
+    with _config.config(n_threads=threads) if threads else contextlib.nullcontext():
+        fields = ["logsumexp"] + (["entropy"] if want_entropy else [])
+        k_here = min(top_k, stop - start)
+        if k_here:
+            fields.append("top_k_indices")
+        chunk = _score.score(x64, top_k=k_here, fields=fields)
+        state = {"lse": chunk.logsumexp}
+        if want_entropy:
+            state["entropy"] = chunk.entropy
+        if top_k:
+            index = np.full((x64.shape[0], top_k), -1, np.int64)
+            value = np.full((x64.shape[0], top_k), -np.inf)
+            if k_here:
+                local = chunk.top_k_indices
+                # -1 marks a NaN row: its values do not matter (the row is NaN at the end)
+                local = np.where(local < 0, 0, local)
+                index[:, :k_here] = local + start
+                value[:, :k_here] = np.take_along_axis(x64, local, axis=1)
+            # padding sorts after every class at -inf: index past the last class
+            index[:, k_here:] = np.iinfo(np.int64).max
+            state["top_index"], state["top_value"] = index, value
+        if want_label:
+            flat_labels = labels.reshape(-1)
+            local = flat_labels - start
+            holds = (flat_labels != ignore_index) & (local >= 0) & (local < stop - start)
+            safe = np.where(holds, local, 0)[:, None]
+            state["holds"] = holds
+            state["label_logit"] = np.where(holds, np.take_along_axis(x64, safe, 1)[:, 0],
+                                            0.0)
+            if want_brier:
+                doubled = 2.0 * x64
+                rows = np.flatnonzero(holds)
+                doubled[rows, local[rows]] = -np.inf  # the label's class is left out
+                state["lse2_others"] = _ops.logsumexp(doubled, axis=-1)
+    # keep the block's row shape with a class axis of length 1
+    return {"shape": n_rows, **state}
+
+
+def _merged_tops(values, indices, k):
+    """The k largest (value, index) pairs per row, by descending value, ties to the lower
+    index."""
+    value = np.concatenate(values, axis=1)
+    index = np.concatenate(indices, axis=1)
+    # lexsort: last key first; NaN sorts last, and NaN rows are masked at the end
+    order = np.lexsort((index, -value), axis=1)[:, :k]
+    return (np.take_along_axis(value, order, axis=1),
+            np.take_along_axis(index, order, axis=1))
+
+
+def _score_merged(parts, axis=None, keepdims=True):
+    """Merge the states of class chunks of the same rows (in class order)."""
+    parts = _as_list(parts)
+    first = parts[0]
+    lses = [p["lse"] for p in parts]
+    lse = _lse_merge(lses)
+    state = {"shape": first["shape"], "lse": lse}
+    if "entropy" in first:
+        state["entropy"] = _entropy_merge(lses, [p["entropy"] for p in parts], lse)
+    if "top_value" in first:
+        state["top_value"], state["top_index"] = _merged_tops(
+            [p["top_value"] for p in parts], [p["top_index"] for p in parts],
+            first["top_value"].shape[1])
+    if "holds" in first:
+        state["holds"] = functools.reduce(np.logical_or, [p["holds"] for p in parts])
+        state["label_logit"] = sum(p["label_logit"] for p in parts)
+    if "lse2_others" in first:
+        state["lse2_others"] = _lse_merge([p["lse2_others"] for p in parts])
+    return state
+
+
+def _scores_from_state(state, labels, *, wanted, top_k, n_classes, ignore_index, dtype):
+    """The fields asked for, from a row block's merged state (see the edge table in
+    logitcore._score: every row rule of the in-memory score is kept)."""
+    row_shape = tuple(state["shape"])
+    lse = state["lse"]
+    no_softmax = ~np.isfinite(lse)  # NaN, +inf or all -inf rows: probabilities NaN
+    nan_rows = np.isnan(lse)
+    fields = {}
+    with np.errstate(invalid="ignore", over="ignore"):
+        if "top_value" in state:
+            top_value, top_index = state["top_value"], state["top_index"]
+            top_prob = np.where(no_softmax[:, None], np.nan,
+                                np.exp(top_value - lse[:, None]))
+            pred = np.where(nan_rows, -1, top_index[:, 0])
+            fields["pred"] = pred
+            fields["max_logit"] = np.where(nan_rows, np.nan, top_value[:, 0])
+            fields["confidence"] = top_prob[:, 0]
+            if top_value.shape[1] > 1:
+                fields["margin"] = top_prob[:, 0] - top_prob[:, 1]
+                fields["logit_margin"] = np.where(nan_rows, np.nan,
+                                                  top_value[:, 0] - top_value[:, 1])
+            if top_k:
+                fields["top_k_indices"] = np.where(nan_rows[:, None], -1,
+                                                   top_index[:, :top_k])
+                fields["top_k_probs"] = top_prob[:, :top_k]
+        if "entropy" in state:
+            fields["entropy"] = np.where(no_softmax, np.nan, state["entropy"])
+        fields["logsumexp"] = lse
+        kept = None
+        if labels is not None:
+            flat_labels = labels.reshape(-1)
+            kept = flat_labels != ignore_index
+            log_p = np.where(no_softmax, np.nan, state["label_logit"] - lse)
+            label_logprob = np.where(kept, log_p, 0.0)
+            fields["label_logprob"] = label_logprob
+            fields["loss"] = 0.0 - label_logprob
+            if "pred" in fields:
+                fields["correct"] = kept & ~nan_rows & (fields["pred"] == flat_labels)
+            if "lse2_others" in state:
+                # (1 - p_y)^2 + sum_{j != y} p_j^2, without cancellation near p_y = 1
+                others = np.exp(state["lse2_others"] - 2.0 * lse)
+                brier = np.square(-np.expm1(log_p)) + others
+                fields["brier"] = np.where(kept, np.where(no_softmax, np.nan, brier), 0.0)
+            fields["kept"] = kept
+    result = {}
+    for name in wanted:
+        if name == "label_rank":
+            continue  # a second pass over the logits (_add_label_rank)
+        values = fields[name]
+        if values.dtype.kind == "f":
+            values = values.astype(dtype)
+        result[name] = values.reshape(row_shape + values.shape[1:])
+    return Scores(kind="multiclass", fields=result, row_shape=row_shape,
+                  n_classes=n_classes, top_k=top_k,
+                  labels=None if labels is None else labels.reshape(row_shape),
+                  kept=None if kept is None else kept.reshape(row_shape))
+
+
+def _count_larger(x, label_logit):
+    """How many classes of this chunk have a logit strictly larger than the label's."""
+    x64 = x.astype(np.float64)
+    return np.count_nonzero(x64 > label_logit, axis=-1, keepdims=True).astype(np.int64)
+
+
+def _block_scores(x, labels, **score_arguments):
+    """In-memory ``score`` of one row block (one class chunk, class axis last)."""
+    return _on_task_threads(_score.score)(x, labels, axis=-1, **score_arguments)
+
+
+class DaskScores:
+    """The per-row fields of ``logitcore.dask.score`` as dask arrays (lazy), by name as
+    ``Scores``: ``scores.pred``, ``scores["loss"]``. ``compute()`` gives the in-memory
+    ``Scores`` (all fields in one pass over the logits); ``summary()`` a lazy
+    ``Summary`` reduced over the row blocks (``dask.delayed``; ``.compute()`` it)."""
+
+    def __init__(self, blocks, *, kind, fields, field_meta, row_shape, row_chunks,
+                 n_classes, top_k, has_labels):
+        self._blocks = blocks  # one in-memory Scores per row block (a dask collection)
+        self.kind = kind
+        self.row_shape = tuple(row_shape)
+        self.n_classes = n_classes
+        self.top_k = top_k
+        self._fields = {}
+        for name in fields:
+            extra_chunks, dtype = field_meta[name]
+            self._fields[name] = da.map_blocks(
+                _field_of, blocks, name, chunks=tuple(row_chunks) + extra_chunks,
+                new_axis=list(range(len(row_chunks), len(row_chunks) + len(extra_chunks)))
+                or None, dtype=dtype,
+                meta=np.empty((0,) * (len(row_chunks) + len(extra_chunks)), dtype))
+        self._labels = self._kept = None  # what the summary of compute() needs
+        if has_labels and kind != "multilabel":
+            self._labels = da.map_blocks(_labels_of, blocks, dtype=np.int64,
+                                         meta=np.empty((0,) * len(row_chunks), np.int64))
+        if has_labels:
+            self._kept = da.map_blocks(_kept_of, blocks, dtype=np.bool_,
+                                       meta=np.empty((0,) * len(row_chunks), np.bool_))
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(self._fields)
+
+    def __getitem__(self, name):
+        try:
+            return self._fields[name]
+        except KeyError:
+            raise KeyError(f"{name!r} was not computed; the fields are "
+                           f"{', '.join(self._fields) or 'none'}") from None
+
+    def __getattr__(self, name):
+        fields = self.__dict__.get("_fields", {})
+        if name in fields:
+            return fields[name]
+        raise AttributeError(f"DaskScores has no field {name!r}; the fields are "
+                             f"{', '.join(fields) or 'none'}")
+
+    def __contains__(self, name) -> bool:
+        return name in self._fields
+
+    def __repr__(self) -> str:
+        return (f"DaskScores(kind={self.kind!r}, rows={self.row_shape}, "
+                f"fields={list(self._fields)})")
+
+    def to_dict(self) -> dict:
+        """The fields as a dict of dask arrays."""
+        return dict(self._fields)
+
+    def compute(self, **kwargs) -> Scores:
+        """The in-memory ``Scores`` of all the rows: every field, and the labels the
+        summary needs, in one ``dask.compute`` (one pass over the logits)."""
+        names = list(self._fields)
+        extra = [] if self._labels is None else [self._labels, self._kept]
+        values = dask.compute(*self._fields.values(), *extra, **kwargs)
+        labels, kept = values[len(names):] if extra else (None, None)
+        return Scores(kind=self.kind, fields=dict(zip(names, values[:len(names)])),
+                      row_shape=self.row_shape, n_classes=self.n_classes,
+                      top_k=self.top_k, labels=labels, kept=kept)
+
+    def summary(self, split_every: int = SPLIT_EVERY):
+        """The ``Summary`` of all the rows, lazily: each row block's summary on the worker
+        holding the block, merged in a tree in block order (``Summary.merge``: counts
+        exact, means and spreads up to float64 rounding). A ``dask.delayed`` object."""
+        summaries = [dask.delayed(_summary_of)(block)
+                     for block in self._blocks.to_delayed().ravel()]
+        return tree_merge(summaries, Summary.combine, split_every)
+
+
+def tree_merge(states, combine, split_every: int = SPLIT_EVERY):
+    """Merge lazy mergeable states (``dask.delayed`` objects, in order) in a tree of
+    ``combine`` calls of at most ``split_every`` states each; returns one delayed state.
+    The slot for every dataset figure that is a mergeable state (``Summary``, and the
+    calibration bins and temperature-fit sums that build on the same pattern)."""
+    if not states:
+        raise ValueError("tree_merge needs at least one state")
+    if split_every < 2:
+        raise ValueError(f"split_every must be at least 2, got {split_every}")
+    while len(states) > 1:
+        states = [dask.delayed(combine)(states[i:i + split_every])
+                  for i in range(0, len(states), split_every)]
+    return states[0]
+
+
+def _field_of(scores, name):
+    return scores[name]
+
+
+def _labels_of(scores):
+    return scores._labels
+
+
+def _kept_of(scores):
+    return scores._kept
+
+
+def _summary_of(scores):
+    return scores.summary()
+
+
+def _field_layout(kind, wanted, top_k, n_classes, dtype):
+    """Per field: the chunks of its axes past the rows, and its dtype (from the output
+    roles of the kind's kernel in the op table, as the in-memory score allocates)."""
+    kernel = op_table.KERNELS[_score._KERNEL_OF_KIND[kind]]
+    roles = {name[:-len("_out")]: role for name, role in kernel.arguments
+             if role in _score._OUTPUT_ROLES}
+    layout = {}
+    for name in wanted:
+        if name == "kept":
+            layout[name] = ((), np.dtype(np.bool_))
+            continue
+        role = roles[name]
+        shape_of, field_dtype = _score._OUTPUT_ROLES[role]
+        extra = tuple((n,) for n in shape_of(1, n_classes, top_k)[1:])
+        layout[name] = (extra, field_dtype or dtype)
+    return layout
+
+
+def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold=0.5,
+          ignore_index=-100, fields=None, backend=None) -> DaskScores:
+    """``logitcore.score`` of dask arrays, lazily: a :class:`DaskScores` whose fields are
+    dask arrays and whose ``summary()`` is a distributed reduction.
+
+    Row chunks (the class axis in one chunk): each row block is an in-memory ``score``
+    call, so every field is bit-identical to the in-memory result. Class chunks
+    (multiclass only): each chunk gives a float64 per-row state - log-sum-exp, entropy,
+    its top logits with global indices, the label's logit - merged in a tree: ``pred``,
+    ``max_logit``, ``top_k_indices``, ``correct`` and ``kept`` are exact (ties to the
+    lower global index); ``label_rank`` is exact and reads the logits a second time (the
+    count of larger logits needs the label's logit first: persist the logits if they come
+    from storage); ``logsumexp``, ``label_logprob``, ``loss`` and the probabilities
+    (``confidence``, ``margin``, ``top_k_probs``) are within 1 ulp (float32) or a few
+    ulps of ``|lse|`` (float64) of the in-memory values; ``logit_margin`` is exact;
+    ``entropy`` (sum_c w_c (H_c - log w_c), w_c = exp(lse_c - lse)) and ``brier``
+    ((1 - p_y)^2 + exp(lse(2x, others) - 2 lse)) are within a few float64 ulps before the
+    rounding to the result dtype. Binary scores have one class per row, and multilabel
+    class chunks are refused (ValueError).
+    """
+    kind = _score._check_kind(kind)
+    logits, dtype = _float_dask(logits, "logits")
+    ignore_index = v.check_ignore_index(ignore_index)
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least 1 dimension, got a 0-d array")
+    if kind == "binary" and logits.ndim == 1:
+        x = logits[:, None]  # one class per row
+    else:
+        class_axis = v.single_axis(axis, logits.ndim)
+        x = da.moveaxis(logits, class_axis, -1)
+        if kind == "binary" and x.shape[-1] != 1:
+            raise ValueError(
+                f"kind='binary' takes one logit per row: shape (n,) or axis {axis} of "
+                f"length 1, got logits of shape {logits.shape}")
+    n_classes = x.shape[-1]
+    if n_classes == 0:
+        raise ValueError(f"logits has 0 classes along axis {axis}: shape {logits.shape}")
+    top_k = _score._check_top_k(top_k, kind, n_classes)
+    _score._check_threshold(threshold, kind, n_classes, dtype)
+    has_labels = labels is not None
+    wanted = _score._check_fields(fields, kind, has_labels, top_k)
+    row_shape, row_chunks = x.shape[:-1], x.chunks[:-1]
+    class_chunked = _class_chunked(x, x.ndim - 1)
+    layout = _field_layout(kind, wanted, top_k, n_classes, dtype)
+
+    label_array = None
+    if has_labels:
+        if kind == "multilabel":
+            label_array = _as_dask(labels, "labels")
+            if label_array.shape != logits.shape:
+                raise ValueError(f"labels for kind='multilabel' must have the shape of "
+                                 f"logits {logits.shape} (0 / 1 per class), got shape "
+                                 f"{label_array.shape}")
+            label_array = da.moveaxis(label_array, class_axis, -1).rechunk(x.chunks)
+        else:
+            label_array = _labels_for_rows(labels, row_shape, row_chunks,
+                                           2 if kind == "binary" else n_classes,
+                                           ignore_index, "labels")
+    if not class_chunked:
+        score_arguments = dict(kind=kind, top_k=top_k, threshold=threshold,
+                               ignore_index=ignore_index, fields=wanted, backend=backend)
+        row_inds = tuple(range(x.ndim - 1))
+        all_inds = row_inds + (x.ndim - 1,)
+        if kind == "binary":
+            operands = (x[..., 0], row_inds)
+        else:
+            operands = (x, all_inds)
+        if label_array is not None:
+            operands += (label_array, all_inds if kind == "multilabel" else row_inds)
+        function = functools.partial(_block_scores if label_array is not None
+                                     else _block_scores_unlabelled, **score_arguments)
+        blocks = da.blockwise(function, row_inds, *operands, concatenate=True,
+                              dtype=object, meta=np.empty((0,) * len(row_inds), object))
+        return DaskScores(blocks, kind=kind, fields=wanted, field_meta=layout,
+                          row_shape=row_shape, row_chunks=row_chunks,
+                          n_classes=n_classes, top_k=top_k, has_labels=has_labels)
+    if kind != "multiclass":
+        raise ValueError(f"score(kind={kind!r}) on logits whose class axis is split "
+                         f"across chunks is not supported; only kind='multiclass' "
+                         f"merges class chunks")
+    want = set(wanted)
+    n_top = max(top_k, 2 if want & set(_NEEDS_SECOND) else
+                (1 if want & set(_NEEDS_TOP) else 0))
+    state_arguments = dict(
+        top_k=n_top, want_entropy="entropy" in want,
+        want_label=bool(want & {"label_logprob", "loss", "label_rank", "brier"}),
+        want_brier="brier" in want, ignore_index=ignore_index)
+    label_operand = (label_array[..., None] if label_array is not None
+                     else da.zeros(row_shape + (1,), np.int64,
+                                   chunks=row_chunks + ((1,),)))
+    states = da.map_blocks(
+        functools.partial(_score_chunk_state, **state_arguments), x, label_operand,
+        dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64))
+    merged = da.reduction(
+        states, _identity_state, _score_aggregate, combine=_score_aggregate,
+        axis=x.ndim - 1, keepdims=True, dtype=object, concatenate=False,
+        split_every=SPLIT_EVERY, meta=np.empty((0,) * x.ndim, object))
+    blocks = da.map_blocks(
+        _scores_block, merged, label_operand, has_labels=label_array is not None,
+        wanted=wanted, top_k=top_k, n_classes=n_classes, ignore_index=ignore_index,
+        result_dtype=dtype, dtype=object, meta=np.empty((0,) * x.ndim, object))
+    if "label_rank" in want:
+        label_logit = da.map_blocks(_label_logit_of, blocks, dtype=np.float64,
+                                    meta=np.empty((0,) * x.ndim, np.float64))
+        larger = da.map_blocks(_count_larger, x, label_logit, dtype=np.int64,
+                               meta=np.empty((0,) * x.ndim, np.int64),
+                               chunks=row_chunks + ((1,) * x.numblocks[-1],))
+        larger = larger.sum(axis=-1, keepdims=True)
+        blocks = da.map_blocks(_add_label_rank, blocks, larger, wanted=wanted,
+                               dtype=object, meta=np.empty((0,) * x.ndim, object))
+    row_inds = tuple(range(x.ndim - 1))
+    blocks = da.blockwise(_only, row_inds, blocks, row_inds + (x.ndim - 1,),
+                          concatenate=False, dtype=object,
+                          meta=np.empty((0,) * len(row_inds), object))
+    return DaskScores(blocks, kind=kind, fields=wanted, field_meta=layout,
+                      row_shape=row_shape, row_chunks=row_chunks, n_classes=n_classes,
+                      top_k=top_k, has_labels=has_labels)
+
+
+def _only(parts):
+    """The one block of a list over an axis of one chunk."""
+    parts = _as_list(parts)
+    if len(parts) != 1:
+        raise AssertionError(f"expected one block, got {len(parts)}")
+    return parts[0]
+
+
+def _block_scores_unlabelled(x, **score_arguments):
+    return _block_scores(x, None, **score_arguments)
+
+
+def _score_aggregate(parts, axis, keepdims):
+    return _score_merged(parts)
+
+
+def _scores_block(state, labels, *, has_labels, wanted, top_k, n_classes, ignore_index,
+                  result_dtype):
+    """A row block's ``Scores`` from its merged state, with the label's logit kept
+    aside for the rank pass."""
+    scores = _scores_from_state(state, labels[..., 0] if has_labels else None,
+                                wanted=wanted, top_k=top_k, n_classes=n_classes,
+                                ignore_index=ignore_index, dtype=result_dtype)
+    label_logit = state.get("label_logit")
+    scores._label_logit = (None if label_logit is None
+                           else label_logit.reshape(scores.row_shape + (1,)))
+    scores._nan_rows = np.isnan(state["lse"]).reshape(scores.row_shape)
+    return scores
+
+
+def _label_logit_of(scores):
+    return scores._label_logit
+
+
+def _add_label_rank(scores, larger, *, wanted):
+    rank = np.where(scores._kept & ~scores._nan_rows, 1 + larger[..., 0], 0)
+    fields = dict(scores._fields)
+    fields["label_rank"] = rank.astype(np.int64)
+    ordered = {name: fields[name] for name in wanted}
+    return Scores(kind=scores.kind, fields=ordered, row_shape=scores.row_shape,
+                  n_classes=scores.n_classes, top_k=scores.top_k, labels=scores._labels,
+                  kept=scores._kept)
