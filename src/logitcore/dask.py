@@ -281,7 +281,7 @@ def _reduced_loss(row_losses, reduction: str, denominator, dtype):
         return (total / denominator).astype(dtype)
 
 
-def _checked_label_block(labels, n_classes, ignore_index, block_info=None):
+def _checked_label_block(labels, n_classes, ignore_index, name, block_info=None):
     """The labels of one block, or IndexError naming the first bad one (its position in
     the whole labels array)."""
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= n_classes))
@@ -290,7 +290,7 @@ def _checked_label_block(labels, n_classes, ignore_index, block_info=None):
         location = block_info[0]["array-location"] if block_info else None
         position = [start + i for (start, _), i in zip(location, where)] if location \
             else list(where)
-        raise IndexError(f"labels{position} = {labels[where]} is not a class index in "
+        raise IndexError(f"{name}{position} = {labels[where]} is not a class index in "
                          f"[0, {n_classes}) and not ignore_index ({ignore_index})")
     return labels
 
@@ -305,7 +305,7 @@ def _labels_for_rows(labels, row_shape, row_chunks, n_classes, ignore_index, nam
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{name} must be integer class indices, got dtype {labels.dtype}")
     labels = labels.astype(np.int64).rechunk(row_chunks)
-    return labels.map_blocks(_checked_label_block, n_classes, ignore_index,
+    return labels.map_blocks(_checked_label_block, n_classes, ignore_index, name,
                              dtype=np.int64, meta=np.empty((0,) * labels.ndim, np.int64))
 
 
@@ -324,7 +324,9 @@ def _ce_chunk_state(x, labels, weight, ignore_index, label_smoothing, block_info
     if label_smoothing:
         w = weight[start:stop].astype(np.float64)
         with np.errstate(invalid="ignore"):
-            terms = np.where(w != 0.0, w * (x64 - lse), 0.0)
+            # a chunk of only -inf logits has log-probabilities -inf (not -inf - -inf)
+            log_p = np.where(lse == -np.inf, -np.inf, x64 - lse)
+            terms = np.where(w != 0.0, w * log_p, 0.0)
         state["smooth"] = terms.sum(axis=-1, keepdims=True)
         state["weight"] = np.full(lse.shape, w.sum())
     return state
@@ -337,12 +339,14 @@ def _ce_merged(parts, axis=None, keepdims=True):
              "holds": functools.reduce(np.logical_or, [p["holds"] for p in parts]),
              "label_logit": sum(p["label_logit"] for p in parts)}
     if "smooth" in parts[0]:
-        # sum w_j (x_j - lse) = sum_c [S_c + W_c (lse_c - lse)]; a chunk without weight
-        # adds nothing even where its lse_c is -inf
+        # sum w_j (x_j - lse) = sum_c [S_c + W_c (lse_c - lse)]; a chunk without weight,
+        # or of only -inf logits (its S_c is already -inf where it has weight), needs no
+        # shift (which would be 0 * inf or -inf - -inf)
         smooth = 0.0
         with np.errstate(invalid="ignore"):
             for p in parts:
-                shift = np.where(p["weight"] == 0.0, 0.0, p["weight"] * (p["lse"] - lse))
+                shift = np.where((p["weight"] == 0.0) | (p["lse"] == -np.inf), 0.0,
+                                 p["weight"] * (p["lse"] - lse))
                 smooth = smooth + p["smooth"] + shift
         state["smooth"] = smooth
         state["weight"] = sum(p["weight"] for p in parts)

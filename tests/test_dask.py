@@ -1,0 +1,403 @@
+"""logitcore.dask on a dask.distributed LocalCluster (2 worker processes, 1 thread each).
+
+Every function is checked on row-chunked input (bit-identical to the in-memory call) and
+on class-chunked input (merged per-row states; within float rounding of the in-memory
+call, and against SciPy / PyTorch / NumPy references computed in float64), on logits
+holding the edge rows of the README's table: a NaN row, an all -inf row, a row with +inf,
+a masked row (some -inf), a row whose maximum is tied across two class chunks.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+dask = pytest.importorskip("dask")
+distributed = pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+special = pytest.importorskip("scipy.special")
+stats = pytest.importorskip("scipy.stats")
+
+import logitcore as lc  # noqa: E402
+import logitcore.dask as ld  # noqa: E402
+
+from conftest import tolerance  # noqa: E402
+
+N_ROWS, N_CLASSES = 9, 40
+# (rows per chunk, classes per chunk): the class axis in one chunk, split in 4, and split
+# in 14 (more than SPLIT_EVERY chunks: the tree has a combine level).
+ROW_CHUNKS = (4, N_CLASSES)
+CLASS_CHUNKINGS = [(4, 13), (9, 3)]
+IGNORE = -100
+
+
+@pytest.fixture(scope="module")
+def client():
+    # LOGITCORE_NUM_THREADS=3 in the workers: a task must still run our kernels on the
+    # worker's 1 thread, not on logitcore's process-wide setting.
+    cluster = distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None,
+        env={"LOGITCORE_NUM_THREADS": "3"})
+    with distributed.Client(cluster) as dask_client:
+        yield dask_client
+    cluster.close()
+
+
+def _logits(dtype):
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(N_ROWS, N_CLASSES)) * 4).astype(dtype)
+    x[1, 3] = np.nan              # NaN row
+    x[2] = -np.inf                # all -inf
+    x[3, 10] = np.inf             # +inf once
+    x[4, :30] = -np.inf           # masked classes
+    x[6, [5, 25]] = x[6].max() + 1  # the maximum tied across class chunks
+    return x
+
+
+def _labels():
+    labels = np.random.default_rng(8).integers(0, N_CLASSES, N_ROWS)
+    labels[5] = IGNORE
+    labels[4] = 2                 # a masked (-inf) label: loss +inf
+    labels[6] = 25                # the second of the tied maxima
+    return labels
+
+
+NORMAL_ROWS = [0, 5, 6, 7, 8]     # rows without -inf, +inf or NaN
+
+
+def assert_same_bits(got, expected):
+    got, expected = np.asarray(got), np.asarray(expected)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert np.array_equal(got, expected, equal_nan=expected.dtype.kind == "f")
+
+
+def assert_close(got, expected, dtype, *, scale=1.0):
+    """Same NaN and infinity positions, finite values within the dtype's tolerance."""
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    assert got.shape == expected.shape
+    assert np.array_equal(np.isnan(got), np.isnan(expected))
+    finite = np.isfinite(expected)
+    assert np.array_equal(got[~finite & ~np.isnan(expected)],
+                          expected[~finite & ~np.isnan(expected)])
+    tol = tolerance(dtype)
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=tol["rtol"] * scale,
+                               atol=tol["atol"] * scale)
+
+
+# --- import and arguments ------------------------------------------------------------
+
+def test_import_without_dask_names_the_extra():
+    code = ("import sys; sys.modules['dask'] = None; sys.modules['dask.array'] = None\n"
+            "try:\n    import logitcore.dask\nexcept ImportError as e:\n    print(e)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert 'pip install "logitcore[dask]"' in result.stdout
+
+
+def test_unsupported_arguments_raise_clear_errors():
+    d = da.zeros((4, 6), chunks=(2, 3))
+    with pytest.raises(NotImplementedError, match="return_grad"):
+        ld.cross_entropy(d, np.zeros(4, int), return_grad=True)
+    with pytest.raises(NotImplementedError, match="return_sign"):
+        ld.logsumexp(d, return_sign=True)
+    with pytest.raises(NotImplementedError, match="probability targets"):
+        ld.cross_entropy(d, np.zeros((4, 6)))
+    with pytest.raises(ValueError, match="class axis is split"):
+        ld.score(d, kind="multilabel")
+    with pytest.raises(ValueError, match="labels must have shape"):
+        ld.score(d, np.zeros(3, int))
+    with pytest.raises(ValueError, match="top_k must be in"):
+        ld.score(d, top_k=7)
+
+
+def test_label_out_of_range_raises_index_error_when_computed(client):
+    d = da.zeros((4, 6), chunks=(2, 3))
+    loss = ld.cross_entropy(d, np.array([0, 1, 6, 2]))  # lazy: nothing checked yet
+    with pytest.raises(IndexError, match=r"target\[2\] = 6 is not a class index"):
+        loss.compute()
+
+
+# --- threads -------------------------------------------------------------------------
+
+def _dispatch_threads(block):
+    """What the last logitcore call on this worker thread ran with, and logitcore's
+    process-wide setting, as one (1, 2) block."""
+    return np.array([[lc.last_dispatch()["n_threads"], lc.get_num_threads()]])
+
+
+def test_tasks_run_our_kernels_on_the_workers_thread_count(client):
+    x = da.from_array(_logits(np.float32), chunks=ROW_CHUNKS)
+    # each probe task runs right after the softmax task whose block it reads, on the
+    # worker's only thread
+    probe = da.map_blocks(_dispatch_threads, ld.softmax(x), chunks=(1, 2), dtype=int)
+    seen = probe.compute()
+    assert seen[:, 1].tolist() == [3] * len(seen)   # logitcore's own setting there
+    assert seen[:, 0].tolist() == [1] * len(seen)   # what our kernels got: the worker's
+    assert client.run(lambda: lc.get_num_threads()) == {
+        address: 3 for address in client.scheduler_info()["workers"]}
+    assert ld.task_threads() == lc.get_num_threads()  # outside a worker
+
+
+# --- logsumexp, softmax, log_softmax ------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["logsumexp", "softmax", "log_softmax"])
+def test_softmax_family_row_chunks_bit_identical(client, op, dtype):
+    x = _logits(dtype)
+    got = getattr(ld, op)(da.from_array(x, chunks=ROW_CHUNKS)).compute()
+    assert_same_bits(got, getattr(lc, op)(x))
+
+
+_SCIPY = {"logsumexp": special.logsumexp, "softmax": special.softmax,
+          "log_softmax": special.log_softmax}
+
+
+@pytest.mark.parametrize("chunks", CLASS_CHUNKINGS, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["logsumexp", "softmax", "log_softmax"])
+def test_softmax_family_class_chunks(client, op, dtype, chunks):
+    """Class chunks: within float rounding of the in-memory result (float32: the
+    in-memory softmax kernels are within 16 ulps of the exact value, the merged result
+    within 1), and of SciPy in float64 on the normal rows; the edge rows as in memory."""
+    x = _logits(dtype)
+    got = getattr(ld, op)(da.from_array(x, chunks=chunks)).compute()
+    assert got.dtype == dtype
+    assert_close(got, getattr(lc, op)(x), dtype, scale=4)
+    reference = _SCIPY[op](x[NORMAL_ROWS].astype(np.float64), axis=-1)
+    assert_close(got[NORMAL_ROWS], reference, dtype)
+    if op == "logsumexp":
+        assert got[1] != got[1] and got[2] == -np.inf and got[3] == np.inf
+    else:
+        assert np.isnan(got[[1, 2, 3]]).all()
+        masked = got[4, :30]
+        assert (masked == (0.0 if op == "softmax" else -np.inf)).all()
+
+
+def test_softmax_family_3d_class_axis_in_the_middle(client):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 20, 5)).astype(np.float32) * 3
+    d = da.from_array(x, chunks=(2, 6, 3))
+    for op in ("logsumexp", "softmax", "log_softmax"):
+        got = getattr(ld, op)(d, axis=1).compute()
+        assert_close(got, _SCIPY[op](x.astype(np.float64), axis=1), np.float32)
+        same = getattr(ld, op)(da.from_array(x, chunks=(2, 20, 3)), axis=1).compute()
+        assert_same_bits(same, getattr(lc, op)(x, axis=1))
+
+
+def test_logsumexp_keepdims(client):
+    x = _logits(np.float64)
+    for chunks in (ROW_CHUNKS, CLASS_CHUNKINGS[0]):
+        got = ld.logsumexp(da.from_array(x, chunks=chunks), keepdims=True).compute()
+        assert got.shape == (N_ROWS, 1)
+        assert_close(got, lc.logsumexp(x, keepdims=True), np.float64)
+
+
+# --- losses ----------------------------------------------------------------------------
+
+def _torch_cross_entropy(x, labels, weight, label_smoothing, reduction):
+    torch = pytest.importorskip("torch")
+    return torch.nn.functional.cross_entropy(
+        torch.from_numpy(x.astype(np.float64)), torch.from_numpy(labels),
+        weight=None if weight is None else torch.from_numpy(weight.astype(np.float64)),
+        ignore_index=IGNORE, label_smoothing=label_smoothing, reduction=reduction).numpy()
+
+
+CE_CASES = [(np.float32, False, 0.0), (np.float64, True, 0.0), (np.float32, True, 0.2),
+            (np.float64, False, 0.1)]
+
+
+@pytest.mark.parametrize("dtype,weighted,label_smoothing", CE_CASES)
+def test_cross_entropy(client, dtype, weighted, label_smoothing):
+    x, labels = _logits(dtype), _labels()
+    weight = (np.random.default_rng(9).uniform(0.5, 2.0, N_CLASSES)
+              if weighted else None)
+    arguments = dict(weight=weight, ignore_index=IGNORE, label_smoothing=label_smoothing)
+    in_memory = lc.cross_entropy(x, labels, reduction="none", **arguments)
+    rows = ld.cross_entropy(da.from_array(x, chunks=ROW_CHUNKS), labels, reduction="none",
+                            **arguments).compute()
+    assert_same_bits(rows, in_memory)
+    finite_rows = [0, 6, 7, 8]  # no NaN / inf logits and a label that is kept
+    for chunks in CLASS_CHUNKINGS:
+        d = da.from_array(x, chunks=chunks)
+        # the rows torch can average (the others hold NaN / inf)
+        keep = [0, 5, 6, 7, 8]
+        got, mean, total = dask.compute(
+            ld.cross_entropy(d, labels, reduction="none", **arguments),
+            ld.cross_entropy(d[keep], labels[keep], **arguments),
+            ld.cross_entropy(d[keep], labels[keep], reduction="sum", **arguments))
+        assert_close(got, in_memory, dtype, scale=4)
+        assert got[5] == 0.0  # ignore_index
+        reference = _torch_cross_entropy(x, labels, weight, label_smoothing, "none")
+        assert_close(got[finite_rows], reference[finite_rows], dtype)
+        assert got[4] == np.inf  # the label's logit is -inf
+        assert_close(mean, _torch_cross_entropy(x[keep], labels[keep], weight,
+                                                label_smoothing, "mean"), dtype)
+        assert_close(total, _torch_cross_entropy(x[keep], labels[keep], weight,
+                                                 label_smoothing, "sum"), dtype)
+
+
+def test_cross_entropy_3d(client):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 20, 5)).astype(np.float32)
+    labels = rng.integers(0, 20, (3, 5))
+    labels[0, 0] = IGNORE
+    torch = pytest.importorskip("torch")
+    reference = torch.nn.functional.cross_entropy(
+        torch.from_numpy(x.astype(np.float64)), torch.from_numpy(labels),
+        ignore_index=IGNORE).item()
+    for chunks in ((2, 20, 3), (2, 6, 3)):
+        got = ld.cross_entropy(da.from_array(x, chunks=chunks), labels, axis=1,
+                               ignore_index=IGNORE).compute()
+        assert_close(got, reference, np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_cross_entropy_with_logits(client, dtype):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(9, 12)) * 3).astype(dtype)
+    target = rng.uniform(size=(9, 12)).astype(dtype)
+    pos_weight = np.linspace(0.5, 2.0, 12)
+    for chunks in ((4, 12), (4, 5)):
+        d = da.from_array(x, chunks=chunks)
+        rows = ld.binary_cross_entropy_with_logits(d, target, pos_weight=pos_weight,
+                                                   reduction="none").compute()
+        assert_same_bits(rows, lc.binary_cross_entropy_with_logits(
+            x, target, pos_weight=pos_weight, reduction="none"))
+        mean = ld.binary_cross_entropy_with_logits(d, target,
+                                                   pos_weight=pos_weight).compute()
+        reference = torch.nn.functional.binary_cross_entropy_with_logits(
+            torch.from_numpy(x.astype(np.float64)), torch.from_numpy(target.astype(np.float64)),
+            pos_weight=torch.from_numpy(pos_weight)).item()
+        assert mean.dtype == dtype
+        assert_close(mean, reference, dtype)
+
+
+# --- score -----------------------------------------------------------------------------
+
+def _reference_scores(x, labels, top_k):
+    """The multiclass fields from SciPy softmax / log_softmax and NumPy order statistics
+    in float64, on rows without NaN or +inf (the edge rows are checked against the
+    in-memory table)."""
+    x64 = x.astype(np.float64)
+    rows = np.arange(len(x64))
+    probs = special.softmax(x64, axis=1)
+    log_probs = special.log_softmax(x64, axis=1)
+    order = np.argsort(-x64, axis=1, kind="stable")  # ties: the lower index first
+    kept = labels != IGNORE
+    label = np.where(kept, labels, 0)
+    onehot = np.eye(x64.shape[1])[label]
+    return {
+        "pred": order[:, 0], "max_logit": x64[rows, order[:, 0]],
+        "confidence": probs[rows, order[:, 0]],
+        "margin": probs[rows, order[:, 0]] - probs[rows, order[:, 1]],
+        "logit_margin": x64[rows, order[:, 0]] - x64[rows, order[:, 1]],
+        "entropy": stats.entropy(probs, axis=1),
+        "logsumexp": special.logsumexp(x64, axis=1),
+        "top_k_indices": order[:, :top_k],
+        "top_k_probs": np.take_along_axis(probs, order[:, :top_k], axis=1),
+        "label_logprob": np.where(kept, log_probs[rows, label], 0.0),
+        "loss": np.where(kept, -log_probs[rows, label], 0.0),
+        "correct": kept & (order[:, 0] == label),
+        "label_rank": np.where(kept, 1 + np.sum(x64 > x64[rows, label][:, None], 1), 0),
+        "brier": np.where(kept, np.sum((probs - onehot) ** 2, axis=1), 0.0),
+        "kept": kept,
+    }
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_score_row_chunks_bit_identical(client, dtype):
+    x, labels = _logits(dtype), _labels()
+    expected = lc.score(x, labels, top_k=4)
+    scores = ld.score(da.from_array(x, chunks=ROW_CHUNKS), labels, top_k=4)
+    assert scores.fields == expected.fields
+    got = scores.compute()
+    for name in expected.fields:
+        assert_same_bits(got[name], expected[name])
+        assert_same_bits(scores[name].compute(), expected[name])  # one field alone
+    assert got.summary() == expected.summary()
+
+
+@pytest.mark.parametrize("chunks", CLASS_CHUNKINGS, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_score_class_chunks(client, dtype, chunks):
+    x, labels = _logits(dtype), _labels()
+    expected = lc.score(x, labels, top_k=4)
+    scores = ld.score(da.from_array(x, chunks=chunks), labels, top_k=4)
+    assert scores.fields == expected.fields
+    got = scores.compute()
+    reference = _reference_scores(x[NORMAL_ROWS], labels[NORMAL_ROWS], 4)
+    for name in expected.fields:
+        assert got[name].dtype == expected[name].dtype, name
+        if expected[name].dtype.kind == "f":
+            # merged in float64: within 1 ulp of the in-memory float32 fields
+            assert_close(got[name], expected[name], dtype, scale=4)
+            assert_close(got[name][NORMAL_ROWS], reference[name], dtype)
+        else:  # order fields and flags: exact, edge rows included
+            assert_same_bits(got[name], expected[name])
+            assert_same_bits(got[name][NORMAL_ROWS], reference[name].astype(
+                expected[name].dtype))
+    assert got.pred[6] == 5 and got.label_rank[6] == 1  # tie across chunks: lower index
+    summary, expected_summary = scores.summary().compute(), expected.summary()
+    assert summary.counts == expected_summary.counts
+    for name, value in expected_summary.figures().items():
+        np.testing.assert_allclose(summary[name], value, rtol=1e-12)
+
+
+def test_score_class_chunks_subset_of_fields_and_no_labels(client):
+    x = _logits(np.float32)
+    d = da.from_array(x, chunks=CLASS_CHUNKINGS[0])
+    for fields in (["entropy"], ["pred", "margin"], ["logsumexp", "confidence"]):
+        got = ld.score(d, fields=fields).compute()
+        expected = lc.score(x, fields=fields)
+        assert got.fields == expected.fields
+        for name in fields:
+            assert_close(got[name], expected[name], np.float32, scale=4)
+
+
+def test_score_3d(client):
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(3, 20, 5)).astype(np.float32) * 3
+    labels = rng.integers(0, 20, (3, 5))
+    labels[1, 2] = IGNORE
+    expected = lc.score(x, labels, axis=1, top_k=3)
+    rows = ld.score(da.from_array(x, chunks=(2, 20, 3)), labels, axis=1, top_k=3).compute()
+    classes = ld.score(da.from_array(x, chunks=(2, 6, 3)), labels, axis=1,
+                       top_k=3).compute()
+    assert rows.row_shape == classes.row_shape == (3, 5)
+    moved = np.moveaxis(x, 1, -1).reshape(-1, 20)
+    reference = _reference_scores(moved, labels.reshape(-1), 3)
+    for name in expected.fields:
+        assert_same_bits(rows[name], expected[name])
+        assert classes[name].shape == expected[name].shape
+        flat = classes[name].reshape((15,) + classes[name].shape[2:])
+        if expected[name].dtype.kind == "f":
+            assert_close(flat, reference[name], np.float32)
+        else:
+            assert_same_bits(flat, reference[name].astype(expected[name].dtype))
+
+
+def test_score_binary_and_multilabel_row_chunks(client):
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=11).astype(np.float32) * 3
+    x[2] = np.nan
+    labels = rng.integers(0, 2, 11)
+    labels[4] = IGNORE
+    got = ld.score(da.from_array(x, chunks=4), labels, kind="binary").compute()
+    expected = lc.score(x, labels, kind="binary")
+    for name in expected.fields:
+        assert_same_bits(got[name], expected[name])
+    torch = pytest.importorskip("torch")
+    assert_close(got.prob, torch.sigmoid(torch.from_numpy(x.astype(np.float64))).numpy(),
+                 np.float32)
+    xm = rng.normal(size=(11, 6)).astype(np.float32)
+    targets = rng.integers(0, 2, (11, 6))
+    fields = ["pred", "loss", "n_predicted", "exact_match", "true_positives"]
+    got = ld.score(da.from_array(xm, chunks=(4, 6)), targets, kind="multilabel",
+                   fields=fields).compute()
+    expected = lc.score(xm, targets, kind="multilabel", fields=fields)
+    for name in fields:
+        assert_same_bits(got[name], expected[name])
+    assert_same_bits(got.pred, special.expit(xm.astype(np.float64)) >= 0.5)
+    assert got.summary() == expected.summary()
