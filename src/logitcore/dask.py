@@ -118,10 +118,12 @@ def _float_dask(x, name: str):
 
 
 def _unsupported(name: str, value, default, function: str):
-    if value is not default and not (default is None and value is None) and value != default:
-        raise NotImplementedError(f"{function}: {name}={value!r} is not supported on dask "
-                                  f"arrays (compute the array first, or leave {name} at "
-                                  f"its default {default!r})")
+    """NotImplementedError for an argument of the in-memory signature that has no dask
+    version yet (defaults are None or False)."""
+    if value is not default:
+        raise NotImplementedError(f"{function}: {name} is not supported on dask arrays "
+                                  f"(leave it at its default {default!r}, or compute the "
+                                  f"array and call logitcore.{function})")
 
 
 def _class_chunked(x, class_axis: int) -> bool:
@@ -159,10 +161,10 @@ def _entropy_merge(lses, entropies, lse):
 
 # --- logsumexp -------------------------------------------------------------------------
 
-def _lse_chunk(x, axis, keepdims):
+def _lse_chunk(x, axis, keepdims, backend=None):
     """The float64 log-sum-exp of each row of one class chunk (class axis kept)."""
     return _on_task_threads(_ops.logsumexp)(x.astype(np.float64), axis=axis[0],
-                                             keepdims=True)
+                                             keepdims=True, backend=backend)
 
 
 def _lse_combine(parts, axis, keepdims):
@@ -176,10 +178,10 @@ def _lse_aggregate(parts, axis, keepdims, result_dtype=np.float64):
     return merged.astype(result_dtype, copy=False)
 
 
-def _row_lse(x, class_axis: int, keepdims: bool, dtype):
+def _row_lse(x, class_axis: int, keepdims: bool, dtype, backend):
     """The merged log-sum-exp of class-chunked ``x`` along ``class_axis``."""
     return da.reduction(
-        x, _lse_chunk, functools.partial(_lse_aggregate, result_dtype=dtype),
+        x, functools.partial(_lse_chunk, backend=backend), functools.partial(_lse_aggregate, result_dtype=dtype),
         combine=_lse_combine, axis=class_axis, keepdims=keepdims, dtype=dtype,
         concatenate=False, split_every=SPLIT_EVERY,
         meta=np.empty((0,) * (x.ndim if keepdims else x.ndim - 1), dtype))
@@ -213,7 +215,7 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
                                 meta=np.empty((0,) * x.ndim, dtype))
         return x.map_blocks(compute, drop_axis=class_axis, dtype=dtype,
                             meta=np.empty((0,) * (x.ndim - 1), dtype))
-    return _row_lse(x, class_axis, keepdims, dtype)
+    return _row_lse(x, class_axis, keepdims, dtype, backend)
 
 
 # --- softmax, log_softmax --------------------------------------------------------------
@@ -241,7 +243,7 @@ def _softmax_family(function, x, axis, out, backend, log: bool):
         compute = _on_task_threads(functools.partial(function, axis=class_axis,
                                                      backend=backend))
         return x.map_blocks(compute, dtype=dtype, meta=np.empty((0,) * x.ndim, dtype))
-    lse = _row_lse(x, class_axis, keepdims=False, dtype=np.float64)
+    lse = _row_lse(x, class_axis, keepdims=False, dtype=np.float64, backend=backend)
     indices = tuple(range(x.ndim))
     row_indices = indices[:class_axis] + indices[class_axis + 1:]
     return da.blockwise(_normalized_block, indices, x, indices, lse, row_indices,
@@ -309,14 +311,15 @@ def _labels_for_rows(labels, row_shape, row_chunks, n_classes, ignore_index, nam
                              dtype=np.int64, meta=np.empty((0,) * labels.ndim, np.int64))
 
 
-def _ce_chunk_state(x, labels, weight, ignore_index, label_smoothing, block_info=None):
+def _ce_chunk_state(x, labels, weight, ignore_index, label_smoothing, backend,
+                    block_info=None):
     """Per-row state of one class chunk for cross-entropy with integer labels: the
     chunk's float64 log-sum-exp, the label's logit where the label lies in the chunk,
     and for label smoothing the weighted sum of the chunk's log-probabilities
     (sum w_j (x_j - lse_c)) and of its weights."""
     start, stop = block_info[0]["array-location"][-1]
     x64 = x.astype(np.float64)
-    lse = _on_task_threads(_ops.logsumexp)(x64, axis=-1, keepdims=True)
+    lse = _on_task_threads(_ops.logsumexp)(x64, axis=-1, keepdims=True, backend=backend)
     local = labels - start
     holds = (labels != ignore_index) & (local >= 0) & (local < stop - start)
     label_logit = np.take_along_axis(x64, np.where(holds, local, 0), axis=-1)
@@ -425,7 +428,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     else:
         states = da.map_blocks(
             _ce_chunk_state, x, labels[..., None], class_weight, ignore_index,
-            label_smoothing, dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64))
+            label_smoothing, backend, dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64))
         merged = da.reduction(
             states, _identity_state, _ce_aggregate, combine=_ce_aggregate,
             axis=x.ndim - 1, keepdims=True, dtype=np.float64, concatenate=False,
@@ -507,14 +510,14 @@ _NEEDS_SECOND = ("margin", "logit_margin")
 
 
 def _score_chunk_state(x, labels, *, top_k, want_entropy, want_label, want_brier,
-                       ignore_index, block_info=None):
+                       ignore_index, backend, block_info=None):
     """Per-row state of one class chunk (class axis last, float64): its log-sum-exp,
     entropy, its ``top_k`` largest logits with their global class indices (ties to the
     lower index; padded with -inf past the chunk's classes), the label's logit where the
     label lies in the chunk, and for Brier the log of sum exp(2 x) over the chunk's
     classes other than the label."""
     start, stop = block_info[0]["array-location"][-1]
-    n_rows = x.shape[:-1]
+    row_shape = x.shape[:-1]
     x64 = np.ascontiguousarray(x, dtype=np.float64).reshape(-1, stop - start)
     threads = _task_threads()
     with _config.config(n_threads=threads) if threads else contextlib.nullcontext():
@@ -522,7 +525,7 @@ def _score_chunk_state(x, labels, *, top_k, want_entropy, want_label, want_brier
         k_here = min(top_k, stop - start)
         if k_here:
             fields.append("top_k_indices")
-        chunk = _score.score(x64, top_k=k_here, fields=fields)
+        chunk = _score.score(x64, top_k=k_here, fields=fields, backend=backend)
         state = {"lse": chunk.logsumexp}
         if want_entropy:
             state["entropy"] = chunk.entropy
@@ -550,9 +553,9 @@ def _score_chunk_state(x, labels, *, top_k, want_entropy, want_label, want_brier
                 doubled = 2.0 * x64
                 rows = np.flatnonzero(holds)
                 doubled[rows, local[rows]] = -np.inf  # the label's class is left out
-                state["lse2_others"] = _ops.logsumexp(doubled, axis=-1)
-    # keep the block's row shape with a class axis of length 1
-    return {"shape": n_rows, **state}
+                state["lse2_others"] = _ops.logsumexp(doubled, axis=-1, backend=backend)
+    # the states hold flat rows; the block's row shape shapes the fields at the end
+    return {"shape": row_shape, **state}
 
 
 def _merged_tops(values, indices, k):
@@ -869,7 +872,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
     state_arguments = dict(
         top_k=n_top, want_entropy="entropy" in want,
         want_label=bool(want & {"label_logprob", "loss", "label_rank", "brier"}),
-        want_brier="brier" in want, ignore_index=ignore_index)
+        want_brier="brier" in want, ignore_index=ignore_index, backend=backend)
     label_operand = (label_array[..., None] if label_array is not None
                      else da.zeros(row_shape + (1,), np.int64,
                                    chunks=row_chunks + ((1,),)))
