@@ -401,3 +401,19 @@ def test_score_binary_and_multilabel_row_chunks(client):
         assert_same_bits(got[name], expected[name])
     assert_same_bits(got.pred, special.expit(xm.astype(np.float64)) >= 0.5)
     assert got.summary() == expected.summary()
+
+
+# --- the docs page (last: it starts and closes its own cluster) -----------------------------
+
+def test_docs_example_runs():
+    """docs/dask.md's example runs as a script (its own LocalCluster) and its asserts hold."""
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "dask.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    result = subprocess.run([sys.executable, "-c", blocks[0]], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loss, *_, accuracy = result.stdout.split()
+    assert 6.0 < float(loss) < 8.0 and 0.0 <= float(accuracy) <= 1.0
