@@ -103,8 +103,8 @@ def test_unsupported_arguments_raise_clear_errors():
         ld.logsumexp(d, return_sign=True)
     with pytest.raises(NotImplementedError, match="probability targets"):
         ld.cross_entropy(d, np.zeros((4, 6)))
-    with pytest.raises(ValueError, match="class axis is split"):
-        ld.score(d, kind="multilabel")
+    with pytest.raises(ValueError, match="threshold must be in"):
+        ld.score(d, kind="multilabel", threshold=1.5)
     with pytest.raises(ValueError, match="labels must have shape"):
         ld.score(d, np.zeros(3, int))
     with pytest.raises(ValueError, match="top_k must be in"):
@@ -376,6 +376,62 @@ def test_score_3d(client):
             assert_close(flat, reference[name], np.float32)
         else:
             assert_same_bits(flat, reference[name].astype(expected[name].dtype))
+
+
+@pytest.mark.parametrize("chunks", [(4, 1, 16), (4, 3, 5)], ids=["rows", "classes"])
+def test_score_multilabel(client, chunks):
+    """Multilabel fields are sums (counts, BCE) or an "all" over classes: class chunks
+    merge them exactly; the predicted matrix is per class. Class axis 1 of 3-D logits,
+    a threshold per class."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(11, 3, 16)).astype(np.float32) * 2
+    x[2, 1, 4] = np.nan
+    targets = rng.integers(0, 2, (11, 3, 16))
+    threshold = np.array([0.2, 0.5, 0.7])
+    fields = ["pred", "loss", "n_predicted", "exact_match", "true_positives",
+              "false_positives", "false_negatives"]
+    scores = ld.score(da.from_array(x, chunks=chunks), targets, axis=1, kind="multilabel",
+                      threshold=threshold, fields=fields)
+    got = scores.compute()
+    expected = lc.score(x, targets, axis=1, kind="multilabel", threshold=threshold,
+                        fields=fields)
+    for name in fields:
+        assert_same_bits(got[name], expected[name])
+    # independent: SciPy's expit and PyTorch's BCE in float64
+    torch = pytest.importorskip("torch")
+    x64 = x.astype(np.float64)
+    pred = special.expit(x64) >= threshold.astype(np.float32)[None, :, None]
+    truth = targets.astype(bool)
+    assert_same_bits(got.pred, pred)
+    assert_same_bits(got.n_predicted, pred.sum(axis=1))
+    assert_same_bits(got.true_positives, (pred & truth).sum(axis=1))
+    assert_same_bits(got.exact_match, (pred == truth).all(axis=1))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.from_numpy(x64), torch.from_numpy(targets.astype(np.float64)),
+        reduction="none").numpy().mean(axis=1)
+    assert_close(got.loss, bce, np.float32)
+    summary, expected_summary = scores.summary().compute(), expected.summary()
+    assert summary.counts == expected_summary.counts
+    for name, value in expected_summary.figures().items():
+        np.testing.assert_allclose(summary[name], value, rtol=1e-12)
+
+
+def test_float16_logits_as_in_memory(client):
+    """Half precision is read as float32, as everywhere in logitcore."""
+    x = _logits(np.float32).astype(np.float16)
+    labels = _labels()
+    for op in ("logsumexp", "softmax", "log_softmax"):
+        rows = getattr(ld, op)(da.from_array(x, chunks=ROW_CHUNKS)).compute()
+        assert_same_bits(rows, getattr(lc, op)(x))
+        classes = getattr(ld, op)(da.from_array(x, chunks=CLASS_CHUNKINGS[0])).compute()
+        assert_close(classes, getattr(lc, op)(x), np.float32, scale=4)
+        assert_close(classes[NORMAL_ROWS],
+                     _SCIPY[op](x[NORMAL_ROWS].astype(np.float64), axis=-1), np.float32)
+    got = ld.score(da.from_array(x, chunks=CLASS_CHUNKINGS[0]), labels, top_k=2).compute()
+    expected = lc.score(x, labels, top_k=2)
+    assert got.loss.dtype == np.float32
+    assert_same_bits(got.top_k_indices, expected.top_k_indices)
+    assert_close(got.loss, expected.loss, np.float32, scale=4)
 
 
 def test_score_binary_and_multilabel_row_chunks(client):

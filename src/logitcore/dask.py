@@ -279,13 +279,14 @@ def _reduced_loss(row_losses, reduction: str, denominator, dtype):
     total = row_losses.sum(dtype=np.float64)
     if reduction == "sum":
         return total.astype(dtype)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (total / denominator).astype(dtype)
+    # all labels ignored: 0 / 0 = NaN, as in memory (and torch)
+    return (total / denominator).astype(dtype)
 
 
 def _checked_label_block(labels, n_classes, ignore_index, name, block_info=None):
-    """The labels of one block, or IndexError naming the first bad one (its position in
-    the whole labels array)."""
+    """The labels of one block as int64, or IndexError naming the first bad one (its
+    position in the whole labels array). Checked before the cast, so that a huge uint64
+    label cannot wrap around to ignore_index."""
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= n_classes))
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -294,7 +295,7 @@ def _checked_label_block(labels, n_classes, ignore_index, name, block_info=None)
             else list(where)
         raise IndexError(f"{name}{position} = {labels[where]} is not a class index in "
                          f"[0, {n_classes}) and not ignore_index ({ignore_index})")
-    return labels
+    return labels.astype(np.int64)
 
 
 def _labels_for_rows(labels, row_shape, row_chunks, n_classes, ignore_index, name):
@@ -306,7 +307,7 @@ def _labels_for_rows(labels, row_shape, row_chunks, n_classes, ignore_index, nam
                          f"logits), got shape {labels.shape}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{name} must be integer class indices, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64).rechunk(row_chunks)
+    labels = labels.rechunk(row_chunks)
     return labels.map_blocks(_checked_label_block, n_classes, ignore_index, name,
                              dtype=np.int64, meta=np.empty((0,) * labels.ndim, np.int64))
 
@@ -665,28 +666,22 @@ class DaskScores:
     ``Scores`` (all fields in one pass over the logits); ``summary()`` a lazy
     ``Summary`` reduced over the row blocks (``dask.delayed``; ``.compute()`` it)."""
 
-    def __init__(self, blocks, *, kind, fields, field_meta, row_shape, row_chunks,
-                 n_classes, top_k, has_labels):
+    def __init__(self, blocks, *, kind, fields, row_shape, n_classes, top_k,
+                 class_labels):
         self._blocks = blocks  # one in-memory Scores per row block (a dask collection)
+        self._fields = fields  # name -> dask array
         self.kind = kind
         self.row_shape = tuple(row_shape)
         self.n_classes = n_classes
         self.top_k = top_k
-        self._fields = {}
-        for name in fields:
-            extra_chunks, dtype = field_meta[name]
-            self._fields[name] = da.map_blocks(
-                _field_of, blocks, name, chunks=tuple(row_chunks) + extra_chunks,
-                new_axis=list(range(len(row_chunks), len(row_chunks) + len(extra_chunks)))
-                or None, dtype=dtype,
-                meta=np.empty((0,) * (len(row_chunks) + len(extra_chunks)), dtype))
-        self._labels = self._kept = None  # what the summary of compute() needs
-        if has_labels and kind != "multilabel":
-            self._labels = da.map_blocks(_labels_of, blocks, dtype=np.int64,
-                                         meta=np.empty((0,) * len(row_chunks), np.int64))
-        if has_labels:
+        # the class labels and kept rows (multiclass / binary with labels), which the
+        # summary of compute()'s Scores needs
+        self._labels = self._kept = None
+        if class_labels:
+            row_meta = np.empty((0,) * len(row_shape), np.int64)
+            self._labels = da.map_blocks(_labels_of, blocks, dtype=np.int64, meta=row_meta)
             self._kept = da.map_blocks(_kept_of, blocks, dtype=np.bool_,
-                                       meta=np.empty((0,) * len(row_chunks), np.bool_))
+                                       meta=row_meta.astype(np.bool_))
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -756,6 +751,18 @@ def _field_of(scores, name):
     return scores[name]
 
 
+def _block_fields(blocks, layout, row_chunks) -> dict:
+    """Each field as a dask array cut out of the row blocks' ``Scores``."""
+    fields = {}
+    for name, (extra_chunks, dtype) in layout.items():
+        n_axes = len(row_chunks) + len(extra_chunks)
+        fields[name] = da.map_blocks(
+            _field_of, blocks, name, chunks=tuple(row_chunks) + extra_chunks,
+            new_axis=list(range(len(row_chunks), n_axes)) or None, dtype=dtype,
+            meta=np.empty((0,) * n_axes, dtype))
+    return fields
+
+
 def _labels_of(scores):
     return scores._labels
 
@@ -803,8 +810,10 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
     ulps of ``|lse|`` (float64) of the in-memory values; ``logit_margin`` is exact;
     ``entropy`` (sum_c w_c (H_c - log w_c), w_c = exp(lse_c - lse)) and ``brier``
     ((1 - p_y)^2 + exp(lse(2x, others) - 2 lse)) are within a few float64 ulps before the
-    rounding to the result dtype. Binary scores have one class per row, and multilabel
-    class chunks are refused (ValueError).
+    rounding to the result dtype. Binary scores have one class per row. Multilabel
+    fields are sums or an "all" over classes: class chunks merge the counts and
+    ``exact_match`` exactly and ``loss`` as a float64 sum of the chunks' BCE (within 1
+    ulp); the predicted matrix is computed per chunk (bit-identical).
     """
     kind = _score._check_kind(kind)
     logits, dtype = _float_dask(logits, "logits")
@@ -824,7 +833,8 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
     if n_classes == 0:
         raise ValueError(f"logits has 0 classes along axis {axis}: shape {logits.shape}")
     top_k = _score._check_top_k(top_k, kind, n_classes)
-    _score._check_threshold(threshold, kind, n_classes, dtype)
+    # as the in-memory score: a multilabel threshold per class, in the logits' dtype
+    threshold = _score._check_threshold(threshold, kind, n_classes, dtype)
     has_labels = labels is not None
     wanted = _score._check_fields(fields, kind, has_labels, top_k)
     row_shape, row_chunks = x.shape[:-1], x.chunks[:-1]
@@ -859,13 +869,15 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
                                      else _block_scores_unlabelled, **score_arguments)
         blocks = da.blockwise(function, row_inds, *operands, concatenate=True,
                               dtype=object, meta=np.empty((0,) * len(row_inds), object))
-        return DaskScores(blocks, kind=kind, fields=wanted, field_meta=layout,
-                          row_shape=row_shape, row_chunks=row_chunks,
-                          n_classes=n_classes, top_k=top_k, has_labels=has_labels)
-    if kind != "multiclass":
-        raise ValueError(f"score(kind={kind!r}) on logits whose class axis is split "
-                         f"across chunks is not supported; only kind='multiclass' "
-                         f"merges class chunks")
+        fields = _block_fields(blocks, layout, row_chunks)
+        if "pred" in fields and kind == "multilabel":  # back in the caller's layout
+            fields["pred"] = da.moveaxis(fields["pred"], -1, class_axis)
+        return DaskScores(blocks, kind=kind, fields=fields, row_shape=row_shape,
+                          n_classes=n_classes, top_k=top_k,
+                          class_labels=has_labels and kind != "multilabel")
+    if kind == "multilabel":
+        return _multilabel_class_chunks(x, label_array, threshold, wanted, layout,
+                                        class_axis, backend)
     want = set(wanted)
     n_top = max(top_k, 2 if want & set(_NEEDS_SECOND) else
                 (1 if want & set(_NEEDS_TOP) else 0))
@@ -900,9 +912,9 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
     blocks = da.blockwise(_only, row_inds, blocks, row_inds + (x.ndim - 1,),
                           concatenate=False, dtype=object,
                           meta=np.empty((0,) * len(row_inds), object))
-    return DaskScores(blocks, kind=kind, fields=wanted, field_meta=layout,
-                      row_shape=row_shape, row_chunks=row_chunks, n_classes=n_classes,
-                      top_k=top_k, has_labels=has_labels)
+    return DaskScores(blocks, kind=kind, fields=_block_fields(blocks, layout, row_chunks),
+                      row_shape=row_shape, n_classes=n_classes, top_k=top_k,
+                      class_labels=has_labels)
 
 
 def _only(parts):
@@ -947,3 +959,102 @@ def _add_label_rank(scores, larger, *, wanted):
     return Scores(kind=scores.kind, fields=ordered, row_shape=scores.row_shape,
                   n_classes=scores.n_classes, top_k=scores.top_k, labels=scores._labels,
                   kept=scores._kept)
+
+
+# --- multilabel scores on class chunks ----------------------------------------------------
+#
+# Every multilabel field is a sum over classes (counts, summed BCE) or an "all" (exact
+# match) of per-class terms, so class chunks merge exactly; the predicted matrix is per
+# class and needs no merge at all.
+
+_MULTILABEL_COUNTS = ("n_predicted", "true_positives", "false_positives",
+                      "false_negatives")
+
+
+def _multilabel_chunk_state(x, targets, *, threshold, fields, backend, block_info=None):
+    """One class chunk's multilabel fields (float64 logits: the loss comes summed over
+    the chunk's classes in float64; the thresholds are the in-memory call's, so the
+    predictions are the same)."""
+    start, stop = block_info[0]["array-location"][-1]
+    x64 = np.ascontiguousarray(x, dtype=np.float64).reshape(-1, stop - start)
+    if targets is not None:
+        targets = targets.reshape(x64.shape)
+    chunk = _on_task_threads(_score.score)(
+        x64, targets, kind="multilabel", fields=fields, backend=backend,
+        threshold=threshold[start:stop].astype(np.float64))
+    state = {"shape": x.shape[:-1]}
+    state.update((name, chunk[name]) for name in fields)
+    if "loss" in state:  # the chunk's mean BCE -> its sum
+        state["loss"] = state["loss"] * float(stop - start)
+    return state
+
+
+def _multilabel_merged(parts, axis=None, keepdims=True):
+    parts = _as_list(parts)
+    state = {"shape": parts[0]["shape"]}
+    for name in parts[0]:
+        if name in _MULTILABEL_COUNTS or name == "loss":
+            state[name] = sum(p[name] for p in parts)
+        elif name == "exact_match":
+            state[name] = functools.reduce(np.logical_and, [p[name] for p in parts])
+    return state
+
+
+def _multilabel_scores(state, *, wanted, n_classes, result_dtype):
+    row_shape = tuple(state["shape"])
+    fields = {}
+    for name in wanted:
+        if name == "pred":
+            continue  # the matrix comes blockwise
+        values = state[name]
+        if name == "loss":  # the mean BCE over all the classes
+            values = (values / n_classes).astype(result_dtype)
+        fields[name] = values.reshape(row_shape)
+    return Scores(kind="multilabel", fields=fields, row_shape=row_shape,
+                  n_classes=n_classes, top_k=0, labels=None, kept=None)
+
+
+def _multilabel_pred_block(x, *, threshold, backend, block_info=None):
+    """The predicted matrix of one chunk (an in-memory call on the chunk's classes)."""
+    start, stop = block_info[0]["array-location"][-1]
+    return _on_task_threads(_score.score)(
+        x, kind="multilabel", fields=["pred"], backend=backend,
+        threshold=threshold[start:stop]).pred
+
+
+def _multilabel_class_chunks(x, targets, threshold, wanted, layout, class_axis, backend):
+    """``score(kind="multilabel")`` of ``x`` (class axis last, split in chunks)."""
+    n_classes = x.shape[-1]
+    row_fields = [name for name in wanted if name != "pred"]
+    state_function = functools.partial(_multilabel_chunk_state, threshold=threshold,
+                                       fields=row_fields, backend=backend)
+    meta = np.empty((0,) * x.ndim, object)
+    if targets is None:
+        states = da.map_blocks(lambda block, block_info=None: state_function(
+            block, None, block_info=block_info), x, dtype=object, meta=meta)
+    else:
+        states = da.map_blocks(state_function, x, targets, dtype=object, meta=meta)
+    merged = da.reduction(
+        states, _identity_state, _multilabel_aggregate, combine=_multilabel_aggregate,
+        axis=x.ndim - 1, keepdims=True, dtype=object, concatenate=False,
+        split_every=SPLIT_EVERY, meta=meta)
+    row_inds = tuple(range(x.ndim - 1))
+    blocks = da.blockwise(
+        lambda parts: _multilabel_scores(_only(parts), wanted=wanted, n_classes=n_classes,
+                                         result_dtype=layout["loss"][1] if "loss" in layout
+                                         else np.float64),
+        row_inds, merged, row_inds + (x.ndim - 1,), concatenate=False, dtype=object,
+        meta=np.empty((0,) * len(row_inds), object))
+    fields = _block_fields(blocks, {name: layout[name] for name in row_fields},
+                           x.chunks[:-1])
+    if "pred" in wanted:
+        pred = x.map_blocks(_multilabel_pred_block, threshold=threshold, backend=backend,
+                            dtype=np.bool_, meta=np.empty((0,) * x.ndim, np.bool_))
+        fields["pred"] = da.moveaxis(pred, -1, class_axis)
+    fields = {name: fields[name] for name in wanted}
+    return DaskScores(blocks, kind="multilabel", fields=fields, row_shape=x.shape[:-1],
+                      n_classes=n_classes, top_k=0, class_labels=False)
+
+
+def _multilabel_aggregate(parts, axis, keepdims):
+    return _multilabel_merged(parts)
