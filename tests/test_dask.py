@@ -268,7 +268,8 @@ def test_binary_cross_entropy_with_logits(client, dtype):
         mean = ld.binary_cross_entropy_with_logits(d, target,
                                                    pos_weight=pos_weight).compute()
         reference = torch.nn.functional.binary_cross_entropy_with_logits(
-            torch.from_numpy(x.astype(np.float64)), torch.from_numpy(target.astype(np.float64)),
+            torch.from_numpy(x.astype(np.float64)),
+            torch.from_numpy(target.astype(np.float64)),
             pos_weight=torch.from_numpy(pos_weight)).item()
         assert mean.dtype == dtype
         assert_close(mean, reference, dtype)
@@ -459,10 +460,10 @@ def test_score_binary_and_multilabel_row_chunks(client):
     assert got.summary() == expected.summary()
 
 
-# --- the docs page (last: it starts and closes its own cluster) -----------------------------
+# --- the docs page (last: it starts and closes its own cluster) ----------------------
 
 def test_docs_example_runs():
-    """docs/dask.md's example runs as a script (its own LocalCluster) and its asserts hold."""
+    """docs/dask.md's example runs as a script (its own LocalCluster); its asserts hold."""
     import pathlib
     import re
     text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "dask.md").read_text()

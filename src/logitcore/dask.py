@@ -25,6 +25,12 @@ Two chunkings of the class axis:
 A chunk's state is computed from a float64 copy of the chunk, so the merged float32
 results are as accurate as the in-memory ones (within one unit in the last place, from
 the last rounding to float32), not limited by float32 intermediate states.
+
+Dataset figures are reductions of mergeable states, never of per-row data: ``score``
+ends in one in-memory ``Scores`` per row block (``DaskScores._blocks``), each block's
+``Summary`` is made where the block lives, and ``tree_merge`` merges them. Further
+dataset figures (calibration bins, the sums of a temperature fit) plug in the same way:
+a per-block state from the block's fields or logits, and its merge as ``combine``.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ __all__ = [
     "logsumexp",
     "score",
     "softmax",
+    "task_threads",
+    "tree_merge",
 ]
 
 # Class-chunk merges: at most this many chunk states are merged by one task.
@@ -132,9 +140,10 @@ def _class_chunked(x, class_axis: int) -> bool:
 
 # --- class-chunk states ----------------------------------------------------------------
 #
-# A state is a dict of float64 / int64 / bool arrays over the rows of a block, the class
-# axis kept with length 1 (so dask knows the block's rows). ``_merged`` merges a list of
-# states of the same rows (class chunks in class order) into one.
+# A state is a dict of per-row arrays of one block of rows (float64 for the values):
+# logsumexp's and cross_entropy's keep the class axis with length 1, score's hold flat
+# rows and the block's row shape. Each op's merge takes the list of states of the same
+# rows (class chunks in class order) that dask's tree hands it and returns one state.
 
 def _as_list(parts):
     return parts if isinstance(parts, list) else [parts]
@@ -181,9 +190,10 @@ def _lse_aggregate(parts, axis, keepdims, result_dtype=np.float64):
 def _row_lse(x, class_axis: int, keepdims: bool, dtype, backend):
     """The merged log-sum-exp of class-chunked ``x`` along ``class_axis``."""
     return da.reduction(
-        x, functools.partial(_lse_chunk, backend=backend), functools.partial(_lse_aggregate, result_dtype=dtype),
-        combine=_lse_combine, axis=class_axis, keepdims=keepdims, dtype=dtype,
-        concatenate=False, split_every=SPLIT_EVERY,
+        x, functools.partial(_lse_chunk, backend=backend),
+        functools.partial(_lse_aggregate, result_dtype=dtype), combine=_lse_combine,
+        axis=class_axis, keepdims=keepdims, dtype=dtype, concatenate=False,
+        split_every=SPLIT_EVERY,
         meta=np.empty((0,) * (x.ndim if keepdims else x.ndim - 1), dtype))
 
 
@@ -406,10 +416,11 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     ignore_index = v.check_ignore_index(ignore_index)
     if n_classes == 0:
         raise ValueError(f"logits has 0 classes along axis {axis}: shape {logits.shape}")
+    # the weights as the in-memory call uses them (in the logits' dtype), held in float64
     class_weight = (np.ones(n_classes, np.float64) if weight is None
-                    else v.check_class_weight(weight, n_classes, np.dtype(np.float64)))
-    target_dtype = getattr(target, "dtype", np.asarray(target).dtype) \
-        if not isinstance(target, da.Array) else target.dtype
+                    else v.check_class_weight(weight, n_classes, dtype).astype(np.float64))
+    target_dtype = (target.dtype if isinstance(target, da.Array)
+                    else np.asarray(target).dtype)
     if target_dtype.kind == "f":
         raise NotImplementedError("cross_entropy on dask arrays takes integer labels; "
                                   "probability targets are not supported yet")
@@ -417,9 +428,9 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     row_shape, row_chunks = x.shape[:-1], x.chunks[:-1]
     labels = _labels_for_rows(target, row_shape, row_chunks, n_classes, ignore_index,
                               "target")
-    kept_weight = labels.map_blocks(
-        lambda y: np.where(y != ignore_index, class_weight[np.where(
-            y != ignore_index, y, 0)], 0.0), dtype=np.float64).sum()
+    # the mean's denominator: the summed weight of the labels that are not ignored
+    kept_weight = labels.map_blocks(_label_weights, class_weight, ignore_index,
+                                    dtype=np.float64).sum()
     if not _class_chunked(x, x.ndim - 1):
         kernel_weight = None if weight is None else class_weight.astype(dtype)
         compute = _on_task_threads(functools.partial(
@@ -429,7 +440,8 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     else:
         states = da.map_blocks(
             _ce_chunk_state, x, labels[..., None], class_weight, ignore_index,
-            label_smoothing, backend, dtype=np.float64, meta=np.empty((0,) * x.ndim, np.float64))
+            label_smoothing, backend, dtype=np.float64,
+            meta=np.empty((0,) * x.ndim, np.float64))
         merged = da.reduction(
             states, _identity_state, _ce_aggregate, combine=_ce_aggregate,
             axis=x.ndim - 1, keepdims=True, dtype=np.float64, concatenate=False,
@@ -439,6 +451,12 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
             label_smoothing, n_classes, dtype, dtype=dtype,
             meta=np.empty((0,) * x.ndim, dtype))[..., 0]
     return _reduced_loss(row_losses, reduction, kept_weight, dtype)
+
+
+def _label_weights(labels, class_weight, ignore_index):
+    """The class weight of each label, 0 for ignored rows."""
+    kept = labels != ignore_index
+    return np.where(kept, class_weight[np.where(kept, labels, 0)], 0.0)
 
 
 def _per_row_blocks(function, x, labels, dtype):
