@@ -346,6 +346,18 @@ def test_score_class_chunks(client, dtype, chunks):
         np.testing.assert_allclose(summary[name], value, rtol=1e-12)
 
 
+def test_summary_reduces_block_summaries_not_rows():
+    """The summary's graph: one Summary per row block, merged in a tree of at most
+    SPLIT_EVERY per task; no task of it gathers a per-row field."""
+    x = da.zeros((40, 6), chunks=(2, 6))  # 20 row blocks
+    scores = ld.score(x, np.zeros(40, int))
+    graph = dict(scores.summary().__dask_graph__())
+    names = [str(key[0] if isinstance(key, tuple) else key) for key in graph]
+    assert sum(name.startswith("_summary_of") for name in names) == 20
+    assert sum(name.startswith("combine") for name in names) == 3 + 1  # 20 -> 3 -> 1
+    assert not any(name.startswith("_field_of") for name in names)
+
+
 def test_score_class_chunks_subset_of_fields_and_no_labels(client):
     x = _logits(np.float32)
     d = da.from_array(x, chunks=CLASS_CHUNKINGS[0])

@@ -134,6 +134,13 @@ def _unsupported(name: str, value, default, function: str):
                                   f"array and call logitcore.{function})")
 
 
+def _moved(x, source: int, destination: int):
+    """``da.moveaxis``, without a graph layer when the axis stays where it is."""
+    if source % x.ndim == destination % x.ndim:
+        return x
+    return da.moveaxis(x, source, destination)
+
+
 def _class_chunked(x, class_axis: int) -> bool:
     return x.numblocks[class_axis] > 1
 
@@ -424,7 +431,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     if target_dtype.kind == "f":
         raise NotImplementedError("cross_entropy on dask arrays takes integer labels; "
                                   "probability targets are not supported yet")
-    x = da.moveaxis(logits, class_axis, -1)
+    x = _moved(logits, class_axis, -1)
     row_shape, row_chunks = x.shape[:-1], x.chunks[:-1]
     labels = _labels_for_rows(target, row_shape, row_chunks, n_classes, ignore_index,
                               "target")
@@ -842,7 +849,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
         x = logits[:, None]  # one class per row
     else:
         class_axis = v.single_axis(axis, logits.ndim)
-        x = da.moveaxis(logits, class_axis, -1)
+        x = _moved(logits, class_axis, -1)
         if kind == "binary" and x.shape[-1] != 1:
             raise ValueError(
                 f"kind='binary' takes one logit per row: shape (n,) or axis {axis} of "
@@ -867,7 +874,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
                 raise ValueError(f"labels for kind='multilabel' must have the shape of "
                                  f"logits {logits.shape} (0 / 1 per class), got shape "
                                  f"{label_array.shape}")
-            label_array = da.moveaxis(label_array, class_axis, -1).rechunk(x.chunks)
+            label_array = _moved(label_array, class_axis, -1).rechunk(x.chunks)
         else:
             label_array = _labels_for_rows(labels, row_shape, row_chunks,
                                            2 if kind == "binary" else n_classes,
@@ -889,7 +896,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
                               dtype=object, meta=np.empty((0,) * len(row_inds), object))
         fields = _block_fields(blocks, layout, row_chunks)
         if "pred" in fields and kind == "multilabel":  # back in the caller's layout
-            fields["pred"] = da.moveaxis(fields["pred"], -1, class_axis)
+            fields["pred"] = _moved(fields["pred"], -1, class_axis)
         return DaskScores(blocks, kind=kind, fields=fields, row_shape=row_shape,
                           n_classes=n_classes, top_k=top_k,
                           class_labels=has_labels and kind != "multilabel")
@@ -1068,7 +1075,7 @@ def _multilabel_class_chunks(x, targets, threshold, wanted, layout, class_axis, 
     if "pred" in wanted:
         pred = x.map_blocks(_multilabel_pred_block, threshold=threshold, backend=backend,
                             dtype=np.bool_, meta=np.empty((0,) * x.ndim, np.bool_))
-        fields["pred"] = da.moveaxis(pred, -1, class_axis)
+        fields["pred"] = _moved(pred, -1, class_axis)
     fields = {name: fields[name] for name in wanted}
     return DaskScores(blocks, kind="multilabel", fields=fields, row_shape=x.shape[:-1],
                       n_classes=n_classes, top_k=0, class_labels=False)
