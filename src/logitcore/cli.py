@@ -168,7 +168,6 @@ def main(argv=None) -> int:
     return 0
 
 
-
 def _score(parser, args) -> int:
     """`logitcore score`: every failure is one line on stderr and an exit status."""
     from . import _score_files as files
@@ -211,6 +210,8 @@ def _score_options(args, **overrides) -> dict:
 def _score_file(args) -> int:
     from . import _score_files as files
 
+    if args.summary and Path(args.summary).exists() and not args.overwrite:
+        raise files.InputError(f"{args.summary}: exists; pass --overwrite to replace it")
     dtype = files.dtype_named(args.dtype) if args.dtype else None
     logits = files.open_rows(args.input, kind=args.kind, for_labels=False, dtype=dtype,
                              shape=args.shape)
