@@ -1018,6 +1018,21 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _signals_held():
+    """SIGINT and SIGTERM ignored while the run cleans up (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_k,
         threshold, ignore_index, fields, backend, threads, memory_bytes, chunk_rows,
         overwrite, progress) -> dict:
@@ -1054,10 +1069,11 @@ def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_
                 sink.commit()
                 committed = True
         finally:
-            pipeline.stop()
-            bar.close()
-            if not committed:
-                sink.abort()
+            with _signals_held():  # a second Ctrl-C must not leave the temporary file
+                pipeline.stop()
+                bar.close()
+                if not committed:
+                    sink.abort()
         seconds = time.perf_counter() - started
     finally:
         logits.close()
