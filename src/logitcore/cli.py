@@ -1,9 +1,11 @@
-"""Command line: `logitcore info` and `logitcore bench`."""
+"""Command line: `logitcore info`, `logitcore bench` and `logitcore score`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -41,11 +43,102 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true",
                    help="small shapes, float32 only, fewer repeats (about a minute)")
     b.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    _add_score_parser(commands)
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _dimensions(text: str) -> tuple[int, ...]:
+    """A raw file's shape: 1000000x1000, 1000000,1000 or -1x1000 (rows from the size)."""
+    try:
+        shape = tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < -1 for d in shape):
+        raise argparse.ArgumentTypeError(f"shape must look like 1000000x1000 (or -1x1000), "
+                                         f"got {text!r}")
+    return shape
+
+
+def _threshold(text: str):
+    """One probability, or one per class separated by commas (multilabel)."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold must be a number or numbers separated "
+                                         f"by commas, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _add_score_parser(commands) -> None:
+    from ._score import KINDS
+    from ._score_files import DEFAULT_MEMORY_MB, LOGIT_DTYPE_NAMES
+
+    s = commands.add_parser(
+        "score", help="score a logit file of any size into Parquet, .npz or CSV",
+        description="Score every row of a logit file with logitcore.score, chunk by chunk "
+                    "in bounded memory, into Parquet, .npz or CSV (by the extension of -o), "
+                    "with the dataset summary on stdout and optionally as JSON. Exit "
+                    "status: 0 done, 1 bad input, 2 bad options, 130 / 143 interrupted "
+                    "(no output is left behind).")
+    s.add_argument("input", nargs="?", metavar="INPUT",
+                   help="logits: FILE.npy, FILE.npz[:NAME], FILE.safetensors[:NAME], "
+                        "FILE.parquet[:COLUMN] (a fixed-size-list column), or raw binary "
+                        "with --dtype and --shape; float16, bfloat16, float32 or float64")
+    s.add_argument("--labels", metavar="FILE",
+                   help="labels, one per row: .npy, .npz[:NAME], .safetensors[:NAME], "
+                        ".parquet[:COLUMN], or text with one integer per line (multilabel: "
+                        "a 0 / 1 array of the logits' shape)")
+    s.add_argument("-o", "--output", metavar="OUT",
+                   help="OUT.parquet (top-k as fixed-size-list columns), OUT.npz or OUT.csv")
+    s.add_argument("--kind", choices=KINDS, default="multiclass")
+    s.add_argument("--top-k", type=int, default=0, metavar="K")
+    s.add_argument("--threshold", type=_threshold, default=0.5,
+                   help="binary / multilabel decision probability (multilabel: one per "
+                        "class, comma-separated); default 0.5")
+    s.add_argument("--ignore-index", type=int, default=-100, metavar="LABEL",
+                   help="label of rows left out of the label fields (default -100)")
+    s.add_argument("--fields", type=lambda text: text.split(","), metavar="A,B,...",
+                   help="the fields to compute and write (default: every one that applies)")
+    s.add_argument("--summary", metavar="FILE.json",
+                   help="also write the summary figures, rows, seconds, rows/s and GB/s")
+    s.add_argument("--threads", type=_positive_int, metavar="N")
+    s.add_argument("--backend", metavar="NAME", help="numpy, numba, cython or auto")
+    size = s.add_mutually_exclusive_group()
+    size.add_argument("--chunk-rows", type=_positive_int, metavar="N",
+                      help="rows per chunk (default: from --memory)")
+    size.add_argument("--memory", type=_positive_int, metavar="MB", default=DEFAULT_MEMORY_MB,
+                      help=f"memory for the chunks in flight and their scoring "
+                           f"(default {DEFAULT_MEMORY_MB})")
+    s.add_argument("--dtype", choices=LOGIT_DTYPE_NAMES,
+                   help="raw binary input's dtype (or bfloat16 for a .npy of 2-byte voids)")
+    s.add_argument("--shape", type=_dimensions, metavar="ROWSxCLASSES",
+                   help="raw binary input's shape; --shape=-1x1000 takes the rows from the size")
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary on stdout")
+    s.add_argument("--demo", action="store_true",
+                   help="score built-in logits of an over-confident classifier, made on the "
+                        "fly, into scores.parquet and summary.json in -o DIR (default: a new "
+                        "temporary directory)")
+    s.add_argument("--demo-rows", type=_positive_int, default=1_000_000, metavar="N",
+                   help="rows of the demo (100 classes each; default 1000000, 400 MB)")
+
+
 def main(argv=None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "score":
+        return _score(parser, args)
     if args.command == "info":
         from ._info import show_config
 
@@ -72,6 +165,100 @@ def main(argv=None) -> int:
     if args.json:
         bench.write_json(args.json, rows, meta)
         print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _score(parser, args) -> int:
+    """`logitcore score`: every failure is one line on stderr and an exit status."""
+    from . import _score_files as files
+
+    if args.demo == (args.input is not None):
+        parser.error("score needs INPUT and -o OUT, or --demo")
+    if not args.demo and args.output is None:
+        parser.error("score needs -o OUT (a .parquet, .npz or .csv path)")
+    try:
+        return _score_demo(args) if args.demo else _score_file(args)
+    except files.InputError as error:
+        print(f"logitcore score: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("logitcore score: interrupted (SIGINT); no output written", file=sys.stderr)
+        return 130
+    except files.Terminated:
+        print("logitcore score: terminated (SIGTERM); no output written", file=sys.stderr)
+        return 143
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"logitcore score: error: {where}{error.strerror or error}", file=sys.stderr)
+    except MemoryError:
+        print("logitcore score: error: out of memory; lower --memory or --chunk-rows",
+              file=sys.stderr)
+    except Exception as error:  # never a traceback: one line naming what failed
+        print(f"logitcore score: error: {type(error).__name__}: {error}", file=sys.stderr)
+    return 1
+
+
+def _score_options(args, **overrides) -> dict:
+    options = dict(kind=args.kind, top_k=args.top_k, threshold=args.threshold,
+                   ignore_index=args.ignore_index, fields=args.fields, backend=args.backend,
+                   threads=args.threads, memory_bytes=args.memory * 2**20,
+                   chunk_rows=args.chunk_rows, overwrite=args.overwrite,
+                   progress=not args.quiet and sys.stderr.isatty())
+    options.update(overrides)
+    return options
+
+
+def _score_file(args) -> int:
+    from . import _score_files as files
+
+    if args.summary and Path(args.summary).exists() and not args.overwrite:
+        raise files.InputError(f"{args.summary}: exists; pass --overwrite to replace it")
+    dtype = files.dtype_named(args.dtype) if args.dtype else None
+    logits = files.open_rows(args.input, kind=args.kind, for_labels=False, dtype=dtype,
+                             shape=args.shape)
+    labels = None
+    try:
+        if args.labels is not None:
+            labels = files.open_rows(args.labels, kind=args.kind, for_labels=True)
+    except BaseException:
+        logits.close()
+        raise
+    output = Path(args.output)
+    document = files.run(logits, labels, output, **_score_options(args))
+    if args.summary:
+        files.write_json(Path(args.summary), document, args.overwrite)
+    if not args.quiet:
+        print(f"scored {document['rows']:,} rows of {document['input']} into {output}")
+        print(files.format_summary(document))
+    return 0
+
+
+DEMO_SEED = 2017
+
+
+def _score_demo(args) -> int:
+    from . import _score_files as files
+
+    folder = Path(args.output) if args.output else Path(
+        tempfile.mkdtemp(prefix="logitcore-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = files.demo_labels(args.demo_rows, DEMO_SEED)
+    logits = files.DemoRows(labels, DEMO_SEED)
+    size_mb = logits.n_rows * logits.row_bytes / 1e6
+    print(f"logitcore score --demo: {logits.n_rows:,} rows x {files.DEMO_CLASSES} classes of "
+          f"float32 logits ({size_mb:,.0f} MB) from an over-confident classifier, made on "
+          f"the fly, scored with top_k=5 into {folder}/", flush=True)
+    # (slot, issue 14: fit the temperature on a validation part made the same way, score
+    # with it, print the summary before and after, draw reliability.png)
+    document = files.run(logits, files.ArrayRows("demo labels", labels),
+                         folder / "scores.parquet",
+                         **_score_options(args, kind="multiclass", top_k=5, fields=None,
+                                          overwrite=True))
+    files.write_json(folder / "summary.json", document, overwrite=True)
+    print(files.format_summary(document))
+    figures = document["summary"]
+    print(f"mean confidence {figures['mean_confidence']:.3f} against accuracy "
+          f"{figures['accuracy']:.3f}: the model is over-confident")
+    print(f"wrote {folder / 'scores.parquet'} and {folder / 'summary.json'}")
     return 0
 
 
