@@ -23,7 +23,6 @@ import pytest
 
 from conftest import NUMBA_PYTHON_MODE
 from logitcore._backends import availability, load
-from logitcore._backends.op_table import SCORE_KERNELS
 
 reference = load("numpy")
 
@@ -757,8 +756,8 @@ def test_numba_exports_everything_and_a_thread_safe_layer():
     if not available:
         pytest.skip(reason)
     numba_kernels = load("numba")
-    # every kernel of the reference but the scoring ones, which numba does not have yet
-    assert numba_kernels.SUPPORTED_KERNELS == reference.SUPPORTED_KERNELS - SCORE_KERNELS
+    # every kernel of the reference, the scoring ones included
+    assert numba_kernels.SUPPORTED_KERNELS == reference.SUPPORTED_KERNELS
     x = logits((4, 100), np.float64)
     numba_kernels.logsumexp(x, np.empty(4), 2)
     # omp or tbb where installed; workqueue only as the locked fallback.

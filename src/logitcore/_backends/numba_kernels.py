@@ -2167,7 +2167,7 @@ def brier_of(row_max, others, n_at_max, squares, label_logit):
     return rest_squares / (total * total) + rest_fraction * rest_fraction
 
 
-@plain_jit
+@njit(error_model="numpy", inline="always")
 def finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
                      filled, n_nan, n_larger):
     """Write every asked field of row i from its merged state (see the section head)."""
