@@ -2167,7 +2167,7 @@ def brier_of(row_max, others, n_at_max, squares, label_logit):
     return rest_squares / (total * total) + rest_fraction * rest_fraction
 
 
-@njit(error_model="numpy", inline="always")
+@plain_jit
 def finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
                      filled, n_nan, n_larger):
     """Write every asked field of row i from its merged state (see the section head)."""
@@ -2177,13 +2177,14 @@ def finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares,
      want_extra, want_rank, top_buffer) = args
     nan_row = n_nan > 0
     max64 = np.float64(row_max)
-    log_sum = log_sum_or_nan(row_max, others, n_at_max)  # NaN: no softmax
+    # log(sum exp(x - max)), NaN where there is no softmax (unused without the sums)
+    log_sum = log_sum_or_nan(row_max, others, n_at_max) if want_sums else np.nan
     pred = -1 if nan_row or filled == 0 else top[0]
     if pred_out.shape[0]:
         pred_out[i] = pred
     if max_logit_out.shape[0]:
         max_logit_out[i] = np.nan if nan_row else max64
-    confidence = fast_exp(-log_sum)  # p at the max: exp((M - M) - log_sum)
+    confidence = fast_exp(-log_sum) if want_sums else np.nan  # exp((M - M) - log_sum)
     if confidence_out.shape[0]:
         confidence_out[i] = confidence
     if margin_out.shape[0] or logit_margin_out.shape[0]:
@@ -2193,18 +2194,22 @@ def finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares,
             margin_out[i] = confidence - fast_exp((second - max64) - log_sum)
         if logit_margin_out.shape[0]:
             logit_margin_out[i] = np.nan if nan_row else max64 - second
+    # From the one log of the row: H = log S - sum (x - M) e / S and lse = M + log S
+    # (the edge rows, whose log_sum is NaN, take the row state's own formula).
+    defined = not np.isnan(log_sum)
     if entropy_out.shape[0]:
-        entropy_out[i] = entropy_of(row_max, others, n_at_max, weighted)
+        entropy_out[i] = log_sum - weighted / (others + n_at_max) if defined else np.nan
     if logsumexp_out.shape[0]:
-        logsumexp_out[i] = log_sum_exp_of(row_max, others, n_at_max)
+        logsumexp_out[i] = (max64 + log_sum if defined
+                            else log_sum_exp_of(row_max, others, n_at_max))
     # probabilities first: the top list may be top_k_indices_out's row itself
     if top_k_probs_out.shape[0]:
         for j in range(top_k):
-            logit = np.float64(row[top[j]])
+            logit = np.float64(row[top[j]]) if j < filled else np.nan
             top_k_probs_out[i, j] = fast_exp((logit - max64) - log_sum)
     if top_k_indices_out.shape[0]:
         for j in range(top_k):
-            top_k_indices_out[i, j] = -1 if nan_row else top[j]
+            top_k_indices_out[i, j] = -1 if nan_row or j >= filled else top[j]
     if labels.shape[0] == 0:
         return
     label = labels[i]
