@@ -23,7 +23,6 @@ import pytest
 
 from conftest import NUMBA_PYTHON_MODE
 from logitcore._backends import availability, load
-from logitcore._backends.op_table import SCORE_KERNELS
 
 reference = load("numpy")
 
@@ -757,8 +756,8 @@ def test_numba_exports_everything_and_a_thread_safe_layer():
     if not available:
         pytest.skip(reason)
     numba_kernels = load("numba")
-    # every kernel of the reference but the scoring ones, which numba does not have yet
-    assert numba_kernels.SUPPORTED_KERNELS == reference.SUPPORTED_KERNELS - SCORE_KERNELS
+    # every kernel of the reference, the scoring ones included
+    assert numba_kernels.SUPPORTED_KERNELS == reference.SUPPORTED_KERNELS
     x = logits((4, 100), np.float64)
     numba_kernels.logsumexp(x, np.empty(4), 2)
     # omp or tbb where installed; workqueue only as the locked fallback.
@@ -911,3 +910,100 @@ def check_concurrent_callers(backend):
         caller.join(timeout=120)
     assert not any(caller.is_alive() for caller in callers), "a caller hung"
     assert not failures, failures
+
+
+# --------------------------------------------------------------------------------------
+# scoring kernels (logitcore.score); tests/test_score.py checks them through the API
+# --------------------------------------------------------------------------------------
+# Here the kernels are called directly on the SHAPES that take each schedule (also as
+# Python under NUMBA_DISABLE_JIT=1), against SciPy and NumPy's stable argsort.
+
+
+def _score_outputs(kernel_name, n_items, n_classes, top_k, dtype):
+    """Every output of a score kernel, asked (by role, as logitcore.score allocates)."""
+    from logitcore._backends import op_table
+
+    shapes = {"field_out": (n_items,), "index_field_out": (n_items,),
+              "flag_field_out": (n_items,), "top_k_out": (n_items, top_k),
+              "top_k_index_out": (n_items, top_k), "flags_out": (n_items, n_classes)}
+    dtypes = {"index_field_out": np.int64, "flag_field_out": np.uint8,
+              "top_k_index_out": np.int64, "flags_out": np.uint8}
+    return {name[:-len("_out")]: np.full(shapes[role], 7, dtypes.get(role, dtype))
+            for name, role in op_table.KERNELS[kernel_name].arguments if role in shapes}
+
+
+@pytest.mark.parametrize("threads", THREADS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_score_multiclass(backend, shape, dtype, threads):
+    import scipy.special
+
+    require(backend, "score_multiclass")
+    n_rows, n_classes = shape
+    top_k = min(3, n_classes)
+    x = logits(shape, dtype)
+    if n_classes > 1:
+        x[::2, 1] = x[::2].max(1) if n_rows else 0  # ties at the max: the lower index
+    labels = np.random.default_rng(1).integers(0, n_classes, n_rows)
+    labels[::4] = -100
+    out = _score_outputs("score_multiclass", n_rows, n_classes, top_k, dtype)
+    backend.score_multiclass(x, labels, -100, top_k, *out.values(), threads)
+    x64 = x.astype(np.float64)
+    rows = np.arange(n_rows)
+    kept = labels != -100
+    label = np.where(kept, labels, 0)
+    order = np.argsort(-x64, axis=1, kind="stable")
+    probs = scipy.special.softmax(x64, axis=1)
+    log_probs = scipy.special.log_softmax(x64, axis=1)
+    np.testing.assert_array_equal(out["pred"], order[:, 0])
+    np.testing.assert_array_equal(out["top_k_indices"], order[:, :top_k])
+    np.testing.assert_array_equal(out["correct"], kept & (order[:, 0] == label))
+    larger = (x64 > x64[rows, label][:, None]).sum(1)
+    np.testing.assert_array_equal(out["label_rank"], np.where(kept, 1 + larger, 0))
+    assert_log_values(out["logsumexp"], scipy.special.logsumexp(x64, axis=1), dtype)
+    assert_log_values(out["entropy"], scipy.special.entr(probs).sum(1), dtype)
+    assert_log_values(out["loss"], np.where(kept, -log_probs[rows, label], 0), dtype)
+    assert_probabilities(out["confidence"], probs.max(1), dtype)
+    assert_probabilities(out["top_k_probs"], np.take_along_axis(probs, order[:, :top_k], 1),
+                         dtype)
+    onehot = np.zeros_like(probs)
+    onehot[rows, label] = 1.0
+    assert_log_values(out["brier"], np.where(kept, ((probs - onehot) ** 2).sum(1), 0), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_score_binary_and_multilabel(backend, dtype):
+    import scipy.special
+
+    require(backend, "score_binary")
+    x = np.array([-30.0, -2.0, -0.1, 0.0, 0.3, 5.0, 40.0, np.nan, np.inf, -np.inf], dtype)
+    labels = np.array([0, 1, 1, 0, 1, -100, 1, 1, 1, 0])
+    out = _score_outputs("score_binary", x.size, 1, 0, dtype)
+    backend.score_binary(x, labels, -100, 0.4, *out.values(), 1)
+    p = scipy.special.expit(x.astype(np.float64))
+    kept = labels != -100
+    assert_probabilities(out["prob"], p, dtype)
+    np.testing.assert_array_equal(out["pred"], p >= 0.4)
+    np.testing.assert_array_equal(out["correct"], kept & ~np.isnan(p) & ((p >= 0.4) == labels))
+    assert_log_values(out["entropy"], scipy.special.entr(p) + scipy.special.entr(1 - p), dtype)
+    bce = np.where(labels == 1, -scipy.special.log_expit(x.astype(np.float64)),
+                   -scipy.special.log_expit(-x.astype(np.float64)))
+    assert_log_values(out["loss"], np.where(kept, bce, 0), dtype)
+
+    require(backend, "score_multilabel")
+    grid = logits((7, 5), dtype)
+    targets = np.random.default_rng(2).integers(0, 2, (7, 5)).astype(np.uint8)
+    threshold = np.array([0.1, 0.3, 0.5, 0.7, 0.9], dtype)
+    out = _score_outputs("score_multilabel", 7, 5, 0, dtype)
+    backend.score_multilabel(grid, targets, threshold, *out.values(), 1)
+    pred = scipy.special.expit(grid.astype(np.float64)) >= threshold
+    truth = targets.astype(bool)
+    np.testing.assert_array_equal(out["pred"], pred)
+    np.testing.assert_array_equal(out["n_predicted"], pred.sum(1))
+    np.testing.assert_array_equal(out["true_positives"], (pred & truth).sum(1))
+    np.testing.assert_array_equal(out["false_positives"], (pred & ~truth).sum(1))
+    np.testing.assert_array_equal(out["false_negatives"], (~pred & truth).sum(1))
+    np.testing.assert_array_equal(out["exact_match"], (pred == truth).all(1))
+    g = grid.astype(np.float64)
+    bce = np.where(truth, -scipy.special.log_expit(g), -scipy.special.log_expit(-g))
+    assert_log_values(out["loss"], bce.mean(1), dtype)

@@ -74,3 +74,28 @@ def test_floor_of_a_read_write_op_is_one_copy():
     # 1 GB in and 1 GB out is exactly what a STREAM copy of 1 GB moves: 2 GB at 8 GB/s.
     assert bench.floor_seconds(1e9, 1e9, bandwidth) == pytest.approx(0.25)
     assert bench.floor_seconds(1e9, 0, bandwidth) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind, shape, top_k", [("multiclass", (300, 7), 5),
+                                                ("multiclass", (40, 3), 3),
+                                                ("binary", (500, 1), 0),
+                                                ("multilabel", (60, 4), 0)])
+def test_score_traffic_counts_each_field_at_its_width(kind, shape, top_k, dtype):
+    """The floor of a score call: the logits and labels it reads and the bytes of the
+    per-row fields a real call returns (int64 pred and rank, bool flags, k columns of
+    top-k), not a count of floats."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    if kind == "multilabel":
+        labels = rng.integers(0, 2, shape)
+    else:
+        labels = rng.integers(0, 2 if kind == "binary" else shape[1], shape[0])
+    scores = logitcore.score(x, labels, kind=kind, top_k=top_k, backend="numpy")
+    # "kept" is labels != ignore_index, made from the labels in Python, not by the kernel
+    written = sum(scores[name].nbytes for name in scores.fields if name != "kept")
+    read = x.nbytes + (labels.size if kind == "multilabel" else labels.astype(np.int64).nbytes)
+    kernel = op_table.KERNELS[f"score_{kind}"]
+    assert kernel.traffic(*shape, np.dtype(dtype).itemsize, top_k=top_k) == (read, written)
+    if kind == "multiclass" and top_k == 5:
+        assert bench.traffic_bytes("score", shape, dtype) == (read, written)

@@ -342,6 +342,126 @@ def test_multilabel_class_axis_first_and_default_fields(backend):
     assert default.fields == ("n_predicted",)  # the rows x classes matrix only when asked
 
 
+# The numba backend's schedules for score_multiclass (numba_kernels.py, "scoring"): whole
+# rows (one block, or several blocks walked in order), the class split of few long rows
+# (on 2 or more threads: rows < 2 per thread and more than BLOCK_CLASSES = 2048 classes)
+# and narrow rows (fewer than 64 classes, row tiles).
+NUMBA_SCHEDULES = {"rows": (40, 1000), "rows_of_blocks": (9, 5000),
+                   "class_split": (3, 5000), "narrow": (300, 10)}
+needs_numba = pytest.mark.skipif(not availability("numba")[0],
+                                 reason="the numba backend is not available")
+
+
+def _top_k_of(name, n_classes):
+    return {"0": 0, "1": 1, "5": 5, "C": n_classes}[name]
+
+
+@needs_numba
+@pytest.mark.parametrize("top_k", ["0", "1", "5", "C"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("schedule", list(NUMBA_SCHEDULES))
+def test_numba_schedules_match_torch(schedule, dtype, top_k):
+    """Every field on each schedule, 1 to 3 threads, with masked classes and ties at the
+    max, against torch and scipy."""
+    shape = NUMBA_SCHEDULES[schedule]
+    n_classes = shape[1]
+    k = _top_k_of(top_k, n_classes)
+    rng = np.random.default_rng(14)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    x[:, ::7] = -inf  # masked classes
+    x[::2, n_classes // 2] = x[::2].max(1)  # a tie at the max in half the rows
+    labels = rng.integers(0, n_classes, shape[0])
+    labels[::3] = x[::3].argmax(1)  # some labels at the max (loss near its floor)
+    want = _torch_fields(x, labels, k)
+    for threads in (1, 2, 3):
+        with logitcore.config(n_threads=threads):
+            s = logitcore.score(x, labels, top_k=k, backend="numba")
+        names = set(s.fields) - {"kept"}
+        for name in ("pred", "correct", "label_rank") + (("top_k_indices",) if k else ()):
+            np.testing.assert_array_equal(s[name], want[name], err_msg=name)
+        for name in names - {"pred", "correct", "label_rank", "top_k_indices", "loss"}:
+            _close(s[name], want[name], dtype)
+        _close(s.loss, -want["label_logprob"], dtype)
+
+
+def _edge_rows_long(n_classes):
+    """The edge rows of the table with the special values placed late in the row (in a
+    later block of a long row): (logits, labels, expected fields with top_k=3)."""
+    late, last, middle = (3 * n_classes) // 5, n_classes - 1, n_classes // 2
+    x = np.zeros((5, n_classes))
+    x[0, late] = nan
+    x[1, late] = inf
+    x[2] = -inf
+    x[3] = -inf  # masked everywhere but two classes
+    x[3, middle], x[3, last] = 0.0, 1.0
+    labels = np.array([0, 0, 0, middle, 0])
+    p_last, p_middle = 1 / (1 + math.exp(-1)), 1 / (1 + math.e)
+    uniform = 1.0 / n_classes
+    expected = {
+        "pred": [-1, late, 0, last, 0],
+        "max_logit": [nan, inf, -inf, 1.0, 0.0],
+        "confidence": [nan, nan, nan, p_last, uniform],
+        "margin": [nan, nan, nan, p_last - p_middle, 0.0],
+        "logit_margin": [nan, inf, nan, 1.0, 0.0],
+        "entropy": [nan, nan, nan, scipy.special.entr([p_last, p_middle]).sum(),
+                    math.log(n_classes)],
+        "logsumexp": [nan, inf, -inf, math.log(1 + math.e), math.log(n_classes)],
+        "top_k_indices": [[-1] * 3, [late, 0, 1], [0, 1, 2], [last, middle, 0], [0, 1, 2]],
+        "top_k_probs": [[nan] * 3, [nan] * 3, [nan] * 3, [p_last, p_middle, 0.0],
+                        [uniform] * 3],
+        "label_logprob": [nan, nan, nan, math.log(p_middle), -math.log(n_classes)],
+        "correct": [False, False, True, False, True],
+        "label_rank": [0, 2, 1, 2, 1],
+        "brier": [nan, nan, nan, p_last ** 2 + (1 - p_middle) ** 2,
+                  1 - 2 * uniform + n_classes * uniform ** 2],
+    }
+    return x, labels, expected
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("schedule", list(NUMBA_SCHEDULES))
+def test_numba_edge_rows_on_every_schedule(schedule, dtype):
+    n_classes = NUMBA_SCHEDULES[schedule][1]
+    x, labels, expected = _edge_rows_long(n_classes)
+    if schedule == "rows_of_blocks":  # more rows than 2 per thread: no class split
+        x, labels = np.repeat(x, 2, axis=0), np.repeat(labels, 2)
+        expected = {name: np.repeat(np.asarray(values), 2, axis=0)
+                    for name, values in expected.items()}
+    for threads in (1, 2, 3):
+        with logitcore.config(n_threads=threads):
+            s = logitcore.score(x.astype(dtype), labels, top_k=3, backend="numba")
+        for name, want in expected.items():
+            if s[name].dtype.kind == "f":
+                _close(s[name], want, dtype)
+            else:
+                np.testing.assert_array_equal(s[name], want, err_msg=name)
+        _close(s.loss, -np.asarray(expected["label_logprob"]), dtype)
+    # torch agrees where it defines the values
+    t = torch.from_numpy(x)
+    _close(s.logsumexp, torch.logsumexp(t, -1).numpy(), dtype)
+    _close(s.loss, F.cross_entropy(t, torch.from_numpy(labels), reduction="none"), dtype)
+
+
+@needs_numba
+@pytest.mark.parametrize("top_k", ["0", "1", "5", "C"])
+def test_numba_fields_alone_match_all_fields(top_k):
+    """Each field asked alone (the kernel then skips the work of the others) gives what
+    it gives among all the fields, on each schedule (floats to float32 rounding)."""
+    for shape in NUMBA_SCHEDULES.values():
+        k = _top_k_of(top_k, shape[1])
+        rng = np.random.default_rng(15)
+        x = rng.standard_normal(shape).astype(np.float32)
+        labels = rng.integers(0, shape[1], shape[0])
+        every = logitcore.score(x, labels, top_k=k, backend="numba")
+        for name in every.fields:
+            alone = logitcore.score(x, labels, top_k=k, fields=[name], backend="numba")
+            if every[name].dtype.kind == "f":  # sums of other loops: rounding may differ
+                _close(alone[name], every[name], np.float32)
+            else:
+                np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
+
+
 class _Recorder(types.SimpleNamespace):
     """A backend that runs the reference and records which outputs were asked for."""
 
@@ -444,13 +564,14 @@ finite_logits = arrays(np.float64, st.tuples(st.integers(1, 20), st.integers(1, 
                        elements=st.floats(-50, 50))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @SETTINGS
 @given(x=finite_logits, data=st.data())
-def test_properties_of_the_fields(x, data):
+def test_properties_of_the_fields(backend, x, data):
     n_rows, n_classes = x.shape
     labels = np.array(data.draw(st.lists(st.integers(0, n_classes - 1), min_size=n_rows,
                                          max_size=n_rows)))
-    s = logitcore.score(x, labels, top_k=n_classes)
+    s = logitcore.score(x, labels, top_k=n_classes, backend=backend)
     slack = 1e-12
     assert np.all(s.confidence >= 1 / n_classes - slack)
     assert np.all((s.margin >= -slack) & (s.margin <= 1 + slack))

@@ -43,9 +43,10 @@ OPS = {
     "sigmoid": dict(kernel="sigmoid", with_gradient=False, row_outputs=True),
     "bce_with_logits": dict(kernel="bce_with_logits", with_gradient=False, row_outputs=False),
     # every multiclass field of score() with labels and top_k=SCORE_TOP_K
-    "score": dict(kernel="score_multiclass", with_gradient=False, row_outputs=True),
+    "score": dict(kernel="score_multiclass", with_gradient=False, row_outputs=True,
+                  top_k=5),
 }
-SCORE_TOP_K = 5
+SCORE_TOP_K = OPS["score"]["top_k"]
 
 
 def traffic_bytes(op: str, shape: tuple[int, int], dtype) -> tuple[int, int]:
@@ -54,7 +55,7 @@ def traffic_bytes(op: str, shape: tuple[int, int], dtype) -> tuple[int, int]:
     n_rows, n_classes = shape
     return op_table.KERNELS[spec["kernel"]].traffic(
         n_rows, n_classes, np.dtype(dtype).itemsize, with_gradient=spec["with_gradient"],
-        row_outputs=spec["row_outputs"])
+        row_outputs=spec["row_outputs"], top_k=spec.get("top_k", 0))
 
 
 DEFAULT_OPS = ["logsumexp", "softmax", "log_softmax", "cross_entropy", "cross_entropy_none",

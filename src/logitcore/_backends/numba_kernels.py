@@ -53,8 +53,8 @@ from logitcore._backends.kernel_constants import (
 )
 from logitcore._backends.numba_threads import launch, threading_layer_name, usable_threads
 
-# Every kernel of the op table but the scoring ones (the reference has those, so far).
-SUPPORTED_KERNELS = op_table.ALL_KERNELS - op_table.SCORE_KERNELS
+# Every kernel of the op table.
+SUPPORTED_KERNELS = op_table.ALL_KERNELS
 
 # --------------------------------------------------------------------------------------
 # Sizes (module-level Python numbers are frozen into the cached machine code)
@@ -908,12 +908,13 @@ def narrow_schedule(op, x, args, n_tasks):
 
 
 @schedule
-def flat_schedule(op, x, out, n_tasks):
-    """Elementwise: n_tasks contiguous spans, flat_step(op, x[span], out[span])."""
+def flat_schedule(op, x, args, n_tasks):
+    """Elementwise: n_tasks contiguous spans, flat_step(op, x, args, start, stop) for the
+    elements start:stop (the step slices x and its outputs itself, as many as it has)."""
     literally(op)
     for task in prange(n_tasks):
         start, stop = task_range(x.shape[0], n_tasks, task)
-        flat_step(op, x[start:stop], out[start:stop])
+        flat_step(op, x, args, start, stop)
 
 
 @dataclass(frozen=True)
@@ -925,7 +926,7 @@ class EntryKernels:
 
 def entry_kernels(op):
     """The cached kernels through which Python runs row operation ``op`` on a schedule:
-    rows(x, *args), narrow(x, n_tasks, *args), flat(x, out, n_tasks). Each is compiled on
+    rows(x, *args), narrow(x, n_tasks, *args), flat(x, n_tasks, *args). Each is compiled on
     first use; ``op`` is a constant of each, so every op has machine code of its own
     (numba's cache tells them apart by that constant)."""
 
@@ -938,8 +939,8 @@ def entry_kernels(op):
         narrow_schedule(op, x, prepare_step(op, args), n_tasks)
 
     @serial_kernel
-    def flat(x, out, n_tasks):
-        flat_schedule(op, x, out, n_tasks)
+    def flat(x, n_tasks, *args):
+        flat_schedule(op, x, prepare_step(op, args), n_tasks)
 
     return EntryKernels(rows, narrow, flat)
 
@@ -1335,8 +1336,20 @@ def store_log_sigmoid(values, out):
         out[j] = -softplus_of_negative(values[j])
 
 
-row_operation("sigmoid", flat=store_sigmoid)
-row_operation("log_sigmoid", flat=store_log_sigmoid)
+@vector_jit
+def sigmoid_span(x, args, start, stop):
+    (out,) = args
+    store_sigmoid(x[start:stop], out[start:stop])
+
+
+@vector_jit
+def log_sigmoid_span(x, args, start, stop):
+    (out,) = args
+    store_log_sigmoid(x[start:stop], out[start:stop])
+
+
+row_operation("sigmoid", flat=sigmoid_span)
+row_operation("log_sigmoid", flat=log_sigmoid_span)
 
 
 SIGMOID = entry_kernels("sigmoid")
@@ -1363,7 +1376,7 @@ def _launch_flat(kernels, x, out, n_threads):
     if x.shape[0] == 0:
         return
     threads = usable_threads(n_threads)
-    launch(threads, kernels.flat, x, out, _flat_tasks(x.shape[0], threads))
+    launch(threads, kernels.flat, x, _flat_tasks(x.shape[0], threads), out)
 
 
 def sigmoid(x, out, n_threads=1):
@@ -1958,6 +1971,534 @@ def log_softmax_backward(dy, y, out, n_threads=1):
     if dy.shape[0] == 0 or dy.shape[1] == 0:
         return
     launch(usable_threads(n_threads), LOG_SOFTMAX_BACKWARD.rows, dy, y, out)
+
+
+# --------------------------------------------------------------------------------------
+# scoring: score_multiclass, score_binary, score_multilabel
+# --------------------------------------------------------------------------------------
+# Every field logitcore.score asks for, in ONE read of each row (the reference is
+# numpy_ref.score_multiclass & co.; edge rows as the table in logitcore/_score.py). An
+# output of size 0 was not asked for: it is neither computed nor written.
+#
+# Multiclass, per block of a row (the block is in L1 after its max pass):
+# * the max (max_of), then with its shift the exp-sum state (others, n_at_max) and, when
+#   entropy or brier is asked, in the same loop sum (x - shift) e (entropy) and the sum
+#   of e^2 over the terms off the max (brier; the terms at the max add n_at_max, as in
+#   others, so that a saturated row keeps its small terms);
+# * the top list: the class indices of the k_needed largest logits so far, by descending
+#   logit, ties in class order (classes arrive in index order and an equal logit goes
+#   after); a chunk whose max does not beat the k-th logit is skipped after one
+#   vectorised max;
+# * how many logits are NaN and how many exceed the label's logit (read first: the rank).
+# Blocks merge as the row state does (merge_block_stats), the extra sums rescaled by
+# exp(block max - row max) (merge_score_blocks); top lists by inserting a block's
+# entries in block order. The rows schedule walks a row's blocks in order, the class
+# split computes them on any thread and merges them in the same order with the same
+# functions, and the narrow schedule takes the tile's row states: one finish
+# (finish_score_row) writes every field. Results are the same bits on any thread count.
+
+# Elements per chunk of the top-list scan: one vectorised max decides whether the chunk
+# can hold a class of the top list at all.
+ORDER_CHUNK = 64
+
+
+@vector_jit
+def score_sums_of(values, shift):
+    """(others, n_at_max, weighted, squares) of values for ``shift``: sum_exp_of's two
+    sums, weighted = sum (x - shift) e (0 for the terms whose e is 0: masked classes) and
+    squares = the sum of e^2 over the terms off the shift (those at it add 1 each, counted
+    by n_at_max), in one loop; float32 terms summed per SUM_CHUNK as in sum_exp_of."""
+    others = np.float64(0.0)
+    n_at_max = np.float64(0.0)
+    weighted = np.float64(0.0)
+    squares = np.float64(0.0)
+    zero = cast_like(0.0, values)
+    for start in range(0, values.shape[0], SUM_CHUNK):
+        prefetch_ahead(values, start)
+        chunk = values[start : start + SUM_CHUNK]
+        partial = zero
+        count = zero
+        partial_weighted = zero
+        partial_squares = zero
+        for j in range(chunk.shape[0]):
+            at_max = cast_like(chunk[j] == shift, values)
+            shifted = chunk[j] - shift
+            e = shifted_exp(shifted)
+            partial += e - at_max
+            count += at_max
+            partial_weighted += shifted * e if e != zero else zero
+            partial_squares += e * e - at_max
+        others += partial
+        n_at_max += count
+        weighted += partial_weighted
+        squares += partial_squares
+    return others, n_at_max, weighted, squares
+
+
+@vector_jit
+def score_block_sums(values, want_sums, want_extra):
+    """(max, others, n_at_max, weighted, squares) of one block; only the max when no
+    asked field needs the sums, and the two extra sums only for entropy or brier."""
+    block_max = max_of(values)
+    if not want_sums:
+        return block_max, 0.0, 0.0, 0.0, 0.0
+    shift = shift_for(block_max)
+    if want_extra:
+        return (block_max,) + score_sums_of(values, shift)
+    others, n_at_max = sum_exp_of(values, shift)
+    return block_max, others, n_at_max, 0.0, 0.0
+
+
+@vector_jit
+def merge_score_blocks(block_maxes, block_others, block_counts, block_weighted,
+                       block_squares):
+    """A row's (max, others, n_at_max, weighted, squares) from its blocks', in block
+    order: the row state by merge_block_stats; a block below the row max m scales its e
+    by f = exp(block max - m), so its weighted sum becomes f (weighted + (block max - m)
+    sum e) and its squares f^2 (squares + n_at_max). Blocks of all -inf (f = 0) add 0."""
+    row_max, others, n_at_max = merge_block_stats(block_maxes, block_others, block_counts)
+    weighted = 0.0
+    squares = 0.0
+    for block in range(block_maxes.shape[0]):
+        block_max = block_maxes[block]
+        if block_max == row_max:
+            weighted += block_weighted[block]
+            squares += block_squares[block]
+            continue
+        factor = relative_scale(block_max, row_max)
+        if factor != 0.0:
+            block_total = block_others[block] + block_counts[block]
+            offset = np.float64(block_max) - np.float64(row_max)
+            weighted += factor * (block_weighted[block] + offset * block_total)
+            squares += factor * factor * (block_squares[block] + block_counts[block])
+    return row_max, others, n_at_max, weighted, squares
+
+
+@plain_jit
+def insert_top(row, top, filled, index):
+    """Put class ``index`` into the top list ``top[:filled]`` (class indices by descending
+    logit); an equal logit goes after, since classes arrive in index order. With a full
+    list the caller has checked that the class beats the last one. Returns the length."""
+    value = row[index]
+    k = top.shape[0]
+    j = filled if filled < k else k - 1
+    while j > 0 and value > row[top[j - 1]]:
+        top[j] = top[j - 1]
+        j -= 1
+    top[j] = index
+    return min(filled + 1, k)
+
+
+@plain_jit
+def scan_top(row, start, stop, top, filled):
+    """The classes start:stop of ``row`` into its top list (``filled`` long); returns the
+    new length. A chunk whose max does not beat the k-th logit is skipped."""
+    k = top.shape[0]
+    if k == 0:
+        return 0
+    j = start
+    while filled < k and j < stop:
+        filled = insert_top(row, top, filled, j)
+        j += 1
+    if filled < k or j == stop:
+        return filled
+    threshold = row[top[k - 1]]
+    for chunk_start in range(j, stop, ORDER_CHUNK):
+        chunk = row[chunk_start : min(chunk_start + ORDER_CHUNK, stop)]
+        if not max_of(chunk) > threshold:
+            continue
+        for c in range(chunk.shape[0]):
+            if chunk[c] > threshold:
+                insert_top(row, top, k, chunk_start + c)
+                threshold = row[top[k - 1]]
+    return filled
+
+
+@vector_jit
+def count_nan_and_larger(values, threshold):
+    """(how many values are NaN, how many exceed ``threshold``)."""
+    n_nan = 0
+    n_larger = 0
+    for j in range(values.shape[0]):
+        n_nan += 1 if values[j] != values[j] else 0
+        n_larger += 1 if values[j] > threshold else 0
+    return n_nan, n_larger
+
+
+@vector_jit
+def score_block(row, start, stop, rank_threshold, want_sums, want_extra, top, filled):
+    """Everything one block start:stop of ``row`` adds: (max, others, n_at_max, weighted,
+    squares) of the block, the top list's new length, the NaN and larger-than-label
+    counts. The three reads run while the block is in L1."""
+    values = row[start:stop]
+    block_max, others, n_at_max, weighted, squares = score_block_sums(values, want_sums,
+                                                                      want_extra)
+    filled = scan_top(row, start, stop, top, filled)
+    n_nan, n_larger = count_nan_and_larger(values, rank_threshold)
+    return block_max, others, n_at_max, weighted, squares, filled, n_nan, n_larger
+
+
+@plain_jit
+def rank_threshold_of(row, labels, i, ignore_index, want_rank):
+    """The label's logit, read before the row (label_rank counts the logits above it);
+    +inf, which no logit exceeds, when the rank is not asked or the row is ignored."""
+    if want_rank and labels[i] != ignore_index:
+        return row[labels[i]]
+    return cast_like(np.inf, row)
+
+
+@plain_jit
+def brier_of(row_max, others, n_at_max, squares, label_logit):
+    """sum_c (p_c - onehot(y)_c)^2 = sum_{c != y} p_c^2 + (1 - p_y)^2, each part from
+    sums that leave the label's term out, so that a saturated row (p_y near 1) keeps its
+    small value; NaN where the softmax is undefined."""
+    if not softmax_is_defined(row_max, others):
+        return np.nan
+    shift = np.float64(row_max)
+    total = others + n_at_max
+    if label_logit == shift:  # the label's term is exactly 1 and counted by n_at_max
+        rest = others + (n_at_max - 1.0)
+        rest_squares = squares + (n_at_max - 1.0)
+    else:
+        e = fast_exp(label_logit - shift)
+        rest = total - e
+        rest_squares = (squares + n_at_max) - e * e
+    rest_fraction = rest / total
+    return rest_squares / (total * total) + rest_fraction * rest_fraction
+
+
+@plain_jit
+def finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
+                     filled, n_nan, n_larger):
+    """Write every asked field of row i from its merged state (see the section head)."""
+    (labels, ignore_index, top_k, pred_out, max_logit_out, confidence_out, margin_out,
+     logit_margin_out, entropy_out, logsumexp_out, top_k_indices_out, top_k_probs_out,
+     label_logprob_out, loss_out, correct_out, label_rank_out, brier_out, want_sums,
+     want_extra, want_rank, top_buffer) = args
+    nan_row = n_nan > 0
+    max64 = np.float64(row_max)
+    # log(sum exp(x - max)), NaN where there is no softmax (unused without the sums)
+    log_sum = log_sum_or_nan(row_max, others, n_at_max) if want_sums else np.nan
+    pred = -1 if nan_row or filled == 0 else top[0]
+    if pred_out.shape[0]:
+        pred_out[i] = pred
+    if max_logit_out.shape[0]:
+        max_logit_out[i] = np.nan if nan_row else max64
+    confidence = fast_exp(-log_sum) if want_sums else np.nan  # exp((M - M) - log_sum)
+    if confidence_out.shape[0]:
+        confidence_out[i] = confidence
+    if margin_out.shape[0] or logit_margin_out.shape[0]:
+        # the second class of the order; a one-class row has none: logit -inf, p 0
+        second = np.float64(row[top[1]]) if filled > 1 else -np.inf
+        if margin_out.shape[0]:
+            margin_out[i] = confidence - fast_exp((second - max64) - log_sum)
+        if logit_margin_out.shape[0]:
+            logit_margin_out[i] = np.nan if nan_row else max64 - second
+    # From the one log of the row: H = log S - sum (x - M) e / S and lse = M + log S
+    # (the edge rows, whose log_sum is NaN, take the row state's own formula).
+    defined = not np.isnan(log_sum)
+    if entropy_out.shape[0]:
+        entropy_out[i] = log_sum - weighted / (others + n_at_max) if defined else np.nan
+    if logsumexp_out.shape[0]:
+        logsumexp_out[i] = (max64 + log_sum if defined
+                            else log_sum_exp_of(row_max, others, n_at_max))
+    # probabilities first: the top list may be top_k_indices_out's row itself
+    if top_k_probs_out.shape[0]:
+        for j in range(top_k):
+            logit = np.float64(row[top[j]]) if j < filled else np.nan
+            top_k_probs_out[i, j] = fast_exp((logit - max64) - log_sum)
+    if top_k_indices_out.shape[0]:
+        for j in range(top_k):
+            top_k_indices_out[i, j] = -1 if nan_row or j >= filled else top[j]
+    if labels.shape[0] == 0:
+        return
+    label = labels[i]
+    kept = label != ignore_index
+    label_logit = np.float64(row[label]) if kept else 0.0
+    label_logprob = (label_logit - max64) - log_sum if kept else 0.0
+    if label_logprob_out.shape[0]:
+        label_logprob_out[i] = label_logprob
+    if loss_out.shape[0]:
+        loss_out[i] = 0.0 - label_logprob  # a certain label: loss 0.0, not -0.0
+    scored = kept and not nan_row
+    if correct_out.shape[0]:
+        correct_out[i] = 1 if scored and pred == label else 0
+    if label_rank_out.shape[0]:
+        label_rank_out[i] = 1 + n_larger if scored else 0
+    if brier_out.shape[0]:
+        brier_out[i] = brier_of(row_max, others, n_at_max, squares, label_logit) if kept else 0.0
+
+
+@vector_jit
+def score_multiclass_row(x, args, i):
+    """Rows schedule: row i's blocks in order; the block sums merged by
+    merge_score_blocks (as the class split does), the top list and counts carried
+    along."""
+    labels, ignore_index = args[0], args[1]
+    want_sums, want_extra, want_rank, top_buffer = args[17], args[18], args[19], args[20]
+    row = x[i]
+    n_classes = row.shape[0]
+    top = top_buffer[i]
+    rank_threshold = rank_threshold_of(row, labels, i, ignore_index, want_rank)
+    if n_classes <= BLOCK_CLASSES:  # one block: its state is the row's
+        row_max, others, n_at_max, weighted, squares, filled, n_nan, n_larger = score_block(
+            row, 0, n_classes, rank_threshold, want_sums, want_extra, top, 0)
+    else:
+        n_blocks = n_blocks_of(n_classes)
+        block_maxes = np.empty(n_blocks, dtype=row.dtype)
+        block_sums = np.empty((4, n_blocks))
+        filled = 0
+        n_nan = 0
+        n_larger = 0
+        for block in range(n_blocks):
+            start, stop = block_bounds(n_classes, block)
+            (block_maxes[block], block_sums[0, block], block_sums[1, block],
+             block_sums[2, block], block_sums[3, block], filled, block_nan,
+             block_larger) = score_block(row, start, stop, rank_threshold, want_sums,
+                                         want_extra, top, filled)
+            n_nan += block_nan
+            n_larger += block_larger
+        row_max, others, n_at_max, weighted, squares = merge_score_blocks(
+            block_maxes, block_sums[0], block_sums[1], block_sums[2], block_sums[3])
+    finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
+                     filled, n_nan, n_larger)
+
+
+@vector_jit
+def score_multiclass_block(x, args, i, block, start, stop):
+    """Class split: one block's state, top list and counts into the split's buffers."""
+    # the call's operands (as the row step gets them), then the split's buffers
+    labels, ignore_index = args[0], args[1]
+    want_sums, want_extra, want_rank = args[17], args[18], args[19]
+    block_maxes, block_sums, block_tops, block_counts = args[21], args[22], args[23], args[24]
+    row = x[i]
+    (block_maxes[i, block], block_sums[0, i, block], block_sums[1, i, block],
+     block_sums[2, i, block], block_sums[3, i, block], block_counts[0, i, block],
+     block_counts[1, i, block], block_counts[2, i, block]) = score_block(
+        row, start, stop, rank_threshold_of(row, labels, i, ignore_index, want_rank),
+        want_sums, want_extra, block_tops[i, block], 0)
+
+
+@vector_jit
+def score_multiclass_tile(x, args, start, stop, exps, row_max, others, counts, row_scratch):
+    """Narrow schedule: the tile's row states come with it; the extra sums from its exps,
+    then each row's top list, counts and fields."""
+    labels, ignore_index = args[0], args[1]
+    want_extra, want_rank, top_buffer = args[18], args[19], args[20]
+    n_classes = x.shape[1]
+    weighted = row_scratch[0]
+    squares = row_scratch[1]
+    fill(weighted, 0.0)
+    fill(squares, 0.0)
+    if want_extra:
+        for r in range(stop - start):
+            row = x[start + r]
+            shift = shift_for(row_max[r])
+            for c in range(n_classes):
+                e = exps[c, r]
+                at_max = 1.0 if row[c] == shift else 0.0
+                term = (np.float64(row[c]) - np.float64(shift)) * np.float64(e)
+                weighted[r] += term if e != 0 else 0.0
+                squares[r] += np.float64(e * e) - at_max
+    for r in range(stop - start):
+        i = start + r
+        row = x[i]
+        top = top_buffer[i]
+        filled = scan_top(row, 0, n_classes, top, 0)
+        n_nan, n_larger = count_nan_and_larger(
+            row, rank_threshold_of(row, labels, i, ignore_index, want_rank))
+        finish_score_row(args, i, row, row_max[r], others[r], np.float64(counts[r]),
+                         weighted[r], squares[r], top, filled, n_nan, n_larger)
+
+
+row_operation("score_multiclass", row=score_multiclass_row, tile=score_multiclass_tile)
+row_operation("score_multiclass_block", block=score_multiclass_block)
+
+
+SCORE_MULTICLASS = entry_kernels("score_multiclass")
+
+
+@serial_kernel
+def _score_multiclass_split(x, *args):
+    # Serial glue around the parallel class split of the blocks: merge each row's block
+    # states, top lists and counts in block order, then write the fields.
+    top_buffer = args[20]
+    n_rows, n_classes = x.shape
+    n_blocks = n_blocks_of(n_classes)
+    k = top_buffer.shape[1]
+    block_maxes = np.empty((n_rows, n_blocks), dtype=x.dtype)
+    block_sums = np.empty((4, n_rows, n_blocks))
+    block_tops = np.empty((n_rows, n_blocks, k), dtype=np.int64)
+    block_counts = np.empty((3, n_rows, n_blocks), dtype=np.int64)  # filled, NaN, larger
+    class_split_schedule("score_multiclass_block", x,
+                         args + (block_maxes, block_sums, block_tops, block_counts))
+    for i in range(n_rows):
+        row = x[i]
+        row_max, others, n_at_max, weighted, squares = merge_score_blocks(
+            block_maxes[i], block_sums[0, i], block_sums[1, i], block_sums[2, i],
+            block_sums[3, i])
+        top = top_buffer[i]
+        filled = 0
+        for block in range(n_blocks):
+            for j in range(block_counts[0, i, block]):
+                index = block_tops[i, block, j]
+                if filled < k or row[index] > row[top[k - 1]]:
+                    filled = insert_top(row, top, filled, index)
+        n_nan = 0
+        n_larger = 0
+        for block in range(n_blocks):
+            n_nan += block_counts[1, i, block]
+            n_larger += block_counts[2, i, block]
+        finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
+                         filled, n_nan, n_larger)
+
+
+def _asked(*outputs):
+    return any(output.size for output in outputs)
+
+
+def score_multiclass(x, labels, ignore_index, top_k, pred_out, max_logit_out,
+                     confidence_out, margin_out, logit_margin_out, entropy_out,
+                     logsumexp_out, top_k_indices_out, top_k_probs_out, label_logprob_out,
+                     loss_out, correct_out, label_rank_out, brier_out, n_threads=1):
+    n_rows, n_classes = x.shape
+    if n_rows == 0:
+        return
+    # The length of the top list: the top k asked, two classes for the margins, one
+    # for the prediction.
+    k_needed = max(top_k if _asked(top_k_indices_out, top_k_probs_out) else 0,
+                   2 if _asked(margin_out, logit_margin_out) else 0,
+                   1 if _asked(pred_out, correct_out) else 0)
+    if top_k_indices_out.size and top_k_indices_out.shape[1] == k_needed:
+        top_buffer = top_k_indices_out  # the list is the output itself
+    else:
+        top_buffer = np.empty((n_rows, k_needed), np.int64)
+    want_sums = _asked(confidence_out, margin_out, entropy_out, logsumexp_out,
+                       top_k_probs_out, label_logprob_out, loss_out, brier_out)
+    want_extra = _asked(entropy_out, brier_out)
+    want_rank = _asked(label_rank_out)
+    _launch_by_shape(usable_threads(n_threads), SCORE_MULTICLASS, _score_multiclass_split,
+                     x, labels, int(ignore_index), int(top_k), pred_out, max_logit_out,
+                     confidence_out, margin_out, logit_margin_out, entropy_out,
+                     logsumexp_out, top_k_indices_out, top_k_probs_out, label_logprob_out,
+                     loss_out, correct_out, label_rank_out, brier_out, want_sums,
+                     want_extra, want_rank, top_buffer)
+
+
+# Binary: one logit per item, elementwise (flat schedule). Computed in float64 for
+# float32 input too, as the reference: pred compares the float64 probability with the
+# threshold, and log p = -softplus(-x), log(1 - p) = -softplus(x) stay exact in the tails.
+
+
+@vector_jit
+def score_binary_span(x, args, start, stop):
+    (labels, ignore_index, threshold, prob_out, pred_out, confidence_out, entropy_out,
+     loss_out, correct_out, brier_out) = args
+    has_labels = labels.shape[0] > 0
+    for j in range(start, stop):
+        value = np.float64(x[j])
+        p = sigmoid_value(value)
+        predicted = p >= threshold  # False for NaN
+        if prob_out.shape[0]:
+            prob_out[j] = p
+        if pred_out.shape[0]:
+            pred_out[j] = 1 if predicted else 0
+        if confidence_out.shape[0]:
+            confidence_out[j] = p if p >= 1.0 - p else 1.0 - p  # NaN stays NaN
+        minus_log_p = softplus_of_negative(value)  # -log p
+        minus_log_not_p = softplus_of_negative(-value)  # -log(1 - p)
+        if entropy_out.shape[0]:
+            # p log p -> 0 as p -> 0 (and (1 - p) log(1 - p) as p -> 1)
+            entropy_out[j] = ((p * minus_log_p if p != 0.0 else 0.0)
+                              + ((1.0 - p) * minus_log_not_p if p != 1.0 else 0.0))
+        if not has_labels:
+            continue
+        kept = labels[j] != ignore_index
+        positive = labels[j] == 1
+        if loss_out.shape[0]:
+            loss_out[j] = (minus_log_p if positive else minus_log_not_p) if kept else 0.0
+        if correct_out.shape[0]:
+            correct_out[j] = 1 if kept and value == value and predicted == positive else 0
+        if brier_out.shape[0]:
+            miss = p - (1.0 if positive else 0.0)
+            brier_out[j] = miss * miss if kept else 0.0
+
+
+row_operation("score_binary", flat=score_binary_span)
+
+
+SCORE_BINARY = entry_kernels("score_binary")
+
+
+def score_binary(x, labels, ignore_index, threshold, prob_out, pred_out, confidence_out,
+                 entropy_out, loss_out, correct_out, brier_out, n_threads=1):
+    if x.shape[0] == 0:
+        return
+    threads = usable_threads(n_threads)
+    launch(threads, SCORE_BINARY.flat, x, _flat_tasks(x.shape[0], threads), labels,
+           int(ignore_index), float(threshold), prob_out, pred_out, confidence_out,
+           entropy_out, loss_out, correct_out, brier_out)
+
+
+# Multilabel: independent sigmoids per class with a threshold per class, a row at a time
+# (rows schedule), in float64 as binary.
+
+
+@vector_jit
+def score_multilabel_row(x, args, i):
+    (targets, threshold, n_predicted_out, loss_out, exact_match_out, true_positives_out,
+     false_positives_out, false_negatives_out, pred_out) = args
+    row = x[i]
+    has_targets = targets.shape[0] > 0
+    want_loss = has_targets and loss_out.shape[0] > 0
+    n_predicted = 0
+    true_positives = 0
+    false_positives = 0
+    false_negatives = 0
+    loss = 0.0
+    for c in range(row.shape[0]):
+        value = np.float64(row[c])
+        predicted = sigmoid_value(value) >= np.float64(threshold[c])  # False for NaN
+        if pred_out.shape[0]:
+            pred_out[i, c] = 1 if predicted else 0
+        n_predicted += 1 if predicted else 0
+        if has_targets:
+            truth = targets[i, c] != 0
+            true_positives += 1 if predicted and truth else 0
+            false_positives += 1 if predicted and not truth else 0
+            false_negatives += 1 if truth and not predicted else 0
+            if want_loss:  # BCE: -log p = softplus(-x) for a 1, softplus(x) for a 0
+                loss += softplus_of_negative(value) if truth else softplus_of_negative(-value)
+    if n_predicted_out.shape[0]:
+        n_predicted_out[i] = n_predicted
+    if not has_targets:
+        return
+    if loss_out.shape[0]:
+        loss_out[i] = loss / row.shape[0]
+    if exact_match_out.shape[0]:
+        exact_match_out[i] = 1 if false_positives + false_negatives == 0 else 0
+    if true_positives_out.shape[0]:
+        true_positives_out[i] = true_positives
+    if false_positives_out.shape[0]:
+        false_positives_out[i] = false_positives
+    if false_negatives_out.shape[0]:
+        false_negatives_out[i] = false_negatives
+
+
+row_operation("score_multilabel", row=score_multilabel_row)
+
+
+SCORE_MULTILABEL = entry_kernels("score_multilabel")
+
+
+def score_multilabel(x, targets, threshold, n_predicted_out, loss_out, exact_match_out,
+                     true_positives_out, false_positives_out, false_negatives_out, pred_out,
+                     n_threads=1):
+    if x.shape[0] == 0:
+        return
+    launch(usable_threads(n_threads), SCORE_MULTILABEL.rows, x, targets, threshold,
+           n_predicted_out, loss_out, exact_match_out, true_positives_out,
+           false_positives_out, false_negatives_out, pred_out)
 
 
 # --------------------------------------------------------------------------------------

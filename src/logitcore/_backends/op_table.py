@@ -59,6 +59,17 @@ from dataclasses import dataclass
 
 INT64_BYTES = 8
 
+# Bytes per row of each per-row output role of the score kernels at its real width, from
+# the float itemsize and top_k. ``flags_out`` (rows x classes) is not among them: it is
+# written only when named in ``fields=``.
+SCORE_ROW_OUTPUT_BYTES = {
+    "field_out": lambda itemsize, top_k: itemsize,
+    "index_field_out": lambda itemsize, top_k: INT64_BYTES,
+    "flag_field_out": lambda itemsize, top_k: 1,
+    "top_k_out": lambda itemsize, top_k: top_k * itemsize,
+    "top_k_index_out": lambda itemsize, top_k: top_k * INT64_BYTES,
+}
+
 
 @dataclass(frozen=True)
 class Kernel:
@@ -68,7 +79,9 @@ class Kernel:
     ``public``: the public functions that reach it.
     ``contract``: what it computes, in the notation of the reference implementation.
     ``reads`` / ``writes``: per arrays of the logits' size, the (n, C) operands read and
-    written, and per row the int64 labels read and float values written.
+    written, and per row the int64 labels read and float values written. The score
+    kernels' outputs and uint8 targets are counted from their roles instead, each at its
+    width (``SCORE_ROW_OUTPUT_BYTES``).
     """
 
     name: str
@@ -85,16 +98,22 @@ class Kernel:
         return tuple(name for name, _ in self.arguments) + ("n_threads",)
 
     def traffic(self, n_rows: int, n_classes: int, itemsize: int, *,
-                with_gradient: bool = False, row_outputs: bool = True) -> tuple[int, int]:
+                with_gradient: bool = False, row_outputs: bool = True,
+                top_k: int = 0) -> tuple[int, int]:
         """(bytes read, bytes written) the kernel must move on an (n_rows, n_classes)
         problem; ``with_gradient`` adds the (n, C) gradient of the loss kernels;
         ``row_outputs=False`` leaves out per-row outputs that a reduced loss (a mean)
-        does not need to move."""
+        does not need to move. A score kernel writes every per-row field (``top_k``
+        columns of each top-k field) and reads its labels or uint8 targets."""
         full = n_rows * n_classes * itemsize
         read = self.full_reads * full + self.label_reads * n_rows * INT64_BYTES
+        roles = [role for _, role in self.arguments]
+        read += roles.count("flags_or_empty") * n_rows * n_classes
         written = self.full_writes * full
         if row_outputs:
             written += self.row_writes * n_rows * itemsize
+            written += n_rows * sum(SCORE_ROW_OUTPUT_BYTES[role](itemsize, top_k)
+                                    for role in roles if role in SCORE_ROW_OUTPUT_BYTES)
         if with_gradient:
             written += full
         return read, written
@@ -192,7 +211,7 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
            "x (top_k is their column count, 0 when neither is asked); label_logprob = "
            "x[y] - lse; loss = -label_logprob; correct = pred == y; label_rank = 1 + "
            "#{c: x[c] > x[y]}; brier = sum_c (p[c] - onehot(y)[c])^2",
-           label_reads=1, row_writes=12),
+           label_reads=1),
     Kernel("score_binary",
            (("x", "flat"), ("labels", "labels_or_empty"), ("ignore_index", "scalar"),
             ("threshold", "scalar"),
@@ -204,7 +223,7 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
            "p = sigmoid(x); prob = p; pred = p >= threshold; confidence = max(p, 1 - p); "
            "entropy = -p log p - (1 - p) log(1 - p); loss = BCE(x, y); correct = pred == "
            "y (0 for a NaN x); brier = (p - y)^2; labels are 0, 1 or ignore_index",
-           full_writes=0, label_reads=1, row_writes=7),
+           label_reads=1),
     Kernel("score_multilabel",
            (("x", "rows"), ("targets", "flags_or_empty"), ("threshold", "classes"),
             ("n_predicted_out", "index_field_out"), ("loss_out", "field_out"),
@@ -214,13 +233,12 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
            ("score",),
            "pred[c] = sigmoid(x[c]) >= threshold[c]; n_predicted = sum pred; loss = mean_c "
            "BCE(x[c], t[c]); exact_match = all(pred == t); true / false positives and "
-           "false negatives counted per row",
-           row_writes=6),
+           "false negatives counted per row"),
 )}
 
 ALL_KERNELS = frozenset(KERNELS)
 
-# The scoring kernels; only the reference backend implements them so far.
+# The scoring kernels (logitcore.score).
 SCORE_KERNELS = frozenset({"score_multiclass", "score_binary", "score_multilabel"})
 
 
