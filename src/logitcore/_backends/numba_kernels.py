@@ -884,9 +884,17 @@ def _widen(bits):
 
 @vector_jit
 def widen_span(bits, out):
-    """out[j] = the float32 of bits[j]: the one place half input is read (1-D spans)."""
-    for j in range(bits.shape[0]):
-        out[j] = widen(bits[j])
+    """out[j] = the float32 of bits[j]: the one place half input is read (1-D spans).
+
+    It prefetches the input BLOCK_CLASSES elements ahead (prefetch_ahead): the steps then
+    compute on the widened copy, and their own prefetches run ahead in that copy, not in
+    memory, so without these the next rows would be read only once asked for."""
+    for start in range(0, bits.shape[0], SUM_CHUNK):
+        prefetch_ahead(bits, start)
+        chunk = bits[start : start + SUM_CHUNK]
+        out_chunk = out[start : start + SUM_CHUNK]
+        for j in range(chunk.shape[0]):
+            out_chunk[j] = widen(chunk[j])
 
 
 @intrinsic

@@ -15,7 +15,8 @@ The reference implementation of a kernel is the function of the same name in
 ``_cython_kernels.pyx``. See docs/architecture.md for the layers and how to add an op.
 
 Argument roles (what the Python layer hands a kernel, all C-contiguous, one float dtype
-per call, float32 or float64):
+per call, float32 or float64; in a float32 call the ``rows`` and ``flat`` inputs may be
+float16 or bfloat16, widened inside the compiled kernels, docs/architecture.md):
 
 ============  =============================================================
 ``rows``      (n, C) input of the call's float dtype
@@ -85,18 +86,22 @@ class Kernel:
         return tuple(name for name, _ in self.arguments) + ("n_threads",)
 
     def traffic(self, n_rows: int, n_classes: int, itemsize: int, *,
-                with_gradient: bool = False, row_outputs: bool = True) -> tuple[int, int]:
+                with_gradient: bool = False, row_outputs: bool = True,
+                out_itemsize: int | None = None) -> tuple[int, int]:
         """(bytes read, bytes written) the kernel must move on an (n_rows, n_classes)
-        problem; ``with_gradient`` adds the (n, C) gradient of the loss kernels;
-        ``row_outputs=False`` leaves out per-row outputs that a reduced loss (a mean)
-        does not need to move."""
+        problem of inputs of ``itemsize`` bytes and outputs of ``out_itemsize`` (default
+        the same; half-precision input has float32 outputs); ``with_gradient`` adds the
+        (n, C) gradient of the loss kernels; ``row_outputs=False`` leaves out per-row
+        outputs that a reduced loss (a mean) does not need to move."""
+        out_itemsize = itemsize if out_itemsize is None else out_itemsize
         full = n_rows * n_classes * itemsize
+        full_out = n_rows * n_classes * out_itemsize
         read = self.full_reads * full + self.label_reads * n_rows * INT64_BYTES
-        written = self.full_writes * full
+        written = self.full_writes * full_out
         if row_outputs:
-            written += self.row_writes * n_rows * itemsize
+            written += self.row_writes * n_rows * out_itemsize
         if with_gradient:
-            written += full
+            written += full_out
         return read, written
 
 
