@@ -35,6 +35,13 @@ def test_bench_writes_table_and_json(tmp_path):
             assert row["x_fastest_peer"] <= 1.0
 
 
+def test_bench_times_float16_input():
+    result = _logitcore("bench", "--shape", "64x100", "--dtype", "float16", "--ops",
+                        "logsumexp", "--repeat", "2", "--backends", "numpy")
+    assert result.returncode == 0, result.stderr
+    assert "| logsumexp | 64x100 | float16 | logitcore-numpy |" in result.stdout
+
+
 def test_bench_rejects_bad_shape():
     result = _logitcore("bench", "--shape", "64by100")
     assert result.returncode == 2 and "shape must look like 65536x1000" in result.stderr

@@ -69,6 +69,16 @@ def test_bench_traffic_counts_the_arrays_a_call_touches(dtype):
     assert bench.traffic_bytes("bce_with_logits", x.shape, dtype) == (2 * x.nbytes, 0)
 
 
+def test_bench_traffic_of_half_input_reads_16_bits_and_writes_float32():
+    """float16 logits are read in 2 bytes; results (dtype policy) are float32."""
+    x = np.zeros((1000, 10), np.float16)
+    result = np.zeros((1000, 10), np.float32)
+    row_values = np.zeros(1000, np.float32)
+    assert bench.traffic_bytes("softmax", x.shape, np.float16) == (x.nbytes, result.nbytes)
+    assert bench.traffic_bytes("logsumexp", x.shape, np.float16) == (x.nbytes,
+                                                                     row_values.nbytes)
+
+
 def test_floor_of_a_read_write_op_is_one_copy():
     bandwidth = {"read": 10e9, "copy": 8e9}
     # 1 GB in and 1 GB out is exactly what a STREAM copy of 1 GB moves: 2 GB at 8 GB/s.

@@ -10,7 +10,14 @@ from conftest import NUMBA_PYTHON_MODE
 from logitcore._backends import availability, load, op_table
 
 COMPILED_BACKENDS = ["numba", "cython"]
-DTYPES = [np.float32, np.float64]
+# Half precision: inputs (roles rows and flat) in 16 bits, everything else float32.
+DTYPES = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)]
+try:
+    import ml_dtypes
+
+    DTYPES.append(np.dtype(ml_dtypes.bfloat16))
+except ImportError:  # optional: bfloat16 is tested where it is installed
+    pass
 # (1, 131072): fewer rows than threads, the class axis is split; (3, 9000): rows of
 # several blocks; (7, 1000): whole rows; (4099, 10): narrow rows.
 SHAPES = [(1, 131072), (3, 9000), (7, 1000), (4099, 10)]
@@ -29,8 +36,10 @@ SCORE_OUTPUTS = {
 
 
 def operands(kernel, shape, dtype, seed=0):
-    """Arguments for ``kernel`` by the role of each (see op_table), ``n_threads`` aside."""
+    """Arguments for ``kernel`` by the role of each (see op_table), ``n_threads`` aside.
+    ``dtype`` is the inputs'; every other float operand has the call's compute dtype."""
     rng = np.random.default_rng(seed)
+    input_dtype, dtype = dtype, (np.float32 if np.dtype(dtype).itemsize == 2 else dtype)
     n_rows, n_classes = shape
     # Score outputs and labels have one item per row, or per element of a flat input
     # (binary scoring, whose labels are 0 or 1).
@@ -46,7 +55,7 @@ def operands(kernel, shape, dtype, seed=0):
             else:
                 values[:, ::97] = -np.inf  # masked classes
                 values[:, 1] = values[:, 0]  # a tie at the max in some rows
-            args.append(values)
+            args.append(values.astype(input_dtype))
         elif role in ("labels", "labels_or_empty"):
             labels = rng.integers(0, n_label_classes, n_items).astype(np.int64)
             labels[::3] = SCALARS["ignore_index"]
@@ -64,7 +73,7 @@ def operands(kernel, shape, dtype, seed=0):
         elif role in ("rows_out", "grad_out"):
             args.append(np.full(shape, 7.0, dtype))
         elif role == "flat":
-            args.append((rng.standard_normal(n_rows * n_classes) * 20).astype(dtype))
+            args.append((rng.standard_normal(n_rows * n_classes) * 20).astype(input_dtype))
         elif role == "flat_out":
             args.append(np.full(n_rows * n_classes, 7.0, dtype))
         elif role == "flags_or_empty":
@@ -96,6 +105,8 @@ def test_same_bits_on_any_thread_count(backend_name, kernel_name, dtype, shape):
     backend = load(backend_name)
     if kernel_name not in backend.SUPPORTED_KERNELS:
         pytest.skip(f"{backend_name} does not implement {kernel_name}")
+    if dtype.itemsize == 2 and kernel_name not in op_table.HALF_INPUT_KERNELS:
+        pytest.skip(f"{kernel_name} takes no half-precision input (op_table.HALF_INPUT_KERNELS)")
     kernel = op_table.KERNELS[kernel_name]
     results = []
     for threads in (1, 2, 3):

@@ -128,15 +128,17 @@ def _from_rows(rows: np.ndarray, template: np.ndarray, axes: tuple[int, ...]) ->
     return result
 
 
-def _same_shape_op(kernel, op, x, axes, out, backend, extra_inputs=()):
+def _same_shape_op(kernel, op, x, axes, out, backend, extra_inputs=(), dtype=None):
     """Run a kernel whose output has the input's shape (softmax, backward passes...).
 
-    ``extra_inputs`` are further operands already converted to x's dtype and shape.
+    ``extra_inputs`` are further operands of x's shape, already as the kernels read them;
+    ``dtype``: the call's compute dtype, the output's (default x's).
     """
+    dtype = x.dtype if dtype is None else dtype
     x2d = _as_rows(x, axes)
     operands = [x2d] + [_as_rows(e, axes) for e in extra_inputs]
     if out is None:
-        result2d = np.empty(x2d.shape, x.dtype)
+        result2d = np.empty(x2d.shape, dtype)
         _run(kernel, op, backend, *operands, result2d)
         # x2d is x itself only when x already is (rows, classes): nothing to undo
         return result2d if x2d is x else _from_rows(result2d, x, axes)
@@ -144,7 +146,7 @@ def _same_shape_op(kernel, op, x, axes, out, backend, extra_inputs=()):
     if out2d is not None:
         _run(kernel, op, backend, *operands, out2d)
     else:  # a strided out: compute densely, then copy into the caller's layout
-        result2d = np.empty(x2d.shape, x.dtype)
+        result2d = np.empty(x2d.shape, dtype)
         _run(kernel, op, backend, *operands, result2d)
         out[...] = _from_rows(result2d, x, axes)
     return out
@@ -208,11 +210,11 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
         if result is not None:
             return result
     if b is None:
-        x = v.as_float_array(x, "x")
+        x, dtype = v.as_kernel_input(x, "x")
         x_given = x
     else:
         x_given = x
-        x, b = _promoted_with_scale(x, b)
+        x, b, dtype = _promoted_with_scale(x, b)
     if x.ndim == 0:  # as SciPy: a scalar is one class (axis 0, -1 or None all work)
         x = x.reshape(1)
         b = None if b is None else b.reshape(1)
@@ -224,18 +226,18 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
         kept_shape = tuple(n for i, n in enumerate(x.shape) if i not in axes)
         result_shape = (tuple(1 if i in axes else n for i, n in enumerate(x.shape))
                         if keepdims else kept_shape)
-    out_view = _checked_out(out, result_shape, x.dtype, {"x": x_given})
+    out_view = _checked_out(out, result_shape, dtype, {"x": x_given})
     x2d = _as_rows(x, axes)
-    result = np.empty(x2d.shape[0], x.dtype)
+    result = np.empty(x2d.shape[0], dtype)
     if b is None:
         _run("logsumexp", "logsumexp", backend, x2d, result)
         if return_sign:
             # Without b the sum of exponentials is positive unless it is 0 (an all -inf
             # or empty row: sign 0, as SciPy for all -inf) or NaN.
-            sign = np.where(result == -np.inf, 0.0, 1.0).astype(x.dtype)
+            sign = np.where(result == -np.inf, 0.0, 1.0).astype(dtype)
             sign[np.isnan(result)] = np.nan
     else:
-        sign = np.empty(x2d.shape[0], x.dtype)
+        sign = np.empty(x2d.shape[0], dtype)
         _run("logsumexp_scaled", "logsumexp", backend, x2d, _as_rows(b, axes), result, sign)
         if not return_sign:
             result[sign < 0] = np.nan
@@ -264,14 +266,14 @@ def entropy(x, axis=-1, *, out=None, backend=None):
     1.38629436112
     """
     x_given = x
-    x = v.as_float_array(x, "x")
+    x, dtype = v.as_kernel_input(x, "x")
     if x.ndim == 0:  # as logsumexp: a scalar is one class
         x = x.reshape(1)
     axes = v.normalize_axes(axis, x.ndim)
     kept_shape = tuple(n for i, n in enumerate(x.shape) if i not in axes)
-    out_view = _checked_out(out, kept_shape, x.dtype, {"x": x_given})
+    out_view = _checked_out(out, kept_shape, dtype, {"x": x_given})
     x2d = _as_rows(x, axes)
-    result = np.empty(x2d.shape[0], x.dtype)
+    result = np.empty(x2d.shape[0], dtype)
     _run("entropy", "entropy", backend, x2d, result)
     result = result.reshape(kept_shape)
     if out_view is not None:
@@ -282,7 +284,9 @@ def entropy(x, axis=-1, *, out=None, backend=None):
 def _promoted_with_scale(x, b):
     """``x`` and ``b`` of logsumexp broadcast against each other, in the dtype NumPy
     promotes the pair to (``np.result_type``; a Python scalar ``b`` takes x's dtype), then
-    mapped by the dtype policy (half -> float32, integers -> float64), as SciPy does."""
+    mapped by the dtype policy (half -> float32, integers -> float64), as SciPy does;
+    half operands of a float32 call stay half (the kernels read them). Returns x, b and
+    the compute dtype."""
     x = np.asarray(x)
     v.compute_dtype(x.dtype, "x")  # names the argument of a complex / object input
     b_array = np.asarray(b)
@@ -295,8 +299,8 @@ def _promoted_with_scale(x, b):
         raise ValueError(
             f"b must broadcast against x: x has shape {x.shape}, b has shape {b_array.shape}"
         ) from None
-    return (np.broadcast_to(x.astype(dtype, copy=False), shape),
-            np.broadcast_to(b_array.astype(dtype, copy=False), shape))
+    return (np.broadcast_to(v.kernel_operand(x, dtype), shape),
+            np.broadcast_to(v.kernel_operand(b_array, dtype), shape), dtype)
 
 
 def softmax(x, axis=-1, *, out=None, backend=None):
@@ -317,12 +321,12 @@ def softmax(x, axis=-1, *, out=None, backend=None):
         result = _small_row_call("softmax", x, axis, row_output=False)
         if result is not None:
             return result
-    x = v.as_float_array(x, "x")
+    x, dtype = v.as_kernel_input(x, "x")
     if x.ndim == 0:
         return _of_scalar(softmax, x, axis, out, backend)
     axes = v.normalize_axes(axis, x.ndim)
-    out_view = _checked_out(out, x.shape, x.dtype, {"x": x})
-    result = _same_shape_op("softmax", "softmax", x, axes, out_view, backend)
+    out_view = _checked_out(out, x.shape, dtype, {"x": x})
+    result = _same_shape_op("softmax", "softmax", x, axes, out_view, backend, dtype=dtype)
     return result if out is None else out  # >= 1-D: 0-d x went to _of_scalar
 
 
@@ -340,12 +344,12 @@ def log_softmax(x, axis=-1, *, out=None, backend=None):
         result = _small_row_call("log_softmax", x, axis, row_output=False)
         if result is not None:
             return result
-    x = v.as_float_array(x, "x")
+    x, dtype = v.as_kernel_input(x, "x")
     if x.ndim == 0:
         return _of_scalar(log_softmax, x, axis, out, backend)
     axes = v.normalize_axes(axis, x.ndim)
-    out_view = _checked_out(out, x.shape, x.dtype, {"x": x})
-    result = _same_shape_op("log_softmax", "log_softmax", x, axes, out_view, backend)
+    out_view = _checked_out(out, x.shape, dtype, {"x": x})
+    result = _same_shape_op("log_softmax", "log_softmax", x, axes, out_view, backend, dtype=dtype)
     return result if out is None else out  # >= 1-D: 0-d x went to _of_scalar
 
 
@@ -359,7 +363,7 @@ def _of_scalar(function, x, axis, out, backend):
             f"axis={axis!r} is out of bounds for a 0-d x (a single class: axis 0, -1 or None)"
         ) from None
     if out is not None:
-        out_view = v.check_out(out, (), x.dtype)
+        out_view = v.check_out(out, (), v.compute_dtype(x.dtype, "x"))
         function(x.reshape(1), axis, out=out_view.reshape(1), backend=backend)
         return out
     return function(x.reshape(1), axis, backend=backend)[0]
@@ -368,13 +372,13 @@ def _of_scalar(function, x, axis, out, backend):
 # --- elementwise ------------------------------------------------------------------
 
 def _elementwise(kernel, x, out, backend):
-    x = v.as_float_array(x, "x")
-    out_view = _checked_out(out, x.shape, x.dtype, {"x": x})
+    x, dtype = v.as_kernel_input(x, "x")
+    out_view = _checked_out(out, x.shape, dtype, {"x": x})
     flat = np.ascontiguousarray(x).reshape(-1)
     if out_view is not None and out_view.flags.c_contiguous:
         _run(kernel, kernel, backend, flat, out_view.reshape(-1))
         return out
-    result = np.empty(flat.shape, x.dtype)
+    result = np.empty(flat.shape, dtype)
     _run(kernel, kernel, backend, flat, result)
     if out_view is not None:
         out_view[...] = result.reshape(x.shape)
@@ -407,7 +411,7 @@ def log_sigmoid(x, *, out=None, backend=None):
 
 # --- losses -----------------------------------------------------------------------
 
-def _gradient_buffer(return_grad, grad_out, logits, operands):
+def _gradient_buffer(return_grad, grad_out, logits, operands, dtype):
     """The array (a plain ndarray) the gradient goes into, or None without return_grad.
 
     ``operands`` are the caller's arrays by argument name; ``grad_out`` may be one of
@@ -418,8 +422,8 @@ def _gradient_buffer(return_grad, grad_out, logits, operands):
     if not return_grad:
         return None
     if grad_out is None:
-        return np.empty(logits.shape, logits.dtype)
-    gradient = v.check_out(grad_out, logits.shape, logits.dtype, "grad_out")
+        return np.empty(logits.shape, dtype)
+    gradient = v.check_out(grad_out, logits.shape, dtype, "grad_out")
     v.check_no_partial_overlap(gradient, operands, "grad_out")
     return gradient
 
@@ -447,7 +451,7 @@ def _ieee_divide(numerator: float, denominator: float) -> float:
     return math.copysign(math.inf, numerator) * math.copysign(1.0, denominator)
 
 
-def _gradient_rows(gradient, x2d, axes, other_reads):
+def _gradient_rows(gradient, x2d, axes, other_reads, dtype):
     """The 2-D array the kernel writes the gradient into: a view of ``gradient`` when
     its layout allows, else a dense scratch array copied back by ``_finish_gradient``.
 
@@ -456,10 +460,10 @@ def _gradient_rows(gradient, x2d, axes, other_reads):
     writing. So a gradient that shares memory with one goes to scratch as well.
     """
     if gradient is None:
-        return _NO_GRADIENT[x2d.dtype]
+        return _NO_GRADIENT[dtype]
     rows = _rows_view(gradient, axes)
     if rows is None or any(np.may_share_memory(rows, read) for read in other_reads):
-        return np.empty(x2d.shape, x2d.dtype)
+        return np.empty(x2d.shape, dtype)
     return rows
 
 
@@ -539,7 +543,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     (0.669079, (2, 3))
     """
     original_logits = logits
-    logits = v.as_float_array(logits, "logits")
+    logits, dtype = v.as_kernel_input(logits, "logits")
     if logits.ndim == 0:
         raise ValueError("logits must have at least 1 dimension (the class axis), got a 0-d array")
     class_axis = v.single_axis(axis, logits.ndim)
@@ -551,25 +555,26 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     if n_classes == 0:
         raise ValueError(f"logits has 0 classes along axis {axis}: shape {logits.shape}")
     class_weight = (
-        _ones(n_classes, logits.dtype) if weight is None
-        else v.check_class_weight(weight, n_classes, logits.dtype)
+        _ones(n_classes, dtype) if weight is None
+        else v.check_class_weight(weight, n_classes, dtype)
     )
     original_target = target
     target = np.asarray(target)
     loss_shape = logits.shape[:class_axis] + logits.shape[class_axis + 1:]
-    probability_targets = target.dtype.kind == "f" and target.shape == logits.shape
+    probability_targets = (target.dtype.kind == "f" or v.is_half(target.dtype)) and (
+        target.shape == logits.shape)
     if probability_targets:
-        target = v.float_array_like(target, "target", logits.dtype)
+        target = v.second_rows_operand(target, "target", dtype)
     else:
         labels, kept_weight = _checked_labels(target, loss_shape, logits.shape, class_axis,
                                               ignore_index, class_weight, backend)
 
     gradient = _gradient_buffer(return_grad, grad_out, logits, {
-        "logits": original_logits, "target": original_target, "weight": weight})
+        "logits": original_logits, "target": original_target, "weight": weight}, dtype)
     x2d = _as_rows(logits, axes)
     target2d = _as_rows(target, axes) if probability_targets else labels
-    grad2d = _gradient_rows(gradient, x2d, axes, (target2d, class_weight))
-    row_losses = np.empty(x2d.shape[0], logits.dtype)
+    grad2d = _gradient_rows(gradient, x2d, axes, (target2d, class_weight), dtype)
+    row_losses = np.empty(x2d.shape[0], dtype)
     # The mean divides by the row count (probabilities) or by the summed weight of the
     # labels that are not ignored (torch's weighted mean); the gradient carries 1/that.
     if reduction != "mean":
@@ -587,7 +592,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
         _run("cross_entropy_labels", "cross_entropy", backend, x2d, target2d, class_weight,
              ignore_index, label_smoothing, row_losses, grad2d, grad_scale)
 
-    loss = _reduce(row_losses.reshape(loss_shape), reduction, denominator, logits.dtype)
+    loss = _reduce(row_losses.reshape(loss_shape), reduction, denominator, dtype)
     return _finish_gradient(loss, gradient, grad2d, axes, grad_out)
 
 
@@ -629,26 +634,26 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     """
     operands = {"logits": logits, "target": target, "weight": weight, "pos_weight": pos_weight}
     original_shape = np.shape(logits)
-    logits = v.as_float_array(logits, "logits")
-    target = v.float_array_like(target, "target", logits.dtype)
+    logits, dtype = v.as_kernel_input(logits, "logits")
+    target = v.second_rows_operand(target, "target", dtype)
     v.check_same_shape(logits, target, "logits", "target")
     reduction = v.check_reduction(reduction)
-    gradient = _gradient_buffer(return_grad, grad_out, logits, operands)
+    gradient = _gradient_buffer(return_grad, grad_out, logits, operands, dtype)
     # Elementwise loss: any shape works as (rows, last axis); a 0-d input is one element.
     if logits.ndim == 0:
         logits, target = logits.reshape(1), target.reshape(1)
     axes = (logits.ndim - 1,)
     n_classes = logits.shape[-1]
-    ones = _ones(n_classes, logits.dtype).reshape(1, n_classes)
+    ones = _ones(n_classes, dtype).reshape(1, n_classes)
     weight2d = ones if weight is None else _elementwise_weight(
-        weight, logits.shape, "weight", logits.dtype)
+        weight, logits.shape, "weight", dtype)
     pos_weight2d = ones if pos_weight is None else _elementwise_weight(
-        pos_weight, logits.shape, "pos_weight", logits.dtype)
+        pos_weight, logits.shape, "pos_weight", dtype)
     x2d = _as_rows(logits, axes)
     target2d = _as_rows(target, axes)
     grad2d = _gradient_rows(None if gradient is None else gradient.reshape(logits.shape),
-                            x2d, axes, (target2d, weight2d, pos_weight2d))
-    loss2d = np.empty((x2d.shape[0], n_classes if reduction == "none" else 1), logits.dtype)
+                            x2d, axes, (target2d, weight2d, pos_weight2d), dtype)
+    loss2d = np.empty((x2d.shape[0], n_classes if reduction == "none" else 1), dtype)
     n_elements = logits.size
     grad_scale = 1.0 / n_elements if reduction == "mean" and n_elements else 1.0
     _run("bce_with_logits", "binary_cross_entropy_with_logits", backend, x2d,
@@ -656,7 +661,7 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     if reduction == "none":
         loss = _scalar_or_array(loss2d.reshape(original_shape))
     else:
-        loss = _reduce(loss2d, reduction, n_elements, logits.dtype)
+        loss = _reduce(loss2d, reduction, n_elements, dtype)
     if gradient is None:
         return loss
     if not np.shares_memory(grad2d, gradient):
@@ -667,13 +672,14 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
 # --- backward passes --------------------------------------------------------------
 
 def _backward(kernel, dy, y, axis, out, backend):
-    y = v.as_float_array(y, "y")
-    dy = v.float_array_like(dy, "dy", y.dtype)
+    y, dtype = v.as_kernel_input(y, "y")
+    dy = v.second_rows_operand(dy, "dy", dtype)
     v.check_same_shape(y, dy, "y", "dy")
     axes = v.normalize_axes(axis, y.ndim)
-    out_view = _checked_out(out, y.shape, y.dtype, {"y": y, "dy": dy})
+    out_view = _checked_out(out, y.shape, dtype, {"y": y, "dy": dy})
     # The kernel signature is (dy, y, out): dy goes first.
-    result = _same_shape_op(kernel, kernel, dy, axes, out_view, backend, extra_inputs=(y,))
+    result = _same_shape_op(kernel, kernel, dy, axes, out_view, backend, extra_inputs=(y,),
+                            dtype=dtype)
     return _result_or_out(result, out)
 
 

@@ -12,16 +12,37 @@ from numpy.exceptions import AxisError
 REDUCTIONS = ("none", "mean", "sum")
 
 
+# The dtype policy, in one place. A call computes in float32 or float64 (its compute dtype,
+# also the dtype of every float output): float64 and wider -> float64; float32 ->
+# float32; half precision (float16, and ml_dtypes' bfloat16) -> float32, read by the
+# compiled kernels in 16 bits and widened to float32 inside them, never copied to float32
+# first: logits are often stored in 16 bits, and reading half the bytes is half the time.
+# Outputs are float32, as torch's CPU kernels compute half input in float32: 16-bit
+# probabilities or losses would lose what the float32 arithmetic kept (float16 has 11
+# significant bits; its largest value is 65504; bfloat16 has 8). Integers and bools ->
+# float64. The numpy reference backend widens its input to float64, as for any dtype.
+
+
+def is_half(dtype: np.dtype) -> bool:
+    """float16 or bfloat16 in native byte order: the 16-bit inputs the kernels read as
+    they are. bfloat16 (an ml_dtypes type, kind 'V') is recognised by its name, so that
+    ml_dtypes, an optional dependency, is never imported."""
+    return dtype.itemsize == 2 and dtype.isnative and (
+        dtype.kind == "f" or dtype.name == "bfloat16")
+
+
 def compute_dtype(dtype: np.dtype, name: str) -> np.dtype:
     """The (native byte order) dtype a kernel computes and returns in, per the dtype
-    policy: float32 stays float32 and float16 becomes float32, in either byte order;
-    float64 and wider stay or become float64; integers and bools become float64."""
+    policy above: float32 and half precision (float16, bfloat16) -> float32, in either
+    byte order; float64 and wider -> float64; integers and bools -> float64."""
     if dtype.kind == "f":
         # Decided by the size, not by equality with np.float32: '>f4' != np.float32.
         # longdouble: no kernel computes in it; float64 is the widest.
         return np.dtype(np.float32) if dtype.itemsize <= 4 else np.dtype(np.float64)
     if dtype.kind in "biu":
         return np.dtype(np.float64)
+    if dtype.name == "bfloat16":
+        return np.dtype(np.float32)
     raise TypeError(
         f"{name} must hold real numbers (float, int or bool), got dtype {dtype}"
     )
@@ -39,11 +60,38 @@ def as_float_array(x, name: str) -> np.ndarray:
     return array if array.dtype == dtype else array.astype(dtype)
 
 
+def as_kernel_input(x, name: str) -> tuple[np.ndarray, np.dtype]:
+    """``x`` as the kernels read it, and the call's compute dtype: half precision stays
+    as it is (the kernels widen it), other dtypes as in ``as_float_array``."""
+    if type(x) is np.ndarray and x.dtype in _KERNEL_DTYPES:  # the common case
+        return x, x.dtype
+    array = np.asarray(x)
+    dtype = compute_dtype(array.dtype, name)
+    return kernel_operand(array, dtype), dtype
+
+
+def kernel_operand(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """An (n, C) or flat operand as the kernels of a ``dtype`` call read it: itself when of
+    that dtype, or half precision in a float32 call (widened inside the kernels), else
+    converted."""
+    if array.dtype == dtype or (dtype == np.float32 and is_half(array.dtype)):
+        return array
+    return array.astype(dtype)
+
+
 def float_array_like(x, name: str, dtype: np.dtype) -> np.ndarray:
-    """A second float operand (targets, dy, b) converted to the first one's dtype."""
+    """A second float operand (weights) converted to the call's compute dtype."""
     array = np.asarray(x)
     compute_dtype(array.dtype, name)  # rejects complex / object / strings
     return array if array.dtype == dtype else array.astype(dtype)
+
+
+def second_rows_operand(x, name: str, dtype: np.dtype) -> np.ndarray:
+    """A second (n, C) operand read like the logits (targets, dy, b) as the kernels of a
+    ``dtype`` call read it: half precision in a float32 call stays as it is."""
+    array = np.asarray(x)
+    compute_dtype(array.dtype, name)  # rejects complex / object / strings
+    return kernel_operand(array, dtype)
 
 
 def normalize_axes(axis, ndim: int, name: str = "axis") -> tuple[int, ...]:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import _backends, _config, memory_bandwidth
+from . import _validate
 from ._backends import op_table
 from . import _ops as ops
 from . import _score
@@ -53,9 +54,33 @@ def traffic_bytes(op: str, shape: tuple[int, int], dtype) -> tuple[int, int]:
     """(bytes read, bytes written) that ``op`` must move on logits of ``shape``."""
     spec = OPS[op]
     n_rows, n_classes = shape
+    dtype = np.dtype(dtype)
     return op_table.KERNELS[spec["kernel"]].traffic(
-        n_rows, n_classes, np.dtype(dtype).itemsize, with_gradient=spec["with_gradient"],
-        row_outputs=spec["row_outputs"], top_k=spec.get("top_k", 0))
+        n_rows, n_classes, dtype.itemsize, with_gradient=spec["with_gradient"],
+        row_outputs=spec["row_outputs"], top_k=spec.get("top_k", 0),
+        out_itemsize=_validate.compute_dtype(dtype, "dtype").itemsize)
+
+
+def bench_dtype(name: str) -> np.dtype:
+    """The dtype called ``name`` (float32, float64, float16, or bfloat16 from the optional
+    ml_dtypes package)."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise SystemExit("--dtype bfloat16 needs the ml_dtypes package "
+                             "(pip install logitcore[bfloat16])") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _torch_tensor(x):
+    """x as a torch tensor sharing its memory (bfloat16 through its bits)."""
+    import torch
+
+    if x.dtype.name == "bfloat16":
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)
 
 
 DEFAULT_OPS = ["logsumexp", "softmax", "log_softmax", "cross_entropy", "cross_entropy_none",
@@ -158,7 +183,7 @@ def peer_runners(op, x, labels, n_threads) -> dict:
         import torch.nn.functional as F
 
         torch.set_num_threads(n_threads)
-        tx = torch.from_numpy(x)
+        tx = _torch_tensor(x)
         tl = torch.from_numpy(labels)
         t_target = (tx > 0).to(tx.dtype)
 
@@ -192,6 +217,8 @@ def peer_runners(op, x, labels, n_threads) -> dict:
             runners["torch"] = torch_calls[op]
     except ImportError:
         pass
+    if _validate.is_half(x.dtype):  # the other peers do not take 16-bit floats
+        return runners
     try:
         import scipy.special as sp
 

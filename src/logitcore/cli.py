@@ -31,8 +31,9 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shape", type=_shape, action="append",
                    help="rows x classes, e.g. 65536x1000 (repeatable); default: the reference "
                         "reference shapes")
-    b.add_argument("--dtype", choices=["float32", "float64"], action="append",
-                   help="repeatable; default float32 and float64")
+    b.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"],
+                   action="append",
+                   help="repeatable; default float32 and float64 (bfloat16 needs ml_dtypes)")
     b.add_argument("--ops", nargs="+", choices=sorted(bench.OPS), default=None,
                    help=f"default: {' '.join(bench.DEFAULT_OPS)}")
     b.add_argument("--backends", nargs="+", default=None,
@@ -148,8 +149,8 @@ def main(argv=None) -> int:
     from . import bench
 
     shapes = args.shape or (bench.QUICK_SHAPES if args.quick else bench.REFERENCE_SHAPES)
-    dtypes = [np.dtype(d) for d in (args.dtype or (["float32"] if args.quick
-                                                   else ["float32", "float64"]))]
+    dtypes = [bench.bench_dtype(d) for d in (args.dtype or (["float32"] if args.quick
+                                                            else ["float32", "float64"]))]
     budget = 0.3 if args.quick else 1.0
     repeats = min(args.repeat, 3) if args.quick else args.repeat
     print(f"logitcore bench: {len(shapes)} shape(s) x {len(dtypes)} dtype(s); "

@@ -6,7 +6,10 @@ The public API (``logitcore._ops``) reduces every call to 2-D problems with the 
 last and calls one of the kernels below. Every backend module implements the same
 functions with the same signatures. All arrays handed to a kernel are
 
-* C-contiguous, of one floating dtype (float32 or float64) per call;
+* C-contiguous, of one floating dtype (float32 or float64) per call, except that in a
+  float32 call the inputs read like the logits (roles ``rows`` and ``flat``) may be
+  float16 or bfloat16, which the kernels widen themselves (docs/architecture.md,
+  "Half-precision input and the dtype policy");
 * already validated: shapes agree, labels are in ``[0, n_classes)`` or equal to
   ``ignore_index`` (``label_stats`` below checks that), weights are finite;
 * preallocated outputs, which may *be* the input (in-place softmax, gradient over the

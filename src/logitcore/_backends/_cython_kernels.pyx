@@ -27,7 +27,7 @@ ValueError, not a write out of bounds.
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, NAN
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -76,9 +76,25 @@ cdef Py_ssize_t MIN_ELEMENTS_PER_THREAD = LC_SMALL_CALL_ELEMENTS
 
 # ---------------------------------------------------------------- operand checks
 
+cdef lc_input_format input_format(cnp.ndarray a):
+    """How an input read like x is stored: LC_INPUT_FLOAT16 / LC_INPUT_BFLOAT16 for half
+    precision in native byte order (read in 16 bits, widened to float by the schedules,
+    lc_half.h), else LC_INPUT_FLOAT. bfloat16 (ml_dtypes) is recognised by its name."""
+    if cnp.PyArray_ITEMSIZE(a) != 2 or not cnp.PyArray_ISNOTSWAPPED(a):
+        return LC_INPUT_FLOAT
+    if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT16:
+        return LC_INPUT_FLOAT16
+    if (<object>a).dtype.name == "bfloat16":
+        return LC_INPUT_BFLOAT16
+    return LC_INPUT_FLOAT
+
+
 cdef int element_type(cnp.ndarray x) except -1:
-    """NPY_FLOAT or NPY_DOUBLE: the kernel's element type, read off its first operand."""
+    """NPY_FLOAT or NPY_DOUBLE: the kernel's element type, read off its first operand
+    (half input computes in float)."""
     cdef int type_num = cnp.PyArray_TYPE(x)
+    if input_format(x) != LC_INPUT_FLOAT:
+        return cnp.NPY_FLOAT
     if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
         raise TypeError(f"cython kernels take float32 or float64 arrays, got {(<object>x).dtype}")
     return type_num
@@ -102,6 +118,15 @@ cdef int expect(cnp.ndarray a, str name, int type_num, Py_ssize_t n_rows, Py_ssi
             f"dtype {array.dtype}, C-contiguous={array.flags.c_contiguous}, "
             f"writable={array.flags.writeable}")
     return 0
+
+
+cdef int expect_input(cnp.ndarray a, str name, int type_num, Py_ssize_t n_rows,
+                      Py_ssize_t n_cols) except -1:
+    """expect() for an input read like x (x, b, target, dy, y): in a float call it may be
+    half precision as well."""
+    if type_num == cnp.NPY_FLOAT and input_format(a) != LC_INPUT_FLOAT:
+        return expect(a, name, cnp.PyArray_TYPE(a), n_rows, n_cols, False)
+    return expect(a, name, type_num, n_rows, n_cols, False)
 
 
 cdef inline int expect_gradient(cnp.ndarray grad_out, int type_num, Py_ssize_t n_rows,
@@ -227,6 +252,65 @@ cdef void run_rows(const lc_operands* o, const real* x, int n_threads) noexcept 
         call_rows(o, x, first, end - first)
 
 
+# Half input (lc_half.h): each thread widens its rows HALF_CHUNK_ELEMENTS at a time into
+# a float buffer and runs the op's C row function on a window over it, so the row
+# functions read float as for float32 input (and give the same bits).
+cdef Py_ssize_t HALF_CHUNK_ELEMENTS = 4 * LC_BLOCK_CLASSES
+
+
+cdef inline const void* widened(lc_input_format format, const void* source, float* buffer,
+                                Py_ssize_t first, Py_ssize_t n) noexcept nogil:
+    """The elements [first, first + n) of an input as the row functions read them: the
+    input itself when it is float; half input widened into buffer, through a window."""
+    if format == LC_INPUT_FLOAT:
+        return source
+    lc_widen_span(format, <const uint16_t*>source + first, buffer, n)
+    return lc_window(buffer, first)
+
+
+cdef inline float* half_buffer(lc_input_format format, Py_ssize_t n) noexcept nogil:
+    return <float*>malloc(n * sizeof(float)) if format != LC_INPUT_FLOAT else NULL
+
+
+cdef int widened_rows(const lc_operands* o, lc_input_format x_format,
+                      lc_input_format y_format, Py_ssize_t first,
+                      Py_ssize_t end) noexcept nogil:
+    """The rows [first, end) of o, x and y widened chunk by chunk; 1 without memory."""
+    cdef Py_ssize_t C = o.n_classes, start, count
+    cdef Py_ssize_t chunk = max(1, HALF_CHUNK_ELEMENTS // C)
+    cdef lc_operands local = o[0]
+    cdef float* x_buffer = half_buffer(x_format, chunk * C)
+    cdef float* y_buffer = half_buffer(y_format, chunk * C)
+    if ((x_format != LC_INPUT_FLOAT and x_buffer == NULL)
+            or (y_format != LC_INPUT_FLOAT and y_buffer == NULL)):
+        free(x_buffer); free(y_buffer)
+        return 1
+    start = first
+    while start < end:
+        count = min(chunk, end - start)
+        local.x = widened(x_format, o.x, x_buffer, start * C, count * C)
+        local.y = widened(y_format, o.y, y_buffer, start * C, count * C)
+        lc_rows_f32(&local, start, count)
+        start += count
+    free(x_buffer); free(y_buffer)
+    return 0
+
+
+cdef int run_rows_half(const lc_operands* o, int n_threads, lc_input_format x_format,
+                       lc_input_format y_format) noexcept nogil:
+    """run_rows for half input; -1 if a buffer cannot be allocated."""
+    cdef Py_ssize_t part, first, end
+    cdef int n_parts = threads_for(o.n_rows, o.n_classes, n_threads)
+    cdef int failed = 0
+    if n_parts == 1:
+        return -widened_rows(o, x_format, y_format, 0, o.n_rows)
+    for part in prange(n_parts, num_threads=n_parts, schedule="static"):
+        first = range_start(o.n_rows, part, n_parts)
+        end = range_start(o.n_rows, part + 1, n_parts)
+        failed += widened_rows(o, x_format, y_format, first, end)
+    return -1 if failed else 0
+
+
 # ---------------------------------------------------------------- schedule: class_split
 #
 # Rows longer than one block (LC_BLOCK_CLASSES classes) of logsumexp, softmax, log_softmax
@@ -247,30 +331,43 @@ cdef inline bint takes_class_split(const lc_operands* o) noexcept nogil:
 
 cdef void block_pass(const lc_operands* o, const real* x, lc_block_pass step, Py_ssize_t row,
                      Py_ssize_t n_blocks, lc_block_state* states, const lc_row_result* result,
-                     int n_threads) noexcept nogil:
-    """One pass over every block of one row: a contiguous range of blocks per thread."""
+                     int n_threads, lc_input_format x_format, float* half_scratch) noexcept nogil:
+    """One pass over every block of one row: a contiguous range of blocks per thread
+    (half_scratch: a row's worth of floats per thread, for half input)."""
     cdef Py_ssize_t part, first, end
+    cdef Py_ssize_t row_floats = n_blocks * LC_BLOCK_CLASSES
     if n_threads == 1:
-        block_range_pass(o, x, step, row, 0, n_blocks, states, result)
+        block_range_pass(o, x, step, row, 0, n_blocks, states, result, x_format, half_scratch)
         return
     for part in prange(n_threads, num_threads=n_threads, schedule="static"):
         first = range_start(n_blocks, part, n_threads)
         end = range_start(n_blocks, part + 1, n_threads)
-        block_range_pass(o, x, step, row, first, end, states, result)
+        block_range_pass(o, x, step, row, first, end, states, result, x_format,
+                         offset_or_null(half_scratch, part * row_floats))
 
 
 cdef inline void block_range_pass(const lc_operands* o, const real* x, lc_block_pass step,
                                   Py_ssize_t row, Py_ssize_t first, Py_ssize_t end,
-                                  lc_block_state* states,
-                                  const lc_row_result* result) noexcept nogil:
-    if real is float:
+                                  lc_block_state* states, const lc_row_result* result,
+                                  lc_input_format x_format,
+                                  float* half_scratch) noexcept nogil:
+    cdef lc_operands local
+    cdef Py_ssize_t begin, stop
+    if x_format != LC_INPUT_FLOAT:  # the blocks widened, the pass reads a window on them
+        local = o[0]
+        begin = row * o.n_classes + first * LC_BLOCK_CLASSES
+        stop = min(row * o.n_classes + end * LC_BLOCK_CLASSES, (row + 1) * o.n_classes)
+        local.x = widened(x_format, o.x, half_scratch, begin, stop - begin)
+        lc_block_pass_f32(&local, step, row, first, end, states, result)
+    elif real is float:
         lc_block_pass_f32(o, step, row, first, end, states, result)
     else:
         lc_block_pass_f64(o, step, row, first, end, states, result)
 
 
 cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssize_t n_blocks,
-                    lc_block_state* states, int n_threads) noexcept nogil:
+                    lc_block_state* states, int n_threads, lc_input_format x_format,
+                    float* half_scratch) noexcept nogil:
     """One long row of ``o.op``, block by block (its blocks on n_threads threads)."""
     cdef lc_row_result result
     cdef lc_ce_label_row loss
@@ -281,7 +378,8 @@ cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssiz
     cdef bint keep
     cdef double shifted_label_logit, label_weight
     memset(&result, 0, sizeof(lc_row_result))
-    block_pass(o, x, LC_STATE_PASS, row, n_blocks, states, &result, n_threads)
+    block_pass(o, x, LC_STATE_PASS, row, n_blocks, states, &result, n_threads, x_format,
+               half_scratch)
     if o.op != LC_OP_CROSS_ENTROPY_LABELS:
         result.state = lc_block_states_merge(states, n_blocks)
         if o.op == LC_OP_LOGSUMEXP:
@@ -291,7 +389,8 @@ cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssiz
             result.normaliser = lc_row_state_normaliser(result.state)
         else:
             result.normaliser = lc_row_state_log_normaliser(result.state)
-        block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads)
+        block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads, x_format,
+                   half_scratch)
         return
     result.state.max = lc_block_states_max(states, n_blocks)
     label = o.labels[row]
@@ -299,9 +398,14 @@ cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssiz
     if not keep:
         label = 0
     # everything the loss reads from x, before the sums pass may overwrite it (grad may be x)
-    shifted_label_logit = <double>x[row * C + label] - result.state.max
+    if x_format != LC_INPUT_FLOAT:
+        shifted_label_logit = (<double>lc_widen_one(x_format, <const uint16_t*>o.x,
+                                                    row * C + label) - result.state.max)
+    else:
+        shifted_label_logit = <double>x[row * C + label] - result.state.max
     label_weight = (<const real*>o.weight)[label]
-    block_pass(o, x, LC_SUMS_PASS, row, n_blocks, states, &result, n_threads)
+    block_pass(o, x, LC_SUMS_PASS, row, n_blocks, states, &result, n_threads, x_format,
+               half_scratch)
     result.state = lc_block_states_add(states, n_blocks, result.state.max)
     loss = lc_ce_label_row_finish(&o.ce, result.state.max, result.state.sums,
                                   shifted_label_logit, result.state.extra, keep, label_weight,
@@ -311,12 +415,14 @@ cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssiz
         return
     result.exp_factor = loss.exp_factor
     result.weight_factor = loss.weight_factor
-    block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads)
+    block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads, x_format,
+               half_scratch)
     if keep:
         grad[row * C + label] = <real>loss.label_grad
 
 
-cdef int class_split(lc_operands* o, const real* x, int n_threads) noexcept nogil:
+cdef int class_split(lc_operands* o, const real* x, int n_threads,
+                     lc_input_format x_format) noexcept nogil:
     """Every row of ``o``, block by block; -1 if the scratch cannot be allocated."""
     cdef Py_ssize_t n_blocks = (o.n_classes + LC_BLOCK_CLASSES - 1) // LC_BLOCK_CLASSES
     cdef Py_ssize_t row, part, first, end
@@ -326,7 +432,12 @@ cdef int class_split(lc_operands* o, const real* x, int n_threads) noexcept nogi
     cdef int n_parts = 1 if split_blocks else row_threads
     cdef lc_block_state* states = <lc_block_state*>malloc(
         n_parts * n_blocks * sizeof(lc_block_state))
-    if states == NULL:
+    # half input: a row's worth of widened floats per thread (parts of rows, or of blocks)
+    cdef Py_ssize_t row_floats = n_blocks * LC_BLOCK_CLASSES
+    cdef float* half_scratch = half_buffer(
+        x_format, max(n_parts, block_threads if split_blocks else 1) * row_floats)
+    if states == NULL or (x_format != LC_INPUT_FLOAT and half_scratch == NULL):
+        free(states); free(half_scratch)
         return -1
     if o.op == LC_OP_CROSS_ENTROPY_LABELS:
         if real is float:
@@ -339,38 +450,46 @@ cdef int class_split(lc_operands* o, const real* x, int n_threads) noexcept nogi
     o.prefetch_next_block = not split_blocks
     if split_blocks:
         for row in range(o.n_rows):
-            split_row(o, x, row, n_blocks, states, block_threads)
+            split_row(o, x, row, n_blocks, states, block_threads, x_format, half_scratch)
     elif n_parts == 1:
         for row in range(o.n_rows):
-            split_row(o, x, row, n_blocks, states, 1)
+            split_row(o, x, row, n_blocks, states, 1, x_format, half_scratch)
     else:
         for part in prange(n_parts, num_threads=n_parts, schedule="static"):
             first = range_start(o.n_rows, part, n_parts)
             end = range_start(o.n_rows, part + 1, n_parts)
             for row in range(first, end):
-                split_row(o, x, row, n_blocks, states + part * n_blocks, 1)
+                split_row(o, x, row, n_blocks, states + part * n_blocks, 1, x_format,
+                          offset_or_null(half_scratch, part * row_floats))
     free(states)
+    free(half_scratch)
     return 0
 
 
 # ---------------------------------------------------------------- the schedule of a call
 
-cdef int schedule(lc_operands* o, const real* x, int n_threads) noexcept nogil:
+cdef int schedule(lc_operands* o, const real* x, int n_threads, lc_input_format x_format,
+                  lc_input_format y_format) noexcept nogil:
     if takes_class_split(o):
-        return class_split(o, x, n_threads)
+        return class_split(o, x, n_threads, x_format)
+    if x_format != LC_INPUT_FLOAT or y_format != LC_INPUT_FLOAT:
+        return run_rows_half(o, n_threads, x_format, y_format)
     run_rows(o, x, n_threads)
     return 0
 
 
-cdef int run(lc_operands* o, int type_num, int n_threads) except -1:
-    """Run one validated call on its schedule (the GIL released)."""
+cdef int run(lc_operands* o, int type_num, int n_threads,
+             lc_input_format x_format=LC_INPUT_FLOAT,
+             lc_input_format y_format=LC_INPUT_FLOAT) except -1:
+    """Run one validated call on its schedule (the GIL released). x_format, y_format: how
+    o.x and o.y are stored (half input is widened by the schedules)."""
     cdef int status
     n_threads = usable_threads(n_threads)
     with nogil:
         if type_num == cnp.NPY_FLOAT:
-            status = schedule(o, <const float*>o.x, n_threads)
+            status = schedule(o, <const float*>o.x, n_threads, x_format, y_format)
         else:
-            status = schedule(o, <const double*>o.x, n_threads)
+            status = schedule(o, <const double*>o.x, n_threads, x_format, y_format)
     if status != 0:
         raise MemoryError("cython kernel: no memory for its per-block scratch")
     return 0
@@ -381,7 +500,7 @@ cdef int run(lc_operands* o, int type_num, int n_threads) except -1:
 def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1), row
-    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect_input(x, "x", type_num, n_rows, n_classes)
     expect(out, "out", type_num, n_rows, -1, True)
     if n_rows == 0:
         return
@@ -390,14 +509,14 @@ def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1)
         return
     cdef lc_operands o
     init_operands(&o, LC_OP_LOGSUMEXP, x, n_rows, n_classes, data(out), 1)
-    run(&o, type_num, n_threads)
+    run(&o, type_num, n_threads, input_format(x))
 
 
 def entropy(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
     # Whole rows only (the rows schedule); see lc_entropy_rows.
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
-    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect_input(x, "x", type_num, n_rows, n_classes)
     expect(out, "out", type_num, n_rows, -1, True)
     if n_rows == 0:
         return
@@ -406,7 +525,7 @@ def entropy(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
         return
     cdef lc_operands o
     init_operands(&o, LC_OP_ENTROPY, x, n_rows, n_classes, data(out), 1)
-    run(&o, type_num, n_threads)
+    run(&o, type_num, n_threads, input_format(x))
 
 
 def softmax(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
@@ -432,9 +551,9 @@ cdef int _same_shape_entry(lc_op op, cnp.ndarray x, cnp.ndarray y, cnp.ndarray o
     """softmax, log_softmax (y None) and their backward kernels (x is dy): out of x's shape."""
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
-    expect(x, "dy" if y is not None else "x", type_num, n_rows, n_classes, False)
+    expect_input(x, "dy" if y is not None else "x", type_num, n_rows, n_classes)
     if y is not None:
-        expect(y, "y", type_num, n_rows, n_classes, False)
+        expect_input(y, "y", type_num, n_rows, n_classes)
     expect(out, "out", type_num, n_rows, n_classes, True)
     if n_rows == 0 or n_classes == 0:
         return 0
@@ -442,7 +561,8 @@ cdef int _same_shape_entry(lc_op op, cnp.ndarray x, cnp.ndarray y, cnp.ndarray o
     init_operands(&o, op, x, n_rows, n_classes, data(out), n_classes)
     if y is not None:
         o.y = data(y)
-    return run(&o, type_num, n_threads)
+    return run(&o, type_num, n_threads, input_format(x),
+               input_format(y) if y is not None else LC_INPUT_FLOAT)
 
 
 def sigmoid(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
@@ -458,13 +578,13 @@ cdef int _flat_entry(lc_op op, cnp.ndarray x, cnp.ndarray out, int n_threads) ex
     (each thread gets one contiguous span)."""
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n = dim(x, 0)
-    expect(x, "x", type_num, n, -1, False)
+    expect_input(x, "x", type_num, n, -1)
     expect(out, "out", type_num, n, -1, True)
     if n == 0:
         return 0
     cdef lc_operands o
     init_operands(&o, op, x, n, 1, data(out), 1)
-    return run(&o, type_num, n_threads)
+    return run(&o, type_num, n_threads, input_format(x))
 
 
 # ---------------------------------------------------------------- labels
@@ -562,8 +682,8 @@ def logsumexp_scaled(cnp.ndarray x not None, cnp.ndarray b not None, cnp.ndarray
                      cnp.ndarray sign_out not None, int n_threads=1):
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
-    expect(x, "x", type_num, n_rows, n_classes, False)
-    expect(b, "b", type_num, n_rows, n_classes, False)
+    expect_input(x, "x", type_num, n_rows, n_classes)
+    expect_input(b, "b", type_num, n_rows, n_classes)
     expect(out, "out", type_num, n_rows, -1, True)
     expect(sign_out, "sign_out", type_num, n_rows, -1, True)
     if n_rows == 0:
@@ -576,7 +696,7 @@ def logsumexp_scaled(cnp.ndarray x not None, cnp.ndarray b not None, cnp.ndarray
     init_operands(&o, LC_OP_LOGSUMEXP_SCALED, x, n_rows, n_classes, data(out), 1)
     o.y = data(b)
     o.out2 = data(sign_out)
-    run(&o, type_num, n_threads)
+    run(&o, type_num, n_threads, input_format(x), input_format(b))
 
 
 def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
@@ -585,7 +705,7 @@ def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
                          cnp.ndarray grad_out not None, double grad_scale, int n_threads=1):
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
-    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect_input(x, "x", type_num, n_rows, n_classes)
     expect(labels, "labels", cnp.NPY_INT64, n_rows, -1, False)
     expect(weight, "weight", type_num, n_classes, -1, False)
     expect(loss_out, "loss_out", type_num, n_rows, -1, True)
@@ -603,7 +723,7 @@ def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
     o.label_smoothing = label_smoothing
     o.out2 = data_or_null(grad_out)
     o.grad_scale = grad_scale
-    run(&o, type_num, n_threads)
+    run(&o, type_num, n_threads, input_format(x))
 
 
 def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None,
@@ -612,8 +732,8 @@ def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None,
                         double grad_scale, int n_threads=1):
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
-    expect(x, "x", type_num, n_rows, n_classes, False)
-    expect(target, "target", type_num, n_rows, n_classes, False)
+    expect_input(x, "x", type_num, n_rows, n_classes)
+    expect_input(target, "target", type_num, n_rows, n_classes)
     expect(weight, "weight", type_num, n_classes, -1, False)
     expect(loss_out, "loss_out", type_num, n_rows, -1, True)
     expect_gradient(grad_out, type_num, n_rows, n_classes)
@@ -629,7 +749,7 @@ def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None,
     o.label_smoothing = label_smoothing
     o.out2 = data_or_null(grad_out)
     o.grad_scale = grad_scale
-    run(&o, type_num, n_threads)
+    run(&o, type_num, n_threads, input_format(x), input_format(target))
 
 
 def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
@@ -638,8 +758,8 @@ def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
                     double grad_scale, int n_threads=1):
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
-    expect(x, "x", type_num, n_rows, n_classes, False)
-    expect(target, "target", type_num, n_rows, n_classes, False)
+    expect_input(x, "x", type_num, n_rows, n_classes)
+    expect_input(target, "target", type_num, n_rows, n_classes)
     # a (1, C) weight serves every row: stride 0
     cdef Py_ssize_t weight_rows = 1 if dim(weight, 0) == 1 else n_rows
     cdef Py_ssize_t pos_weight_rows = 1 if dim(pos_weight, 0) == 1 else n_rows
@@ -666,7 +786,7 @@ def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
     o.loss_row_sums = loss_row_sums
     o.out2 = data_or_null(grad_out)
     o.grad_scale = grad_scale
-    run(&o, type_num, n_threads)
+    run(&o, type_num, n_threads, input_format(x), input_format(target))
 
 
 # ---------------------------------------------------------------- test hooks of the math library

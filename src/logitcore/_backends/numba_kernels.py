@@ -42,7 +42,10 @@ import numpy as np
 from llvmlite import ir
 from numba import literally, njit, prange, types
 from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
+from numba.np import numpy_support
+from numba.np.arrayobj import populate_array
 
 from logitcore._backends import kernel_constants, op_table
 from logitcore._backends.kernel_constants import (
@@ -68,6 +71,10 @@ CACHE_LINE = 64
 SUM_CHUNK = 256
 # Split the class axis across threads while there are fewer than this many rows per thread.
 SPLIT_ROWS_PER_THREAD = 2
+# The rows and class-split schedules cut their work into at most this many contiguous
+# ranges (spread over the threads by prange), each with its own buffer for widening half
+# input: a buffer per range, not per row, and enough ranges to balance any thread count.
+SCHEDULE_TASKS = 256
 
 VECTOR_MATH = {"contract", "reassoc", "afn", "arcp"}
 ORDERED_MATH = {"contract"}
@@ -704,7 +711,7 @@ def split_state_buffers(x):
     """Per-(row, block) (max, others, n_at_max) arrays for the class split."""
     n_rows = x.shape[0]
     n_blocks = n_blocks_of(x.shape[1])
-    block_maxes = np.empty((n_rows, n_blocks), dtype=x.dtype)
+    block_maxes = np.empty((n_rows, n_blocks), dtype=compute_dtype(x))
     block_others = np.empty((n_rows, n_blocks), dtype=np.float64)
     block_counts = np.empty((n_rows, n_blocks), dtype=np.float64)
     return block_maxes, block_others, block_counts
@@ -731,7 +738,7 @@ def split_row_stats(x):
     to row_max_sum_exp row by row."""
     block_maxes, block_others, block_counts = split_block_stats(x)
     n_rows = x.shape[0]
-    row_maxes = np.empty(n_rows, dtype=x.dtype)
+    row_maxes = np.empty(n_rows, dtype=compute_dtype(x))
     others = np.empty(n_rows, dtype=np.float64)
     counts = np.empty(n_rows, dtype=np.float64)
     for i in range(n_rows):
@@ -795,6 +802,262 @@ def narrow_tile_stats(block, row_max, others, counts, transposed):
             block_others[r] += np.float64(e - at_max)  # 0 at the max (see sum_exp_of)
             block_counts[r] += at_max
     return exps
+
+
+# --------------------------------------------------------------------------------------
+# Half-precision input: read as 16 bits, widened to float32 where a schedule loads it
+# --------------------------------------------------------------------------------------
+# numba has no float16 type on the CPU, so a float16 or bfloat16 operand reaches the
+# kernels as its bits (``half_bits``): uint16 for float16, int16 for bfloat16 (the two
+# formats are told apart by the type, at compile time). Each schedule widens what it
+# is about to hand a step -- one row (rows), one block (class split), one row tile
+# (narrow), one span (flat) -- into a per-task float32 buffer, and gives the step a
+# ``window``: a float32 (n_rows, C) array whose element [i, start] is the buffer's first.
+# The step indexes it exactly as it would index x, so no row operation is written twice,
+# and every op computes on half input as on float32 input holding the same values (the
+# dtype policy: half in, float32 out, docs/architecture.md). The widening is exact
+# (float32 holds every float16 and bfloat16 value, subnormals, infinities and NaN
+# payloads included) and cheap next to the memory it saves: the buffer stays in L1/L2.
+# A per-row factor applied while widening (a temperature, x * (1/T)) would go in
+# widen_span, the only place every schedule reads half input through.
+
+FLOAT16_BITS = types.uint16
+BFLOAT16_BITS = types.int16
+# float16 exponent and mantissa bits moved to a float32's place are the value times
+# 2^-112 (subnormals included), so one multiplication rebias them exactly.
+FLOAT16_REBIAS = 2.0 ** 112
+# |x| >= 2^16 after rebiasing: the float16 exponent was all ones (inf or NaN).
+FLOAT16_INF_NAN_THRESHOLD = 65536.0
+FLOAT32_EXPONENT_MASK = 0x7F800000
+
+
+def _is_half_bits(numba_type):
+    return isinstance(numba_type, types.Array) and numba_type.dtype in (FLOAT16_BITS,
+                                                                        BFLOAT16_BITS)
+
+
+def half_bits(array):
+    """The array a numba kernel receives: a float16 / bfloat16 array as its bits (uint16 /
+    int16 view, no copy), any other array as it is. bfloat16 (ml_dtypes) is recognised by
+    its name, so ml_dtypes is not imported."""
+    dtype = array.dtype
+    if dtype.itemsize != 2:
+        return array
+    if dtype.kind == "f":
+        return array.view(np.uint16)
+    if dtype.name == "bfloat16":
+        return array.view(np.int16)
+    return array
+
+
+@ordered_jit
+def float16_bits_to_float32(bits):
+    """The float32 of float16 bits (uint16), exact: normal and subnormal values by one
+    rebiasing multiplication, inf and NaN (payload kept) by setting the exponent."""
+    h = np.int32(bits)
+    magnitude = bits_to_float(np.int32((h & np.int32(0x7FFF)) << np.int32(13)))
+    value = magnitude * np.float32(FLOAT16_REBIAS)
+    value_bits = float_to_bits(value)
+    if value >= np.float32(FLOAT16_INF_NAN_THRESHOLD):
+        value_bits = value_bits | np.int32(FLOAT32_EXPONENT_MASK)
+    return bits_to_float(np.int32(value_bits | ((h & np.int32(0x8000)) << np.int32(16))))
+
+
+@ordered_jit
+def bfloat16_bits_to_float32(bits):
+    """The float32 of bfloat16 bits (int16): the upper half of a float32, exactly."""
+    return bits_to_float(np.int32(np.int32(bits) << np.int32(16)))
+
+
+def widen(bits):
+    """The float32 value of one float16 (uint16) or bfloat16 (int16) bit pattern."""
+
+
+@overload(widen)
+def _widen(bits):
+    if bits == FLOAT16_BITS:
+        return lambda bits: float16_bits_to_float32(bits)
+    if bits == BFLOAT16_BITS:
+        return lambda bits: bfloat16_bits_to_float32(bits)
+    return None
+
+
+@vector_jit
+def widen_span(bits, out):
+    """out[j] = the float32 of bits[j]: the one place half input is read (1-D spans).
+
+    It prefetches the input BLOCK_CLASSES elements ahead (prefetch_ahead): the steps then
+    compute on the widened copy, and their own prefetches run ahead in that copy, not in
+    memory, so without these the next rows would be read only once asked for."""
+    for start in range(0, bits.shape[0], SUM_CHUNK):
+        prefetch_ahead(bits, start)
+        chunk = bits[start : start + SUM_CHUNK]
+        out_chunk = out[start : start + SUM_CHUNK]
+        for j in range(chunk.shape[0]):
+            out_chunk[j] = widen(chunk[j])
+
+
+@intrinsic
+def window(typingctx, buffer, n_rows, n_classes, row, column):
+    """A C-contiguous (n_rows, n_classes) array whose element [row, column] is buffer[0]
+    (and [row, column + k] is buffer[k], [row + r, column] is buffer[r * n_classes]).
+
+    The steps index it as they index x; only the elements copied into the buffer may be
+    read (the others lie outside it). It shares the buffer's memory and keeps it alive.
+    """
+    if not (isinstance(buffer, types.Array) and buffer.ndim == 1 and buffer.layout == "C"):
+        return None
+    result = types.Array(buffer.dtype, 2, "C")
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        rows, classes, first_row, first_column = (
+            context.cast(builder, value, value_type, types.intp)
+            for value, value_type in zip(args[1:], signature.args[1:]))
+        offset = builder.add(builder.mul(first_row, classes), first_column)
+        itemsize = context.get_constant(
+            types.intp, context.get_abi_sizeof(context.get_data_type(buffer.dtype)))
+        array = context.make_array(result)(context, builder)
+        populate_array(array, data=builder.gep(source.data, [builder.neg(offset)]),
+                       shape=cgutils.pack_array(builder, [rows, classes]),
+                       strides=cgutils.pack_array(builder, [builder.mul(classes, itemsize),
+                                                            itemsize]),
+                       itemsize=itemsize, meminfo=source.meminfo)
+        return impl_ret_borrowed(context, builder, result, array._getvalue())
+
+    return result(buffer, n_rows, n_classes, row, column), codegen
+
+
+def reads_half(x, args):
+    """Whether x or an operand in args is half input (a compile-time constant)."""
+
+
+@overload(reads_half)
+def _reads_half(x, args):
+    answer = _is_half_bits(x) or any(_is_half_bits(t) for t in args.types)
+    return lambda x, args: answer
+
+
+def compute_dtype(x):
+    """The dtype x's values are computed in: float32 for half input, else x's own."""
+
+
+@overload(compute_dtype)
+def _compute_dtype(x):
+    dtype = np.float32 if _is_half_bits(x) else numpy_support.as_dtype(x.dtype).type
+    return lambda x: dtype
+
+
+@plain_jit
+def half_buffer(x, n_elements):
+    """A task's float32 buffer for n_elements widened values of x (none for float x)."""
+    return np.empty(n_elements if reads_half(x, ()) else 0, dtype=np.float32)
+
+
+def load_rows(x, buffer, first, stop):
+    """x itself for float input; for half input, the rows first:stop widened into buffer
+    and a window on it (the step reads those rows of it as it would read x's)."""
+
+
+@overload(load_rows)
+def _load_rows(x, buffer, first, stop):
+    if not _is_half_bits(x):
+        return lambda x, buffer, first, stop: x
+
+    def impl(x, buffer, first, stop):
+        n_classes = x.shape[1]
+        for r in range(stop - first):
+            widen_span(x[first + r], buffer[r * n_classes : (r + 1) * n_classes])
+        return window(buffer, x.shape[0], n_classes, first, 0)
+
+    return impl
+
+
+def load_block(x, buffer, i, start, stop):
+    """load_rows for the classes start:stop of row i."""
+
+
+@overload(load_block)
+def _load_block(x, buffer, i, start, stop):
+    if not _is_half_bits(x):
+        return lambda x, buffer, i, start, stop: x
+
+    def impl(x, buffer, i, start, stop):
+        widen_span(x[i, start:stop], buffer[: stop - start])
+        return window(buffer, x.shape[0], x.shape[1], i, start)
+
+    return impl
+
+
+def load_span(x, buffer, start, stop):
+    """A 1-D x whose elements start:stop read as float at their own indices: x itself, or
+    for half input those elements widened into buffer and a window on it."""
+
+
+@overload(load_span)
+def _load_span(x, buffer, start, stop):
+    if not _is_half_bits(x):
+        return lambda x, buffer, start, stop: x
+
+    def impl(x, buffer, start, stop):
+        widen_span(x[start:stop], buffer[: stop - start])
+        return window(buffer, 1, x.shape[0], 0, start)[0]
+
+    return impl
+
+
+def value_at(x, i, j):
+    """x[i, j] as a float (widened for half input): for glue reading single elements."""
+
+
+@overload(value_at)
+def _value_at(x, i, j):
+    if _is_half_bits(x):
+        return lambda x, i, j: widen(x[i, j])
+    return lambda x, i, j: x[i, j]
+
+
+def n_half_operands(args):
+    """How many operands of args are half input (a compile-time constant)."""
+
+
+@overload(n_half_operands)
+def _n_half_operands(args):
+    count = sum(_is_half_bits(t) for t in args.types)
+    return lambda args: count
+
+
+def load_row_operands(args, buffers, i):
+    """args with each half operand (an (n, C) array of bits) replaced by row i widened
+    into its row of buffers (n_half_operands(args) rows of C floats) and a window on it."""
+
+
+@overload(load_row_operands)
+def _load_row_operands(args, buffers, i):
+    half = [k for k, t in enumerate(args.types) if _is_half_bits(t)]
+    if not half:
+        return lambda args, buffers, i: args
+    items = [f"load_rows(args[{k}], buffers[{half.index(k)}], i, i + 1)" if k in half
+             else f"args[{k}]" for k in range(len(args.types))]
+    source = f"def impl(args, buffers, i):\n    return ({', '.join(items)},)\n"
+    namespace = {"load_rows": load_rows}
+    exec(source, namespace)  # a tuple expression of the operands' count, written out
+    return namespace["impl"]
+
+
+if numba.config.DISABLE_JIT:  # the twins of the intrinsic and overloads above
+    from logitcore._backends.numba_python_mode import (  # noqa: F811
+        compute_dtype,
+        load_block,
+        load_row_operands,
+        load_rows,
+        load_span,
+        n_half_operands,
+        reads_half,
+        value_at,
+        widen,
+        window,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -864,25 +1127,41 @@ schedule = njit(parallel=True, fastmath=VECTOR_MATH, error_model="numpy")
 
 @schedule
 def rows_schedule(op, x, args):
-    """Whole rows in parallel: row_step(op, x, args, i) for every row i."""
+    """Whole rows in parallel, one contiguous range of rows per thread:
+    row_step(op, x, args, i) for every row i. Half input is widened row by row (x and
+    any half operand of args) into the thread's buffers before the row's step."""
     literally(op)
-    for i in prange(x.shape[0]):
-        row_step(op, x, args, i)
+    n_rows, n_classes = x.shape
+    n_tasks = min(n_rows, SCHEDULE_TASKS)
+    for task in prange(n_tasks):
+        first, stop = task_range(n_rows, n_tasks, task)
+        row_buffer = half_buffer(x, n_classes)
+        operand_buffers = np.empty((n_half_operands(args), n_classes), dtype=np.float32)
+        for i in range(first, stop):
+            row_step(op, load_rows(x, row_buffer, i, i + 1),
+                     load_row_operands(args, operand_buffers, i), i)
 
 
 @schedule
 def class_split_schedule(op, x, args):
-    """Few long rows: every (row, block) pair is a task of its own, in parallel.
-    block_step(op, x, args, i, block, start, stop) for the classes start:stop of row i.
-    Whatever the block step leaves per block is merged by the caller in block order, so
-    results do not depend on the thread count."""
+    """Few long rows: the (row, block) pairs are the tasks, one contiguous range of them
+    per thread. block_step(op, x, args, i, block, start, stop) for the classes start:stop
+    of row i (half input widened into the thread's buffer first). Whatever the block step
+    leaves per block is merged by the caller in block order, so results do not depend on
+    the thread count."""
     literally(op)
     n_rows, n_classes = x.shape
     n_blocks = n_blocks_of(n_classes)
-    for task in prange(n_rows * n_blocks):
-        i, block = task // n_blocks, task % n_blocks
-        start, stop = block_bounds(n_classes, block)
-        block_step(op, x, args, i, block, start, stop)
+    n_tasks = n_rows * n_blocks
+    n_parts = min(n_tasks, SCHEDULE_TASKS)
+    for part in prange(n_parts):
+        first, end = task_range(n_tasks, n_parts, part)
+        block_buffer = half_buffer(x, BLOCK_CLASSES)
+        for task in range(first, end):
+            i, block = task // n_blocks, task % n_blocks
+            start, stop = block_bounds(n_classes, block)
+            block_step(op, load_block(x, block_buffer, i, start, stop), args, i, block,
+                       start, stop)
 
 
 @schedule
@@ -897,24 +1176,32 @@ def narrow_schedule(op, x, args, n_tasks):
     rows_per_tile = narrow_rows_per_tile(n_classes)
     for task in prange(n_tasks):
         first, stop = task_range(n_rows, n_tasks, task)
-        row_max, others, counts, transposed = narrow_scratch(x)
+        # Half input: each tile is widened into tile_buffer, the step reads a window on it.
+        tile_buffer = half_buffer(x, rows_per_tile * n_classes)
+        row_max, others, counts, transposed = narrow_scratch(load_rows(x, tile_buffer, 0, 0))
         row_scratch = np.empty((2, rows_per_tile))
         for tile_start in range(first, stop, rows_per_tile):
             tile_stop = min(tile_start + rows_per_tile, stop)
-            exps = narrow_tile_stats(x[tile_start:tile_stop], row_max, others, counts,
+            tile = load_rows(x, tile_buffer, tile_start, tile_stop)
+            exps = narrow_tile_stats(tile[tile_start:tile_stop], row_max, others, counts,
                                      transposed)
-            tile_step(op, x, args, tile_start, tile_stop, exps, row_max, others, counts,
+            tile_step(op, tile, args, tile_start, tile_stop, exps, row_max, others, counts,
                       row_scratch)
 
 
 @schedule
 def flat_schedule(op, x, args, n_tasks):
     """Elementwise: n_tasks contiguous spans, flat_step(op, x, args, start, stop) for the
-    elements start:stop (the step slices x and its outputs itself, as many as it has)."""
+    elements start:stop (the step slices x and its outputs itself, as many as it has); half
+    input is widened BLOCK_CLASSES elements at a time, so its spans are that long."""
     literally(op)
+    span = x.shape[0] if not reads_half(x, ()) else BLOCK_CLASSES
     for task in prange(n_tasks):
-        start, stop = task_range(x.shape[0], n_tasks, task)
-        flat_step(op, x, args, start, stop)
+        first, stop = task_range(x.shape[0], n_tasks, task)
+        span_buffer = half_buffer(x, BLOCK_CLASSES)
+        for start in range(first, stop, max(span, 1)):
+            end = min(start + span, stop)
+            flat_step(op, load_span(x, span_buffer, start, end), args, start, end)
 
 
 @dataclass(frozen=True)
@@ -1005,7 +1292,7 @@ def _logsumexp_split(x, out):
 def logsumexp(x, out, n_threads=1):
     if x.shape[0] == 0:
         return
-    _launch_by_shape(usable_threads(n_threads), LOGSUMEXP, _logsumexp_split, x, out)
+    _launch_by_shape(usable_threads(n_threads), LOGSUMEXP, _logsumexp_split, half_bits(x), out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1062,7 +1349,8 @@ LOGSUMEXP_SCALED = entry_kernels("logsumexp_scaled")
 def logsumexp_scaled(x, b, out, sign_out, n_threads=1):
     if x.shape[0] == 0:
         return
-    launch(usable_threads(n_threads), LOGSUMEXP_SCALED.rows, x, b, out, sign_out)
+    launch(usable_threads(n_threads), LOGSUMEXP_SCALED.rows, half_bits(x), half_bits(b), out,
+           sign_out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1129,6 +1417,7 @@ def entropy(x, out, n_threads=1):
     if x.shape[0] == 0:
         return
     threads = usable_threads(n_threads)
+    x = half_bits(x)
     if _is_narrow(x.shape[1]):
         launch(threads, ENTROPY.narrow, x, threads, out)
     else:
@@ -1225,7 +1514,7 @@ def _softmax_split(x, out):
     block_maxes, block_others, block_counts = split_state_buffers(x)
     class_split_schedule("softmax_exp", x, (out, block_maxes, block_others, block_counts))
     n_rows = x.shape[0]
-    row_maxes = np.empty(n_rows, dtype=x.dtype)
+    row_maxes = np.empty(n_rows, dtype=compute_dtype(x))
     sums = np.empty(n_rows, dtype=np.float64)
     for i in range(n_rows):
         row_maxes[i], others, n_at_max = merge_block_stats(
@@ -1238,7 +1527,7 @@ def softmax(x, out, n_threads=1):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
-    _launch_by_shape(usable_threads(n_threads), SOFTMAX, _softmax_split, x, out)
+    _launch_by_shape(usable_threads(n_threads), SOFTMAX, _softmax_split, half_bits(x), out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1316,7 +1605,8 @@ def log_softmax(x, out, n_threads=1):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
-    _launch_by_shape(usable_threads(n_threads), LOG_SOFTMAX, _log_softmax_split, x, out)
+    _launch_by_shape(usable_threads(n_threads), LOG_SOFTMAX, _log_softmax_split, half_bits(x),
+                     out)
 
 
 # --------------------------------------------------------------------------------------
@@ -1376,7 +1666,7 @@ def _launch_flat(kernels, x, out, n_threads):
     if x.shape[0] == 0:
         return
     threads = usable_threads(n_threads)
-    launch(threads, kernels.flat, x, _flat_tasks(x.shape[0], threads), out)
+    launch(threads, kernels.flat, half_bits(x), _flat_tasks(x.shape[0], threads), out)
 
 
 def sigmoid(x, out, n_threads=1):
@@ -1709,7 +1999,7 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
             smoothing_sum += block_smoothing[i, block]
         label_coef = (1.0 - eps) * np.float64(weight[label])
         log_sum = log_sum_or_nan(row_maxes[i], others[i], counts[i])
-        loss_out[i] = label_loss(row_maxes[i], log_sum, x[i, label], label_coef,
+        loss_out[i] = label_loss(row_maxes[i], log_sum, value_at(x, i, label), label_coef,
                                  smoothing_coef, smoothing_sum, weight_sum, any_weight)
         prob_factors[i], smoothing_grads[i], label_grads[i] = label_grad_coefficients(
             row_maxes[i], sums[i], label_coef, smoothing_coef, weight_sum, grad_scale)
@@ -1730,7 +2020,7 @@ def cross_entropy_labels(x, labels, weight, ignore_index, label_smoothing, loss_
     if x.shape[0] == 0:
         return
     _launch_by_shape(usable_threads(n_threads), CROSS_ENTROPY_LABELS,
-                     _cross_entropy_labels_split, x, labels,
+                     _cross_entropy_labels_split, half_bits(x), labels,
                      weight, int(ignore_index), float(label_smoothing), loss_out, grad_out,
                      float(grad_scale), _wants_grad(grad_out, x))
 
@@ -1835,9 +2125,9 @@ def cross_entropy_probs(x, target, weight, label_smoothing, loss_out, grad_out, 
                         n_threads=1):
     if x.shape[0] == 0:
         return
-    launch(usable_threads(n_threads), CROSS_ENTROPY_PROBS.rows, x, target, weight,
-            float(label_smoothing), loss_out, grad_out, float(grad_scale),
-            _wants_grad(grad_out, x))
+    launch(usable_threads(n_threads), CROSS_ENTROPY_PROBS.rows, half_bits(x), half_bits(target),
+           weight, float(label_smoothing), loss_out, grad_out, float(grad_scale),
+           _wants_grad(grad_out, x))
 
 
 # --------------------------------------------------------------------------------------
@@ -1914,8 +2204,9 @@ def bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scal
     if n_rows == 0:
         return
     sum_loss = loss_out.shape[1] == 1 and n_classes != 1
-    launch(usable_threads(n_threads), BCE_WITH_LOGITS.rows, x, target, weight, pos_weight, loss_out,
-            grad_out, float(grad_scale), sum_loss, _wants_grad(grad_out, x))
+    launch(usable_threads(n_threads), BCE_WITH_LOGITS.rows, half_bits(x), half_bits(target),
+           weight, pos_weight, loss_out, grad_out, float(grad_scale), sum_loss,
+           _wants_grad(grad_out, x))
 
 
 # --------------------------------------------------------------------------------------
@@ -1964,13 +2255,14 @@ LOG_SOFTMAX_BACKWARD = entry_kernels("log_softmax_backward")
 def softmax_backward(dy, y, out, n_threads=1):
     if dy.shape[0] == 0 or dy.shape[1] == 0:
         return
-    launch(usable_threads(n_threads), SOFTMAX_BACKWARD.rows, dy, y, out)
+    launch(usable_threads(n_threads), SOFTMAX_BACKWARD.rows, half_bits(dy), half_bits(y), out)
 
 
 def log_softmax_backward(dy, y, out, n_threads=1):
     if dy.shape[0] == 0 or dy.shape[1] == 0:
         return
-    launch(usable_threads(n_threads), LOG_SOFTMAX_BACKWARD.rows, dy, y, out)
+    launch(usable_threads(n_threads), LOG_SOFTMAX_BACKWARD.rows, half_bits(dy), half_bits(y),
+           out)
 
 
 # --------------------------------------------------------------------------------------

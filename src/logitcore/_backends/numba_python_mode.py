@@ -103,3 +103,85 @@ def row_operation_step(step, default=None):
         return _kernels().ROW_OPERATIONS[op].get(step, default)(*args)
 
     return call_step
+
+
+# --- half-precision input (numba_kernels, "Half-precision input") ---
+
+def _is_half_bits(array):
+    return isinstance(array, np.ndarray) and array.dtype in (np.uint16, np.int16)
+
+
+def widen(bits):
+    """The float32 value of one float16 (uint16) or bfloat16 (int16) bit pattern."""
+    if isinstance(bits, np.uint16):
+        return _kernels().float16_bits_to_float32(bits)
+    if isinstance(bits, np.int16):
+        return _kernels().bfloat16_bits_to_float32(bits)
+    raise TypeError(f"widen: uint16 or int16 expected, got {type(bits).__name__}")
+
+
+class _Window:
+    """Holds the buffer a window aliases (NumPy keeps this object as the array's base)."""
+
+    def __init__(self, buffer, interface):
+        self.buffer = buffer
+        self.__array_interface__ = interface
+
+
+def window(buffer, n_rows, n_classes, row, column):
+    """The (n_rows, n_classes) float32 array whose element [row, column] is buffer[0]."""
+    offset = (row * n_classes + column) * buffer.itemsize
+    interface = {"data": (buffer.ctypes.data - offset, False), "shape": (n_rows, n_classes),
+                 "typestr": buffer.dtype.str, "version": 3}
+    return np.asarray(_Window(buffer, interface))
+
+
+def reads_half(x, args):
+    return _is_half_bits(x) or any(_is_half_bits(a) for a in args)
+
+
+def compute_dtype(x):
+    return np.float32 if _is_half_bits(x) else x.dtype.type
+
+
+def load_rows(x, buffer, first, stop):
+    if not _is_half_bits(x):
+        return x
+    n_classes = x.shape[1]
+    for r in range(stop - first):
+        _kernels().widen_span(x[first + r], buffer[r * n_classes:(r + 1) * n_classes])
+    return window(buffer, x.shape[0], n_classes, first, 0)
+
+
+def load_block(x, buffer, i, start, stop):
+    if not _is_half_bits(x):
+        return x
+    _kernels().widen_span(x[i, start:stop], buffer[:stop - start])
+    return window(buffer, x.shape[0], x.shape[1], i, start)
+
+
+def load_span(x, buffer, start, stop):
+    if not _is_half_bits(x):
+        return x
+    _kernels().widen_span(x[start:stop], buffer[:stop - start])
+    return window(buffer, 1, x.shape[0], 0, start)[0]
+
+
+def value_at(x, i, j):
+    return widen(x[i, j]) if _is_half_bits(x) else x[i, j]
+
+
+def n_half_operands(args):
+    return sum(_is_half_bits(a) for a in args)
+
+
+def load_row_operands(args, buffers, i):
+    loaded = []
+    n_loaded = 0
+    for a in args:
+        if _is_half_bits(a):
+            loaded.append(load_rows(a, buffers[n_loaded], i, i + 1))
+            n_loaded += 1
+        else:
+            loaded.append(a)
+    return tuple(loaded)

@@ -15,7 +15,8 @@ The reference implementation of a kernel is the function of the same name in
 ``_cython_kernels.pyx``. See docs/architecture.md for the layers and how to add an op.
 
 Argument roles (what the Python layer hands a kernel, all C-contiguous, one float dtype
-per call, float32 or float64):
+per call, float32 or float64; in a float32 call the ``rows`` and ``flat`` inputs may be
+float16 or bfloat16, widened inside the compiled kernels, docs/architecture.md):
 
 ============  =============================================================
 ``rows``      (n, C) input of the call's float dtype
@@ -99,23 +100,27 @@ class Kernel:
 
     def traffic(self, n_rows: int, n_classes: int, itemsize: int, *,
                 with_gradient: bool = False, row_outputs: bool = True,
-                top_k: int = 0) -> tuple[int, int]:
+                top_k: int = 0, out_itemsize: int | None = None) -> tuple[int, int]:
         """(bytes read, bytes written) the kernel must move on an (n_rows, n_classes)
-        problem; ``with_gradient`` adds the (n, C) gradient of the loss kernels;
-        ``row_outputs=False`` leaves out per-row outputs that a reduced loss (a mean)
-        does not need to move. A score kernel writes every per-row field (``top_k``
-        columns of each top-k field) and reads its labels or uint8 targets."""
+        problem of inputs of ``itemsize`` bytes and float outputs of ``out_itemsize``
+        (default the same; half-precision input has float32 outputs); ``with_gradient``
+        adds the (n, C) gradient of the loss kernels; ``row_outputs=False`` leaves out
+        per-row outputs that a reduced loss (a mean) does not need to move. A score kernel
+        writes every per-row field (``top_k`` columns of each top-k field) and reads its
+        labels or uint8 targets."""
+        out_itemsize = itemsize if out_itemsize is None else out_itemsize
         full = n_rows * n_classes * itemsize
+        full_out = n_rows * n_classes * out_itemsize
         read = self.full_reads * full + self.label_reads * n_rows * INT64_BYTES
         roles = [role for _, role in self.arguments]
         read += roles.count("flags_or_empty") * n_rows * n_classes
-        written = self.full_writes * full
+        written = self.full_writes * full_out
         if row_outputs:
-            written += self.row_writes * n_rows * itemsize
-            written += n_rows * sum(SCORE_ROW_OUTPUT_BYTES[role](itemsize, top_k)
+            written += self.row_writes * n_rows * out_itemsize
+            written += n_rows * sum(SCORE_ROW_OUTPUT_BYTES[role](out_itemsize, top_k)
                                     for role in roles if role in SCORE_ROW_OUTPUT_BYTES)
         if with_gradient:
-            written += full
+            written += full_out
         return read, written
 
 
@@ -240,6 +245,11 @@ ALL_KERNELS = frozenset(KERNELS)
 
 # The scoring kernels (logitcore.score).
 SCORE_KERNELS = frozenset({"score_multiclass", "score_binary", "score_multilabel"})
+
+# The kernels whose compiled versions take float16 / bfloat16 inputs and widen them at the
+# schedules' load points. The score kernels are not among them yet: their class split
+# and finish read the row outside the loaded block, so logitcore.score hands them float32.
+HALF_INPUT_KERNELS = ALL_KERNELS - SCORE_KERNELS
 
 
 def check_backend(module) -> list[str]:
