@@ -748,6 +748,513 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_backward_rows)(const LC_REAL* dy,
     LC_NAME(backward_rows)(LC_OP_LOG_SOFTMAX_BACKWARD, dy, y, n_rows, n_classes, out);
 }
 
+/* ====================== scoring: score_multiclass, score_binary, score_multilabel ======
+   One read of each row. A row is cut into blocks of LC_BLOCK_CLASSES classes (one block
+   when it is shorter); each block is swept while it is in L1: first its max, NaN flag and
+   the count of logits above the label's (score_block_scan), then its entries into the
+   top-k heap (score_block_top_k, only when an ordering field is asked), then its exp sums
+   (score_block_sums, only when a probability field is asked). The blocks' states merge in
+   block order (lc_score_states_merge) and the row's fields are formed from the merged
+   state (score_row_finish). The rows schedule runs whole rows (lc_score_multiclass_rows);
+   the class split runs ranges of blocks of one row on several threads
+   (lc_score_multiclass_blocks) and then merges them (lc_score_multiclass_row_finish):
+   the same block functions and the same merge, so the bits do not depend on the thread
+   count. */
+
+/* score_block_scan_f32 / _f64: the block's max (NaN ignored; -inf if all -inf), and into
+   `part` whether it holds a NaN and how many of its logits exceed label_value (+inf: none
+   counted). Counts are kept per lane in the element type: at most LC_BLOCK_CLASSES /
+   LC_LANES per lane, exact. */
+LC_INLINE LC_REAL LC_NAME(score_block_scan)(const LC_REAL* x, lc_index n, LC_REAL label_value,
+                                            lc_score_part* part)
+{
+    LC_REAL lane_max[LC_LANES], lane_nan[LC_LANES], lane_above[LC_LANES];
+    for (int j = 0; j < LC_LANES; j++) {
+        lane_max[j] = -INFINITY;
+        lane_nan[j] = 0;
+        lane_above[j] = 0;
+    }
+    lc_index i = 0;
+    for (; i + LC_LANES <= n; i += LC_LANES)
+        LC_NO_UNROLL
+        for (int j = 0; j < LC_LANES; j++) {
+            LC_REAL value = x[i + j];
+            lane_max[j] = value > lane_max[j] ? value : lane_max[j];
+            lane_nan[j] += (LC_REAL)(value != value);
+            lane_above[j] += (LC_REAL)(value > label_value);
+        }
+    for (; i < n; i++) {
+        LC_REAL value = x[i];
+        lane_max[0] = value > lane_max[0] ? value : lane_max[0];
+        lane_nan[0] += (LC_REAL)(value != value);
+        lane_above[0] += (LC_REAL)(value > label_value);
+    }
+    LC_REAL top = -INFINITY, nans = 0, above = 0;
+    for (int j = 0; j < LC_LANES; j++) {
+        top = lane_max[j] > top ? lane_max[j] : top;
+        nans += lane_nan[j];
+        above += lane_above[j];
+    }
+    part->has_nan |= nans != 0;
+    part->n_above_label += above;
+    return top;
+}
+
+/* score_block_top_k_f32 / _f64: the block's logits (classes first_class, ...) offered to
+   the heap. Once it is full, a logit enters only if it exceeds the heap's last-ranked one
+   (an equal one has a higher index, so ranks after it): chunks of LC_LANES logits are
+   compared with that threshold at once, and only a chunk with a larger one is walked. */
+LC_INLINE void LC_NAME(score_block_top_k)(const LC_REAL* x, lc_index n, lc_index first_class,
+                                          lc_top_k* top)
+{
+    lc_index i = 0;
+    for (; i < n && top->count < top->capacity; i++)
+        if (x[i] == x[i]) /* NaN has no rank (its row's order fields are -1) */
+            lc_top_k_offer(top, (lc_ranked){x[i], first_class + i});
+    if (top->count < top->capacity)
+        return;
+    LC_REAL threshold = (LC_REAL)top->entries[0].value;
+    for (; i + LC_LANES <= n; i += LC_LANES) {
+        int any = 0;
+        for (int j = 0; j < LC_LANES; j++)
+            any |= x[i + j] > threshold;
+        if (!any)
+            continue;
+        for (int j = 0; j < LC_LANES; j++)
+            if (x[i + j] > threshold) {
+                lc_top_k_offer(top, (lc_ranked){x[i + j], first_class + i + j});
+                threshold = (LC_REAL)top->entries[0].value;
+            }
+    }
+    for (; i < n; i++)
+        if (x[i] > threshold) {
+            lc_top_k_offer(top, (lc_ranked){x[i], first_class + i});
+            threshold = (LC_REAL)top->entries[0].value;
+        }
+}
+
+/* score_block_sums_f32 / _f64: the block's exp sums for the shift finite_or_zero(top) (its
+   max), with the moment and the squares when asked (`want_moment`, `want_squares` are
+   constants at each call: the loop is compiled once per combination). All terms of each
+   sum have one sign, so partial sums in the element type lose nothing worth keeping when
+   flushed into double every LC_PARTIAL_SUM_LENGTH elements (as row_sum_exp). The term at
+   the shift is taken out of `others` and `squares` by subtracting the comparison's 1.0. */
+LC_INLINE lc_score_state LC_NAME(score_block_sums)(const LC_REAL* x, lc_index n, LC_REAL top,
+                                                   int want_moment, int want_squares)
+{
+    const LC_REAL shift = LC_NAME(finite_or_zero)(top);
+    lc_score_state state = {top, {0.0, 0.0}, 0.0, 0.0};
+    lc_index i = 0;
+    while (i < n) {
+        lc_index block_end = lc_min_index(n, i + LC_PARTIAL_SUM_LENGTH);
+        LC_REAL lane_sum[LC_LANES], lane_count[LC_LANES], lane_moment[LC_LANES],
+            lane_squares[LC_LANES];
+        for (int j = 0; j < LC_LANES; j++) {
+            lane_sum[j] = 0;
+            lane_count[j] = 0;
+            lane_moment[j] = 0;
+            lane_squares[j] = 0;
+        }
+        for (; i + LC_LANES <= block_end; i += LC_LANES)
+            LC_NO_UNROLL
+            for (int j = 0; j < LC_LANES; j++) {
+                LC_REAL shifted = x[i + j] - shift;
+                LC_REAL value = LC_EXP(shifted);
+                LC_REAL at_max = (LC_REAL)(x[i + j] == shift);
+                lane_sum[j] += value - at_max;
+                lane_count[j] += at_max;
+                if (want_moment) /* 0 where the exp is 0: not (-inf) * 0 */
+                    lane_moment[j] += (value != 0 ? shifted : (LC_REAL)0) * value;
+                if (want_squares)
+                    lane_squares[j] += value * value - at_max;
+            }
+        for (; i < block_end; i++) {
+            LC_REAL shifted = x[i] - shift;
+            LC_REAL value = LC_EXP(shifted);
+            LC_REAL at_max = (LC_REAL)(x[i] == shift);
+            lane_sum[0] += value - at_max;
+            lane_count[0] += at_max;
+            if (want_moment)
+                lane_moment[0] += (value != 0 ? shifted : (LC_REAL)0) * value;
+            if (want_squares)
+                lane_squares[0] += value * value - at_max;
+        }
+        double others = 0.0, count = 0.0, moment = 0.0, squares = 0.0;
+        for (int j = 0; j < LC_LANES; j++) {
+            others += lane_sum[j];
+            count += lane_count[j];
+            moment += lane_moment[j];
+            squares += lane_squares[j];
+        }
+        state.sums.others += others;
+        state.sums.n_at_max += count;
+        state.moment += moment;
+        state.squares += squares;
+    }
+    return state;
+}
+
+/* score_block_f32 / _f64: one block of a row (classes first_class, ...): its state, and
+   its NaN flag, label count and top-k entries into `part`. */
+LC_INLINE lc_score_state LC_NAME(score_block)(const lc_score_multiclass_fields* f,
+                                              const LC_REAL* x, lc_index n, lc_index first_class,
+                                              LC_REAL label_value, lc_score_part* part)
+{
+    LC_REAL top = LC_NAME(score_block_scan)(x, n, label_value, part);
+    if (f->heap_capacity)
+        LC_NAME(score_block_top_k)(x, n, first_class, &part->top);
+    if (!f->want_sums) {
+        lc_score_state state = {top, {0.0, 0.0}, 0.0, 0.0};
+        return state;
+    }
+    if (f->want_moment && f->want_squares)
+        return LC_NAME(score_block_sums)(x, n, top, 1, 1);
+    if (f->want_moment)
+        return LC_NAME(score_block_sums)(x, n, top, 1, 0);
+    if (f->want_squares)
+        return LC_NAME(score_block_sums)(x, n, top, 0, 1);
+    return LC_NAME(score_block_sums)(x, n, top, 0, 0);
+}
+
+/* A row's label: its class, whether it is kept (not ignore_index) and its logit. */
+typedef struct {
+    int64_t label;
+    int kept;
+    LC_REAL logit;
+} LC_NAME(score_label);
+
+LC_INLINE LC_NAME(score_label) LC_NAME(score_row_label)(const lc_score_multiclass_fields* f,
+                                                        const LC_REAL* x_row, lc_index row)
+{
+    LC_NAME(score_label) label = {0, 0, 0};
+    if (f->labels) {
+        label.label = f->labels[row];
+        label.kept = label.label != f->ignore_index;
+        if (label.kept)
+            label.logit = x_row[label.label];
+    }
+    return label;
+}
+
+/* What the block scans count the logits against: the label's logit when the rank is asked
+   (read before the row's sweeps), else +inf (nothing is above it). */
+LC_INLINE LC_REAL LC_NAME(score_rank_value)(const lc_score_multiclass_fields* f,
+                                            LC_NAME(score_label) label)
+{
+    return f->want_rank && label.kept ? label.logit : (LC_REAL)INFINITY;
+}
+
+/* score_row_finish_f32 / _f64: every asked field of row `row` from its merged state and
+   its merged part (the heap is sorted here), in double. Edge rows as in the reference
+   (numpy_ref.score_multiclass and the table in logitcore/_score.py): a NaN row has pred
+   -1, order fields -1 / 0 and NaN values; a row whose max is not finite (+inf, all -inf)
+   has NaN probabilities. */
+LC_INLINE void LC_NAME(score_row_finish)(const lc_score_multiclass_fields* f, lc_index row,
+                                         lc_index n_classes, lc_score_state state,
+                                         lc_score_part* part, LC_NAME(score_label) label)
+{
+    lc_top_k_sort(&part->top);
+    const lc_ranked* top = part->top.entries;
+    const int nan_row = part->has_nan;
+    const double row_max = state.max;
+    const int finite = isfinite(row_max);
+    /* S = sum exp(x - max) and log S; NaN for a NaN row through the sums */
+    const double total = finite ? lc_exp_sums_total(state.sums) : NAN;
+    const double log_total = finite ? lc_exp_sums_log(state.sums) : NAN;
+    /* the second class by logit (a row of one class: logit -inf, probability 0) */
+    const double second = nan_row || n_classes < 2 || part->top.count < 2 ? -INFINITY
+                                                                          : top[1].value;
+    if (f->pred)
+        f->pred[row] = nan_row ? -1 : top[0].index;
+    if (f->max_logit)
+        ((LC_REAL*)f->max_logit)[row] = nan_row ? (LC_REAL)NAN : (LC_REAL)row_max;
+    if (f->confidence) /* the top class's exp is exp(0) = 1 */
+        ((LC_REAL*)f->confidence)[row] = (LC_REAL)(1.0 / total);
+    if (f->margin)
+        ((LC_REAL*)f->margin)[row] = (LC_REAL)((1.0 - lc_exp_f64(second - row_max)) / total);
+    if (f->logit_margin)
+        ((LC_REAL*)f->logit_margin)[row] =
+            nan_row ? (LC_REAL)NAN : (LC_REAL)((double)top[0].value - second);
+    if (f->entropy)
+        ((LC_REAL*)f->entropy)[row] = (LC_REAL)(log_total - state.moment / total);
+    if (f->logsumexp)
+        ((LC_REAL*)f->logsumexp)[row] = (LC_REAL)(row_max + lc_exp_sums_log(state.sums));
+    for (lc_index j = 0; j < f->top_k; j++) {
+        lc_index at = row * f->top_k + j;
+        if (f->top_k_indices)
+            f->top_k_indices[at] = nan_row ? -1 : top[j].index;
+        if (f->top_k_probs)
+            ((LC_REAL*)f->top_k_probs)[at] =
+                nan_row ? (LC_REAL)NAN : (LC_REAL)(lc_exp_f64(top[j].value - row_max) / total);
+    }
+    if (!f->labels)
+        return;
+    if (!label.kept) { /* ignored row: masked out */
+        if (f->label_logprob)
+            ((LC_REAL*)f->label_logprob)[row] = 0;
+        if (f->loss)
+            ((LC_REAL*)f->loss)[row] = 0;
+        if (f->correct)
+            f->correct[row] = 0;
+        if (f->label_rank)
+            f->label_rank[row] = 0;
+        if (f->brier)
+            ((LC_REAL*)f->brier)[row] = 0;
+        return;
+    }
+    const double label_logprob = ((double)label.logit - row_max) - log_total;
+    if (f->label_logprob)
+        ((LC_REAL*)f->label_logprob)[row] = (LC_REAL)label_logprob;
+    if (f->loss) /* 0.0 - x: a certain label has loss 0.0, not -0.0 */
+        ((LC_REAL*)f->loss)[row] = (LC_REAL)(0.0 - label_logprob);
+    if (f->correct)
+        f->correct[row] = !nan_row && top[0].index == label.label;
+    if (f->label_rank)
+        f->label_rank[row] = nan_row ? 0 : 1 + (int64_t)part->n_above_label;
+    if (f->brier) {
+        /* sum_c (p_c - onehot_c)^2 = (1 - p_y)^2 + sum_{c != y} p_c^2, each formed without
+           cancelling: at the max, S - 1 = others + n_at_max - 1 and the squares other than
+           the label's are squares + n_at_max - 1 */
+        double n_at_max = state.sums.n_at_max, brier;
+        if (label.logit == row_max) {
+            double miss = (state.sums.others + (n_at_max - 1.0)) / total;
+            brier = miss * miss + (state.squares + (n_at_max - 1.0)) / (total * total);
+        } else {
+            double label_exp = lc_exp_f64((double)label.logit - row_max);
+            double miss = (total - label_exp) / total;
+            brier = miss * miss +
+                    (state.squares - label_exp * label_exp + n_at_max) / (total * total);
+        }
+        ((LC_REAL*)f->brier)[row] = (LC_REAL)(finite ? brier : NAN);
+    }
+}
+
+/* Narrow rows (fewer than LC_NARROW_MAX_CLASSES classes): a tile of rows at a time. A loop
+   over 10 classes does not vectorise, so the exps of the whole tile, and every term of its
+   sums, are taken in one flat loop (as tile_sum_exp); the scans, the top k and the fields
+   are per row. */
+LC_INLINE void LC_NAME(score_narrow_tile)(const lc_score_multiclass_fields* f, const LC_REAL* x,
+                                          lc_index first, lc_index rows, lc_index n_classes,
+                                          lc_ranked* heap)
+{
+    LC_REAL row_max[LC_TILE_MAX_ROWS];
+    lc_score_part parts[LC_TILE_MAX_ROWS];
+    LC_NAME(score_label) labels[LC_TILE_MAX_ROWS];
+    for (lc_index r = 0; r < rows; r++) {
+        const LC_REAL* x_row = x + (first + r) * n_classes;
+        labels[r] = LC_NAME(score_row_label)(f, x_row, first + r);
+        lc_score_part_start(&parts[r], heap, f->heap_capacity);
+        row_max[r] = LC_NAME(score_block_scan)(x_row, n_classes,
+                                               LC_NAME(score_rank_value)(f, labels[r]), &parts[r]);
+    }
+    lc_score_state states[LC_TILE_MAX_ROWS];
+    for (lc_index r = 0; r < rows; r++) {
+        lc_score_state empty = {row_max[r], {0.0, 0.0}, 0.0, 0.0};
+        states[r] = empty;
+    }
+    if (f->want_sums) {
+        LC_REAL shifted[LC_ROW_TILE_ELEMENTS], others[LC_ROW_TILE_ELEMENTS],
+            at_max[LC_ROW_TILE_ELEMENTS], moment[LC_ROW_TILE_ELEMENTS],
+            squares[LC_ROW_TILE_ELEMENTS];
+        const LC_REAL* x_tile = x + first * n_classes;
+        const lc_index n = rows * n_classes;
+        for (lc_index r = 0; r < rows; r++) {
+            LC_REAL shift = LC_NAME(finite_or_zero)(row_max[r]);
+            for (lc_index c = 0; c < n_classes; c++)
+                shifted[r * n_classes + c] = x_tile[r * n_classes + c] - shift;
+        }
+        const int want_moment = f->want_moment, want_squares = f->want_squares;
+        for (lc_index i = 0; i < n; i++) {
+            LC_REAL value = LC_EXP(shifted[i]);
+            LC_REAL at = (LC_REAL)(shifted[i] == 0); /* x == shift (gradual underflow) */
+            others[i] = value - at;
+            at_max[i] = at;
+            moment[i] = (value != 0 ? shifted[i] : (LC_REAL)0) * value;
+            squares[i] = value * value - at;
+        }
+        for (lc_index r = 0; r < rows; r++) {
+            lc_score_state* state = &states[r];
+            for (lc_index c = 0; c < n_classes; c++) {
+                lc_index i = r * n_classes + c;
+                state->sums.others += others[i];
+                state->sums.n_at_max += at_max[i];
+                if (want_moment)
+                    state->moment += moment[i];
+                if (want_squares)
+                    state->squares += squares[i];
+            }
+        }
+    }
+    for (lc_index r = 0; r < rows; r++) {
+        if (f->heap_capacity)
+            LC_NAME(score_block_top_k)(x + (first + r) * n_classes, n_classes, 0, &parts[r].top);
+        LC_NAME(score_row_finish)(f, first + r, n_classes, states[r], &parts[r], labels[r]);
+    }
+}
+
+/* lc_score_multiclass_rows_f32 / _f64: rows [first, first + count) of x (the rows
+   schedule). The heap and the block states are scratch of this call. */
+LC_DISPATCH static void LC_NAME(lc_score_multiclass_rows)(lc_score_multiclass_fields* f,
+                                                          const LC_REAL* x, lc_index first,
+                                                          lc_index count, lc_index n_classes)
+{
+    enum { ON_STACK = 64 };
+    lc_ranked heap_on_stack[ON_STACK];
+    lc_score_state states_on_stack[ON_STACK];
+    const lc_index n_blocks = (n_classes + LC_BLOCK_CLASSES - 1) / LC_BLOCK_CLASSES;
+    lc_ranked* heap = f->heap_capacity <= ON_STACK
+                          ? heap_on_stack
+                          : (lc_ranked*)malloc((size_t)f->heap_capacity * sizeof(lc_ranked));
+    lc_score_state* states =
+        n_blocks <= ON_STACK ? states_on_stack
+                             : (lc_score_state*)malloc((size_t)n_blocks * sizeof(lc_score_state));
+    if (heap == NULL || states == NULL) {
+        f->out_of_memory = 1;
+    } else if (n_classes < LC_NARROW_MAX_CLASSES) {
+        lc_index rows_per_tile = lc_rows_per_tile(n_classes);
+        for (lc_index at = first; at < first + count; at += rows_per_tile)
+            LC_NAME(score_narrow_tile)(f, x, at, lc_min_index(rows_per_tile, first + count - at),
+                                       n_classes, heap);
+    } else {
+        for (lc_index row = first; row < first + count; row++) {
+            const LC_REAL* x_row = x + row * n_classes;
+            LC_NAME(score_label) label = LC_NAME(score_row_label)(f, x_row, row);
+            LC_REAL rank_value = LC_NAME(score_rank_value)(f, label);
+            lc_score_part part;
+            lc_score_part_start(&part, heap, f->heap_capacity);
+            for (lc_index b = 0; b < n_blocks; b++) {
+                lc_index start = b * LC_BLOCK_CLASSES;
+                states[b] = LC_NAME(score_block)(f, x_row + start,
+                                                 lc_min_index(LC_BLOCK_CLASSES, n_classes - start),
+                                                 start, rank_value, &part);
+            }
+            lc_score_state state =
+                n_blocks == 1 ? states[0] : lc_score_states_merge(states, n_blocks);
+            LC_NAME(score_row_finish)(f, row, n_classes, state, &part, label);
+        }
+    }
+    if (heap != heap_on_stack)
+        free(heap);
+    if (states != states_on_stack)
+        free(states);
+}
+
+/* lc_score_multiclass_blocks_f32 / _f64: the class split's part of one row: the blocks
+   [first_block, end_block), their states into `states`, the rest into `part`. */
+LC_DISPATCH static void LC_NAME(lc_score_multiclass_blocks)(const lc_score_multiclass_fields* f,
+                                                            const LC_REAL* x, lc_index row,
+                                                            lc_index n_classes,
+                                                            lc_index first_block,
+                                                            lc_index end_block,
+                                                            lc_score_state* states,
+                                                            lc_score_part* part)
+{
+    const LC_REAL* x_row = x + row * n_classes;
+    LC_REAL rank_value =
+        LC_NAME(score_rank_value)(f, LC_NAME(score_row_label)(f, x_row, row));
+    for (lc_index b = first_block; b < end_block; b++) {
+        lc_index start = b * LC_BLOCK_CLASSES;
+        states[b] = LC_NAME(score_block)(f, x_row + start,
+                                         lc_min_index(LC_BLOCK_CLASSES, n_classes - start), start,
+                                         rank_value, part);
+    }
+}
+
+/* lc_score_multiclass_row_finish_f32 / _f64: the class split's end of one row: the parts
+   merged in order into parts[0], the block states in block order, then the fields. */
+static void LC_NAME(lc_score_multiclass_row_finish)(const lc_score_multiclass_fields* f,
+                                                    const LC_REAL* x, lc_index row,
+                                                    lc_index n_classes,
+                                                    const lc_score_state* states,
+                                                    lc_index n_blocks, lc_score_part* parts,
+                                                    lc_index n_parts)
+{
+    for (lc_index p = 1; p < n_parts; p++)
+        lc_score_part_merge(&parts[0], &parts[p]);
+    LC_NAME(score_label) label = LC_NAME(score_row_label)(f, x + row * n_classes, row);
+    LC_NAME(score_row_finish)(f, row, n_classes, lc_score_states_merge(states, n_blocks),
+                              &parts[0], label);
+}
+
+/* lc_score_binary_span_f32 / _f64: score_binary on the items [first, first + count), in
+   double as the reference (numpy_ref.score_binary). */
+LC_DISPATCH static void LC_NAME(lc_score_binary_span)(const lc_score_binary_fields* f,
+                                                      const LC_REAL* x, lc_index first,
+                                                      lc_index count)
+{
+    for (lc_index i = first; i < first + count; i++) {
+        double v = x[i];
+        lc_sigmoid_logs s = lc_sigmoid_logs_of(v);
+        double p = s.prob, q = 1.0 - p;
+        int pred = p >= f->threshold; /* false for NaN */
+        if (f->prob)
+            ((LC_REAL*)f->prob)[i] = (LC_REAL)p;
+        if (f->pred)
+            f->pred[i] = (uint8_t)pred;
+        if (f->confidence)
+            ((LC_REAL*)f->confidence)[i] = (LC_REAL)(p != p ? p : p > q ? p : q);
+        if (f->entropy) /* p log p -> 0 as p -> 0 */
+            ((LC_REAL*)f->entropy)[i] = (LC_REAL)(-((p == 0.0 ? 0.0 : p * s.log_prob) +
+                                                    (q == 0.0 ? 0.0 : q * s.log_not_prob)));
+        if (!f->labels)
+            continue;
+        int64_t label = f->labels[i];
+        int kept = label != f->ignore_index, positive = label == 1;
+        if (f->loss)
+            ((LC_REAL*)f->loss)[i] =
+                kept ? (LC_REAL)(-(positive ? s.log_prob : s.log_not_prob)) : (LC_REAL)0;
+        if (f->correct)
+            f->correct[i] = (uint8_t)(kept && v == v && pred == positive);
+        if (f->brier)
+            ((LC_REAL*)f->brier)[i] = kept ? (LC_REAL)((p - positive) * (p - positive)) : (LC_REAL)0;
+    }
+}
+
+/* lc_score_multilabel_rows_f32 / _f64: score_multilabel on the rows [first, first + count),
+   in double as the reference (numpy_ref.score_multilabel): pred[c] = sigmoid(x[c]) >=
+   threshold[c], the BCE mean over the row and the counts. */
+LC_DISPATCH static void LC_NAME(lc_score_multilabel_rows)(const lc_score_multilabel_fields* f,
+                                                          const LC_REAL* x, lc_index first,
+                                                          lc_index count, lc_index n_classes)
+{
+    const LC_REAL* threshold = (const LC_REAL*)f->threshold;
+    for (lc_index row = first; row < first + count; row++) {
+        const LC_REAL* x_row = x + row * n_classes;
+        const uint8_t* truth = f->targets ? f->targets + row * n_classes : NULL;
+        uint8_t* pred_row = f->pred ? f->pred + row * n_classes : NULL;
+        int64_t n_predicted = 0, true_positives = 0, false_positives = 0, false_negatives = 0;
+        double loss = 0.0;
+        for (lc_index c = 0; c < n_classes; c++) {
+            lc_sigmoid_logs s = lc_sigmoid_logs_of((double)x_row[c]);
+            int pred = s.prob >= (double)threshold[c];
+            n_predicted += pred;
+            if (pred_row)
+                pred_row[c] = (uint8_t)pred;
+            if (!truth)
+                continue;
+            int t = truth[c] != 0;
+            true_positives += pred && t;
+            false_positives += pred && !t;
+            false_negatives += !pred && t;
+            loss -= t ? s.log_prob : s.log_not_prob; /* BCE = softplus(-x) or softplus(x) */
+        }
+        if (f->n_predicted)
+            f->n_predicted[row] = n_predicted;
+        if (!truth)
+            continue;
+        if (f->loss)
+            ((LC_REAL*)f->loss)[row] = (LC_REAL)(loss / (double)n_classes);
+        if (f->exact_match)
+            f->exact_match[row] = false_positives + false_negatives == 0;
+        if (f->true_positives)
+            f->true_positives[row] = true_positives;
+        if (f->false_positives)
+            f->false_positives[row] = false_positives;
+        if (f->false_negatives)
+            f->false_negatives[row] = false_negatives;
+    }
+}
+
 /* ====================== dispatch on the op, for the schedules ====================== */
 
 /* lc_rows_f32 / lc_rows_f64: the op's row function on the rows [first, first + count) (the
@@ -799,6 +1306,18 @@ static void LC_NAME(lc_rows)(const lc_operands* o, lc_index first, lc_index coun
     case LC_OP_CROSS_ENTROPY_PROBS:
         LC_NAME(lc_cross_entropy_probs_rows)(x, y, weight, o->label_smoothing, count, C, out,
                                              out2, o->grad_scale);
+        break;
+    case LC_OP_SCORE_MULTICLASS:
+        LC_NAME(lc_score_multiclass_rows)((lc_score_multiclass_fields*)o->score,
+                                          (const LC_REAL*)o->x, first, count, C);
+        break;
+    case LC_OP_SCORE_BINARY:
+        LC_NAME(lc_score_binary_span)((const lc_score_binary_fields*)o->score,
+                                      (const LC_REAL*)o->x, first, count);
+        break;
+    case LC_OP_SCORE_MULTILABEL:
+        LC_NAME(lc_score_multilabel_rows)((const lc_score_multilabel_fields*)o->score,
+                                          (const LC_REAL*)o->x, first, count, C);
         break;
     case LC_OP_BCE_WITH_LOGITS:
         LC_NAME(lc_bce_rows)(x, y, weight + first * o->weight_stride, o->weight_stride,
