@@ -764,11 +764,12 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_backward_rows)(const LC_REAL* dy,
 /* score_block_scan_f32 / _f64: the block's max (NaN ignored; -inf if all -inf), and into
    `part` whether it holds a NaN and how many of its logits exceed label_value (+inf: none
    counted). Counts are kept per lane in the element type: at most LC_BLOCK_CLASSES /
-   LC_LANES per lane, exact. */
+   LC_LANES per lane, exact. `lane_max` receives the lanes' maxima: the largest logit of
+   each of LC_LANES disjoint sets of the block's logits (-inf for an empty set). */
 LC_INLINE LC_REAL LC_NAME(score_block_scan)(const LC_REAL* x, lc_index n, LC_REAL label_value,
-                                            lc_score_part* part)
+                                            lc_score_part* part, LC_REAL* lane_max)
 {
-    LC_REAL lane_max[LC_LANES], lane_nan[LC_LANES], lane_above[LC_LANES];
+    LC_REAL lane_nan[LC_LANES], lane_above[LC_LANES];
     for (int j = 0; j < LC_LANES; j++) {
         lane_max[j] = -INFINITY;
         lane_nan[j] = 0;
@@ -800,37 +801,92 @@ LC_INLINE LC_REAL LC_NAME(score_block_scan)(const LC_REAL* x, lc_index n, LC_REA
     return top;
 }
 
-/* score_block_top_k_f32 / _f64: the block's logits (classes first_class, ...) offered to
-   the heap. Once it is full, a logit enters only if it exceeds the heap's last-ranked one
-   (an equal one has a higher index, so ranks after it): chunks of LC_LANES logits are
-   compared with that threshold at once, and only a chunk with a larger one is walked. */
-LC_INLINE void LC_NAME(score_block_top_k)(const LC_REAL* x, lc_index n, lc_index first_class,
-                                          lc_top_k* top)
+/* A lower bound of the k-th largest logit of a block from its lanes' maxima: they are k
+   logits of the block (or -inf), so the k-th largest of them is at most the block's k-th
+   largest. -inf when k > LC_LANES (no bound). */
+LC_INLINE LC_REAL LC_NAME(score_top_k_floor)(const LC_REAL* lane_max, lc_index k)
 {
-    lc_index i = 0;
-    for (; i < n && top->count < top->capacity; i++)
-        if (x[i] == x[i]) /* NaN has no rank (its row's order fields are -1) */
-            lc_top_k_offer(top, (lc_ranked){x[i], first_class + i});
-    if (top->count < top->capacity)
-        return;
-    LC_REAL threshold = (LC_REAL)top->entries[0].value;
-    for (; i + LC_LANES <= n; i += LC_LANES) {
-        int any = 0;
-        for (int j = 0; j < LC_LANES; j++)
-            any |= x[i + j] > threshold;
-        if (!any)
-            continue;
-        for (int j = 0; j < LC_LANES; j++)
-            if (x[i + j] > threshold) {
-                lc_top_k_offer(top, (lc_ranked){x[i + j], first_class + i + j});
-                threshold = (LC_REAL)top->entries[0].value;
+    if (k < 1 || k > LC_LANES)
+        return -INFINITY;
+    LC_REAL values[LC_LANES];
+    for (int j = 0; j < LC_LANES; j++)
+        values[j] = lane_max[j];
+    /* k steps of a selection sort, descending: values[k - 1] is the k-th largest */
+    for (lc_index a = 0; a < k; a++)
+        for (int b = (int)a + 1; b < LC_LANES; b++)
+            if (values[b] > values[a]) {
+                LC_REAL swap = values[a];
+                values[a] = values[b];
+                values[b] = swap;
             }
-    }
-    for (; i < n; i++)
-        if (x[i] > threshold) {
-            lc_top_k_offer(top, (lc_ranked){x[i], first_class + i});
-            threshold = (LC_REAL)top->entries[0].value;
+    return values[k - 1];
+}
+
+/* Offer x[i] (class first_class + i) to the heap if it can enter: not NaN, >= floor and,
+   when the heap is full, not below its last-ranked entry. */
+LC_INLINE void LC_NAME(score_top_k_consider)(const LC_REAL* x, lc_index i, lc_index first_class,
+                                             LC_REAL floor, lc_top_k* top)
+{
+    LC_REAL value = x[i];
+    if (!(value >= floor)) /* below the floor, or NaN (no rank) */
+        return;
+    if (top->count == top->capacity && !(value >= (LC_REAL)top->entries[0].value))
+        return;
+    lc_top_k_offer(top, (lc_ranked){value, first_class + i});
+}
+
+/* score_block_top_k_f32 / _f64: the block's logits (classes first_class, ...) offered to
+   the heap, where only a few can enter and finding them is the cost.
+   capacity <= LC_LANES: the block's k largest logits are all >= floor, the k-th largest
+   of the lanes' maxima (score_top_k_floor), so only lanes whose max reaches the floor can
+   hold one: usually about k of the LC_LANES lanes are walked (lane j: classes j,
+   j + LC_LANES, ... of the scan's vector part; lane 0 also its tail). The heap's order is
+   total, so offering the logits out of class order keeps the same k.
+   Larger capacity: the logits are compared in chunks of 4 LC_LANES through the chunk's
+   max (vectorised); a chunk is walked only if it may hold an entrant. */
+LC_INLINE void LC_NAME(score_block_top_k)(const LC_REAL* x, lc_index n, lc_index first_class,
+                                          const LC_REAL* lane_max, lc_top_k* top)
+{
+    if (top->capacity <= LC_LANES) {
+        const LC_REAL floor = LC_NAME(score_top_k_floor)(lane_max, top->capacity);
+        const lc_index n_vector = n - n % LC_LANES;
+        for (int j = 0; j < LC_LANES; j++) {
+            if (!(lane_max[j] >= floor))
+                continue;
+            for (lc_index i = j; i < n_vector; i += LC_LANES)
+                LC_NAME(score_top_k_consider)(x, i, first_class, floor, top);
+            if (j == 0)
+                for (lc_index i = n_vector; i < n; i++)
+                    LC_NAME(score_top_k_consider)(x, i, first_class, floor, top);
         }
+        return;
+    }
+    enum { CHUNK = 4 * LC_LANES };
+    const LC_REAL floor = (LC_REAL)-INFINITY;
+    lc_index i = 0;
+    for (;;) {
+        /* a chunk may hold an entrant if its max reaches the full heap's root */
+        LC_REAL lowest = top->count == top->capacity ? (LC_REAL)top->entries[0].value : floor;
+        for (; i + CHUNK <= n; i += CHUNK) {
+            LC_REAL chunk_lanes[LC_LANES];
+            for (int j = 0; j < LC_LANES; j++)
+                chunk_lanes[j] = x[i + j];
+            for (lc_index at = i + LC_LANES; at < i + CHUNK; at += LC_LANES)
+                LC_NO_UNROLL
+                for (int j = 0; j < LC_LANES; j++)
+                    chunk_lanes[j] = x[at + j] > chunk_lanes[j] ? x[at + j] : chunk_lanes[j];
+            LC_REAL chunk_max = chunk_lanes[0];
+            for (int j = 1; j < LC_LANES; j++)
+                chunk_max = chunk_lanes[j] > chunk_max ? chunk_lanes[j] : chunk_max;
+            if (chunk_max >= lowest)
+                break;
+        }
+        if (i >= n)
+            return;
+        lc_index end = lc_min_index(n, i + CHUNK); /* one chunk, or the tail */
+        for (; i < end; i++)
+            LC_NAME(score_top_k_consider)(x, i, first_class, floor, top);
+    }
 }
 
 /* score_block_sums_f32 / _f64: the block's exp sums for the shift finite_or_zero(top) (its
@@ -900,9 +956,10 @@ LC_INLINE lc_score_state LC_NAME(score_block)(const lc_score_multiclass_fields* 
                                               const LC_REAL* x, lc_index n, lc_index first_class,
                                               LC_REAL label_value, lc_score_part* part)
 {
-    LC_REAL top = LC_NAME(score_block_scan)(x, n, label_value, part);
+    LC_REAL lane_max[LC_LANES];
+    LC_REAL top = LC_NAME(score_block_scan)(x, n, label_value, part, lane_max);
     if (f->heap_capacity)
-        LC_NAME(score_block_top_k)(x, n, first_class, &part->top);
+        LC_NAME(score_block_top_k)(x, n, first_class, lane_max, &part->top);
     if (!f->want_sums) {
         lc_score_state state = {top, {0.0, 0.0}, 0.0, 0.0};
         return state;
@@ -1044,8 +1101,10 @@ LC_INLINE void LC_NAME(score_narrow_tile)(const lc_score_multiclass_fields* f, c
         const LC_REAL* x_row = x + (first + r) * n_classes;
         labels[r] = LC_NAME(score_row_label)(f, x_row, first + r);
         lc_score_part_start(&parts[r], heap, f->heap_capacity);
+        LC_REAL lane_max[LC_LANES];
         row_max[r] = LC_NAME(score_block_scan)(x_row, n_classes,
-                                               LC_NAME(score_rank_value)(f, labels[r]), &parts[r]);
+                                               LC_NAME(score_rank_value)(f, labels[r]), &parts[r],
+                                               lane_max);
     }
     lc_score_state states[LC_TILE_MAX_ROWS];
     for (lc_index r = 0; r < rows; r++) {
@@ -1085,9 +1144,13 @@ LC_INLINE void LC_NAME(score_narrow_tile)(const lc_score_multiclass_fields* f, c
             }
         }
     }
+    LC_REAL no_bound[LC_LANES];
+    for (int j = 0; j < LC_LANES; j++)
+        no_bound[j] = -INFINITY;
     for (lc_index r = 0; r < rows; r++) {
         if (f->heap_capacity)
-            LC_NAME(score_block_top_k)(x + (first + r) * n_classes, n_classes, 0, &parts[r].top);
+            LC_NAME(score_block_top_k)(x + (first + r) * n_classes, n_classes, 0, no_bound,
+                                       &parts[r].top);
         LC_NAME(score_row_finish)(f, first + r, n_classes, states[r], &parts[r], labels[r]);
     }
 }
