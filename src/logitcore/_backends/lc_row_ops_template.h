@@ -1001,162 +1001,272 @@ LC_INLINE LC_REAL LC_NAME(score_rank_value)(const lc_score_multiclass_fields* f,
     return f->want_rank && label.kept ? label.logit : (LC_REAL)INFINITY;
 }
 
-/* score_row_finish_f32 / _f64: every asked field of row `row` from its merged state and
-   its merged part (the heap is sorted here), in double. Edge rows as in the reference
-   (numpy_ref.score_multiclass and the table in logitcore/_score.py): a NaN row has pred
-   -1, order fields -1 / 0 and NaN values; a row whose max is not finite (+inf, all -inf)
-   has NaN probabilities. */
-LC_INLINE void LC_NAME(score_row_finish)(const lc_score_multiclass_fields* f, lc_index row,
-                                         lc_index n_classes, lc_score_state state,
-                                         lc_score_part* part, LC_NAME(score_label) label)
+/* What the fields of up to LC_TILE_MAX_ROWS consecutive rows are formed from, one array
+   per quantity (so that score_rows_finish runs each field's loop across rows, vectorised):
+   the row state, the NaN flag and label count, the first and second class by logit, and
+   the label. */
+typedef struct {
+    LC_REAL max[LC_TILE_MAX_ROWS];
+    LC_REAL has_nan[LC_TILE_MAX_ROWS];
+    LC_REAL n_above[LC_TILE_MAX_ROWS];
+    LC_REAL second[LC_TILE_MAX_ROWS]; /* the 2nd logit; -inf for a row of one class */
+    LC_REAL label_logit[LC_TILE_MAX_ROWS];
+    int64_t first_index[LC_TILE_MAX_ROWS];
+    int64_t label[LC_TILE_MAX_ROWS];
+    int64_t kept[LC_TILE_MAX_ROWS];
+    double others[LC_TILE_MAX_ROWS];
+    double n_at_max[LC_TILE_MAX_ROWS];
+    double moment[LC_TILE_MAX_ROWS];
+    double squares[LC_TILE_MAX_ROWS];
+    double total[LC_TILE_MAX_ROWS]; /* S = sum exp(x - max), NaN where max is not finite */
+} LC_NAME(score_rows);
+
+/* Slot r of `rows` from a row's merged state, part (its heap sorted) and label. */
+LC_INLINE void LC_NAME(score_rows_set)(LC_NAME(score_rows)* rows, lc_index r,
+                                       lc_score_state state, const lc_score_part* part,
+                                       LC_NAME(score_label) label)
 {
-    lc_top_k_sort(&part->top);
     const lc_ranked* top = part->top.entries;
-    const int nan_row = part->has_nan;
-    const double row_max = state.max;
-    const int finite = isfinite(row_max);
-    /* S = sum exp(x - max) and log S; NaN for a NaN row through the sums */
-    const double total = finite ? lc_exp_sums_total(state.sums) : NAN;
-    const double log_total = finite ? lc_exp_sums_log(state.sums) : NAN;
-    /* the second class by logit (a row of one class: logit -inf, probability 0) */
-    const double second = nan_row || n_classes < 2 || part->top.count < 2 ? -INFINITY
-                                                                          : top[1].value;
+    rows->max[r] = (LC_REAL)state.max;
+    rows->has_nan[r] = (LC_REAL)part->has_nan;
+    rows->n_above[r] = (LC_REAL)part->n_above_label;
+    rows->first_index[r] = part->top.count > 0 ? top[0].index : 0;
+    rows->second[r] = part->top.count > 1 ? (LC_REAL)top[1].value : (LC_REAL)-INFINITY;
+    rows->label[r] = label.label;
+    rows->kept[r] = label.kept;
+    rows->label_logit[r] = label.logit;
+    rows->others[r] = state.sums.others;
+    rows->n_at_max[r] = state.sums.n_at_max;
+    rows->moment[r] = state.moment;
+    rows->squares[r] = state.squares;
+}
+
+/* The probability of a logit of a row: exp(value - max) / S. */
+LC_INLINE double LC_NAME(score_prob)(double value, double row_max, double total)
+{
+    return lc_exp_f64(value - row_max) / total;
+}
+
+/* score_rows_finish_f32 / _f64: every asked per-row field of the rows [first, first + n)
+   (slots 0 .. n - 1 of `rows`), in double, one loop across the rows per field. Edge rows
+   as in the reference (numpy_ref.score_multiclass and the table in logitcore/_score.py):
+   a NaN row has pred -1, rank 0, correct False and NaN values; a row whose max is not
+   finite (+inf, all -inf) has NaN probabilities. The top-k fields are written by the
+   callers (they hold the top k). */
+LC_INLINE void LC_NAME(score_rows_finish)(const lc_score_multiclass_fields* f,
+                                          LC_NAME(score_rows)* rows, lc_index first, lc_index n)
+{
+    for (lc_index r = 0; r < n; r++) /* S; NaN for a NaN row through `others` */
+        rows->total[r] = isfinite(rows->max[r]) ? rows->others[r] + rows->n_at_max[r] : NAN;
+    const double* total = rows->total;
     if (f->pred)
-        f->pred[row] = nan_row ? -1 : top[0].index;
+        for (lc_index r = 0; r < n; r++)
+            f->pred[first + r] = rows->has_nan[r] != 0 ? -1 : rows->first_index[r];
     if (f->max_logit)
-        ((LC_REAL*)f->max_logit)[row] = nan_row ? (LC_REAL)NAN : (LC_REAL)row_max;
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->max_logit)[first + r] =
+                rows->has_nan[r] != 0 ? (LC_REAL)NAN : rows->max[r];
     if (f->confidence) /* the top class's exp is exp(0) = 1 */
-        ((LC_REAL*)f->confidence)[row] = (LC_REAL)(1.0 / total);
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->confidence)[first + r] = (LC_REAL)(1.0 / total[r]);
     if (f->margin)
-        ((LC_REAL*)f->margin)[row] = (LC_REAL)((1.0 - lc_exp_f64(second - row_max)) / total);
-    if (f->logit_margin)
-        ((LC_REAL*)f->logit_margin)[row] =
-            nan_row ? (LC_REAL)NAN : (LC_REAL)((double)top[0].value - second);
-    if (f->entropy)
-        ((LC_REAL*)f->entropy)[row] = (LC_REAL)(log_total - state.moment / total);
-    if (f->logsumexp)
-        ((LC_REAL*)f->logsumexp)[row] = (LC_REAL)(row_max + lc_exp_sums_log(state.sums));
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->margin)[first + r] =
+                (LC_REAL)((1.0 - lc_exp_f64((double)rows->second[r] - rows->max[r])) / total[r]);
+    if (f->logit_margin) /* the top logit is the max */
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->logit_margin)[first + r] =
+                rows->has_nan[r] != 0 ? (LC_REAL)NAN
+                                      : (LC_REAL)((double)rows->max[r] - rows->second[r]);
+    if (f->entropy) /* H = log S - moment / S */
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->entropy)[first + r] = (LC_REAL)(
+                lc_log1p_f64(rows->others[r] + (rows->n_at_max[r] - 1.0)) - rows->moment[r] / total[r]);
+    if (f->logsumexp) /* right at the edges too, see lc_exp_sums_log */
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->logsumexp)[first + r] = (LC_REAL)(
+                (double)rows->max[r] + lc_log1p_f64(rows->others[r] + (rows->n_at_max[r] - 1.0)));
+    if (!f->labels)
+        return;
+    /* An ignored row (kept 0) is masked out: 0 everywhere. */
+    if (f->label_logprob || f->loss)
+        for (lc_index r = 0; r < n; r++) {
+            /* x[y] - max - log S; NaN where S is (the log is taken of NaN then) */
+            double log_total = lc_log1p_f64(rows->others[r] + (rows->n_at_max[r] - 1.0));
+            double logprob = ((double)rows->label_logit[r] - rows->max[r]) -
+                             (isfinite(rows->max[r]) ? log_total : NAN);
+            logprob = rows->kept[r] ? logprob : 0.0;
+            if (f->label_logprob)
+                ((LC_REAL*)f->label_logprob)[first + r] = (LC_REAL)logprob;
+            if (f->loss) /* 0.0 - x: a certain label has loss 0.0, not -0.0 */
+                ((LC_REAL*)f->loss)[first + r] = (LC_REAL)(0.0 - logprob);
+        }
+    if (f->correct)
+        for (lc_index r = 0; r < n; r++)
+            f->correct[first + r] = (uint8_t)(rows->kept[r] && rows->has_nan[r] == 0 &&
+                                              rows->first_index[r] == rows->label[r]);
+    if (f->label_rank)
+        for (lc_index r = 0; r < n; r++)
+            f->label_rank[first + r] = rows->kept[r] && rows->has_nan[r] == 0
+                                           ? 1 + (int64_t)rows->n_above[r]
+                                           : 0;
+    if (f->brier)
+        for (lc_index r = 0; r < n; r++) {
+            /* sum_c (p_c - onehot_c)^2 = (1 - p_y)^2 + sum_{c != y} p_c^2, each formed
+               without cancelling. At the max (exp 1): S - 1 = others + n_at_max - 1, and the
+               squares other than the label's are squares + n_at_max - 1. */
+            const int at_max = rows->label_logit[r] == rows->max[r];
+            double label_exp = at_max ? 1.0 : lc_exp_f64((double)rows->label_logit[r] - rows->max[r]);
+            double miss = at_max ? rows->others[r] + (rows->n_at_max[r] - 1.0) : total[r] - label_exp;
+            double rest = at_max ? rows->squares[r] + (rows->n_at_max[r] - 1.0)
+                                 : rows->squares[r] - label_exp * label_exp + rows->n_at_max[r];
+            double brier = (miss * miss + rest) / (total[r] * total[r]);
+            ((LC_REAL*)f->brier)[first + r] = rows->kept[r] ? (LC_REAL)brier : (LC_REAL)0;
+        }
+}
+
+/* The top-k fields of row `row` from its sorted heap (wide rows). */
+LC_INLINE void LC_NAME(score_top_k_write)(const lc_score_multiclass_fields* f, lc_index row,
+                                          const lc_score_part* part, lc_score_state state)
+{
+    const double total = isfinite(state.max) ? lc_exp_sums_total(state.sums) : NAN;
+    const lc_ranked* top = part->top.entries;
     for (lc_index j = 0; j < f->top_k; j++) {
         lc_index at = row * f->top_k + j;
         if (f->top_k_indices)
-            f->top_k_indices[at] = nan_row ? -1 : top[j].index;
+            f->top_k_indices[at] = part->has_nan ? -1 : top[j].index;
         if (f->top_k_probs)
             ((LC_REAL*)f->top_k_probs)[at] =
-                nan_row ? (LC_REAL)NAN : (LC_REAL)(lc_exp_f64(top[j].value - row_max) / total);
-    }
-    if (!f->labels)
-        return;
-    if (!label.kept) { /* ignored row: masked out */
-        if (f->label_logprob)
-            ((LC_REAL*)f->label_logprob)[row] = 0;
-        if (f->loss)
-            ((LC_REAL*)f->loss)[row] = 0;
-        if (f->correct)
-            f->correct[row] = 0;
-        if (f->label_rank)
-            f->label_rank[row] = 0;
-        if (f->brier)
-            ((LC_REAL*)f->brier)[row] = 0;
-        return;
-    }
-    const double label_logprob = ((double)label.logit - row_max) - log_total;
-    if (f->label_logprob)
-        ((LC_REAL*)f->label_logprob)[row] = (LC_REAL)label_logprob;
-    if (f->loss) /* 0.0 - x: a certain label has loss 0.0, not -0.0 */
-        ((LC_REAL*)f->loss)[row] = (LC_REAL)(0.0 - label_logprob);
-    if (f->correct)
-        f->correct[row] = !nan_row && top[0].index == label.label;
-    if (f->label_rank)
-        f->label_rank[row] = nan_row ? 0 : 1 + (int64_t)part->n_above_label;
-    if (f->brier) {
-        /* sum_c (p_c - onehot_c)^2 = (1 - p_y)^2 + sum_{c != y} p_c^2, each formed without
-           cancelling: at the max, S - 1 = others + n_at_max - 1 and the squares other than
-           the label's are squares + n_at_max - 1 */
-        double n_at_max = state.sums.n_at_max, brier;
-        if (label.logit == row_max) {
-            double miss = (state.sums.others + (n_at_max - 1.0)) / total;
-            brier = miss * miss + (state.squares + (n_at_max - 1.0)) / (total * total);
-        } else {
-            double label_exp = lc_exp_f64((double)label.logit - row_max);
-            double miss = (total - label_exp) / total;
-            brier = miss * miss +
-                    (state.squares - label_exp * label_exp + n_at_max) / (total * total);
-        }
-        ((LC_REAL*)f->brier)[row] = (LC_REAL)(finite ? brier : NAN);
+                part->has_nan ? (LC_REAL)NAN
+                              : (LC_REAL)LC_NAME(score_prob)(top[j].value, state.max, total);
     }
 }
 
-/* Narrow rows (fewer than LC_NARROW_MAX_CLASSES classes): a tile of rows at a time. A loop
-   over 10 classes does not vectorise, so the exps of the whole tile, and every term of its
-   sums, are taken in one flat loop (as tile_sum_exp); the scans, the top k and the fields
-   are per row. */
-LC_INLINE void LC_NAME(score_narrow_tile)(const lc_score_multiclass_fields* f, const LC_REAL* x,
-                                          lc_index first, lc_index rows, lc_index n_classes,
-                                          lc_ranked* heap)
+/* score_narrow_sums_f32 / _f64: the sums of the narrow rows of a transposed tile (xt[c *
+   n_rows + r]), across the rows (vectorised), for the shift finite_or_zero(max) of each.
+   `want_moment`, `want_squares` are constants at each call, as in score_block_sums. */
+LC_INLINE void LC_NAME(score_narrow_sums)(const LC_REAL* xt, lc_index n_rows, lc_index n_classes,
+                                          LC_NAME(score_rows)* rows, int want_moment,
+                                          int want_squares)
 {
-    LC_REAL row_max[LC_TILE_MAX_ROWS];
-    lc_score_part parts[LC_TILE_MAX_ROWS];
-    LC_NAME(score_label) labels[LC_TILE_MAX_ROWS];
-    for (lc_index r = 0; r < rows; r++) {
-        const LC_REAL* x_row = x + (first + r) * n_classes;
-        labels[r] = LC_NAME(score_row_label)(f, x_row, first + r);
-        lc_score_part_start(&parts[r], heap, f->heap_capacity);
-        LC_REAL lane_max[LC_LANES];
-        row_max[r] = LC_NAME(score_block_scan)(x_row, n_classes,
-                                               LC_NAME(score_rank_value)(f, labels[r]), &parts[r],
-                                               lane_max);
+    LC_REAL shift[LC_TILE_MAX_ROWS];
+    for (lc_index r = 0; r < n_rows; r++)
+        shift[r] = LC_NAME(finite_or_zero)(rows->max[r]);
+    for (lc_index c = 0; c < n_classes; c++)
+        for (lc_index r = 0; r < n_rows; r++) {
+            LC_REAL shifted = xt[c * n_rows + r] - shift[r];
+            LC_REAL value = LC_EXP(shifted);
+            LC_REAL at_max = (LC_REAL)(shifted == 0); /* x == shift (gradual underflow) */
+            rows->others[r] += value - at_max;
+            rows->n_at_max[r] += at_max;
+            if (want_moment) /* 0 where the exp is 0: not (-inf) * 0 */
+                rows->moment[r] += (value != 0 ? shifted : (LC_REAL)0) * value;
+            if (want_squares)
+                rows->squares[r] += value * value - at_max;
+        }
+}
+
+/* score_narrow_tile_f32 / _f64: narrow rows (fewer than LC_NARROW_MAX_CLASSES classes),
+   the rows [first, first + n_rows) as one row tile. A loop over 10 classes does not
+   vectorise, so the tile is transposed (xt[c * n_rows + r]) and every step runs across
+   the rows: the scan, the top k (each class in turn passed down a sorted column of k
+   entries per row: compare and swap in rank order) and the sums. Class
+   indices are held in the element type (exact below 64). */
+LC_INLINE void LC_NAME(score_narrow_tile)(const lc_score_multiclass_fields* f, const LC_REAL* x,
+                                          lc_index first, lc_index n_rows, lc_index n_classes,
+                                          LC_NAME(score_rows)* rows)
+{
+    const LC_REAL* x_tile = x + first * n_classes;
+    const lc_index k = f->heap_capacity; /* <= n_classes, so k * n_rows fits a tile */
+    LC_REAL xt[LC_ROW_TILE_ELEMENTS], top_value[LC_ROW_TILE_ELEMENTS],
+        top_index[LC_ROW_TILE_ELEMENTS];
+    LC_REAL rank_value[LC_TILE_MAX_ROWS], value[LC_TILE_MAX_ROWS], index[LC_TILE_MAX_ROWS];
+    for (lc_index r = 0; r < n_rows; r++) {
+        LC_NAME(score_label) label = LC_NAME(score_row_label)(f, x_tile + r * n_classes, first + r);
+        rows->label[r] = label.label;
+        rows->kept[r] = label.kept;
+        rows->label_logit[r] = label.logit;
+        rank_value[r] = LC_NAME(score_rank_value)(f, label);
+        rows->max[r] = -INFINITY;
+        rows->has_nan[r] = 0;
+        rows->n_above[r] = 0;
+        rows->others[r] = rows->n_at_max[r] = rows->moment[r] = rows->squares[r] = 0.0;
     }
-    lc_score_state states[LC_TILE_MAX_ROWS];
-    for (lc_index r = 0; r < rows; r++) {
-        lc_score_state empty = {row_max[r], {0.0, 0.0}, 0.0, 0.0};
-        states[r] = empty;
+    for (lc_index r = 0; r < n_rows; r++)
+        for (lc_index c = 0; c < n_classes; c++)
+            xt[c * n_rows + r] = x_tile[r * n_classes + c];
+    for (lc_index c = 0; c < n_classes; c++)
+        for (lc_index r = 0; r < n_rows; r++) {
+            LC_REAL v = xt[c * n_rows + r];
+            rows->max[r] = v > rows->max[r] ? v : rows->max[r];
+            rows->has_nan[r] += (LC_REAL)(v != v);
+            rows->n_above[r] += (LC_REAL)(v > rank_value[r]);
+        }
+    if (k > 0) {
+        /* top_value[j * n_rows + r]: row r's j-th largest so far; index -1 marks an empty
+           entry, which takes any logit but NaN */
+        for (lc_index i = 0; i < k * n_rows; i++) {
+            top_value[i] = -INFINITY;
+            top_index[i] = -1;
+        }
+        for (lc_index c = 0; c < n_classes; c++) {
+            for (lc_index r = 0; r < n_rows; r++) {
+                value[r] = xt[c * n_rows + r];
+                index[r] = (LC_REAL)c;
+            }
+            for (lc_index j = 0; j < k; j++)
+                for (lc_index r = 0; r < n_rows; r++) {
+                    LC_REAL kept_value = top_value[j * n_rows + r], kept_index = top_index[j * n_rows + r];
+                    LC_REAL v = value[r], v_index = index[r];
+                    /* the rank order of lc_ranked_before (an entry pushed down by a
+                       larger logit may tie with the next one and has the lower index) */
+                    int take = v > kept_value || (v == kept_value && v_index < kept_index) ||
+                               (kept_index < 0 && v == v);
+                    top_value[j * n_rows + r] = take ? v : kept_value;
+                    top_index[j * n_rows + r] = take ? v_index : kept_index;
+                    value[r] = take ? kept_value : v;
+                    index[r] = take ? kept_index : v_index;
+                }
+        }
+        for (lc_index r = 0; r < n_rows; r++) {
+            rows->first_index[r] = (int64_t)top_index[r];
+            rows->second[r] = k > 1 ? top_value[n_rows + r] : (LC_REAL)-INFINITY;
+        }
+    } else {
+        for (lc_index r = 0; r < n_rows; r++) {
+            rows->first_index[r] = 0;
+            rows->second[r] = -INFINITY;
+        }
     }
     if (f->want_sums) {
-        LC_REAL shifted[LC_ROW_TILE_ELEMENTS], others[LC_ROW_TILE_ELEMENTS],
-            at_max[LC_ROW_TILE_ELEMENTS], moment[LC_ROW_TILE_ELEMENTS],
-            squares[LC_ROW_TILE_ELEMENTS];
-        const LC_REAL* x_tile = x + first * n_classes;
-        const lc_index n = rows * n_classes;
-        for (lc_index r = 0; r < rows; r++) {
-            LC_REAL shift = LC_NAME(finite_or_zero)(row_max[r]);
-            for (lc_index c = 0; c < n_classes; c++)
-                shifted[r * n_classes + c] = x_tile[r * n_classes + c] - shift;
-        }
-        const int want_moment = f->want_moment, want_squares = f->want_squares;
-        for (lc_index i = 0; i < n; i++) {
-            LC_REAL value = LC_EXP(shifted[i]);
-            LC_REAL at = (LC_REAL)(shifted[i] == 0); /* x == shift (gradual underflow) */
-            others[i] = value - at;
-            at_max[i] = at;
-            moment[i] = (value != 0 ? shifted[i] : (LC_REAL)0) * value;
-            squares[i] = value * value - at;
-        }
-        for (lc_index r = 0; r < rows; r++) {
-            lc_score_state* state = &states[r];
-            for (lc_index c = 0; c < n_classes; c++) {
-                lc_index i = r * n_classes + c;
-                state->sums.others += others[i];
-                state->sums.n_at_max += at_max[i];
-                if (want_moment)
-                    state->moment += moment[i];
-                if (want_squares)
-                    state->squares += squares[i];
-            }
-        }
+        if (f->want_moment && f->want_squares)
+            LC_NAME(score_narrow_sums)(xt, n_rows, n_classes, rows, 1, 1);
+        else if (f->want_moment)
+            LC_NAME(score_narrow_sums)(xt, n_rows, n_classes, rows, 1, 0);
+        else if (f->want_squares)
+            LC_NAME(score_narrow_sums)(xt, n_rows, n_classes, rows, 0, 1);
+        else
+            LC_NAME(score_narrow_sums)(xt, n_rows, n_classes, rows, 0, 0);
     }
-    LC_REAL no_bound[LC_LANES];
-    for (int j = 0; j < LC_LANES; j++)
-        no_bound[j] = -INFINITY;
-    for (lc_index r = 0; r < rows; r++) {
-        if (f->heap_capacity)
-            LC_NAME(score_block_top_k)(x + (first + r) * n_classes, n_classes, 0, no_bound,
-                                       &parts[r].top);
-        LC_NAME(score_row_finish)(f, first + r, n_classes, states[r], &parts[r], labels[r]);
-    }
+    LC_NAME(score_rows_finish)(f, rows, first, n_rows);
+    for (lc_index j = 0; j < f->top_k; j++)
+        for (lc_index r = 0; r < n_rows; r++) {
+            lc_index at = (first + r) * f->top_k + j;
+            int nan_row = rows->has_nan[r] != 0;
+            if (f->top_k_indices)
+                f->top_k_indices[at] = nan_row ? -1 : (int64_t)top_index[j * n_rows + r];
+            if (f->top_k_probs)
+                ((LC_REAL*)f->top_k_probs)[at] =
+                    nan_row ? (LC_REAL)NAN
+                            : (LC_REAL)LC_NAME(score_prob)(top_value[j * n_rows + r], rows->max[r],
+                                                           rows->total[r]);
+        }
 }
 
 /* lc_score_multiclass_rows_f32 / _f64: rows [first, first + count) of x (the rows
-   schedule). The heap and the block states are scratch of this call. */
+   schedule). Narrow rows go by row tiles; others one at a time, block by block, their
+   results gathered for score_rows_finish in batches of LC_TILE_MAX_ROWS rows. The heap
+   and the block states are scratch of this call. */
 LC_DISPATCH static void LC_NAME(lc_score_multiclass_rows)(lc_score_multiclass_fields* f,
                                                           const LC_REAL* x, lc_index first,
                                                           lc_index count, lc_index n_classes)
@@ -1164,7 +1274,15 @@ LC_DISPATCH static void LC_NAME(lc_score_multiclass_rows)(lc_score_multiclass_fi
     enum { ON_STACK = 64 };
     lc_ranked heap_on_stack[ON_STACK];
     lc_score_state states_on_stack[ON_STACK];
+    LC_NAME(score_rows) rows;
     const lc_index n_blocks = (n_classes + LC_BLOCK_CLASSES - 1) / LC_BLOCK_CLASSES;
+    if (n_classes < LC_NARROW_MAX_CLASSES) {
+        lc_index rows_per_tile = lc_rows_per_tile(n_classes);
+        for (lc_index at = first; at < first + count; at += rows_per_tile)
+            LC_NAME(score_narrow_tile)(f, x, at, lc_min_index(rows_per_tile, first + count - at),
+                                       n_classes, &rows);
+        return;
+    }
     lc_ranked* heap = f->heap_capacity <= ON_STACK
                           ? heap_on_stack
                           : (lc_ranked*)malloc((size_t)f->heap_capacity * sizeof(lc_ranked));
@@ -1173,12 +1291,8 @@ LC_DISPATCH static void LC_NAME(lc_score_multiclass_rows)(lc_score_multiclass_fi
                              : (lc_score_state*)malloc((size_t)n_blocks * sizeof(lc_score_state));
     if (heap == NULL || states == NULL) {
         f->out_of_memory = 1;
-    } else if (n_classes < LC_NARROW_MAX_CLASSES) {
-        lc_index rows_per_tile = lc_rows_per_tile(n_classes);
-        for (lc_index at = first; at < first + count; at += rows_per_tile)
-            LC_NAME(score_narrow_tile)(f, x, at, lc_min_index(rows_per_tile, first + count - at),
-                                       n_classes, heap);
     } else {
+        lc_index batch_first = first, slot = 0;
         for (lc_index row = first; row < first + count; row++) {
             const LC_REAL* x_row = x + row * n_classes;
             LC_NAME(score_label) label = LC_NAME(score_row_label)(f, x_row, row);
@@ -1193,7 +1307,14 @@ LC_DISPATCH static void LC_NAME(lc_score_multiclass_rows)(lc_score_multiclass_fi
             }
             lc_score_state state =
                 n_blocks == 1 ? states[0] : lc_score_states_merge(states, n_blocks);
-            LC_NAME(score_row_finish)(f, row, n_classes, state, &part, label);
+            lc_top_k_sort(&part.top);
+            LC_NAME(score_top_k_write)(f, row, &part, state);
+            LC_NAME(score_rows_set)(&rows, slot++, state, &part, label);
+            if (slot == LC_TILE_MAX_ROWS || row + 1 == first + count) {
+                LC_NAME(score_rows_finish)(f, &rows, batch_first, slot);
+                batch_first += slot;
+                slot = 0;
+            }
         }
     }
     if (heap != heap_on_stack)
@@ -1232,11 +1353,15 @@ static void LC_NAME(lc_score_multiclass_row_finish)(const lc_score_multiclass_fi
                                                     lc_index n_blocks, lc_score_part* parts,
                                                     lc_index n_parts)
 {
+    LC_NAME(score_rows) rows;
     for (lc_index p = 1; p < n_parts; p++)
         lc_score_part_merge(&parts[0], &parts[p]);
-    LC_NAME(score_label) label = LC_NAME(score_row_label)(f, x + row * n_classes, row);
-    LC_NAME(score_row_finish)(f, row, n_classes, lc_score_states_merge(states, n_blocks),
-                              &parts[0], label);
+    lc_top_k_sort(&parts[0].top);
+    lc_score_state state = lc_score_states_merge(states, n_blocks);
+    LC_NAME(score_top_k_write)(f, row, &parts[0], state);
+    LC_NAME(score_rows_set)(&rows, 0, state, &parts[0],
+                            LC_NAME(score_row_label)(f, x + row * n_classes, row));
+    LC_NAME(score_rows_finish)(f, &rows, row, 1);
 }
 
 /* lc_score_binary_span_f32 / _f64: score_binary on the items [first, first + count), in
