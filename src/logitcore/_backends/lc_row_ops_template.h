@@ -1345,8 +1345,11 @@ LC_DISPATCH static void LC_NAME(lc_score_multiclass_blocks)(const lc_score_multi
 }
 
 /* lc_score_multiclass_row_finish_f32 / _f64: the class split's end of one row: the parts
-   merged in order into parts[0], the block states in block order, then the fields. */
-static void LC_NAME(lc_score_multiclass_row_finish)(const lc_score_multiclass_fields* f,
+   merged in order into parts[0], the block states in block order, then the fields. It is
+   compiled for the same instruction sets as lc_score_multiclass_rows (LC_DISPATCH), so
+   that the merge and the fields round alike (gcc contracts a * b + c into one FMA where
+   the instruction set has it): a row gives the same bits on either schedule. */
+LC_DISPATCH static void LC_NAME(lc_score_multiclass_row_finish)(const lc_score_multiclass_fields* f,
                                                     const LC_REAL* x, lc_index row,
                                                     lc_index n_classes,
                                                     const lc_score_state* states,
