@@ -232,7 +232,16 @@ LC_INLINE lc_sigmoid_logs lc_sigmoid_logs_of(double v)
    bce_element_f32/_f64, lc_bce_rows_f32/_f64, lc_sigmoid_span_f32/_f64,
    lc_log_sigmoid_span_f32/_f64, backward_rows_f32/_f64,
    lc_softmax_backward_rows_f32/_f64, lc_log_softmax_backward_rows_f32/_f64,
-   lc_rows_f32/_f64, lc_block_pass_f32/_f64, row_operands_f32/_f64 */
+   lc_rows_f32/_f64, lc_block_pass_f32/_f64, row_operands_f32/_f64,
+   scoring: score_block_scan_f32/_f64, score_top_k_floor_f32/_f64,
+   score_top_k_consider_f32/_f64, score_block_top_k_f32/_f64, score_block_sums_f32/_f64,
+   score_block_f32/_f64, score_label_f32/_f64, score_row_label_f32/_f64,
+   score_rank_value_f32/_f64, score_rows_f32/_f64, score_rows_set_f32/_f64,
+   score_prob_f32/_f64, score_rows_finish_f32/_f64, score_top_k_write_f32/_f64,
+   score_narrow_sums_f32/_f64, score_narrow_tile_f32/_f64,
+   lc_score_multiclass_rows_f32/_f64, lc_score_multiclass_blocks_f32/_f64,
+   lc_score_multiclass_row_finish_f32/_f64, lc_score_binary_span_f32/_f64,
+   lc_score_multilabel_rows_f32/_f64 */
 #define LC_CONCAT_(a, b) a##b
 #define LC_CONCAT(a, b) LC_CONCAT_(a, b)
 #define LC_NAME(name) LC_CONCAT(name, LC_SUFFIX)
