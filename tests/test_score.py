@@ -227,6 +227,175 @@ def test_one_class_and_empty_inputs(backend):
         logitcore.score(np.zeros((3, 0)))
 
 
+# Shapes that take each path of the compiled backends: narrow rows (fewer than
+# NARROW_MAX_CLASSES classes, row tiles), whole rows, and rows of several blocks
+# (BLOCK_CLASSES classes each); the last ones are long enough (SMALL_CALL_ELEMENTS per
+# thread) for a row alone to take the class split, its blocks on several threads.
+SCHEDULE_SHAPES = [(8, 12), (8, 300), (8, 5000), (6, 70000)]
+
+
+def _edge_batch(shape, dtype, seed=14):
+    """Random logits and labels with edge rows placed across blocks: row 0 holds a NaN,
+    row 1 a +inf in its last class, row 2 is all -inf, row 3 has its first half masked
+    (-inf) and its label there, row 4 its max tied between the first and the last class
+    (the label on the last), row 5 an ignored label."""
+    rng = np.random.default_rng(seed)
+    n_rows, n_classes = shape
+    x = rng.standard_normal(shape) * 3
+    labels = rng.integers(0, n_classes, n_rows)
+    x[0, n_classes // 2] = nan
+    x[1, -1] = inf
+    x[2] = -inf
+    x[3, :n_classes // 2] = -inf
+    labels[3] = 0
+    x[4, 0] = x[4, -1] = 50.0
+    labels[4] = n_classes - 1
+    labels[5] = -100
+    return x.astype(dtype), labels
+
+
+def _check_edge_batch(s, x, labels, top_k, dtype):
+    """The fields of _edge_batch's rows against torch where it defines them (the finite
+    rows, the loss and logsumexp of every row) and the edge table elsewhere."""
+    n_classes = x.shape[1]
+    t = torch.from_numpy(x.astype(np.float64))
+    finite = [3, 4] + list(range(6, x.shape[0]))
+    want = _torch_fields(x[finite], labels[finite], top_k)
+    for name in ("pred", "correct", "label_rank") + (("top_k_indices",) if top_k else ()):
+        np.testing.assert_array_equal(s[name][finite], want[name], err_msg=name)
+    for name in ("max_logit", "confidence", "margin", "logit_margin", "entropy", "logsumexp",
+                 "label_logprob", "brier") + (("top_k_probs",) if top_k else ()):
+        assert s[name].dtype == dtype, name
+        _close(s[name][finite], want[name], dtype)
+    kept_labels = torch.from_numpy(np.where(labels == -100, 0, labels))
+    torch_loss = F.cross_entropy(t, kept_labels, reduction="none").numpy()
+    torch_loss[5] = 0.0
+    _close(s.loss, torch_loss, dtype)  # NaN for rows 0-2, inf for row 3
+    _close(s.logsumexp, torch.logsumexp(t, -1).numpy(), dtype)
+    # the edge rows by the table of logitcore/_score.py
+    np.testing.assert_array_equal(s.pred[:3], [-1, n_classes - 1, 0])
+    np.testing.assert_array_equal(s.max_logit[:3], [nan, inf, -inf])
+    np.testing.assert_array_equal(s.logit_margin[:3], [nan, inf, nan])
+    for name in ("confidence", "margin", "entropy", "brier", "label_logprob"):
+        assert np.isnan(s[name][:3]).all(), name
+    larger = int((t[1] > t[1, labels[1]]).sum())
+    np.testing.assert_array_equal(s.label_rank[:3], [0, 1 + larger, 1])
+    np.testing.assert_array_equal(s.correct[:3], [False, labels[1] == n_classes - 1,
+                                                  labels[2] == 0])
+    assert (s.pred[4], s.label_rank[4], s.correct[4]) == (0, 1, False)
+    assert (s.loss[5], s.brier[5], s.label_rank[5], s.correct[5]) == (0, 0, 0, False)
+    if top_k:
+        order_of_inf_row = torch.sort(t[1], descending=True, stable=True).indices[:top_k]
+        np.testing.assert_array_equal(s.top_k_indices[:3], [
+            [-1] * top_k, order_of_inf_row.numpy(), np.arange(top_k)])
+        assert np.isnan(s.top_k_probs[:3]).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", SCHEDULE_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("top_k", ["0", "1", "5", "C"])
+def test_every_schedule_matches_torch_on_edge_rows(backend, dtype, shape, top_k):
+    """Each schedule (narrow tiles, whole rows, blocks of long rows) on random and edge
+    rows, top_k from 0 to C, against torch; then every row alone on 3 threads (a long row
+    takes the class split: its blocks on several threads) gives the same bits."""
+    top_k = shape[1] if top_k == "C" else int(top_k)
+    x, labels = _edge_batch(shape, dtype)
+    with logitcore.config(n_threads=2):
+        s = logitcore.score(x, labels, top_k=top_k, backend=backend)
+    _check_edge_batch(s, x, labels, top_k, dtype)
+    with logitcore.config(n_threads=3):
+        for row in range(shape[0]):
+            alone = logitcore.score(x[row:row + 1], labels[row:row + 1], top_k=top_k,
+                                    backend=backend)
+            for name in s.fields:
+                np.testing.assert_array_equal(alone[name][0], s[name][row],
+                                              err_msg=f"{name} of row {row}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SCHEDULE_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_each_field_alone_is_the_field_of_all(backend, shape):
+    """A field asked alone (its kernel computes only what that field needs: no sums for
+    pred, a top-k heap of 2 for margin, ...) has the values it has among all fields."""
+    x, labels = _edge_batch(shape, np.float64)
+    every = logitcore.score(x, labels, top_k=3, backend=backend)
+    for name in every.fields:
+        if name == "kept":
+            continue
+        alone = logitcore.score(x, labels, top_k=3, fields=[name], backend=backend)
+        assert alone.fields == (name,)
+        np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(30, 7), (6, 3000)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_multilabel_and_binary_long_inputs_match_torch(backend, shape):
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal(shape) * 3
+    x[0, 1] = nan
+    x[1, 0], x[1, -1] = 200.0, -200.0  # saturated (torch makes inf - inf of +-inf)
+    targets = rng.integers(0, 2, shape)
+    threshold = rng.uniform(0.1, 0.9, shape[1])
+    s = logitcore.score(x, targets, kind="multilabel", threshold=threshold,
+                        fields=["pred", "n_predicted", "loss", "exact_match",
+                                "true_positives", "false_positives", "false_negatives"],
+                        backend=backend)
+    t = torch.from_numpy(x)
+    pred = (torch.sigmoid(t).numpy() >= threshold)  # False for NaN
+    np.testing.assert_array_equal(s.pred, pred)
+    np.testing.assert_array_equal(s.n_predicted, pred.sum(1))
+    bce = F.binary_cross_entropy_with_logits(t, torch.from_numpy(targets).double(),
+                                             reduction="none").mean(1).numpy()
+    _close(s.loss, bce, np.float64)
+    assert np.isnan(s.loss[0])
+    truth = targets.astype(bool)
+    np.testing.assert_array_equal(s.true_positives, (pred & truth).sum(1))
+    np.testing.assert_array_equal(s.false_positives, (pred & ~truth).sum(1))
+    np.testing.assert_array_equal(s.false_negatives, (~pred & truth).sum(1))
+    np.testing.assert_array_equal(s.exact_match, (pred == truth).all(1))
+    flat = x.reshape(-1)
+    flat_labels = targets.reshape(-1)
+    b = logitcore.score(flat, flat_labels, kind="binary", threshold=0.3, backend=backend)
+    p = torch.sigmoid(torch.from_numpy(flat)).numpy()
+    _close(b.prob, p, np.float64)
+    bce = F.binary_cross_entropy_with_logits(torch.from_numpy(flat),
+                                             torch.from_numpy(flat_labels).double(),
+                                             reduction="none").numpy()
+    _close(b.loss, bce, np.float64)
+    np.testing.assert_array_equal(b.pred, p >= 0.3)
+    np.testing.assert_array_equal(b.correct, ((p >= 0.3) == flat_labels) & ~np.isnan(flat))
+
+
+COMPILED_SCORE_BACKENDS = [name for name in BACKENDS if name != "numpy"]
+
+
+@pytest.mark.parametrize("backend", COMPILED_SCORE_BACKENDS)
+def test_kernel_operands_that_break_the_contract_name_themselves(backend):
+    module = load(backend)
+    x = np.zeros((4, 3))
+    empty_field, empty_top = np.empty(0), np.empty((0, 0))
+    outputs = [np.empty(0, np.int64)] + [empty_field] * 6 + [np.empty((0, 0), np.int64),
+               empty_top] + [empty_field] * 2 + [np.empty(0, np.uint8),
+               np.empty(0, np.int64), empty_field]
+    labels = np.zeros(4, np.int64)
+    module.score_multiclass(x, labels, -100, 0, *outputs, 1)  # nothing asked: fine
+    wrong = list(outputs)
+    wrong[0] = np.empty(4, np.float64)  # pred_out must be int64
+    with pytest.raises(ValueError, match="pred_out"):
+        module.score_multiclass(x, labels, -100, 0, *wrong, 1)
+    wrong = list(outputs)
+    wrong[8] = np.empty((4, 2))  # top_k_probs_out with top_k = 1
+    with pytest.raises(ValueError, match="top_k_probs_out"):
+        module.score_multiclass(x, labels, -100, 1, *wrong, 1)
+    with pytest.raises(ValueError, match="top_k"):
+        module.score_multiclass(x, labels, -100, 4, *outputs, 1)
+    wrong = list(outputs)
+    wrong[10] = np.empty(4)  # loss_out without labels
+    with pytest.raises(ValueError, match="labels"):
+        module.score_multiclass(x, np.empty(0, np.int64), -100, 0, *wrong, 1)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_llm_shaped_input_and_sequence_reductions(backend):
     rng = np.random.default_rng(6)

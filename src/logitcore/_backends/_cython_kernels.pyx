@@ -27,7 +27,7 @@ ValueError, not a write out of bounds.
 cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, NAN
-from libc.stdint cimport int64_t, uint16_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -55,6 +55,9 @@ SUPPORTED_KERNELS = frozenset(
         "bce_with_logits",
         "softmax_backward",
         "log_softmax_backward",
+        "score_multiclass",
+        "score_binary",
+        "score_multilabel",
     }
 )
 
@@ -213,6 +216,7 @@ cdef inline void init_operands(lc_operands* o, lc_op op, cnp.ndarray x, Py_ssize
     o.label_smoothing = 0.0
     o.grad_scale = 0.0
     o.prefetch_next_block = 0
+    o.score = NULL
     o.n_rows = n_rows
     o.n_classes = n_classes
     o.x = data(x)
@@ -466,10 +470,63 @@ cdef int class_split(lc_operands* o, const real* x, int n_threads,
     return 0
 
 
+# ---------------------------------------------------------------- scoring: the class split
+#
+# score_multiclass on fewer rows than threads, rows longer than one block: each row's blocks
+# are cut into one contiguous range per thread (a part). A part's block states go to the
+# row's array of block states and its NaN flag, label count and top-k heap to its own
+# lc_score_part; then the parts merge in order (exactly: flags, integer counts and a top k
+# under a total order) and the block states in block order (lc_score_states_merge), as the
+# rows schedule merges the same block states of a whole row (lc_score_multiclass_rows). So
+# the bits do not depend on the thread count. Blocks are not prefetched: the row's parts are
+# read by all threads at once.
+
+cdef int score_class_split(lc_operands* o, const real* x, int n_parts) noexcept nogil:
+    """Every row of score_multiclass, its blocks on n_parts threads; -1 without scratch."""
+    cdef lc_score_multiclass_fields* f = <lc_score_multiclass_fields*>o.score
+    cdef Py_ssize_t n_blocks = (o.n_classes + LC_BLOCK_CLASSES - 1) // LC_BLOCK_CLASSES
+    cdef Py_ssize_t capacity = max(f.heap_capacity, 1)
+    cdef Py_ssize_t row, part, first, end
+    cdef lc_score_state* states = <lc_score_state*>malloc(n_blocks * sizeof(lc_score_state))
+    cdef lc_score_part* parts = <lc_score_part*>malloc(n_parts * sizeof(lc_score_part))
+    cdef lc_ranked* heaps = <lc_ranked*>malloc(n_parts * capacity * sizeof(lc_ranked))
+    if states == NULL or parts == NULL or heaps == NULL:
+        free(states); free(parts); free(heaps)
+        return -1
+    for row in range(o.n_rows):
+        for part in prange(n_parts, num_threads=n_parts, schedule="static"):
+            lc_score_part_start(&parts[part], heaps + part * capacity, f.heap_capacity)
+            first = range_start(n_blocks, part, n_parts)
+            end = range_start(n_blocks, part + 1, n_parts)
+            if real is float:
+                lc_score_multiclass_blocks_f32(f, x, row, o.n_classes, first, end, states,
+                                               &parts[part])
+            else:
+                lc_score_multiclass_blocks_f64(f, x, row, o.n_classes, first, end, states,
+                                               &parts[part])
+        if real is float:
+            lc_score_multiclass_row_finish_f32(f, x, row, o.n_classes, states, n_blocks, parts,
+                                               n_parts)
+        else:
+            lc_score_multiclass_row_finish_f64(f, x, row, o.n_classes, states, n_blocks, parts,
+                                               n_parts)
+    free(states); free(parts); free(heaps)
+    return 0
+
+
 # ---------------------------------------------------------------- the schedule of a call
 
 cdef int schedule(lc_operands* o, const real* x, int n_threads, lc_input_format x_format,
                   lc_input_format y_format) noexcept nogil:
+    cdef int block_threads
+    if o.op == LC_OP_SCORE_MULTICLASS:  # float input only (op_table.HALF_INPUT_KERNELS)
+        if o.n_classes > LC_BLOCK_CLASSES and o.n_rows < n_threads:
+            block_threads = threads_for((o.n_classes + LC_BLOCK_CLASSES - 1) // LC_BLOCK_CLASSES,
+                                        LC_BLOCK_CLASSES, n_threads)
+            if block_threads > 1:
+                return score_class_split(o, x, block_threads)
+        run_rows(o, x, n_threads)
+        return -1 if (<lc_score_multiclass_fields*>o.score).out_of_memory else 0
     if takes_class_split(o):
         return class_split(o, x, n_threads, x_format)
     if x_format != LC_INPUT_FLOAT or y_format != LC_INPUT_FLOAT:
@@ -491,7 +548,7 @@ cdef int run(lc_operands* o, int type_num, int n_threads,
         else:
             status = schedule(o, <const double*>o.x, n_threads, x_format, y_format)
     if status != 0:
-        raise MemoryError("cython kernel: no memory for its per-block scratch")
+        raise MemoryError("cython kernel: no memory for its scratch (block states, top-k heap)")
     return 0
 
 
@@ -787,6 +844,161 @@ def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
     o.out2 = data_or_null(grad_out)
     o.grad_scale = grad_scale
     run(&o, type_num, n_threads, input_format(x), input_format(target))
+
+
+# ---------------------------------------------------------------- scoring
+
+cdef int take_output(void** slot, cnp.ndarray a, str name, int type_num, Py_ssize_t n_rows,
+                     Py_ssize_t n_cols) except -1:
+    """An optional output of a scoring kernel: empty (not asked: the slot stays NULL) or a
+    writable array of type_num and shape (n_rows,) (n_cols < 0) or (n_rows, n_cols)."""
+    slot[0] = NULL
+    if cnp.PyArray_SIZE(a) != 0:
+        expect(a, name, type_num, n_rows, n_cols, True)
+        slot[0] = data(a)
+    return 0
+
+
+cdef int take_labels(const int64_t** slot, cnp.ndarray labels, Py_ssize_t n_items) except -1:
+    """labels_or_empty: (n_items,) int64, or (0,) meaning no labels (slot NULL)."""
+    slot[0] = NULL
+    if cnp.PyArray_SIZE(labels) != 0:
+        expect(labels, "labels", cnp.NPY_INT64, n_items, -1, False)
+        slot[0] = <const int64_t*>data(labels)
+    return 0
+
+
+cdef int no_label_outputs_without_labels(str kernel, bint has_labels, list asked) except -1:
+    if not has_labels and any(output is not None and cnp.PyArray_SIZE(output) != 0
+                              for output in asked):
+        raise ValueError(f"{kernel}: an output that needs labels was asked for without labels")
+    return 0
+
+
+def score_multiclass(cnp.ndarray x not None, cnp.ndarray labels not None, int64_t ignore_index,
+                     Py_ssize_t top_k, cnp.ndarray pred_out not None,
+                     cnp.ndarray max_logit_out not None, cnp.ndarray confidence_out not None,
+                     cnp.ndarray margin_out not None, cnp.ndarray logit_margin_out not None,
+                     cnp.ndarray entropy_out not None, cnp.ndarray logsumexp_out not None,
+                     cnp.ndarray top_k_indices_out not None, cnp.ndarray top_k_probs_out not None,
+                     cnp.ndarray label_logprob_out not None, cnp.ndarray loss_out not None,
+                     cnp.ndarray correct_out not None, cnp.ndarray label_rank_out not None,
+                     cnp.ndarray brier_out not None, int n_threads=1):
+    # Whole rows (narrow ones in row tiles), or the class split for fewer long rows than
+    # threads; see lc_row_ops_template.h, "scoring".
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
+    expect(x, "x", type_num, n_rows, n_classes, False)
+    if not 0 <= top_k <= n_classes:
+        raise ValueError(f"score_multiclass: top_k must be in [0, {n_classes}], got {top_k}")
+    cdef lc_score_multiclass_fields f
+    memset(&f, 0, sizeof(f))
+    f.ignore_index = ignore_index
+    f.top_k = top_k
+    take_labels(&f.labels, labels, n_rows)
+    take_output(<void**>&f.pred, pred_out, "pred_out", cnp.NPY_INT64, n_rows, -1)
+    take_output(&f.max_logit, max_logit_out, "max_logit_out", type_num, n_rows, -1)
+    take_output(&f.confidence, confidence_out, "confidence_out", type_num, n_rows, -1)
+    take_output(&f.margin, margin_out, "margin_out", type_num, n_rows, -1)
+    take_output(&f.logit_margin, logit_margin_out, "logit_margin_out", type_num, n_rows, -1)
+    take_output(&f.entropy, entropy_out, "entropy_out", type_num, n_rows, -1)
+    take_output(&f.logsumexp, logsumexp_out, "logsumexp_out", type_num, n_rows, -1)
+    take_output(<void**>&f.top_k_indices, top_k_indices_out, "top_k_indices_out",
+                cnp.NPY_INT64, n_rows, top_k)
+    take_output(&f.top_k_probs, top_k_probs_out, "top_k_probs_out", type_num, n_rows, top_k)
+    take_output(&f.label_logprob, label_logprob_out, "label_logprob_out", type_num, n_rows, -1)
+    take_output(&f.loss, loss_out, "loss_out", type_num, n_rows, -1)
+    take_output(<void**>&f.correct, correct_out, "correct_out", cnp.NPY_UINT8, n_rows, -1)
+    take_output(<void**>&f.label_rank, label_rank_out, "label_rank_out", cnp.NPY_INT64,
+                n_rows, -1)
+    take_output(&f.brier, brier_out, "brier_out", type_num, n_rows, -1)
+    no_label_outputs_without_labels(
+        "score_multiclass", f.labels != NULL or n_rows == 0,
+        [label_logprob_out, loss_out, correct_out, label_rank_out, brier_out])
+    if n_rows == 0:
+        return
+    if n_classes == 0:
+        raise ValueError("score_multiclass: x has no classes")
+    lc_score_multiclass_plan(&f, n_classes)
+    cdef lc_operands o
+    init_operands(&o, LC_OP_SCORE_MULTICLASS, x, n_rows, n_classes, NULL, 0)
+    o.score = &f
+    run(&o, type_num, n_threads)
+
+
+def score_binary(cnp.ndarray x not None, cnp.ndarray labels not None, int64_t ignore_index,
+                 double threshold, cnp.ndarray prob_out not None, cnp.ndarray pred_out not None,
+                 cnp.ndarray confidence_out not None, cnp.ndarray entropy_out not None,
+                 cnp.ndarray loss_out not None, cnp.ndarray correct_out not None,
+                 cnp.ndarray brier_out not None, int n_threads=1):
+    # Elementwise: the flat schedule (items of one logit).
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n = dim(x, 0)
+    expect(x, "x", type_num, n, -1, False)
+    cdef lc_score_binary_fields f
+    memset(&f, 0, sizeof(f))
+    f.ignore_index = ignore_index
+    f.threshold = threshold
+    take_labels(&f.labels, labels, n)
+    take_output(&f.prob, prob_out, "prob_out", type_num, n, -1)
+    take_output(<void**>&f.pred, pred_out, "pred_out", cnp.NPY_UINT8, n, -1)
+    take_output(&f.confidence, confidence_out, "confidence_out", type_num, n, -1)
+    take_output(&f.entropy, entropy_out, "entropy_out", type_num, n, -1)
+    take_output(&f.loss, loss_out, "loss_out", type_num, n, -1)
+    take_output(<void**>&f.correct, correct_out, "correct_out", cnp.NPY_UINT8, n, -1)
+    take_output(&f.brier, brier_out, "brier_out", type_num, n, -1)
+    no_label_outputs_without_labels("score_binary", f.labels != NULL or n == 0,
+                                    [loss_out, correct_out, brier_out])
+    if n == 0:
+        return
+    cdef lc_operands o
+    init_operands(&o, LC_OP_SCORE_BINARY, x, n, 1, NULL, 0)
+    o.score = &f
+    run(&o, type_num, n_threads)
+
+
+def score_multilabel(cnp.ndarray x not None, cnp.ndarray targets not None,
+                     cnp.ndarray threshold not None, cnp.ndarray n_predicted_out not None,
+                     cnp.ndarray loss_out not None, cnp.ndarray exact_match_out not None,
+                     cnp.ndarray true_positives_out not None,
+                     cnp.ndarray false_positives_out not None,
+                     cnp.ndarray false_negatives_out not None, cnp.ndarray pred_out not None,
+                     int n_threads=1):
+    # Whole rows (the rows schedule), one pass over each.
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
+    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect(threshold, "threshold", type_num, n_classes, -1, False)
+    cdef lc_score_multilabel_fields f
+    memset(&f, 0, sizeof(f))
+    f.threshold = data(threshold)
+    if cnp.PyArray_SIZE(targets) != 0:
+        expect(targets, "targets", cnp.NPY_UINT8, n_rows, n_classes, False)
+        f.targets = <const uint8_t*>data(targets)
+    take_output(<void**>&f.n_predicted, n_predicted_out, "n_predicted_out", cnp.NPY_INT64,
+                n_rows, -1)
+    take_output(&f.loss, loss_out, "loss_out", type_num, n_rows, -1)
+    take_output(<void**>&f.exact_match, exact_match_out, "exact_match_out", cnp.NPY_UINT8,
+                n_rows, -1)
+    take_output(<void**>&f.true_positives, true_positives_out, "true_positives_out",
+                cnp.NPY_INT64, n_rows, -1)
+    take_output(<void**>&f.false_positives, false_positives_out, "false_positives_out",
+                cnp.NPY_INT64, n_rows, -1)
+    take_output(<void**>&f.false_negatives, false_negatives_out, "false_negatives_out",
+                cnp.NPY_INT64, n_rows, -1)
+    take_output(<void**>&f.pred, pred_out, "pred_out", cnp.NPY_UINT8, n_rows, n_classes)
+    no_label_outputs_without_labels(
+        "score_multilabel", f.targets != NULL or n_rows == 0 or n_classes == 0,
+        [loss_out, exact_match_out, true_positives_out, false_positives_out,
+         false_negatives_out])
+    if n_rows == 0:
+        return
+    if n_classes == 0:
+        raise ValueError("score_multilabel: x has no classes")
+    cdef lc_operands o
+    init_operands(&o, LC_OP_SCORE_MULTILABEL, x, n_rows, n_classes, NULL, 0)
+    o.score = &f
+    run(&o, type_num, n_threads)
 
 
 # ---------------------------------------------------------------- test hooks of the math library

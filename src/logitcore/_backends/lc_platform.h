@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef ptrdiff_t lc_index; /* Py_ssize_t-sized: arrays of more than 2^31 elements work */

@@ -76,7 +76,87 @@ typedef enum {
     LC_OP_CROSS_ENTROPY_PROBS,
     LC_OP_BCE_WITH_LOGITS,
     LC_OP_ENTROPY,
+    LC_OP_SCORE_MULTICLASS,
+    LC_OP_SCORE_BINARY,
+    LC_OP_SCORE_MULTILABEL,
 } lc_op;
+
+/* The scoring kernels' inputs and outputs (op_table.py: score_multiclass, score_binary,
+   score_multilabel). Every output is NULL when it was not asked for (the caller passed an
+   empty array): the row functions neither compute nor write it. Float outputs have the
+   element type of x; flags are uint8 0 / 1. */
+typedef struct {
+    const int64_t* labels; /* NULL: no labels (then every label output is NULL too) */
+    int64_t ignore_index;
+    lc_index top_k;        /* columns of top_k_indices / top_k_probs */
+    int64_t* pred;
+    void* max_logit;
+    void* confidence;
+    void* margin;
+    void* logit_margin;
+    void* entropy;
+    void* logsumexp;
+    int64_t* top_k_indices;
+    void* top_k_probs;
+    void* label_logprob;
+    void* loss;
+    uint8_t* correct;
+    int64_t* label_rank;
+    void* brier;
+    /* What the outputs need, from lc_score_multiclass_plan: */
+    lc_index heap_capacity; /* entries of the top-k heap (0: no ordering asked) */
+    int want_sums;          /* the exp sums (every probability field) */
+    int want_moment;        /* entropy's sum (x - shift) exp(x - shift) */
+    int want_squares;       /* Brier's sum exp(2 (x - shift)) */
+    int want_rank;          /* count the logits above the label's */
+    int out_of_memory;      /* set when a row function could not allocate its scratch */
+} lc_score_multiclass_fields;
+
+typedef struct {
+    const int64_t* labels; /* NULL: no labels; else 0, 1 or ignore_index */
+    int64_t ignore_index;
+    double threshold;
+    void* prob;
+    uint8_t* pred;
+    void* confidence;
+    void* entropy;
+    void* loss;
+    uint8_t* correct;
+    void* brier;
+} lc_score_binary_fields;
+
+typedef struct {
+    const uint8_t* targets; /* (n, C) 0 / 1, or NULL: no labels */
+    const void* threshold;  /* (C,) of x's element type */
+    int64_t* n_predicted;
+    void* loss;
+    uint8_t* exact_match;
+    int64_t* true_positives;
+    int64_t* false_positives;
+    int64_t* false_negatives;
+    uint8_t* pred;          /* (n, C) */
+} lc_score_multilabel_fields;
+
+/* Which sums and how large a top-k heap the asked outputs of score_multiclass need. */
+LC_INLINE void lc_score_multiclass_plan(lc_score_multiclass_fields* f, lc_index n_classes)
+{
+    const int labels = f->labels != NULL;
+    const int second = f->margin != NULL || f->logit_margin != NULL;
+    const int top_k = f->top_k_indices != NULL || f->top_k_probs != NULL;
+    const int order = f->pred != NULL || (labels && f->correct != NULL) || second || top_k;
+    lc_index capacity = top_k ? f->top_k : 0;
+    if (second && capacity < 2)
+        capacity = 2;
+    if (order && capacity < 1)
+        capacity = 1;
+    f->heap_capacity = capacity < n_classes ? capacity : n_classes;
+    f->want_sums = f->confidence || f->margin || f->entropy || f->logsumexp || f->top_k_probs ||
+                   (labels && (f->label_logprob || f->loss || f->brier));
+    f->want_moment = f->entropy != NULL;
+    f->want_squares = labels && f->brier != NULL;
+    f->want_rank = labels && f->label_rank != NULL;
+    f->out_of_memory = 0;
+}
 
 typedef struct {
     lc_op op;
@@ -98,6 +178,7 @@ typedef struct {
     double grad_scale;
     lc_ce_label_params ce;      /* cross-entropy with labels in the class split */
     int prefetch_next_block;    /* class split: prefetch the next block (see lc_block_max_sum_exp) */
+    void* score;                /* the lc_score_*_fields of a scoring kernel */
 } lc_operands;
 
 /* The passes of the class_split schedule over the blocks of a long row. */
@@ -116,6 +197,24 @@ typedef struct {
     double weight_factor;
 } lc_row_result;
 
+/* p = sigmoid(v) and log p, log(1 - p) without cancelling (-softplus(-v), -softplus(v)),
+   in double; a NaN logit gives NaN for all three. */
+typedef struct {
+    double prob, log_prob, log_not_prob;
+} lc_sigmoid_logs;
+
+LC_INLINE lc_sigmoid_logs lc_sigmoid_logs_of(double v)
+{
+    double e = lc_exp_f64(-fabs(v));
+    double inverse = 1.0 / (1.0 + e);
+    double log1p_e = lc_log1p_unit_f64(e); /* NaN stays NaN */
+    lc_sigmoid_logs result;
+    result.prob = v >= 0.0 ? inverse : e * inverse;
+    result.log_prob = (v < 0.0 ? v : 0.0) - log1p_e;
+    result.log_not_prob = (v > 0.0 ? -v : 0.0) - log1p_e;
+    return result;
+}
+
 /* ---- instantiate the generic part for float and for double ----
    Every name the two passes define (LC_NAME(f) is f_f32, then f_f64), for grep:
    finite_or_zero_f32/_f64, row_max_f32/_f64, row_max_where_nonzero_f32/_f64,
@@ -133,7 +232,16 @@ typedef struct {
    bce_element_f32/_f64, lc_bce_rows_f32/_f64, lc_sigmoid_span_f32/_f64,
    lc_log_sigmoid_span_f32/_f64, backward_rows_f32/_f64,
    lc_softmax_backward_rows_f32/_f64, lc_log_softmax_backward_rows_f32/_f64,
-   lc_rows_f32/_f64, lc_block_pass_f32/_f64, row_operands_f32/_f64 */
+   lc_rows_f32/_f64, lc_block_pass_f32/_f64, row_operands_f32/_f64,
+   scoring: score_block_scan_f32/_f64, score_top_k_floor_f32/_f64,
+   score_top_k_consider_f32/_f64, score_block_top_k_f32/_f64, score_block_sums_f32/_f64,
+   score_block_f32/_f64, score_label_f32/_f64, score_row_label_f32/_f64,
+   score_rank_value_f32/_f64, score_rows_f32/_f64, score_rows_set_f32/_f64,
+   score_prob_f32/_f64, score_rows_finish_f32/_f64, score_top_k_write_f32/_f64,
+   score_narrow_sums_f32/_f64, score_narrow_tile_f32/_f64,
+   lc_score_multiclass_rows_f32/_f64, lc_score_multiclass_blocks_f32/_f64,
+   lc_score_multiclass_row_finish_f32/_f64, lc_score_binary_span_f32/_f64,
+   lc_score_multilabel_rows_f32/_f64 */
 #define LC_CONCAT_(a, b) a##b
 #define LC_CONCAT(a, b) LC_CONCAT_(a, b)
 #define LC_NAME(name) LC_CONCAT(name, LC_SUFFIX)

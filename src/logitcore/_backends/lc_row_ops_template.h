@@ -748,6 +748,704 @@ LC_DISPATCH static void LC_NAME(lc_log_softmax_backward_rows)(const LC_REAL* dy,
     LC_NAME(backward_rows)(LC_OP_LOG_SOFTMAX_BACKWARD, dy, y, n_rows, n_classes, out);
 }
 
+/* ====================== scoring: score_multiclass, score_binary, score_multilabel ======
+   One read of each row. A row is cut into blocks of LC_BLOCK_CLASSES classes (one block
+   when it is shorter); each block is swept while it is in L1: first its max, NaN flag and
+   the count of logits above the label's (score_block_scan), then its entries into the
+   top-k heap (score_block_top_k, only when an ordering field is asked), then its exp sums
+   (score_block_sums, only when a probability field is asked). The blocks' states merge in
+   block order (lc_score_states_merge) and the row's fields are formed from the merged
+   state (score_row_finish). The rows schedule runs whole rows (lc_score_multiclass_rows);
+   the class split runs ranges of blocks of one row on several threads
+   (lc_score_multiclass_blocks) and then merges them (lc_score_multiclass_row_finish):
+   the same block functions and the same merge, so the bits do not depend on the thread
+   count. */
+
+/* score_block_scan_f32 / _f64: the block's max (NaN ignored; -inf if all -inf), and into
+   `part` whether it holds a NaN and how many of its logits exceed label_value (+inf: none
+   counted). Counts are kept per lane in the element type: at most LC_BLOCK_CLASSES /
+   LC_LANES per lane, exact. `lane_max` receives the lanes' maxima: the largest logit of
+   each of LC_LANES disjoint sets of the block's logits (-inf for an empty set). */
+LC_INLINE LC_REAL LC_NAME(score_block_scan)(const LC_REAL* x, lc_index n, LC_REAL label_value,
+                                            lc_score_part* part, LC_REAL* lane_max)
+{
+    LC_REAL lane_nan[LC_LANES], lane_above[LC_LANES];
+    for (int j = 0; j < LC_LANES; j++) {
+        lane_max[j] = -INFINITY;
+        lane_nan[j] = 0;
+        lane_above[j] = 0;
+    }
+    lc_index i = 0;
+    for (; i + LC_LANES <= n; i += LC_LANES)
+        LC_NO_UNROLL
+        for (int j = 0; j < LC_LANES; j++) {
+            LC_REAL value = x[i + j];
+            lane_max[j] = value > lane_max[j] ? value : lane_max[j];
+            lane_nan[j] += (LC_REAL)(value != value);
+            lane_above[j] += (LC_REAL)(value > label_value);
+        }
+    for (; i < n; i++) {
+        LC_REAL value = x[i];
+        lane_max[0] = value > lane_max[0] ? value : lane_max[0];
+        lane_nan[0] += (LC_REAL)(value != value);
+        lane_above[0] += (LC_REAL)(value > label_value);
+    }
+    LC_REAL top = -INFINITY, nans = 0, above = 0;
+    for (int j = 0; j < LC_LANES; j++) {
+        top = lane_max[j] > top ? lane_max[j] : top;
+        nans += lane_nan[j];
+        above += lane_above[j];
+    }
+    part->has_nan |= nans != 0;
+    part->n_above_label += above;
+    return top;
+}
+
+/* A lower bound of the k-th largest logit of a block from its lanes' maxima: they are k
+   logits of the block (or -inf), so the k-th largest of them is at most the block's k-th
+   largest. -inf when k > LC_LANES (no bound). */
+LC_INLINE LC_REAL LC_NAME(score_top_k_floor)(const LC_REAL* lane_max, lc_index k)
+{
+    if (k < 1 || k > LC_LANES)
+        return -INFINITY;
+    LC_REAL values[LC_LANES];
+    for (int j = 0; j < LC_LANES; j++)
+        values[j] = lane_max[j];
+    /* k steps of a selection sort, descending: values[k - 1] is the k-th largest */
+    for (lc_index a = 0; a < k; a++)
+        for (int b = (int)a + 1; b < LC_LANES; b++)
+            if (values[b] > values[a]) {
+                LC_REAL swap = values[a];
+                values[a] = values[b];
+                values[b] = swap;
+            }
+    return values[k - 1];
+}
+
+/* Offer x[i] (class first_class + i) to the heap if it can enter: not NaN, >= floor and,
+   when the heap is full, not below its last-ranked entry. */
+LC_INLINE void LC_NAME(score_top_k_consider)(const LC_REAL* x, lc_index i, lc_index first_class,
+                                             LC_REAL floor, lc_top_k* top)
+{
+    LC_REAL value = x[i];
+    if (!(value >= floor)) /* below the floor, or NaN (no rank) */
+        return;
+    if (top->count == top->capacity && !(value >= (LC_REAL)top->entries[0].value))
+        return;
+    lc_top_k_offer(top, (lc_ranked){value, first_class + i});
+}
+
+/* score_block_top_k_f32 / _f64: the block's logits (classes first_class, ...) offered to
+   the heap, where only a few can enter and finding them is the cost.
+   capacity <= LC_LANES: the block's k largest logits are all >= floor, the k-th largest
+   of the lanes' maxima (score_top_k_floor), so only lanes whose max reaches the floor can
+   hold one: usually about k of the LC_LANES lanes are walked (lane j: classes j,
+   j + LC_LANES, ... of the scan's vector part; lane 0 also its tail). The heap's order is
+   total, so offering the logits out of class order keeps the same k.
+   Larger capacity: the logits are compared in chunks of 4 LC_LANES through the chunk's
+   max (vectorised); a chunk is walked only if it may hold an entrant. */
+LC_INLINE void LC_NAME(score_block_top_k)(const LC_REAL* x, lc_index n, lc_index first_class,
+                                          const LC_REAL* lane_max, lc_top_k* top)
+{
+    if (top->capacity <= LC_LANES) {
+        const LC_REAL floor = LC_NAME(score_top_k_floor)(lane_max, top->capacity);
+        const lc_index n_vector = n - n % LC_LANES;
+        for (int j = 0; j < LC_LANES; j++) {
+            if (!(lane_max[j] >= floor))
+                continue;
+            for (lc_index i = j; i < n_vector; i += LC_LANES)
+                LC_NAME(score_top_k_consider)(x, i, first_class, floor, top);
+            if (j == 0)
+                for (lc_index i = n_vector; i < n; i++)
+                    LC_NAME(score_top_k_consider)(x, i, first_class, floor, top);
+        }
+        return;
+    }
+    enum { CHUNK = 4 * LC_LANES };
+    const LC_REAL floor = (LC_REAL)-INFINITY;
+    lc_index i = 0;
+    for (;;) {
+        /* a chunk may hold an entrant if its max reaches the full heap's root */
+        LC_REAL lowest = top->count == top->capacity ? (LC_REAL)top->entries[0].value : floor;
+        for (; i + CHUNK <= n; i += CHUNK) {
+            LC_REAL chunk_lanes[LC_LANES];
+            for (int j = 0; j < LC_LANES; j++)
+                chunk_lanes[j] = x[i + j];
+            for (lc_index at = i + LC_LANES; at < i + CHUNK; at += LC_LANES)
+                LC_NO_UNROLL
+                for (int j = 0; j < LC_LANES; j++)
+                    chunk_lanes[j] = x[at + j] > chunk_lanes[j] ? x[at + j] : chunk_lanes[j];
+            LC_REAL chunk_max = chunk_lanes[0];
+            for (int j = 1; j < LC_LANES; j++)
+                chunk_max = chunk_lanes[j] > chunk_max ? chunk_lanes[j] : chunk_max;
+            if (chunk_max >= lowest)
+                break;
+        }
+        if (i >= n)
+            return;
+        lc_index end = lc_min_index(n, i + CHUNK); /* one chunk, or the tail */
+        for (; i < end; i++)
+            LC_NAME(score_top_k_consider)(x, i, first_class, floor, top);
+    }
+}
+
+/* score_block_sums_f32 / _f64: the block's exp sums for the shift finite_or_zero(top) (its
+   max), with the moment and the squares when asked (`want_moment`, `want_squares` are
+   constants at each call: the loop is compiled once per combination). All terms of each
+   sum have one sign, so partial sums in the element type lose nothing worth keeping when
+   flushed into double every LC_PARTIAL_SUM_LENGTH elements (as row_sum_exp). The term at
+   the shift is taken out of `others` and `squares` by subtracting the comparison's 1.0. */
+LC_INLINE lc_score_state LC_NAME(score_block_sums)(const LC_REAL* x, lc_index n, LC_REAL top,
+                                                   int want_moment, int want_squares)
+{
+    const LC_REAL shift = LC_NAME(finite_or_zero)(top);
+    lc_score_state state = {top, {0.0, 0.0}, 0.0, 0.0};
+    lc_index i = 0;
+    while (i < n) {
+        lc_index block_end = lc_min_index(n, i + LC_PARTIAL_SUM_LENGTH);
+        LC_REAL lane_sum[LC_LANES], lane_count[LC_LANES], lane_moment[LC_LANES],
+            lane_squares[LC_LANES];
+        for (int j = 0; j < LC_LANES; j++) {
+            lane_sum[j] = 0;
+            lane_count[j] = 0;
+            lane_moment[j] = 0;
+            lane_squares[j] = 0;
+        }
+        for (; i + LC_LANES <= block_end; i += LC_LANES)
+            LC_NO_UNROLL
+            for (int j = 0; j < LC_LANES; j++) {
+                LC_REAL shifted = x[i + j] - shift;
+                LC_REAL value = LC_EXP(shifted);
+                LC_REAL at_max = (LC_REAL)(x[i + j] == shift);
+                lane_sum[j] += value - at_max;
+                lane_count[j] += at_max;
+                if (want_moment) /* 0 where the exp is 0: not (-inf) * 0 */
+                    lane_moment[j] += (value != 0 ? shifted : (LC_REAL)0) * value;
+                if (want_squares)
+                    lane_squares[j] += value * value - at_max;
+            }
+        for (; i < block_end; i++) {
+            LC_REAL shifted = x[i] - shift;
+            LC_REAL value = LC_EXP(shifted);
+            LC_REAL at_max = (LC_REAL)(x[i] == shift);
+            lane_sum[0] += value - at_max;
+            lane_count[0] += at_max;
+            if (want_moment)
+                lane_moment[0] += (value != 0 ? shifted : (LC_REAL)0) * value;
+            if (want_squares)
+                lane_squares[0] += value * value - at_max;
+        }
+        double others = 0.0, count = 0.0, moment = 0.0, squares = 0.0;
+        for (int j = 0; j < LC_LANES; j++) {
+            others += lane_sum[j];
+            count += lane_count[j];
+            moment += lane_moment[j];
+            squares += lane_squares[j];
+        }
+        state.sums.others += others;
+        state.sums.n_at_max += count;
+        state.moment += moment;
+        state.squares += squares;
+    }
+    return state;
+}
+
+/* score_block_f32 / _f64: one block of a row (classes first_class, ...): its state, and
+   its NaN flag, label count and top-k entries into `part`. */
+LC_INLINE lc_score_state LC_NAME(score_block)(const lc_score_multiclass_fields* f,
+                                              const LC_REAL* x, lc_index n, lc_index first_class,
+                                              LC_REAL label_value, lc_score_part* part)
+{
+    LC_REAL lane_max[LC_LANES];
+    LC_REAL top = LC_NAME(score_block_scan)(x, n, label_value, part, lane_max);
+    if (f->heap_capacity)
+        LC_NAME(score_block_top_k)(x, n, first_class, lane_max, &part->top);
+    if (!f->want_sums) {
+        lc_score_state state = {top, {0.0, 0.0}, 0.0, 0.0};
+        return state;
+    }
+    if (f->want_moment && f->want_squares)
+        return LC_NAME(score_block_sums)(x, n, top, 1, 1);
+    if (f->want_moment)
+        return LC_NAME(score_block_sums)(x, n, top, 1, 0);
+    if (f->want_squares)
+        return LC_NAME(score_block_sums)(x, n, top, 0, 1);
+    return LC_NAME(score_block_sums)(x, n, top, 0, 0);
+}
+
+/* A row's label: its class, whether it is kept (not ignore_index) and its logit. */
+typedef struct {
+    int64_t label;
+    int kept;
+    LC_REAL logit;
+} LC_NAME(score_label);
+
+LC_INLINE LC_NAME(score_label) LC_NAME(score_row_label)(const lc_score_multiclass_fields* f,
+                                                        const LC_REAL* x_row, lc_index row)
+{
+    LC_NAME(score_label) label = {0, 0, 0};
+    if (f->labels) {
+        label.label = f->labels[row];
+        label.kept = label.label != f->ignore_index;
+        if (label.kept)
+            label.logit = x_row[label.label];
+    }
+    return label;
+}
+
+/* What the block scans count the logits against: the label's logit when the rank is asked
+   (read before the row's sweeps), else +inf (nothing is above it). */
+LC_INLINE LC_REAL LC_NAME(score_rank_value)(const lc_score_multiclass_fields* f,
+                                            LC_NAME(score_label) label)
+{
+    return f->want_rank && label.kept ? label.logit : (LC_REAL)INFINITY;
+}
+
+/* What the fields of up to LC_TILE_MAX_ROWS consecutive rows are formed from, one array
+   per quantity (so that score_rows_finish runs each field's loop across rows, vectorised):
+   the row state, the NaN flag and label count, the first and second class by logit, and
+   the label. */
+typedef struct {
+    LC_REAL max[LC_TILE_MAX_ROWS];
+    LC_REAL has_nan[LC_TILE_MAX_ROWS];
+    LC_REAL n_above[LC_TILE_MAX_ROWS];
+    LC_REAL second[LC_TILE_MAX_ROWS]; /* the 2nd logit; -inf for a row of one class */
+    LC_REAL label_logit[LC_TILE_MAX_ROWS];
+    int64_t first_index[LC_TILE_MAX_ROWS];
+    int64_t label[LC_TILE_MAX_ROWS];
+    int64_t kept[LC_TILE_MAX_ROWS];
+    double others[LC_TILE_MAX_ROWS];
+    double n_at_max[LC_TILE_MAX_ROWS];
+    double moment[LC_TILE_MAX_ROWS];
+    double squares[LC_TILE_MAX_ROWS];
+    double total[LC_TILE_MAX_ROWS]; /* S = sum exp(x - max), NaN where max is not finite */
+} LC_NAME(score_rows);
+
+/* Slot r of `rows` from a row's merged state, part (its heap sorted) and label. */
+LC_INLINE void LC_NAME(score_rows_set)(LC_NAME(score_rows)* rows, lc_index r,
+                                       lc_score_state state, const lc_score_part* part,
+                                       LC_NAME(score_label) label)
+{
+    const lc_ranked* top = part->top.entries;
+    rows->max[r] = (LC_REAL)state.max;
+    rows->has_nan[r] = (LC_REAL)part->has_nan;
+    rows->n_above[r] = (LC_REAL)part->n_above_label;
+    rows->first_index[r] = part->top.count > 0 ? top[0].index : 0;
+    rows->second[r] = part->top.count > 1 ? (LC_REAL)top[1].value : (LC_REAL)-INFINITY;
+    rows->label[r] = label.label;
+    rows->kept[r] = label.kept;
+    rows->label_logit[r] = label.logit;
+    rows->others[r] = state.sums.others;
+    rows->n_at_max[r] = state.sums.n_at_max;
+    rows->moment[r] = state.moment;
+    rows->squares[r] = state.squares;
+}
+
+/* The probability of a logit of a row: exp(value - max) / S. */
+LC_INLINE double LC_NAME(score_prob)(double value, double row_max, double total)
+{
+    return lc_exp_f64(value - row_max) / total;
+}
+
+/* score_rows_finish_f32 / _f64: every asked per-row field of the rows [first, first + n)
+   (slots 0 .. n - 1 of `rows`), in double, one loop across the rows per field. Edge rows
+   as in the reference (numpy_ref.score_multiclass and the table in logitcore/_score.py):
+   a NaN row has pred -1, rank 0, correct False and NaN values; a row whose max is not
+   finite (+inf, all -inf) has NaN probabilities. The top-k fields are written by the
+   callers (they hold the top k). */
+LC_INLINE void LC_NAME(score_rows_finish)(const lc_score_multiclass_fields* f,
+                                          LC_NAME(score_rows)* rows, lc_index first, lc_index n)
+{
+    for (lc_index r = 0; r < n; r++) /* S; NaN for a NaN row through `others` */
+        rows->total[r] = isfinite(rows->max[r]) ? rows->others[r] + rows->n_at_max[r] : NAN;
+    const double* total = rows->total;
+    if (f->pred)
+        for (lc_index r = 0; r < n; r++)
+            f->pred[first + r] = rows->has_nan[r] != 0 ? -1 : rows->first_index[r];
+    if (f->max_logit)
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->max_logit)[first + r] =
+                rows->has_nan[r] != 0 ? (LC_REAL)NAN : rows->max[r];
+    if (f->confidence) /* the top class's exp is exp(0) = 1 */
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->confidence)[first + r] = (LC_REAL)(1.0 / total[r]);
+    if (f->margin)
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->margin)[first + r] =
+                (LC_REAL)((1.0 - lc_exp_f64((double)rows->second[r] - rows->max[r])) / total[r]);
+    if (f->logit_margin) /* the top logit is the max */
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->logit_margin)[first + r] =
+                rows->has_nan[r] != 0 ? (LC_REAL)NAN
+                                      : (LC_REAL)((double)rows->max[r] - rows->second[r]);
+    if (f->entropy) /* H = log S - moment / S */
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->entropy)[first + r] = (LC_REAL)(
+                lc_log1p_f64(rows->others[r] + (rows->n_at_max[r] - 1.0)) - rows->moment[r] / total[r]);
+    if (f->logsumexp) /* right at the edges too, see lc_exp_sums_log */
+        for (lc_index r = 0; r < n; r++)
+            ((LC_REAL*)f->logsumexp)[first + r] = (LC_REAL)(
+                (double)rows->max[r] + lc_log1p_f64(rows->others[r] + (rows->n_at_max[r] - 1.0)));
+    if (!f->labels)
+        return;
+    /* An ignored row (kept 0) is masked out: 0 everywhere. */
+    if (f->label_logprob || f->loss)
+        for (lc_index r = 0; r < n; r++) {
+            /* x[y] - max - log S; NaN where S is (the log is taken of NaN then) */
+            double log_total = lc_log1p_f64(rows->others[r] + (rows->n_at_max[r] - 1.0));
+            double logprob = ((double)rows->label_logit[r] - rows->max[r]) -
+                             (isfinite(rows->max[r]) ? log_total : NAN);
+            logprob = rows->kept[r] ? logprob : 0.0;
+            if (f->label_logprob)
+                ((LC_REAL*)f->label_logprob)[first + r] = (LC_REAL)logprob;
+            if (f->loss) /* 0.0 - x: a certain label has loss 0.0, not -0.0 */
+                ((LC_REAL*)f->loss)[first + r] = (LC_REAL)(0.0 - logprob);
+        }
+    if (f->correct)
+        for (lc_index r = 0; r < n; r++)
+            f->correct[first + r] = (uint8_t)(rows->kept[r] && rows->has_nan[r] == 0 &&
+                                              rows->first_index[r] == rows->label[r]);
+    if (f->label_rank)
+        for (lc_index r = 0; r < n; r++)
+            f->label_rank[first + r] = rows->kept[r] && rows->has_nan[r] == 0
+                                           ? 1 + (int64_t)rows->n_above[r]
+                                           : 0;
+    if (f->brier)
+        for (lc_index r = 0; r < n; r++) {
+            /* sum_c (p_c - onehot_c)^2 = (1 - p_y)^2 + sum_{c != y} p_c^2, each formed
+               without cancelling. At the max (exp 1): S - 1 = others + n_at_max - 1, and the
+               squares other than the label's are squares + n_at_max - 1. */
+            const int at_max = rows->label_logit[r] == rows->max[r];
+            double label_exp = at_max ? 1.0 : lc_exp_f64((double)rows->label_logit[r] - rows->max[r]);
+            double miss = at_max ? rows->others[r] + (rows->n_at_max[r] - 1.0) : total[r] - label_exp;
+            double rest = at_max ? rows->squares[r] + (rows->n_at_max[r] - 1.0)
+                                 : rows->squares[r] - label_exp * label_exp + rows->n_at_max[r];
+            double brier = (miss * miss + rest) / (total[r] * total[r]);
+            ((LC_REAL*)f->brier)[first + r] = rows->kept[r] ? (LC_REAL)brier : (LC_REAL)0;
+        }
+}
+
+/* The top-k fields of row `row` from its sorted heap (wide rows). */
+LC_INLINE void LC_NAME(score_top_k_write)(const lc_score_multiclass_fields* f, lc_index row,
+                                          const lc_score_part* part, lc_score_state state)
+{
+    const double total = isfinite(state.max) ? lc_exp_sums_total(state.sums) : NAN;
+    const lc_ranked* top = part->top.entries;
+    for (lc_index j = 0; j < f->top_k; j++) {
+        lc_index at = row * f->top_k + j;
+        if (f->top_k_indices)
+            f->top_k_indices[at] = part->has_nan ? -1 : top[j].index;
+        if (f->top_k_probs)
+            ((LC_REAL*)f->top_k_probs)[at] =
+                part->has_nan ? (LC_REAL)NAN
+                              : (LC_REAL)LC_NAME(score_prob)(top[j].value, state.max, total);
+    }
+}
+
+/* score_narrow_sums_f32 / _f64: the sums of the narrow rows of a transposed tile (xt[c *
+   n_rows + r]), across the rows (vectorised), for the shift finite_or_zero(max) of each.
+   `want_moment`, `want_squares` are constants at each call, as in score_block_sums. */
+LC_INLINE void LC_NAME(score_narrow_sums)(const LC_REAL* xt, lc_index n_rows, lc_index n_classes,
+                                          LC_NAME(score_rows)* rows, int want_moment,
+                                          int want_squares)
+{
+    LC_REAL shift[LC_TILE_MAX_ROWS];
+    for (lc_index r = 0; r < n_rows; r++)
+        shift[r] = LC_NAME(finite_or_zero)(rows->max[r]);
+    for (lc_index c = 0; c < n_classes; c++)
+        for (lc_index r = 0; r < n_rows; r++) {
+            LC_REAL shifted = xt[c * n_rows + r] - shift[r];
+            LC_REAL value = LC_EXP(shifted);
+            LC_REAL at_max = (LC_REAL)(shifted == 0); /* x == shift (gradual underflow) */
+            rows->others[r] += value - at_max;
+            rows->n_at_max[r] += at_max;
+            if (want_moment) /* 0 where the exp is 0: not (-inf) * 0 */
+                rows->moment[r] += (value != 0 ? shifted : (LC_REAL)0) * value;
+            if (want_squares)
+                rows->squares[r] += value * value - at_max;
+        }
+}
+
+/* score_narrow_tile_f32 / _f64: narrow rows (fewer than LC_NARROW_MAX_CLASSES classes),
+   the rows [first, first + n_rows) as one row tile. A loop over 10 classes does not
+   vectorise, so the tile is transposed (xt[c * n_rows + r]) and every step runs across
+   the rows: the scan, the top k (each class in turn passed down a sorted column of k
+   entries per row: compare and swap in rank order) and the sums. Class
+   indices are held in the element type (exact below 64). */
+LC_INLINE void LC_NAME(score_narrow_tile)(const lc_score_multiclass_fields* f, const LC_REAL* x,
+                                          lc_index first, lc_index n_rows, lc_index n_classes,
+                                          LC_NAME(score_rows)* rows)
+{
+    const LC_REAL* x_tile = x + first * n_classes;
+    const lc_index k = f->heap_capacity; /* <= n_classes, so k * n_rows fits a tile */
+    LC_REAL xt[LC_ROW_TILE_ELEMENTS], top_value[LC_ROW_TILE_ELEMENTS],
+        top_index[LC_ROW_TILE_ELEMENTS];
+    LC_REAL rank_value[LC_TILE_MAX_ROWS], value[LC_TILE_MAX_ROWS], index[LC_TILE_MAX_ROWS];
+    for (lc_index r = 0; r < n_rows; r++) {
+        LC_NAME(score_label) label = LC_NAME(score_row_label)(f, x_tile + r * n_classes, first + r);
+        rows->label[r] = label.label;
+        rows->kept[r] = label.kept;
+        rows->label_logit[r] = label.logit;
+        rank_value[r] = LC_NAME(score_rank_value)(f, label);
+        rows->max[r] = -INFINITY;
+        rows->has_nan[r] = 0;
+        rows->n_above[r] = 0;
+        rows->others[r] = rows->n_at_max[r] = rows->moment[r] = rows->squares[r] = 0.0;
+    }
+    for (lc_index r = 0; r < n_rows; r++)
+        for (lc_index c = 0; c < n_classes; c++)
+            xt[c * n_rows + r] = x_tile[r * n_classes + c];
+    for (lc_index c = 0; c < n_classes; c++)
+        for (lc_index r = 0; r < n_rows; r++) {
+            LC_REAL v = xt[c * n_rows + r];
+            rows->max[r] = v > rows->max[r] ? v : rows->max[r];
+            rows->has_nan[r] += (LC_REAL)(v != v);
+            rows->n_above[r] += (LC_REAL)(v > rank_value[r]);
+        }
+    if (k > 0) {
+        /* top_value[j * n_rows + r]: row r's j-th largest so far; index -1 marks an empty
+           entry, which takes any logit but NaN */
+        for (lc_index i = 0; i < k * n_rows; i++) {
+            top_value[i] = -INFINITY;
+            top_index[i] = -1;
+        }
+        for (lc_index c = 0; c < n_classes; c++) {
+            for (lc_index r = 0; r < n_rows; r++) {
+                value[r] = xt[c * n_rows + r];
+                index[r] = (LC_REAL)c;
+            }
+            for (lc_index j = 0; j < k; j++)
+                for (lc_index r = 0; r < n_rows; r++) {
+                    LC_REAL kept_value = top_value[j * n_rows + r], kept_index = top_index[j * n_rows + r];
+                    LC_REAL v = value[r], v_index = index[r];
+                    /* the rank order of lc_ranked_before (an entry pushed down by a
+                       larger logit may tie with the next one and has the lower index) */
+                    int take = v > kept_value || (v == kept_value && v_index < kept_index) ||
+                               (kept_index < 0 && v == v);
+                    top_value[j * n_rows + r] = take ? v : kept_value;
+                    top_index[j * n_rows + r] = take ? v_index : kept_index;
+                    value[r] = take ? kept_value : v;
+                    index[r] = take ? kept_index : v_index;
+                }
+        }
+        for (lc_index r = 0; r < n_rows; r++) {
+            rows->first_index[r] = (int64_t)top_index[r];
+            rows->second[r] = k > 1 ? top_value[n_rows + r] : (LC_REAL)-INFINITY;
+        }
+    } else {
+        for (lc_index r = 0; r < n_rows; r++) {
+            rows->first_index[r] = 0;
+            rows->second[r] = -INFINITY;
+        }
+    }
+    if (f->want_sums) {
+        if (f->want_moment && f->want_squares)
+            LC_NAME(score_narrow_sums)(xt, n_rows, n_classes, rows, 1, 1);
+        else if (f->want_moment)
+            LC_NAME(score_narrow_sums)(xt, n_rows, n_classes, rows, 1, 0);
+        else if (f->want_squares)
+            LC_NAME(score_narrow_sums)(xt, n_rows, n_classes, rows, 0, 1);
+        else
+            LC_NAME(score_narrow_sums)(xt, n_rows, n_classes, rows, 0, 0);
+    }
+    LC_NAME(score_rows_finish)(f, rows, first, n_rows);
+    for (lc_index j = 0; j < f->top_k; j++)
+        for (lc_index r = 0; r < n_rows; r++) {
+            lc_index at = (first + r) * f->top_k + j;
+            int nan_row = rows->has_nan[r] != 0;
+            if (f->top_k_indices)
+                f->top_k_indices[at] = nan_row ? -1 : (int64_t)top_index[j * n_rows + r];
+            if (f->top_k_probs)
+                ((LC_REAL*)f->top_k_probs)[at] =
+                    nan_row ? (LC_REAL)NAN
+                            : (LC_REAL)LC_NAME(score_prob)(top_value[j * n_rows + r], rows->max[r],
+                                                           rows->total[r]);
+        }
+}
+
+/* lc_score_multiclass_rows_f32 / _f64: rows [first, first + count) of x (the rows
+   schedule). Narrow rows go by row tiles; others one at a time, block by block, their
+   results gathered for score_rows_finish in batches of LC_TILE_MAX_ROWS rows. The heap
+   and the block states are scratch of this call. */
+LC_DISPATCH static void LC_NAME(lc_score_multiclass_rows)(lc_score_multiclass_fields* f,
+                                                          const LC_REAL* x, lc_index first,
+                                                          lc_index count, lc_index n_classes)
+{
+    enum { ON_STACK = 64 };
+    lc_ranked heap_on_stack[ON_STACK];
+    lc_score_state states_on_stack[ON_STACK];
+    LC_NAME(score_rows) rows;
+    const lc_index n_blocks = (n_classes + LC_BLOCK_CLASSES - 1) / LC_BLOCK_CLASSES;
+    if (n_classes < LC_NARROW_MAX_CLASSES) {
+        lc_index rows_per_tile = lc_rows_per_tile(n_classes);
+        for (lc_index at = first; at < first + count; at += rows_per_tile)
+            LC_NAME(score_narrow_tile)(f, x, at, lc_min_index(rows_per_tile, first + count - at),
+                                       n_classes, &rows);
+        return;
+    }
+    lc_ranked* heap = f->heap_capacity <= ON_STACK
+                          ? heap_on_stack
+                          : (lc_ranked*)malloc((size_t)f->heap_capacity * sizeof(lc_ranked));
+    lc_score_state* states =
+        n_blocks <= ON_STACK ? states_on_stack
+                             : (lc_score_state*)malloc((size_t)n_blocks * sizeof(lc_score_state));
+    if (heap == NULL || states == NULL) {
+        f->out_of_memory = 1;
+    } else {
+        lc_index batch_first = first, slot = 0;
+        for (lc_index row = first; row < first + count; row++) {
+            const LC_REAL* x_row = x + row * n_classes;
+            LC_NAME(score_label) label = LC_NAME(score_row_label)(f, x_row, row);
+            LC_REAL rank_value = LC_NAME(score_rank_value)(f, label);
+            lc_score_part part;
+            lc_score_part_start(&part, heap, f->heap_capacity);
+            for (lc_index b = 0; b < n_blocks; b++) {
+                lc_index start = b * LC_BLOCK_CLASSES;
+                states[b] = LC_NAME(score_block)(f, x_row + start,
+                                                 lc_min_index(LC_BLOCK_CLASSES, n_classes - start),
+                                                 start, rank_value, &part);
+            }
+            lc_score_state state =
+                n_blocks == 1 ? states[0] : lc_score_states_merge(states, n_blocks);
+            lc_top_k_sort(&part.top);
+            LC_NAME(score_top_k_write)(f, row, &part, state);
+            LC_NAME(score_rows_set)(&rows, slot++, state, &part, label);
+            if (slot == LC_TILE_MAX_ROWS || row + 1 == first + count) {
+                LC_NAME(score_rows_finish)(f, &rows, batch_first, slot);
+                batch_first += slot;
+                slot = 0;
+            }
+        }
+    }
+    if (heap != heap_on_stack)
+        free(heap);
+    if (states != states_on_stack)
+        free(states);
+}
+
+/* lc_score_multiclass_blocks_f32 / _f64: the class split's part of one row: the blocks
+   [first_block, end_block), their states into `states`, the rest into `part`. */
+LC_DISPATCH static void LC_NAME(lc_score_multiclass_blocks)(const lc_score_multiclass_fields* f,
+                                                            const LC_REAL* x, lc_index row,
+                                                            lc_index n_classes,
+                                                            lc_index first_block,
+                                                            lc_index end_block,
+                                                            lc_score_state* states,
+                                                            lc_score_part* part)
+{
+    const LC_REAL* x_row = x + row * n_classes;
+    LC_REAL rank_value =
+        LC_NAME(score_rank_value)(f, LC_NAME(score_row_label)(f, x_row, row));
+    for (lc_index b = first_block; b < end_block; b++) {
+        lc_index start = b * LC_BLOCK_CLASSES;
+        states[b] = LC_NAME(score_block)(f, x_row + start,
+                                         lc_min_index(LC_BLOCK_CLASSES, n_classes - start), start,
+                                         rank_value, part);
+    }
+}
+
+/* lc_score_multiclass_row_finish_f32 / _f64: the class split's end of one row: the parts
+   merged in order into parts[0], the block states in block order, then the fields. It is
+   compiled for the same instruction sets as lc_score_multiclass_rows (LC_DISPATCH), so
+   that the merge and the fields round alike (gcc contracts a * b + c into one FMA where
+   the instruction set has it): a row gives the same bits on either schedule. */
+LC_DISPATCH static void LC_NAME(lc_score_multiclass_row_finish)(const lc_score_multiclass_fields* f,
+                                                    const LC_REAL* x, lc_index row,
+                                                    lc_index n_classes,
+                                                    const lc_score_state* states,
+                                                    lc_index n_blocks, lc_score_part* parts,
+                                                    lc_index n_parts)
+{
+    LC_NAME(score_rows) rows;
+    for (lc_index p = 1; p < n_parts; p++)
+        lc_score_part_merge(&parts[0], &parts[p]);
+    lc_top_k_sort(&parts[0].top);
+    lc_score_state state = lc_score_states_merge(states, n_blocks);
+    LC_NAME(score_top_k_write)(f, row, &parts[0], state);
+    LC_NAME(score_rows_set)(&rows, 0, state, &parts[0],
+                            LC_NAME(score_row_label)(f, x + row * n_classes, row));
+    LC_NAME(score_rows_finish)(f, &rows, row, 1);
+}
+
+/* lc_score_binary_span_f32 / _f64: score_binary on the items [first, first + count), in
+   double as the reference (numpy_ref.score_binary). */
+LC_DISPATCH static void LC_NAME(lc_score_binary_span)(const lc_score_binary_fields* f,
+                                                      const LC_REAL* x, lc_index first,
+                                                      lc_index count)
+{
+    for (lc_index i = first; i < first + count; i++) {
+        double v = x[i];
+        lc_sigmoid_logs s = lc_sigmoid_logs_of(v);
+        double p = s.prob, q = 1.0 - p;
+        int pred = p >= f->threshold; /* false for NaN */
+        if (f->prob)
+            ((LC_REAL*)f->prob)[i] = (LC_REAL)p;
+        if (f->pred)
+            f->pred[i] = (uint8_t)pred;
+        if (f->confidence)
+            ((LC_REAL*)f->confidence)[i] = (LC_REAL)(p != p ? p : p > q ? p : q);
+        if (f->entropy) /* p log p -> 0 as p -> 0 */
+            ((LC_REAL*)f->entropy)[i] = (LC_REAL)(-((p == 0.0 ? 0.0 : p * s.log_prob) +
+                                                    (q == 0.0 ? 0.0 : q * s.log_not_prob)));
+        if (!f->labels)
+            continue;
+        int64_t label = f->labels[i];
+        int kept = label != f->ignore_index, positive = label == 1;
+        if (f->loss)
+            ((LC_REAL*)f->loss)[i] =
+                kept ? (LC_REAL)(-(positive ? s.log_prob : s.log_not_prob)) : (LC_REAL)0;
+        if (f->correct)
+            f->correct[i] = (uint8_t)(kept && v == v && pred == positive);
+        if (f->brier)
+            ((LC_REAL*)f->brier)[i] = kept ? (LC_REAL)((p - positive) * (p - positive)) : (LC_REAL)0;
+    }
+}
+
+/* lc_score_multilabel_rows_f32 / _f64: score_multilabel on the rows [first, first + count),
+   in double as the reference (numpy_ref.score_multilabel): pred[c] = sigmoid(x[c]) >=
+   threshold[c], the BCE mean over the row and the counts. */
+LC_DISPATCH static void LC_NAME(lc_score_multilabel_rows)(const lc_score_multilabel_fields* f,
+                                                          const LC_REAL* x, lc_index first,
+                                                          lc_index count, lc_index n_classes)
+{
+    const LC_REAL* threshold = (const LC_REAL*)f->threshold;
+    for (lc_index row = first; row < first + count; row++) {
+        const LC_REAL* x_row = x + row * n_classes;
+        const uint8_t* truth = f->targets ? f->targets + row * n_classes : NULL;
+        uint8_t* pred_row = f->pred ? f->pred + row * n_classes : NULL;
+        int64_t n_predicted = 0, true_positives = 0, false_positives = 0, false_negatives = 0;
+        double loss = 0.0;
+        for (lc_index c = 0; c < n_classes; c++) {
+            lc_sigmoid_logs s = lc_sigmoid_logs_of((double)x_row[c]);
+            int pred = s.prob >= (double)threshold[c];
+            n_predicted += pred;
+            if (pred_row)
+                pred_row[c] = (uint8_t)pred;
+            if (!truth)
+                continue;
+            int t = truth[c] != 0;
+            true_positives += pred && t;
+            false_positives += pred && !t;
+            false_negatives += !pred && t;
+            loss -= t ? s.log_prob : s.log_not_prob; /* BCE = softplus(-x) or softplus(x) */
+        }
+        if (f->n_predicted)
+            f->n_predicted[row] = n_predicted;
+        if (!truth)
+            continue;
+        if (f->loss)
+            ((LC_REAL*)f->loss)[row] = (LC_REAL)(loss / (double)n_classes);
+        if (f->exact_match)
+            f->exact_match[row] = false_positives + false_negatives == 0;
+        if (f->true_positives)
+            f->true_positives[row] = true_positives;
+        if (f->false_positives)
+            f->false_positives[row] = false_positives;
+        if (f->false_negatives)
+            f->false_negatives[row] = false_negatives;
+    }
+}
+
 /* ====================== dispatch on the op, for the schedules ====================== */
 
 /* lc_rows_f32 / lc_rows_f64: the op's row function on the rows [first, first + count) (the
@@ -799,6 +1497,18 @@ static void LC_NAME(lc_rows)(const lc_operands* o, lc_index first, lc_index coun
     case LC_OP_CROSS_ENTROPY_PROBS:
         LC_NAME(lc_cross_entropy_probs_rows)(x, y, weight, o->label_smoothing, count, C, out,
                                              out2, o->grad_scale);
+        break;
+    case LC_OP_SCORE_MULTICLASS:
+        LC_NAME(lc_score_multiclass_rows)((lc_score_multiclass_fields*)o->score,
+                                          (const LC_REAL*)o->x, first, count, C);
+        break;
+    case LC_OP_SCORE_BINARY:
+        LC_NAME(lc_score_binary_span)((const lc_score_binary_fields*)o->score,
+                                      (const LC_REAL*)o->x, first, count);
+        break;
+    case LC_OP_SCORE_MULTILABEL:
+        LC_NAME(lc_score_multilabel_rows)((const lc_score_multilabel_fields*)o->score,
+                                          (const LC_REAL*)o->x, first, count, C);
         break;
     case LC_OP_BCE_WITH_LOGITS:
         LC_NAME(lc_bce_rows)(x, y, weight + first * o->weight_stride, o->weight_stride,

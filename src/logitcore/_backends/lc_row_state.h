@@ -165,4 +165,144 @@ LC_INLINE lc_ce_label_row lc_ce_label_row_finish(const lc_ce_label_params* p, do
     return row;
 }
 
+/*
+ * Scoring (logitcore.score, kernel score_multiclass): the row state of one block of a row,
+ * and of the row once its blocks are merged. It extends the exp-sum state with the two
+ * further sums the score fields need, all for the shift finite_or_zero(max):
+ *   moment  = sum (x - shift) exp(x - shift), 0 where the exp is 0 (entropy: H = log S -
+ *             moment / S);
+ *   squares = sum over the x that differ from shift of exp(2 (x - shift)) (Brier: the
+ *             terms at the shift add n_at_max, as in `sums`).
+ * Blocks merge in block order under the row max M: a block with a smaller max m scales
+ * its sums by f = exp(m - M): others by f, squares by f^2 and the moment by
+ * sum (x - M) e^(x - M) = f (moment + (m - M) S) with S its exp sum.
+ */
+typedef struct {
+    double max;
+    lc_exp_sums sums;
+    double moment;
+    double squares;
+} lc_score_state;
+
+LC_INLINE lc_score_state lc_score_states_merge(const lc_score_state* blocks, lc_index count)
+{
+    double top = -INFINITY;
+    for (lc_index b = 0; b < count; b++)
+        top = blocks[b].max > top ? blocks[b].max : top;
+    lc_score_state row = {top, {0.0, 0.0}, 0.0, 0.0};
+    for (lc_index b = 0; b < count; b++) {
+        const lc_score_state* block = &blocks[b];
+        row.sums = lc_exp_sums_add(row.sums, lc_exp_sums_rescaled(block->sums, block->max, top));
+        if (block->max == top) {
+            row.moment += block->moment;
+            row.squares += block->squares;
+            continue;
+        }
+        double total = lc_exp_sums_total(block->sums);
+        if (total == 0.0) /* an all -inf block adds nothing (and not -inf * 0) */
+            continue;
+        double factor = lc_exp_f64(block->max - top);
+        row.moment += factor * (block->moment + (block->max - top) * total);
+        row.squares += factor * factor * (block->squares + block->sums.n_at_max);
+    }
+    return row;
+}
+
+/*
+ * The top k of a row by logit, ties to the lower class index: a min-heap of the k best
+ * (value, index) pairs seen, its root the one ranked last, so that a scan compares each
+ * logit with the root only. The order (larger value first, then lower index) is total, so
+ * the k kept do not depend on how the row was cut into parts: heaps of parts of a row merge
+ * exactly (lc_top_k_offer each entry of one into the other).
+ */
+typedef struct {
+    double value;
+    int64_t index;
+} lc_ranked;
+
+typedef struct {
+    lc_ranked* entries;
+    lc_index count, capacity;
+} lc_top_k;
+
+/* a ranks before b */
+LC_INLINE int lc_ranked_before(lc_ranked a, lc_ranked b)
+{
+    return a.value > b.value || (a.value == b.value && a.index < b.index);
+}
+
+LC_INLINE void lc_top_k_sift_down(lc_ranked* heap, lc_index count, lc_index at)
+{
+    lc_ranked item = heap[at];
+    for (;;) {
+        lc_index child = 2 * at + 1;
+        if (child >= count)
+            break;
+        /* the child ranked later goes up (the root is the last-ranked entry) */
+        if (child + 1 < count && lc_ranked_before(heap[child], heap[child + 1]))
+            child++;
+        if (!lc_ranked_before(item, heap[child]))
+            break;
+        heap[at] = heap[child];
+        at = child;
+    }
+    heap[at] = item;
+}
+
+/* Keep `item` if it ranks among the best `capacity` seen. */
+LC_INLINE void lc_top_k_offer(lc_top_k* top, lc_ranked item)
+{
+    if (top->count < top->capacity) {
+        lc_index at = top->count++;
+        while (at > 0) {
+            lc_index parent = (at - 1) / 2;
+            if (!lc_ranked_before(top->entries[parent], item))
+                break;
+            top->entries[at] = top->entries[parent];
+            at = parent;
+        }
+        top->entries[at] = item;
+    } else if (top->capacity > 0 && lc_ranked_before(item, top->entries[0])) {
+        top->entries[0] = item;
+        lc_top_k_sift_down(top->entries, top->count, 0);
+    }
+}
+
+/* The entries in rank order (best first); the heap is used up. */
+LC_INLINE void lc_top_k_sort(lc_top_k* top)
+{
+    for (lc_index n = top->count; n > 1; n--) {
+        lc_ranked last = top->entries[0];
+        top->entries[0] = top->entries[n - 1];
+        top->entries[n - 1] = last;
+        lc_top_k_sift_down(top->entries, n - 1, 0);
+    }
+}
+
+/* What the parts of a row that are not sums keep (exact, so parts merge in any grouping):
+   whether a NaN was seen, how many logits exceed the label's, and the top k. */
+typedef struct {
+    int has_nan;
+    double n_above_label;
+    lc_top_k top;
+} lc_score_part;
+
+LC_INLINE void lc_score_part_start(lc_score_part* part, lc_ranked* entries, lc_index capacity)
+{
+    part->has_nan = 0;
+    part->n_above_label = 0.0;
+    part->top.entries = entries;
+    part->top.count = 0;
+    part->top.capacity = capacity;
+}
+
+/* `part` takes in `other` (a part of the same row). */
+LC_INLINE void lc_score_part_merge(lc_score_part* part, const lc_score_part* other)
+{
+    part->has_nan |= other->has_nan;
+    part->n_above_label += other->n_above_label;
+    for (lc_index i = 0; i < other->top.count; i++)
+        lc_top_k_offer(&part->top, other->top.entries[i]);
+}
+
 #endif /* LC_ROW_STATE_H */
