@@ -584,8 +584,9 @@ def shift_for(row_max):
 
 @plain_jit
 def softmax_is_defined(row_max, sum_exp):
-    """False for the NaN rows of the edge table (NaN, +inf, all -inf)."""
-    return np.isfinite(row_max) and np.isfinite(sum_exp)
+    """False for the NaN rows of the edge table (NaN, +inf, all -inf). `&`, not `and`:
+    no branch, so that loops across the rows of a row tile vectorise."""
+    return np.isfinite(row_max) & np.isfinite(sum_exp)
 
 
 @vector_jit
@@ -855,44 +856,79 @@ def narrow_rows_per_tile(n_classes):
 @plain_jit
 def narrow_scratch(x):
     """Per-task buffers for one block of rows: row maxima, float64 others and n_at_max,
-    and the transposed block."""
+    and the transposed block with room for one more row of rows_per_block values (the
+    sums narrow_tile_stats accumulates in the input precision)."""
     rows_per_block = narrow_rows_per_tile(x.shape[1])
     row_max = np.empty(rows_per_block, dtype=x.dtype)
     others = np.empty(rows_per_block, dtype=np.float64)
     counts = np.empty(rows_per_block, dtype=x.dtype)  # < 64: exact, and no conversion
-    transposed = np.empty(rows_per_block * x.shape[1], dtype=x.dtype)
+    transposed = np.empty(rows_per_block * (x.shape[1] + 1), dtype=x.dtype)
     return row_max, others, counts, transposed
+
+
+@vector_jit
+def transpose_tile(block, exps):
+    """exps[c, r] = block[r, c], column by column: strided loads (gathers) and unit-stride
+    stores, faster than the other order (a scatter of each row)."""
+    n_rows, n_classes = block.shape
+    for c in range(n_classes):
+        column = exps[c]
+        for r in range(n_rows):
+            column[r] = block[r, c]
 
 
 @vector_jit
 def narrow_tile_stats(block, row_max, others, counts, transposed):
     """For the rows of ``block`` (a 2-D view) fill row_max[r], others[r] and counts[r]
     (n_at_max), and return exps[c, r] = exp(block[r, c] - shift_for(row_max[r])), a
-    (classes, rows) view of ``transposed``."""
+    (classes, rows) view of ``transposed`` (from narrow_scratch: with less room than it
+    gives, the sums go to a buffer allocated per call)."""
     n_rows, n_classes = block.shape
     exps = transposed[: n_classes * n_rows].reshape((n_classes, n_rows))
-    for r in range(n_rows):
-        for c in range(n_classes):
-            exps[c, r] = block[r, c]
+    transpose_tile(block, exps)
     block_max = row_max[:n_rows]
     block_others = others[:n_rows]
     block_counts = counts[:n_rows]
     fill(block_max, cast_like(-np.inf, block))
+    all_finite = True
     for c in range(n_classes):
         column = exps[c]
         for r in range(n_rows):
             block_max[r] = max_ignoring_nan(block_max[r], column[r])
-    fill(block_others, 0.0)
-    fill(block_counts, cast_like(0.0, block_counts))
+    for r in range(n_rows):
+        all_finite &= np.isfinite(block_max[r])
+    zero = cast_like(0.0, block)
+    fill(block_counts, zero)
+    if not all_finite:  # a row of +inf, -inf or NaN: shift 0, arguments may be positive
+        fill(block_others, 0.0)
+        for c in range(n_classes):
+            column = exps[c]
+            for r in range(n_rows):
+                shift = shift_for(block_max[r])
+                at_max = cast_like(column[r] == shift, column)
+                e = shifted_exp(column[r] - shift)
+                column[r] = e
+                block_others[r] += np.float64(e - at_max)  # 0 at the max (see sum_exp_of)
+                block_counts[r] += at_max
+        return exps
+    # Every shift is the row's finite max (sum_exp_below): no argument of exp is positive,
+    # and the sums run in the input precision (at most NARROW_MAX_CLASSES terms a row),
+    # widened once per row.
+    if transposed.shape[0] >= (n_classes + 1) * n_rows:
+        sums = transposed[n_classes * n_rows : (n_classes + 1) * n_rows]
+    else:
+        sums = np.empty(n_rows, dtype=block.dtype)
+    fill(sums, zero)
     for c in range(n_classes):
         column = exps[c]
         for r in range(n_rows):
-            shift = shift_for(block_max[r])
-            at_max = cast_like(column[r] == shift, column)
-            e = shifted_exp(column[r] - shift)
+            at_max = column[r] == block_max[r]
+            e = nonpositive_exp(column[r] - block_max[r])
             column[r] = e
-            block_others[r] += np.float64(e - at_max)  # 0 at the max (see sum_exp_of)
-            block_counts[r] += at_max
+            sums[r] += zero if at_max else e
+            block_counts[r] += cast_like(at_max, block)
+    for r in range(n_rows):
+        block_others[r] = np.float64(sums[r])
     return exps
 
 
@@ -1350,7 +1386,8 @@ def log_sum_or_nan(row_max, others, n_at_max):
     (every log-probability is NaN there). Branch-free: it vectorises over the rows of a
     narrow block."""
     defined = softmax_is_defined(row_max, others)
-    return log1p_float64(others + (n_at_max - 1.0)) if defined else np.nan
+    log_sum = log1p_float64(others + (n_at_max - 1.0))  # taken in any case: no branch
+    return log_sum if defined else np.nan
 
 
 @vector_jit
@@ -1689,6 +1726,41 @@ def cross_entropy_labels_row(x, args, i):
 
 
 @vector_jit
+def unsmoothed_label_tile(x, labels, weight, ignore_index, eps, loss_out, grad_out,
+                          grad_scale, want_grad, start, stop, exps, row_max, log_sums, sums):
+    """cross_entropy_labels_tile without label smoothing: the loss and the gradient's
+    per-row factors in one branch-free loop across the rows (a branch per row would
+    make each a scalar computation), then the gradient rows. An ignored row gets label
+    coefficient 0: loss 0, and exp(x - max) * 0, which is ignored_row_grad (0, or NaN
+    where the row's softmax is undefined, its factor then being NaN). Overwrites
+    log_sums with each row's label_grad and sums with its prob_factor."""
+    n_classes = x.shape[1]
+    for r in range(stop - start):
+        i = start + r
+        ignored = labels[i] == ignore_index
+        label = 0 if ignored else labels[i]
+        label_coef = 0.0 if ignored else (1.0 - eps) * np.float64(weight[label])
+        shifted_label = np.float64(x[i, label]) - np.float64(row_max[r])
+        loss = label_coef * (log_sums[r] - shifted_label)  # label_loss, no smoothing
+        loss_out[i] = loss if label_coef != 0.0 else 0.0
+        defined = softmax_is_defined(row_max[r], sums[r])
+        prob_factor = grad_scale * label_coef / sums[r]  # label_grad_coefficients
+        sums[r] = prob_factor if defined else np.nan
+        log_sums[r] = grad_scale * label_coef if defined else 0.0
+    if not want_grad:
+        return
+    for r in range(stop - start):
+        factor = cast_like(sums[r], x)
+        grad_row = grad_out[start + r]
+        for c in range(n_classes):
+            grad_row[c] = exps[c, r] * factor
+    for r in range(stop - start):
+        i = start + r
+        if labels[i] != ignore_index:
+            grad_out[i, labels[i]] -= cast_like(log_sums[r], grad_out)
+
+
+@vector_jit
 def cross_entropy_labels_tile(x, args, start, stop, exps, row_max, others, counts,
                               row_scratch):
     (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
@@ -1702,6 +1774,11 @@ def cross_entropy_labels_tile(x, args, start, stop, exps, row_max, others, count
     for r in range(stop - start):
         log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
         sums[r] = others[r] + counts[r]
+    if not (smoothing_coef != 0.0 and any_weight):
+        unsmoothed_label_tile(x, labels, weight, ignore_index, eps, loss_out, grad_out,
+                              grad_scale, want_grad, start, stop, exps, row_max, log_sums,
+                              sums)
+        return
     for r in range(stop - start):
         i = start + r
         label = labels[i]
