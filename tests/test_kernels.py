@@ -1007,3 +1007,35 @@ def test_score_binary_and_multilabel(backend, dtype):
     g = grid.astype(np.float64)
     bce = np.where(truth, -scipy.special.log_expit(g), -scipy.special.log_expit(-g))
     assert_log_values(out["loss"], bce.mean(1), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_numba_narrow_tile_stats_with_a_buffer_of_exactly_the_tile(dtype):
+    """narrow_tile_stats keeps its sums beyond the tile in the buffer narrow_scratch gives;
+    a caller's buffer of exactly classes x rows still works (the sums go elsewhere).
+    Rows with a finite max and rows without one (+inf, all -inf) against SciPy."""
+    from scipy import special
+
+    numba_kernels = load("numba")
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((37, 10)) * 4).astype(dtype)
+    x[3] = np.minimum(x[3], 1.0)
+    x[3, 2] = x[3, 7] = 2.0  # two terms at the max
+    for tile in (x, np.vstack([x, np.full((1, 10), -np.inf, dtype),
+                               np.where(np.arange(10) == 4, np.inf, 0).astype(dtype)])):
+        n_rows, n_classes = tile.shape
+        row_max = np.empty(n_rows, dtype)
+        others = np.empty(n_rows)
+        counts = np.empty(n_rows, dtype)
+        exact = np.empty(n_rows * n_classes, dtype)
+        exps = numba_kernels.narrow_tile_stats(tile, row_max, others, counts, exact)
+        finite = np.isfinite(row_max)
+        lse = row_max[finite] + np.log1p(others[finite] + (counts[finite] - 1.0))
+        want = special.logsumexp(tile[finite].astype(np.float64), axis=1)
+        np.testing.assert_allclose(lse, want, rtol=4e-7 if dtype == np.float32 else 1e-15)
+        np.testing.assert_array_equal(counts[3], 2)
+        shifted = (tile[finite] - row_max[finite][:, None]).astype(np.float64)  # exact
+        np.testing.assert_allclose(exps.T[finite], np.exp(shifted),
+                                   rtol=4e-7 if dtype == np.float32 else 1e-15)
+        if not finite.all():
+            assert others[-1] == np.inf and counts[-2] == 0 and others[-2] == 0

@@ -225,9 +225,10 @@ TWO_TO_54 = 18014398509481984.0
 
 
 @ordered_jit
-def exp_reduced_float32(x):
-    """(exp(r), k) with x = k ln2 + r, |r| <= ln2 / 2, for a clamped float32 x (Cody-Waite:
-    k * LN2_HI is exact)."""
+def expm1_reduced_float32(x):
+    """(exp(r) - 1, k) with x = k ln2 + r, |r| <= ln2 / 2, for a clamped float32 x (Cody-Waite:
+    k * LN2_HI is exact). exp(r) - 1 = r + r^2 P(r) is kept apart from the 1 so that
+    exp_scaled_float32 can apply 2^k in one FMA."""
     rounded = x * np.float32(LOG2E) + np.float32(ROUND_MAGIC_F32)
     k = np.int32(float_to_bits(rounded) - float_to_bits(np.float32(ROUND_MAGIC_F32)))
     k_float = rounded - np.float32(ROUND_MAGIC_F32)
@@ -239,7 +240,14 @@ def exp_reduced_float32(x):
     p = p * r + np.float32(EXP_F32_C4)
     p = p * r + np.float32(EXP_F32_C3)
     p = p * r + np.float32(EXP_F32_C2)
-    return p * (r * r) + r + np.float32(1.0), k
+    return p * (r * r) + r, k
+
+
+@ordered_jit
+def exp_reduced_float32(x):
+    """(exp(r), k) with x = k ln2 + r, |r| <= ln2 / 2, for a clamped float32 x."""
+    expm1_r, k = expm1_reduced_float32(x)
+    return expm1_r + np.float32(1.0), k
 
 
 @ordered_jit
@@ -260,8 +268,9 @@ def exp_float32(x):
 
 
 @ordered_jit
-def exp_reduced_float64(x):
-    """(exp(r), k, k as a float) with x = k ln2 + r, |r| <= ln2 / 2, for a clamped x."""
+def expm1_reduced_float64(x):
+    """(exp(r) - 1, k, k as a float) with x = k ln2 + r, |r| <= ln2 / 2, for a clamped x
+    (expm1_reduced_float32 in float64)."""
     rounded = x * LOG2E + ROUND_MAGIC_F64
     k = float_to_bits(rounded) - float_to_bits(ROUND_MAGIC_F64)
     k_float = rounded - ROUND_MAGIC_F64
@@ -279,7 +288,14 @@ def exp_reduced_float64(x):
     p = p * r + EXP_F64_C4
     p = p * r + EXP_F64_C3
     p = p * r + EXP_F64_C2
-    return p * (r * r) + r + 1.0, k, k_float
+    return p * (r * r) + r, k, k_float
+
+
+@ordered_jit
+def exp_reduced_float64(x):
+    """(exp(r), k, k as a float) with x = k ln2 + r, |r| <= ln2 / 2, for a clamped x."""
+    expm1_r, k, k_float = expm1_reduced_float64(x)
+    return expm1_r + 1.0, k, k_float
 
 
 @ordered_jit
@@ -299,20 +315,52 @@ def exp_float64(x):
 # sigmoid and softplus). For those 2^k needs no split in two halves: exp(r) * 2^(k + 64)
 # is exact (k + 64 >= -1011, a normal power of two) and the product with the constant
 # 2^-64 rounds once, to the same bits as exp_float32/64 give, subnormal results included,
-# for two operations fewer per element than the halving. A positive argument only arises
-# from a row whose shift is 0 because its maximum is +inf; there the sum is +inf whatever
-# the finite terms are, so any x > 0 gives +inf.
+# for two operations fewer per element than the halving. exp(r) * 2^(k + 64) is taken as
+# one FMA, (exp(r) - 1) * s + s with s = 2^(k + 64): scaling by a power of two commutes
+# with rounding while the result stays normal, so it rounds to exactly (1 + (exp(r) - 1))
+# * s, one operation fewer. A positive argument only arises from a row whose shift is 0
+# because its maximum is +inf; there the sum is +inf whatever the finite terms are, so
+# any x > 0 gives +inf (exp_shifted_*). Where the shift is a finite maximum of the values,
+# no argument is positive and that guard is left out (exp_nonpositive_*, two operations
+# fewer again).
 SHIFTED_SCALE_BIAS = 64
+
+
+@ordered_jit
+def exp_scaled_float32(x):
+    """2^64 exp(x) for a float32 x in [EXP_LOWEST_F32, 0] (or NaN): a normal number."""
+    expm1_r, k = expm1_reduced_float32(x)
+    scale = bits_to_float(np.int32((k + (127 + SHIFTED_SCALE_BIAS)) << 23))
+    return expm1_r * scale + scale
+
+
+@ordered_jit
+def exp_scaled_float64(x):
+    """2^64 exp(x) for a float64 x in [EXP_LOWEST_F64, 0] (or NaN): a normal number."""
+    expm1_r, k, _ = expm1_reduced_float64(x)
+    scale = bits_to_float((k + (1023 + SHIFTED_SCALE_BIAS)) << 52)
+    return expm1_r * scale + scale
+
+
+@ordered_jit
+def exp_nonpositive_float32(x):
+    """exp(x) for float32 x <= 0 or NaN, the bits of exp_float32 (x > 0 not allowed)."""
+    clamped = np.float32(EXP_LOWEST_F32) if np.float32(EXP_LOWEST_F32) > x else x
+    return exp_scaled_float32(clamped) * np.float32(2.0 ** -SHIFTED_SCALE_BIAS)
+
+
+@ordered_jit
+def exp_nonpositive_float64(x):
+    """exp(x) for float64 x <= 0 or NaN, the bits of exp_float64 (x > 0 not allowed)."""
+    clamped = EXP_LOWEST_F64 if EXP_LOWEST_F64 > x else x
+    return exp_scaled_float64(clamped) * 2.0 ** -SHIFTED_SCALE_BIAS
 
 
 @ordered_jit
 def exp_shifted_float32(x):
     """exp(x) for float32 x <= 0 (exact as exp_float32); any x > 0 gives +inf, NaN NaN."""
     clamped = np.float32(0.0) if x > np.float32(0.0) else x
-    clamped = np.float32(EXP_LOWEST_F32) if np.float32(EXP_LOWEST_F32) > clamped else clamped
-    exp_r, k = exp_reduced_float32(clamped)
-    scaled = exp_r * bits_to_float(np.int32((k + (127 + SHIFTED_SCALE_BIAS)) << 23))
-    result = scaled * np.float32(2.0 ** -SHIFTED_SCALE_BIAS)
+    result = exp_nonpositive_float32(clamped)
     return np.float32(np.inf) if x > np.float32(0.0) else result
 
 
@@ -320,10 +368,7 @@ def exp_shifted_float32(x):
 def exp_shifted_float64(x):
     """exp(x) for float64 x <= 0 (exact as exp_float64); any x > 0 gives +inf, NaN NaN."""
     clamped = 0.0 if x > 0.0 else x
-    clamped = EXP_LOWEST_F64 if EXP_LOWEST_F64 > clamped else clamped
-    exp_r, k, _ = exp_reduced_float64(clamped)
-    scaled = exp_r * bits_to_float((k + (1023 + SHIFTED_SCALE_BIAS)) << 52)
-    result = scaled * 2.0 ** -SHIFTED_SCALE_BIAS
+    result = exp_nonpositive_float64(clamped)
     return np.inf if x > 0.0 else result
 
 
@@ -447,6 +492,20 @@ def _shifted_exp(x):
     return None
 
 
+def nonpositive_exp(x):
+    """exp(x) of an argument x <= 0 (or NaN) in x's float type (exp_nonpositive_float32/64):
+    a value minus a finite maximum of the values it is taken from."""
+
+
+@overload(nonpositive_exp)
+def _nonpositive_exp(x):
+    if x == types.float32:
+        return lambda x: exp_nonpositive_float32(x)
+    if x == types.float64:
+        return lambda x: exp_nonpositive_float64(x)
+    return None
+
+
 def log1p_unit(u):
     """log(1 + u) for u in [0, 1], in u's float type, vectorisable."""
 
@@ -471,6 +530,7 @@ if numba.config.DISABLE_JIT:
         ieee_quiet,
         log1p_unit,
         max_ignoring_nan,
+        nonpositive_exp,
         prefetch,
         shifted_exp,
     )
@@ -531,8 +591,9 @@ def shift_for(row_max):
 
 @plain_jit
 def softmax_is_defined(row_max, sum_exp):
-    """False for the NaN rows of the edge table (NaN, +inf, all -inf)."""
-    return np.isfinite(row_max) and np.isfinite(sum_exp)
+    """False for the NaN rows of the edge table (NaN, +inf, all -inf). `&`, not `and`:
+    no branch, so that loops across the rows of a row tile vectorise."""
+    return np.isfinite(row_max) & np.isfinite(sum_exp)
 
 
 @vector_jit
@@ -585,6 +646,42 @@ def sum_exp_of(values, shift):
 
 
 @vector_jit
+def sum_exp_below_counting_in(values, row_max, count_zero):
+    """sum_exp_of(values, row_max) for a finite row_max that no value exceeds, its count of
+    terms at the max kept in count_zero's type. No argument of exp is positive, so the
+    exp needs no guard for one (nonpositive_exp), and a term at the max is left out by a
+    select (the same sum as subtracting exp(0) = 1)."""
+    others = np.float64(0.0)
+    n_at_max = np.float64(0.0)
+    zero = cast_like(0.0, values)
+    for start in range(0, values.shape[0], SUM_CHUNK):
+        prefetch_ahead(values, start)
+        chunk = values[start : start + SUM_CHUNK]
+        partial = zero
+        count = count_zero
+        for j in range(chunk.shape[0]):
+            at_max = chunk[j] == row_max
+            e = nonpositive_exp(chunk[j] - row_max)
+            partial += zero if at_max else e
+            count += cast_like(at_max, count_zero)
+        others += partial
+        n_at_max += np.float64(count)
+    return others, n_at_max
+
+
+@vector_jit
+def sum_exp_below(values, row_max):
+    """(others, n_at_max) of values for a finite row_max that no value exceeds (the max of
+    the values, or of the row holding them): sum_exp_of(values, row_max), fewer operations
+    per element. The count runs in float32 lanes for float32 and in int64 lanes for float64,
+    the faster of the two for each (a float64 count competes with the exp for the FMA
+    ports; int32 lanes beside float32 ones stop LLVM from interleaving the loop)."""
+    if values.itemsize == 4:
+        return sum_exp_below_counting_in(values, row_max, np.float32(0.0))
+    return sum_exp_below_counting_in(values, row_max, np.int64(0))
+
+
+@vector_jit
 def store_exp(values, out, shift):
     """out[j] = exp(values[j] - shift); returns their (others, n_at_max) as sum_exp_of."""
     others = np.float64(0.0)
@@ -631,7 +728,10 @@ def relative_scale(part_max, row_max):
 def block_max_sum_exp(values):
     """(max, others, n_at_max) of one block: the max pass reads memory, the sum pass L1."""
     block_max = max_of(values)
-    others, n_at_max = sum_exp_of(values, shift_for(block_max))
+    if np.isfinite(block_max):
+        others, n_at_max = sum_exp_below(values, block_max)
+    else:  # NaN-free +inf, or all -inf / NaN: shift 0, arguments may be positive
+        others, n_at_max = sum_exp_of(values, shift_for(block_max))
     return block_max, others, n_at_max
 
 
@@ -763,44 +863,79 @@ def narrow_rows_per_tile(n_classes):
 @plain_jit
 def narrow_scratch(x):
     """Per-task buffers for one block of rows: row maxima, float64 others and n_at_max,
-    and the transposed block."""
+    and the transposed block with room for one more row of rows_per_block values (the
+    sums narrow_tile_stats accumulates in the input precision)."""
     rows_per_block = narrow_rows_per_tile(x.shape[1])
     row_max = np.empty(rows_per_block, dtype=x.dtype)
     others = np.empty(rows_per_block, dtype=np.float64)
     counts = np.empty(rows_per_block, dtype=x.dtype)  # < 64: exact, and no conversion
-    transposed = np.empty(rows_per_block * x.shape[1], dtype=x.dtype)
+    transposed = np.empty(rows_per_block * (x.shape[1] + 1), dtype=x.dtype)
     return row_max, others, counts, transposed
+
+
+@vector_jit
+def transpose_tile(block, exps):
+    """exps[c, r] = block[r, c], column by column: strided loads (gathers) and unit-stride
+    stores, faster than the other order (a scatter of each row)."""
+    n_rows, n_classes = block.shape
+    for c in range(n_classes):
+        column = exps[c]
+        for r in range(n_rows):
+            column[r] = block[r, c]
 
 
 @vector_jit
 def narrow_tile_stats(block, row_max, others, counts, transposed):
     """For the rows of ``block`` (a 2-D view) fill row_max[r], others[r] and counts[r]
     (n_at_max), and return exps[c, r] = exp(block[r, c] - shift_for(row_max[r])), a
-    (classes, rows) view of ``transposed``."""
+    (classes, rows) view of ``transposed`` (from narrow_scratch: with less room than it
+    gives, the sums go to a buffer allocated per call)."""
     n_rows, n_classes = block.shape
     exps = transposed[: n_classes * n_rows].reshape((n_classes, n_rows))
-    for r in range(n_rows):
-        for c in range(n_classes):
-            exps[c, r] = block[r, c]
+    transpose_tile(block, exps)
     block_max = row_max[:n_rows]
     block_others = others[:n_rows]
     block_counts = counts[:n_rows]
     fill(block_max, cast_like(-np.inf, block))
+    all_finite = True
     for c in range(n_classes):
         column = exps[c]
         for r in range(n_rows):
             block_max[r] = max_ignoring_nan(block_max[r], column[r])
-    fill(block_others, 0.0)
-    fill(block_counts, cast_like(0.0, block_counts))
+    for r in range(n_rows):
+        all_finite &= np.isfinite(block_max[r])
+    zero = cast_like(0.0, block)
+    fill(block_counts, zero)
+    if not all_finite:  # a row of +inf, -inf or NaN: shift 0, arguments may be positive
+        fill(block_others, 0.0)
+        for c in range(n_classes):
+            column = exps[c]
+            for r in range(n_rows):
+                shift = shift_for(block_max[r])
+                at_max = cast_like(column[r] == shift, column)
+                e = shifted_exp(column[r] - shift)
+                column[r] = e
+                block_others[r] += np.float64(e - at_max)  # 0 at the max (see sum_exp_of)
+                block_counts[r] += at_max
+        return exps
+    # Every shift is the row's finite max (sum_exp_below): no argument of exp is positive,
+    # and the sums run in the input precision (at most NARROW_MAX_CLASSES terms a row),
+    # widened once per row.
+    if transposed.shape[0] >= (n_classes + 1) * n_rows:
+        sums = transposed[n_classes * n_rows : (n_classes + 1) * n_rows]
+    else:
+        sums = np.empty(n_rows, dtype=block.dtype)
+    fill(sums, zero)
     for c in range(n_classes):
         column = exps[c]
         for r in range(n_rows):
-            shift = shift_for(block_max[r])
-            at_max = cast_like(column[r] == shift, column)
-            e = shifted_exp(column[r] - shift)
+            at_max = column[r] == block_max[r]
+            e = nonpositive_exp(column[r] - block_max[r])
             column[r] = e
-            block_others[r] += np.float64(e - at_max)  # 0 at the max (see sum_exp_of)
-            block_counts[r] += at_max
+            sums[r] += zero if at_max else e
+            block_counts[r] += cast_like(at_max, block)
+    for r in range(n_rows):
+        block_others[r] = np.float64(sums[r])
     return exps
 
 
@@ -1541,7 +1676,8 @@ def log_sum_or_nan(row_max, others, n_at_max):
     (every log-probability is NaN there). Branch-free: it vectorises over the rows of a
     narrow block."""
     defined = softmax_is_defined(row_max, others)
-    return log1p_float64(others + (n_at_max - 1.0)) if defined else np.nan
+    log_sum = log1p_float64(others + (n_at_max - 1.0))  # taken in any case: no branch
+    return log_sum if defined else np.nan
 
 
 @vector_jit
@@ -1893,6 +2029,41 @@ def cross_entropy_labels_row(x, args, i):
 
 
 @vector_jit
+def unsmoothed_label_tile(x, labels, weight, ignore_index, eps, loss_out, grad_out,
+                          grad_scale, want_grad, start, stop, exps, row_max, log_sums, sums):
+    """cross_entropy_labels_tile without label smoothing: the loss and the gradient's
+    per-row factors in one branch-free loop across the rows (a branch per row would
+    make each a scalar computation), then the gradient rows. An ignored row gets label
+    coefficient 0: loss 0, and exp(x - max) * 0, which is ignored_row_grad (0, or NaN
+    where the row's softmax is undefined, its factor then being NaN). Overwrites
+    log_sums with each row's label_grad and sums with its prob_factor."""
+    n_classes = x.shape[1]
+    for r in range(stop - start):
+        i = start + r
+        ignored = labels[i] == ignore_index
+        label = 0 if ignored else labels[i]
+        label_coef = 0.0 if ignored else (1.0 - eps) * np.float64(weight[label])
+        shifted_label = np.float64(x[i, label]) - np.float64(row_max[r])
+        loss = label_coef * (log_sums[r] - shifted_label)  # label_loss, no smoothing
+        loss_out[i] = loss if label_coef != 0.0 else 0.0
+        defined = softmax_is_defined(row_max[r], sums[r])
+        prob_factor = grad_scale * label_coef / sums[r]  # label_grad_coefficients
+        sums[r] = prob_factor if defined else np.nan
+        log_sums[r] = grad_scale * label_coef if defined else 0.0
+    if not want_grad:
+        return
+    for r in range(stop - start):
+        factor = cast_like(sums[r], x)
+        grad_row = grad_out[start + r]
+        for c in range(n_classes):
+            grad_row[c] = exps[c, r] * factor
+    for r in range(stop - start):
+        i = start + r
+        if labels[i] != ignore_index:
+            grad_out[i, labels[i]] -= cast_like(log_sums[r], grad_out)
+
+
+@vector_jit
 def cross_entropy_labels_tile(x, args, start, stop, exps, row_max, others, counts,
                               row_scratch):
     (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
@@ -1906,6 +2077,11 @@ def cross_entropy_labels_tile(x, args, start, stop, exps, row_max, others, count
     for r in range(stop - start):
         log_sums[r] = log_sum_or_nan(row_max[r], others[r], counts[r])
         sums[r] = others[r] + counts[r]
+    if not (smoothing_coef != 0.0 and any_weight):
+        unsmoothed_label_tile(x, labels, weight, ignore_index, eps, loss_out, grad_out,
+                              grad_scale, want_grad, start, stop, exps, row_max, log_sums,
+                              sums)
+        return
     for r in range(stop - start):
         i = start + r
         label = labels[i]

@@ -78,6 +78,12 @@ def shifted_exp(x):
     return _by_float_type(x, _kernels().exp_shifted_float32, _kernels().exp_shifted_float64)
 
 
+def nonpositive_exp(x):
+    """exp(x) of an argument x <= 0 in x's float type (see numba_kernels.nonpositive_exp)."""
+    return _by_float_type(x, _kernels().exp_nonpositive_float32,
+                          _kernels().exp_nonpositive_float64)
+
+
 def log1p_unit(u):
     """log(1 + u) for u in [0, 1], in u's float type."""
     return _by_float_type(u, _kernels().log1p_unit_float32,
