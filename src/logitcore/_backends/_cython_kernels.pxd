@@ -12,6 +12,7 @@ cdef extern from "lc_constants.h":
         LC_LABEL_CHUNK
         LC_SMALL_CALL_ELEMENTS
         LC_BLOCK_CLASSES
+        LC_ROW_SUM_CHUNK_ELEMENTS
 
 cdef extern from "lc_row_ops.h" nogil:
     int LC_OPENMP_ENABLED
@@ -114,3 +115,15 @@ cdef extern from "lc_row_ops.h" nogil:
                                              double label_smoothing, double grad_scale)
     lc_ce_label_params lc_ce_label_setup_f64(const double* weight, Py_ssize_t n_classes,
                                              double label_smoothing, double grad_scale)
+
+cdef extern from "lc_row_ops_temperature.h" nogil:
+    # temperature_nll's row operation: the sums of rows [first, end), see the header
+    enum:
+        LC_TEMPERATURE_SUMS
+    void lc_temperature_chunk_f32(const float* x, Py_ssize_t n_classes, const int64_t* labels,
+                                  const float* weight, int64_t ignore_index, double b,
+                                  Py_ssize_t first, Py_ssize_t end, double* sums)
+    void lc_temperature_chunk_f64(const double* x, Py_ssize_t n_classes,
+                                  const int64_t* labels, const double* weight,
+                                  int64_t ignore_index, double b, Py_ssize_t first,
+                                  Py_ssize_t end, double* sums)
