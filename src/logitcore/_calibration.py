@@ -180,7 +180,8 @@ def _raise_bad_row(x2d, flat_labels, weights, ignore_index, row_shape):
     label_logit = x2d[np.arange(x2d.shape[0]), np.where(kept, flat_labels, 0)]
     bad = kept & (~np.isfinite(row_max) | np.isnan(x2d).any(axis=1)
                   | (label_logit == -np.inf))
-    where = list(np.unravel_index(int(np.argmax(bad)), row_shape)) if bad.any() else "?"
+    where = ([int(i) for i in np.unravel_index(int(np.argmax(bad)), row_shape)]
+             if bad.any() else "?")
     raise ValueError(
         f"logits: row {where} (kept) holds NaN or +inf, or only -inf, or -inf at its "
         f"label: its NLL is not finite at any temperature; give it label ignore_index "
