@@ -82,6 +82,12 @@ def dataset(name, seed=0):
         x = 3.0 * (rng.standard_normal((n, c)) + 2.5 * np.eye(c)[y])
         x[:, 7::37] = -np.inf
         y[y % 37 == 7] += 1
+    elif name == "drawn":  # labels drawn from softmax(z), the logits 2.5 z
+        n, c = 20000, 10
+        z = 1.6 * rng.standard_normal((n, c))
+        y = (rng.random((n, 1)) > scipy_softmax(z, axis=1).cumsum(axis=1)).sum(axis=1)
+        y = np.minimum(y, c - 1)
+        x = 2.5 * z
     elif name == "narrow":
         n, c = 20000, 10
         y = rng.integers(0, c, n)
@@ -111,7 +117,7 @@ def dataset(name, seed=0):
     return x, y
 
 
-DATASETS = ["random", "narrow", "skewed", "near-separable", "131072-classes"]
+DATASETS = ["random", "drawn", "narrow", "skewed", "near-separable", "131072-classes"]
 
 
 # --- fit_temperature, multiclass ---------------------------------------------------------

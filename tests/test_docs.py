@@ -7,12 +7,12 @@ import re
 import pytest
 
 import logitcore
-from logitcore import _config, _info, _ops, _score, memory_bandwidth
+from logitcore import _calibration, _config, _info, _ops, _score, memory_bandwidth
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.mark.parametrize("module", [_ops, _score, _config, _info, memory_bandwidth], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [_ops, _score, _calibration, _config, _info, memory_bandwidth], ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
