@@ -25,3 +25,16 @@ def test_readme_api_tour_runs():
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
     logitcore.set_backend("auto")
+
+
+def test_calibration_guide_runs():
+    """docs/calibration.md's examples, in order, in one namespace (later blocks use the
+    fit and the split of the first)."""
+    pytest.importorskip("matplotlib")
+    text = (README.parent / "docs" / "calibration.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 4
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "docs/calibration.md", "exec"), namespace)
+    assert namespace["after"] < namespace["before"]
