@@ -30,8 +30,11 @@ import numpy as np
 from . import _ops
 from . import _validate as v
 
-# Newton on u = log(1/T) stops when its step is below this (relative precision of T).
-_LOG_STEP_TOLERANCE = 1e-10
+# Newton on u = log(1/T) stops when its next step is below this; the step is still taken
+# (without another pass), and Newton's error after a step s is O(s^2): ~1e-12 here.
+_LOG_STEP_TOLERANCE = 1e-6
+# ... or when the bracket of the root is narrower than this (after bisections).
+_BRACKET_TOLERANCE = 1e-12
 # While the root is bracketed on one side only, a step moves b by at most this factor.
 _MAX_LOG_STEP = math.log(16.0)
 # Below this b (T above 2^40) with the NLL still falling as T grows, the fit stops: the
@@ -106,7 +109,7 @@ def fit_temperature(logits, labels, *, axis=-1, kind="multiclass", ignore_index=
     """The temperature T > 0 minimising the mean NLL of ``softmax(logits / T)``.
 
     Guo et al.'s temperature scaling: fit T on a validation split by NLL, then divide
-    the test logits by it. Exact (to ~1e-10 relative) and typically in <= 8 passes over
+    the test logits by it. Exact (to ~1e-12 relative) and typically in <= 8 passes over
     the logits, each pass one kernel call that also returns the NLL's first and second
     derivatives (Newton on log(1/T), safeguarded by a bracket).
 
@@ -208,8 +211,13 @@ def _newton_on_log_inverse_temperature(evaluate) -> TemperatureFit:
             u_low = u
         else:
             u_high = u
+        # Newton on T when T grows (slope > 0), on b when b grows: both move u by
+        # log1p(|slope| / (b curvature)), a step that stays positive in T and b and
+        # overshoots less than Newton on u itself (|slope| / (b curvature)) where the
+        # curvature grows toward the root (the usual over-confident network).
         b = math.exp(u)
-        step = -slope / (b * curvature) if curvature > 0.0 else -math.copysign(math.inf, slope)
+        step = (-math.copysign(math.log1p(abs(slope) / (b * curvature)), slope)
+                if curvature > 0.0 else -math.copysign(math.inf, slope))
         step = max(-_MAX_LOG_STEP, min(_MAX_LOG_STEP, step))
         tolerance = _LOG_STEP_TOLERANCE * max(1.0, abs(u))
         if abs(step) <= tolerance:  # Newton's next step: converged (quadratically)
@@ -220,7 +228,7 @@ def _newton_on_log_inverse_temperature(evaluate) -> TemperatureFit:
                 u_next = u + (_MAX_LOG_STEP if math.isinf(u_high) else -_MAX_LOG_STEP)
             else:
                 u_next = 0.5 * (u_low + u_high)
-        if u_high - u_low <= tolerance:
+        if u_high - u_low <= _BRACKET_TOLERANCE * max(1.0, abs(u)):
             return TemperatureFit(math.exp(-u_next), nll_before, nll, passes, True)
         if slope > 0.0 and math.exp(u_next) < _SMALLEST_INVERSE_TEMPERATURE:
             return TemperatureFit(math.inf, nll_before, nll, passes, False, "uninformative")
