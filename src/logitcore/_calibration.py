@@ -297,7 +297,9 @@ def _fit_sigmoid(logits, labels, axis, kind, ignore_index, sample_weight, method
     weights = (np.ones(flat.size) if sample_weight is None
                else _checked_weights(sample_weight, np.shape(labels), np.float64))
     kept &= weights != 0
-    z = (signs * flat.astype(np.float64))[kept]
+    x = flat.astype(np.float64)[kept]
+    s = signs[kept]
+    z = s * x
     w = weights[kept]
     if not w.size or w.sum() == 0.0:
         raise ValueError("fit_temperature: no rows to fit: every label is ignore_index "
@@ -305,7 +307,7 @@ def _fit_sigmoid(logits, labels, axis, kind, ignore_index, sample_weight, method
     if not np.all(np.isfinite(z)):
         raise ValueError("logits: a kept logit is NaN or infinite")
     if method == "platt":
-        return _fit_platt(flat.astype(np.float64)[kept], z, w)
+        return _fit_platt(x, s, w)
 
     def evaluate(b):
         sums = _sigmoid_sums(z, w, b)
@@ -316,12 +318,10 @@ def _fit_sigmoid(logits, labels, axis, kind, ignore_index, sample_weight, method
                           fit.converged, fit.status, kind)
 
 
-def _fit_platt(x, z, w):
-    """Platt scaling: (a, c) minimising the mean BCE of sigmoid(a x + c), by Newton with
-    a backtracking line search (the loss is convex in (a, c)); plain maximum likelihood,
-    without Platt's smoothed targets."""
-    s = np.sign(z) * np.sign(x)  # the label's sign (x = 0: from z's sign convention)
-    s = np.where(x == 0, np.where(z >= 0, 1.0, -1.0), s)
+def _fit_platt(x, s, w):
+    """Platt scaling: (a, c) minimising the weighted mean BCE of sigmoid(a x + c) against
+    labels of sign s (+1 / -1), by Newton with a backtracking line search (the loss is
+    convex in (a, c)); plain maximum likelihood, without Platt's smoothed targets."""
     zz = s * x  # the signed margin of slope 1
     params = np.array([1.0, 0.0])
 
