@@ -70,7 +70,7 @@ PEERS_BY_OP = {
     # torch: Guo et al.'s LBFGS recipe; sklearn: _TemperatureScaling; scipy: minimize_scalar
     "fit_temperature": ["torch", "scipy", "sklearn"],
     "calibration_error": ["torchmetrics"],
-    "calibration_error_scores": ["torchmetrics"],  # in logitcore bench only
+    "calibration_error_scores": ["torchmetrics"],
 }
 
 # Modules each peer needs; imported once in asv's fork server (see ``preload``).

@@ -120,3 +120,11 @@ class CalibrationError(_OpBenchmark):
 
     op = "calibration_error"
     params = _params(op)
+
+
+class CalibrationErrorOfScores(_OpBenchmark):
+    """calibration_error(scores) of an earlier score(): the binning alone (the same for
+    every backend), against torchmetrics from the logits."""
+
+    op = "calibration_error_scores"
+    params = _params(op)
