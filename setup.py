@@ -26,7 +26,7 @@ SOURCE_DIR = os.path.join("src", "logitcore", "_backends")
 CONSTANTS_SOURCE = os.path.join(SOURCE_DIR, "kernel_constants.py")
 CONSTANTS_HEADER = "lc_constants.h"
 C_HEADERS = ["lc_platform.h", "lc_math.h", "lc_row_state.h", "lc_row_ops.h",
-             "lc_row_ops_template.h", "lc_half.h"]
+             "lc_row_ops_template.h", "lc_half.h", "lc_row_ops_temperature.h"]
 
 
 def env_flag(name):

@@ -23,7 +23,8 @@ except ImportError:  # optional: bfloat16 is tested where it is installed
 SHAPES = [(1, 131072), (3, 9000), (7, 1000), (4099, 10)]
 if NUMBA_PYTHON_MODE:  # kernels run as Python: the smallest shapes taking the same paths
     SHAPES = [(1, 4200), (3, 2100), (7, 100), (250, 10)]
-SCALARS = {"ignore_index": -100, "label_smoothing": 0.1, "top_k": 5, "threshold": 0.3}
+SCALARS = {"ignore_index": -100, "label_smoothing": 0.1, "top_k": 5, "threshold": 0.3,
+           "inverse_temperature": 0.7}
 # Outputs by role: (shape from n items, C classes and k, dtype; None: the float dtype).
 SCORE_OUTPUTS = {
     "field_out": (lambda n, c, k: (n,), None),
@@ -76,6 +77,10 @@ def operands(kernel, shape, dtype, seed=0):
             args.append((rng.standard_normal(n_rows * n_classes) * 20).astype(input_dtype))
         elif role == "flat_out":
             args.append(np.full(n_rows * n_classes, 7.0, dtype))
+        elif role == "row_weights":  # some rows weigh 0 (left out)
+            weights = rng.uniform(0.0, 2.0, n_rows).astype(dtype)
+            weights[::5] = 0.0
+            args.append(weights)
         elif role == "flags_or_empty":
             args.append(rng.integers(0, 2, shape).astype(np.uint8))
         elif role in SCORE_OUTPUTS:

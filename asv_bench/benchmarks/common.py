@@ -67,6 +67,10 @@ PEERS_BY_OP = {
     "bce_with_logits": ["torch"],
     "softmax_backward": ["torch"],
     "score": ["torch", "scipy"],
+    # torch: Guo et al.'s LBFGS recipe; sklearn: _TemperatureScaling; scipy: minimize_scalar
+    "fit_temperature": ["torch", "scipy", "sklearn"],
+    "calibration_error": ["torchmetrics"],
+    "calibration_error_scores": ["torchmetrics"],
 }
 
 # Modules each peer needs; imported once in asv's fork server (see ``preload``).
@@ -74,7 +78,8 @@ _PEER_MODULES = {
     "torch": ["torch", "torch.nn.functional"],
     "scipy": ["scipy.special"],
     "jax": ["jax", "jax.numpy"],
-    "sklearn": ["sklearn._loss.loss"],
+    "sklearn": ["sklearn._loss.loss", "sklearn.calibration"],
+    "torchmetrics": ["torchmetrics.functional.classification"],
 }
 
 
@@ -125,6 +130,8 @@ def make_runner(op: str, impl: str, dtype: str, shape: str):
         raise NotImplementedError(f"{impl} has no {op}")
     bench = bench_module()
     x, labels = make_data(shape, dtype)
+    if op in getattr(bench, "CALIBRATION_OPS", ()):  # an informative, over-confident model
+        x[np.arange(len(labels)), labels] += bench.CALIBRATION_LABEL_BOOST
     if impl in LOGITCORE_BACKENDS:
         check_backend(impl)
         if op == "softmax_backward":

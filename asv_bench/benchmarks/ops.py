@@ -103,3 +103,28 @@ class Score(_OpBenchmark):
 
     op = "score"
     params = _params(op)
+
+
+class FitTemperature(_OpBenchmark):
+    """fit_temperature(logits, labels) on an over-confident classifier's logits (torch:
+    Guo et al.'s LBFGS recipe; sklearn: _TemperatureScaling, behind
+    CalibratedClassifierCV(method="temperature"); scipy: minimize_scalar on the NLL)."""
+
+    op = "fit_temperature"
+    params = _params(op)
+
+
+class CalibrationError(_OpBenchmark):
+    """calibration_error(logits, labels): top-label ECE, 15 bins (torchmetrics'
+    multiclass_calibration_error)."""
+
+    op = "calibration_error"
+    params = _params(op)
+
+
+class CalibrationErrorOfScores(_OpBenchmark):
+    """calibration_error(scores) of an earlier score(): the binning alone (the same for
+    every backend), against torchmetrics from the logits."""
+
+    op = "calibration_error_scores"
+    params = _params(op)

@@ -51,3 +51,22 @@ class SpeedupOverTorch:
 
     def track_speedup_over_torch(self, op, backend, shape):
         return paired_speed_ratio(self.torch_call, self.logitcore_call)
+
+
+class CalibrationSpeedup:
+    """Peer time / logitcore time for the calibration targets, float32, classifier batch:
+    fit_temperature against scikit-learn's _TemperatureScaling, calibration_error against
+    torchmetrics' multiclass_calibration_error."""
+
+    params = [["fit_temperature", "calibration_error"], COMPILED_BACKENDS, CLASSIFIER_SHAPES]
+    param_names = ["op", "backend", "shape"]
+    unit = "peer time / logitcore time"
+    timeout = 600
+    PEER = {"fit_temperature": "sklearn", "calibration_error": "torchmetrics"}
+
+    def setup(self, op, backend, shape):
+        self.peer_call = make_runner(op, self.PEER[op], "float32", shape)
+        self.logitcore_call = make_runner(op, backend, "float32", shape)
+
+    def track_speedup_over_peer(self, op, backend, shape):
+        return paired_speed_ratio(self.peer_call, self.logitcore_call, pairs=3)

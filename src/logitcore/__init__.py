@@ -20,6 +20,14 @@ from ._ops import (
     softmax,
     softmax_backward,
 )
+from ._calibration import (
+    CalibrationBins,
+    TemperatureFit,
+    calibration_error,
+    fit_temperature,
+    reliability,
+    reliability_diagram,
+)
 from ._score import Scores, Summary, score
 
 __version__ = "0.1.0"
@@ -27,9 +35,12 @@ __version__ = "0.1.0"
 __all__ = [
     "backend_info",
     "binary_cross_entropy_with_logits",
+    "calibration_error",
+    "CalibrationBins",
     "config",
     "cross_entropy",
     "entropy",
+    "fit_temperature",
     "get_backend",
     "get_num_threads",
     "last_dispatch",
@@ -37,6 +48,8 @@ __all__ = [
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
+    "reliability",
+    "reliability_diagram",
     "score",
     "Scores",
     "set_backend",
@@ -46,4 +59,5 @@ __all__ = [
     "softmax",
     "softmax_backward",
     "Summary",
+    "TemperatureFit",
 ]

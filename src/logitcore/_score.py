@@ -45,6 +45,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as v
+from ._calibration import CalibrationBins
 from ._backends import op_table
 
 KINDS = ("multiclass", "binary", "multilabel")
@@ -498,14 +499,20 @@ class Summary:
     deviations) of the finite values and the counts of +inf and -inf values. Means and
     spreads leave NaN values out (``nan_rows`` counts them); an infinite value makes the
     mean infinite and the spread NaN.
+    ``bins``: with ``confidence`` and ``correct`` fields, the ``CalibrationBins`` of
+    the top-label confidences (15 uniform bins, Guo et al.), from which ``figures()``
+    gives ``ece`` and ``mce``; None otherwise.
     ``figures()`` (or ``summary[name]``) gives the figures.
     """
 
-    def __init__(self, *, kind: str, top_k: int, counts: dict, moments: dict):
+    CALIBRATION_BINS = 15
+
+    def __init__(self, *, kind: str, top_k: int, counts: dict, moments: dict, bins=None):
         self.kind = kind
         self.top_k = top_k
         self.counts = counts
         self.moments = moments
+        self.bins = bins
 
     def __eq__(self, other):
         return isinstance(other, Summary) and vars(self) == vars(other)
@@ -545,22 +552,28 @@ class Summary:
                 counts["neginf_rows"] = int(np.count_nonzero(values == -np.inf))
         moments = {name: _moments(rows_of(name)) for name in _MEAN_FIELDS[kind]
                    if name in fields}
+        bins = None
+        if "confidence" in fields and "correct" in fields:
+            bins = CalibrationBins.of(rows_of("confidence"), rows_of("correct"),
+                                      n_bins=cls.CALIBRATION_BINS)
         return cls(kind=kind, top_k=top_k if "top_k_correct" in counts else 0,
-                   counts=counts, moments=moments)
+                   counts=counts, moments=moments, bins=bins)
 
     def merge(self, other: Summary) -> Summary:
         """The summary of the rows of both (a new object)."""
         if not isinstance(other, Summary):
             raise TypeError(f"can only merge a Summary, got {type(other).__name__}")
-        if (self.kind, self.top_k, set(self.counts), set(self.moments)) != (
-                other.kind, other.top_k, set(other.counts), set(other.moments)):
+        if (self.kind, self.top_k, set(self.counts), set(self.moments),
+                self.bins is None) != (other.kind, other.top_k, set(other.counts),
+                                       set(other.moments), other.bins is None):
             raise ValueError("summaries merge only when made by the same kind, top_k and "
                              "fields")
         return Summary(
             kind=self.kind, top_k=self.top_k,
             counts={name: count + other.counts[name] for name, count in self.counts.items()},
             moments={name: _merged_moments(m, other.moments[name])
-                     for name, m in self.moments.items()})
+                     for name, m in self.moments.items()},
+            bins=None if self.bins is None else self.bins.merge(other.bins))
 
     @classmethod
     def combine(cls, summaries) -> Summary:
@@ -604,6 +617,9 @@ class Summary:
                 result["perplexity"] = math.inf if mean > 709.78 else math.exp(mean)
             if name in ("max_logit", "logsumexp"):
                 result[f"std_{name}"] = spread
+        if self.bins is not None:  # top-label calibration, 15 uniform bins (lo, hi]
+            result["ece"] = self.bins.error("l1")
+            result["mce"] = self.bins.error("max")
         for name in ("saturated", "nan_rows", "posinf_rows", "neginf_rows"):
             if name in counts:
                 result["saturated_rows" if name == "saturated" else name] = counts[name]

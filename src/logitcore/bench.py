@@ -23,7 +23,7 @@ from . import _backends, _config, memory_bandwidth
 from . import _validate
 from ._backends import op_table
 from . import _ops as ops
-from . import _score
+from . import _calibration, _score
 
 REFERENCE_SHAPES = [(65536, 1000), (256, 131072), (4194304, 10), (1, 131072)]
 QUICK_SHAPES = [(8192, 1000), (32, 131072), (524288, 10), (1, 131072)]
@@ -46,8 +46,21 @@ OPS = {
     # every multiclass field of score() with labels and top_k=SCORE_TOP_K
     "score": dict(kernel="score_multiclass", with_gradient=False, row_outputs=True,
                   top_k=5),
+    # Calibration (docs/calibration.md). The floor is one read of the logits and labels
+    # (temperature_nll's traffic): fit_temperature makes several such passes (its
+    # x floor is about its pass count), calibration_error one.
+    "fit_temperature": dict(kernel="temperature_nll", with_gradient=False, row_outputs=False),
+    "calibration_error": dict(kernel="temperature_nll", with_gradient=False,
+                              row_outputs=False),
+    # calibration_error of the Scores of an earlier score() call: the logits are not read
+    "calibration_error_scores": dict(kernel="temperature_nll", with_gradient=False,
+                                     row_outputs=False),
 }
 SCORE_TOP_K = OPS["score"]["top_k"]
+CALIBRATION_OPS = ("fit_temperature", "calibration_error", "calibration_error_scores")
+# The calibration ops' logits: the label's logit raised by this much (an informative,
+# over-confident classifier rather than random labels, whose fit has no finite optimum).
+CALIBRATION_LABEL_BOOST = 4.0
 
 
 def traffic_bytes(op: str, shape: tuple[int, int], dtype) -> tuple[int, int]:
@@ -171,7 +184,13 @@ def logitcore_runners(op, x, labels, backend):
         "bce_with_logits": lambda: ops.binary_cross_entropy_with_logits(
             x, target, backend=backend),
         "score": lambda: _score.score(x, labels, top_k=SCORE_TOP_K, backend=backend),
+        "fit_temperature": lambda: _calibration.fit_temperature(x, labels, backend=backend),
+        "calibration_error": lambda: _calibration.calibration_error(x, labels,
+                                                                    backend=backend),
     }
+    if op == "calibration_error_scores":  # binning only: the same for every backend
+        scores = _score.score(x, labels, fields=("confidence", "correct", "kept"))
+        return lambda: _calibration.calibration_error(scores)
     return calls[op]
 
 
@@ -213,8 +232,33 @@ def peer_runners(op, x, labels, n_threads) -> dict:
             return confidence, pred, top_probs, top_indices, entropy, label_logprob
 
         torch_calls["score"] = torch_score_pipeline
+
+        def torch_lbfgs_temperature():
+            # Guo et al.'s recipe (github.com/gpleiss/temperature_scaling): LBFGS on T,
+            # lr 0.01, max_iter 50, starting at T = 1.5.
+            temperature = torch.nn.Parameter(torch.ones(1, dtype=tx.dtype) * 1.5)
+            optimizer = torch.optim.LBFGS([temperature], lr=0.01, max_iter=50)
+
+            def closure():
+                optimizer.zero_grad()
+                loss = F.cross_entropy(tx / temperature, tl)
+                loss.backward()
+                return loss
+
+            optimizer.step(closure)
+            return temperature.item()
+
+        torch_calls["fit_temperature"] = torch_lbfgs_temperature
         if op in torch_calls:
             runners["torch"] = torch_calls[op]
+        try:
+            from torchmetrics.functional.classification import multiclass_calibration_error
+
+            if op.startswith("calibration_error"):
+                runners["torchmetrics"] = lambda: multiclass_calibration_error(
+                    tx, tl, num_classes=tx.shape[1], n_bins=15, norm="l1")
+        except ImportError:
+            pass
     except ImportError:
         pass
     if _validate.is_half(x.dtype):  # the other peers do not take 16-bit floats
@@ -243,6 +287,20 @@ def peer_runners(op, x, labels, n_threads) -> dict:
             return confidence, pred, top_indices, entropy, label_logprob
 
         scipy_calls["score"] = scipy_score_pipeline
+
+        def scipy_temperature():
+            # minimize_scalar (bounded Brent) on log T of the float64 NLL
+            from scipy.optimize import minimize_scalar
+
+            label_logit = np.take_along_axis(x, labels[:, None], axis=-1)[:, 0]
+
+            def nll(log_t):
+                b = np.exp(-log_t)
+                return np.mean(sp.logsumexp(b * x, axis=-1) - b * label_logit)
+
+            return minimize_scalar(nll, bounds=(-5.0, 5.0), method="bounded").x
+
+        scipy_calls["fit_temperature"] = scipy_temperature
         if op in scipy_calls:
             runners["scipy"] = scipy_calls[op]
     except ImportError:
@@ -290,6 +348,14 @@ def peer_runners(op, x, labels, n_threads) -> dict:
             runners["sklearn"] = sklearn_calls[op]
     except ImportError:
         pass
+    try:
+        # what CalibratedClassifierCV(method="temperature") fits (scikit-learn >= 1.8)
+        from sklearn.calibration import _TemperatureScaling
+
+        if op == "fit_temperature":
+            runners["sklearn"] = lambda: _TemperatureScaling().fit(x, labels)
+    except ImportError:
+        pass
     return runners
 
 
@@ -303,6 +369,8 @@ def run(shapes, dtypes, op_names, *, n_threads=None, repeats=5, budget_s=1.0,
     for shape in shapes:
         for dtype in dtypes:
             x, labels = _make_data(shape, dtype)
+            if any(op in CALIBRATION_OPS for op in op_names):
+                x[np.arange(shape[0]), labels] += CALIBRATION_LABEL_BOOST
             for op in op_names:
                 case_rows = []
                 impls = [(f"logitcore-{b}", "logitcore",

@@ -12,6 +12,7 @@ cdef extern from "lc_constants.h":
         LC_LABEL_CHUNK
         LC_SMALL_CALL_ELEMENTS
         LC_BLOCK_CLASSES
+        LC_ROW_SUM_CHUNK_ELEMENTS
 
 cdef extern from "lc_row_ops.h" nogil:
     int LC_OPENMP_ENABLED
@@ -211,3 +212,15 @@ cdef extern from "lc_half.h" nogil:
     void lc_widen_span(lc_input_format format, const uint16_t* bits, float* out, Py_ssize_t n)
     float lc_widen_one(lc_input_format format, const uint16_t* bits, Py_ssize_t index)
     const float* lc_window(const float* buffer, Py_ssize_t first)
+
+cdef extern from "lc_row_ops_temperature.h" nogil:
+    # temperature_nll's row operation: the sums of rows [first, end), see the header
+    enum:
+        LC_TEMPERATURE_SUMS
+    void lc_temperature_chunk_f32(const float* x, Py_ssize_t n_classes, const int64_t* labels,
+                                  const float* weight, int64_t ignore_index, double b,
+                                  Py_ssize_t first, Py_ssize_t end, double* sums)
+    void lc_temperature_chunk_f64(const double* x, Py_ssize_t n_classes,
+                                  const int64_t* labels, const double* weight,
+                                  int64_t ignore_index, double b, Py_ssize_t first,
+                                  Py_ssize_t end, double* sums)

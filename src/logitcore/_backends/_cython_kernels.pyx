@@ -58,6 +58,7 @@ SUPPORTED_KERNELS = frozenset(
         "score_multiclass",
         "score_binary",
         "score_multilabel",
+        "temperature_nll",
     }
 )
 
@@ -1042,3 +1043,53 @@ cdef _math_entry(int function, cnp.ndarray x, cnp.ndarray out):
             lc_log_span_f64(<const double*>x_data, <double*>out_data, n)
         else:
             lc_log1p_span_f64(<const double*>x_data, <double*>out_data, n)
+
+
+# ---------------------------------------------------------------- temperature_nll
+# (logitcore.fit_temperature's pass; the row operation is in lc_row_ops_temperature.h)
+
+def temperature_nll(cnp.ndarray x not None, cnp.ndarray labels not None,
+                    cnp.ndarray sample_weight not None, int64_t ignore_index,
+                    double inverse_temperature, int n_threads=1):
+    """Sums over fixed chunks of whole rows (ROW_SUM_CHUNK_ELEMENTS elements, at least one
+    row), the chunks added in order: the same bits for any thread count."""
+    cdef int type_num = element_type(x)
+    cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
+    expect(x, "x", type_num, n_rows, n_classes, False)
+    expect(labels, "labels", cnp.NPY_INT64, n_rows, -1, False)
+    cdef const void* weight = NULL
+    if dim(sample_weight, 0) != 0:
+        expect(sample_weight, "sample_weight", type_num, n_rows, -1, False)
+        weight = data(sample_weight)
+    cdef Py_ssize_t rows_per_chunk = max(1, LC_ROW_SUM_CHUNK_ELEMENTS // max(n_classes, 1))
+    cdef Py_ssize_t n_chunks = (n_rows + rows_per_chunk - 1) // rows_per_chunk, chunk, first
+    cdef Py_ssize_t end
+    cdef double* chunk_sums = <double*>malloc(max(n_chunks, 1) * LC_TEMPERATURE_SUMS
+                                              * sizeof(double))
+    if chunk_sums == NULL:
+        raise MemoryError("temperature_nll: no memory for its per-chunk sums")
+    cdef const void* x_data = data(x)
+    cdef const int64_t* label_data = <const int64_t*>data(labels)
+    cdef double b = inverse_temperature
+    cdef double totals[LC_TEMPERATURE_SUMS]
+    cdef int k
+    n_threads = <int>min(<Py_ssize_t>usable_threads(n_threads), max(n_chunks, 1))
+    with nogil:
+        for chunk in prange(n_chunks, num_threads=n_threads, schedule="static"):
+            first = chunk * rows_per_chunk
+            end = min(n_rows, first + rows_per_chunk)
+            if type_num == cnp.NPY_FLOAT:
+                lc_temperature_chunk_f32(<const float*>x_data, n_classes, label_data,
+                                         <const float*>weight, ignore_index, b, first, end,
+                                         chunk_sums + chunk * LC_TEMPERATURE_SUMS)
+            else:
+                lc_temperature_chunk_f64(<const double*>x_data, n_classes, label_data,
+                                         <const double*>weight, ignore_index, b, first, end,
+                                         chunk_sums + chunk * LC_TEMPERATURE_SUMS)
+    for k in range(LC_TEMPERATURE_SUMS):
+        totals[k] = 0.0
+    for chunk in range(n_chunks):
+        for k in range(LC_TEMPERATURE_SUMS):
+            totals[k] += chunk_sums[chunk * LC_TEMPERATURE_SUMS + k]
+    free(chunk_sums)
+    return tuple(totals[k] for k in range(LC_TEMPERATURE_SUMS))

@@ -26,6 +26,10 @@ ROW_TILE_ELEMENTS = 2048
 # Labels per chunk of the label scan: the float64 sum of the kept weights is taken per
 # chunk, then over chunks in order, whatever the thread count.
 LABEL_CHUNK = 16384
+# Elements per chunk of a sum over rows (temperature_nll): as many whole rows as make
+# this many elements, at least one; each chunk is summed in row order, then the chunks in
+# chunk order, so the float64 totals do not depend on the thread count.
+ROW_SUM_CHUNK_ELEMENTS = 65536
 # A call under this many elements runs on the calling thread (waking a pool costs more
 # than the work); logitcore's "auto" sends such calls to the backend that is fastest there.
 SMALL_CALL_ELEMENTS = 32768

@@ -52,6 +52,7 @@ from logitcore._backends.kernel_constants import (
     BLOCK_CLASSES,
     LABEL_CHUNK,
     NARROW_MAX_CLASSES,
+    ROW_SUM_CHUNK_ELEMENTS,
     ROW_TILE_ELEMENTS,
 )
 from logitcore._backends.numba_threads import launch, threading_layer_name, usable_threads
@@ -2967,6 +2968,170 @@ def score_multilabel(x, targets, threshold, n_predicted_out, loss_out, exact_mat
     launch(usable_threads(n_threads), SCORE_MULTILABEL.rows, x, targets, threshold,
            n_predicted_out, loss_out, exact_match_out, true_positives_out,
            false_positives_out, false_negatives_out, pred_out)
+
+
+# --------------------------------------------------------------------------------------
+# temperature_nll: the NLL of softmax(b x) and its derivatives in b, summed over rows
+# --------------------------------------------------------------------------------------
+# logitcore.fit_temperature's one pass. Everything is float64 (its root must be right to
+# ~1e-9 relative; float32 exps would leave ~1e-7 per row). Per block of a row, with the
+# block's shift m (its max, or 0 when not finite), d = x - m <= 0 and e = exp(b d):
+#   others, n_at_max as in the exp-sum row state, s1 = sum e d, s2 = sum e d^2,
+# where terms with e == 0 add 0 (d = -inf: not -inf * 0). Blocks merge in block order
+# under the larger max M: with delta = m - M, a block's sums re-expressed relative to M
+# are scale (total, s1 + delta total, s2 + 2 delta s1 + delta^2 total), scale =
+# exp(b delta). Rows are summed in fixed chunks of whole rows, the chunks in order.
+# (Sections of other ops may follow; this one ends at its closing rule.)
+
+
+@vector_jit
+def temperature_block_moments(values, b):
+    """(max, others, n_at_max, s1, s2) of one block at inverse temperature b."""
+    block_max = max_of(values)
+    shift = np.float64(shift_for(block_max))
+    others = 0.0
+    n_at_max = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(values.shape[0]):
+        d = np.float64(values[j]) - shift
+        e = shifted_exp(b * d)
+        at_max = 1.0 if d == 0.0 else 0.0
+        others += e - at_max
+        n_at_max += at_max
+        kept = e > 0.0
+        s1 += e * d if kept else 0.0
+        s2 += e * d * d if kept else 0.0
+    return np.float64(block_max), others, n_at_max, s1, s2
+
+
+@plain_jit
+def shifted_moments(total, s1, s2, delta, scale):
+    """(total, s1, s2) of sums taken relative to a shift, re-expressed relative to a shift
+    larger by -delta (delta <= 0), each term scaled by scale = exp(b delta)."""
+    return (total * scale, (s1 + delta * total) * scale,
+            (s2 + 2.0 * delta * s1 + delta * delta * total) * scale)
+
+
+@vector_jit
+def temperature_row(row, label, b):
+    """(nll, dnll/db, d2nll/db2, M - x[label]) of one row; NaN when its max is not finite."""
+    n_classes = row.shape[0]
+    row_max = -np.inf
+    others = 0.0
+    n_at_max = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    for block in range(n_blocks_of(n_classes)):
+        start, stop = block_bounds(n_classes, block)
+        block_max, block_others, block_count, block_s1, block_s2 = (
+            temperature_block_moments(row[start:stop], b))
+        block_total = block_others + block_count
+        if block_total == 0.0:  # every class masked (-inf): adds nothing
+            continue
+        if others + n_at_max == 0.0 or block_max == row_max:
+            if others + n_at_max == 0.0:
+                row_max = block_max
+            others += block_others
+            n_at_max += block_count
+            s1 += block_s1
+            s2 += block_s2
+        elif block_max > row_max:  # the row so far moves under the block's max
+            delta = row_max - block_max
+            total, s1, s2 = shifted_moments(others + n_at_max, s1, s2, delta,
+                                            shifted_exp(b * delta))
+            others = total + block_others
+            n_at_max = block_count
+            s1 += block_s1
+            s2 += block_s2
+            row_max = block_max
+        else:
+            delta = block_max - row_max
+            total, moved_s1, moved_s2 = shifted_moments(block_total, block_s1, block_s2,
+                                                        delta, shifted_exp(b * delta))
+            others += total
+            s1 += moved_s1
+            s2 += moved_s2
+    if not np.isfinite(row_max) or not np.isfinite(others):
+        return np.nan, np.nan, np.nan, np.nan
+    label_d = np.float64(row[label]) - row_max
+    total = others + n_at_max
+    mean_d = s1 / total
+    variance = max(s2 / total - mean_d * mean_d, 0.0)
+    nll = log1p_float64(others + (n_at_max - 1.0)) - b * label_d
+    return nll, mean_d - label_d, variance, -label_d
+
+
+@plain_jit
+def temperature_chunk(x, labels, sample_weight, ignore_index, b, rows_per_chunk, chunk,
+                      sums):
+    """sums[chunk] = (weight, nll, slope, curvature, slope at b -> inf) of the chunk's
+    kept rows, added in row order."""
+    weighted = sample_weight.shape[0] != 0
+    total = np.zeros(5)
+    for i in range(chunk * rows_per_chunk, min(x.shape[0], (chunk + 1) * rows_per_chunk)):
+        label = labels[i]
+        w = np.float64(sample_weight[i]) if weighted else 1.0
+        if label == ignore_index or w == 0.0:
+            continue
+        nll, slope, curvature, limit_slope = temperature_row(x[i], label, b)
+        total[0] += w
+        total[1] += w * nll
+        total[2] += w * slope
+        total[3] += w * curvature
+        total[4] += w * limit_slope
+    for k in range(5):
+        sums[chunk, k] = total[k]
+
+
+@plain_jit
+def temperature_rows_per_chunk(n_classes):
+    return max(1, ROW_SUM_CHUNK_ELEMENTS // max(n_classes, 1))
+
+
+@plain_jit
+def sum_temperature_chunks(sums):
+    total = np.zeros(5)
+    for chunk in range(sums.shape[0]):
+        for k in range(5):
+            total[k] += sums[chunk, k]
+    return total
+
+
+@serial_kernel
+def _temperature_nll_serial(x, labels, sample_weight, ignore_index, b):
+    rows_per_chunk = temperature_rows_per_chunk(x.shape[1])
+    n_chunks = (x.shape[0] + rows_per_chunk - 1) // rows_per_chunk
+    sums = np.empty((n_chunks, 5))
+    for chunk in range(n_chunks):
+        temperature_chunk(x, labels, sample_weight, ignore_index, b, rows_per_chunk, chunk,
+                          sums)
+    return sum_temperature_chunks(sums)
+
+
+@parallel_kernel
+def _temperature_nll_parallel(x, labels, sample_weight, ignore_index, b):
+    rows_per_chunk = temperature_rows_per_chunk(x.shape[1])
+    n_chunks = (x.shape[0] + rows_per_chunk - 1) // rows_per_chunk
+    sums = np.empty((n_chunks, 5))
+    for chunk in prange(n_chunks):
+        temperature_chunk(x, labels, sample_weight, ignore_index, b, rows_per_chunk, chunk,
+                          sums)
+    return sum_temperature_chunks(sums)
+
+
+def temperature_nll(x, labels, sample_weight, ignore_index, inverse_temperature,
+                    n_threads=1):
+    threads = usable_threads(n_threads)
+    args = (x, labels, sample_weight, int(ignore_index), float(inverse_temperature))
+    if threads == 1 or x.shape[0] <= ROW_SUM_CHUNK_ELEMENTS // max(x.shape[1], 1):
+        sums = _temperature_nll_serial(*args)
+    else:
+        sums = launch(threads, _temperature_nll_parallel, *args)
+    return tuple(float(value) for value in sums)
+
+
+# ------------------------------------------------- end of the temperature_nll section
 
 
 # --------------------------------------------------------------------------------------

@@ -340,3 +340,37 @@ def score_multilabel(
         false_positives_out[...] = np.sum(pred & ~truth, axis=1)
     if false_negatives_out.size:
         false_negatives_out[...] = np.sum(~pred & truth, axis=1)
+
+
+# --- temperature fitting -----------------------------------------------------------------
+
+
+def temperature_nll(x, labels, sample_weight, ignore_index, inverse_temperature,
+                    n_threads=1):
+    # With b the inverse temperature, M the row max, d = x - M <= 0 and e = exp(b d):
+    # p = e / sum e, NLL = log(sum e) - b d[y], dNLL/db = E_p[d] - d[y] and
+    # d2NLL/db2 = Var_p[d] (shifting x by M changes neither). Masked classes (d = -inf,
+    # e = 0) add 0 to the moments, not -inf * 0 = NaN.
+    b = float(inverse_temperature)
+    n_rows = x.shape[0]
+    weights = (np.ones(n_rows) if sample_weight.size == 0
+               else sample_weight.astype(np.float64))
+    kept = (labels != ignore_index) & (weights != 0)
+    x64 = x[kept].astype(np.float64)
+    w = weights[kept]
+    y = labels[kept]
+    if x64.shape[0] == 0:
+        return 0.0, 0.0, 0.0, 0.0, 0.0
+    with np.errstate(**_ERRSTATE):
+        row_max = np.max(x64, axis=1, keepdims=True)
+        d = x64 - row_max
+        e = np.exp(b * d)
+        total = e.sum(axis=1)
+        mean_d = np.sum(np.where(e > 0, e * d, 0.0), axis=1) / total
+        var_d = np.sum(np.where(e > 0, e * d * d, 0.0), axis=1) / total - mean_d ** 2
+        label_d = d[np.arange(len(y)), y]
+        nll = np.log(total) - b * label_d
+        bad = ~np.isfinite(row_max[:, 0])
+        stats = [nll, mean_d - label_d, np.maximum(var_d, 0.0), -label_d]
+        stats = [np.where(bad, np.nan, s) for s in stats]
+    return (float(w.sum()),) + tuple(float(np.sum(w * s)) for s in stats)

@@ -18,18 +18,19 @@ Argument roles (what the Python layer hands a kernel, all C-contiguous, one floa
 per call, float32 or float64; in a float32 call the ``rows`` and ``flat`` inputs may be
 float16 or bfloat16, widened inside the compiled kernels, docs/architecture.md):
 
-============  =============================================================
-``rows``      (n, C) input of the call's float dtype
-``labels``    (n,) int64, checked to be in [0, C) or ``ignore_index``
-``classes``   (C,) per-class vector of the float dtype
-``broadcast`` (1, C) or (n, C) of the float dtype: a single row serves every row
-``scalar``    a Python int or float
-``row_out``   (n,) output of the float dtype
-``rows_out``  (n, C) output; may *be* the ``rows`` input, never overlap it partially
-``grad_out``  (n, C) output, or a (0, 0) array meaning "no gradient"
-``flat``      (m,) input, elementwise kernels
-``flat_out``  (m,) output, elementwise kernels
-============  =============================================================
+===============  =============================================================
+``rows``         (n, C) input of the call's float dtype
+``labels``       (n,) int64, checked to be in [0, C) or ``ignore_index``
+``classes``      (C,) per-class vector of the float dtype
+``broadcast``    (1, C) or (n, C) of the float dtype: a single row serves every row
+``scalar``       a Python int or float
+``row_out``      (n,) output of the float dtype
+``rows_out``     (n, C) output; may *be* the ``rows`` input, never overlap it partially
+``grad_out``     (n, C) output, or a (0, 0) array meaning "no gradient"
+``flat``         (m,) input, elementwise kernels
+``flat_out``     (m,) output, elementwise kernels
+``row_weights``  (n,) per-row weights of the float dtype, or (0,): every row weighs 1
+===============  =============================================================
 
 The score kernels compute many per-row fields in one read of each row; every field is an
 output the caller may not want. An output that was not asked for is passed as an empty
@@ -50,7 +51,7 @@ extra roles (n is the number of rows: ``rows`` rows or ``flat`` elements):
 =====================  ==================================================================
 
 Every kernel takes ``n_threads`` last, writes its outputs and returns None, except
-``label_stats``, which returns a value.
+``label_stats`` and ``temperature_nll``, which return values.
 """
 
 from __future__ import annotations
@@ -217,6 +218,19 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
            "x[y] - lse; loss = -label_logprob; correct = pred == y; label_rank = 1 + "
            "#{c: x[c] > x[y]}; brier = sum_c (p[c] - onehot(y)[c])^2",
            label_reads=1),
+    # --- temperature fitting (logitcore.fit_temperature): sums over rows, no per-row output.
+    Kernel("temperature_nll",
+           (("x", "rows"), ("labels", "labels"), ("sample_weight", "row_weights"),
+            ("ignore_index", "scalar"), ("inverse_temperature", "scalar")),
+           ("fit_temperature",),
+           "with b = inverse_temperature > 0, p = softmax(b x[i]), M = max x[i] and y the "
+           "label, over the rows kept (label != ignore_index, weight w != 0) returns the "
+           "float64 sums (sum w, sum w (lse(b x) - b x[y]), sum w (E_p[x] - x[y]), sum w "
+           "Var_p[x], sum w (M - x[y])): the NLL and its first and second derivatives in "
+           "b, and the slope the NLL tends to as b -> inf; a row whose max is not finite "
+           "makes them NaN. Rows are summed in fixed chunks of ROW_SUM_CHUNK_ELEMENTS "
+           "elements (whole rows, at least one), the chunks in order, whatever n_threads",
+           label_reads=1),
     Kernel("score_binary",
            (("x", "flat"), ("labels", "labels_or_empty"), ("ignore_index", "scalar"),
             ("threshold", "scalar"),
@@ -247,9 +261,10 @@ ALL_KERNELS = frozenset(KERNELS)
 SCORE_KERNELS = frozenset({"score_multiclass", "score_binary", "score_multilabel"})
 
 # The kernels whose compiled versions take float16 / bfloat16 inputs and widen them at the
-# schedules' load points. The score kernels are not among them yet: their class split
-# and finish read the row outside the loaded block, so logitcore.score hands them float32.
-HALF_INPUT_KERNELS = ALL_KERNELS - SCORE_KERNELS
+# schedules' load points. Not yet among them: the score kernels (their class split and
+# finish read the row outside the loaded block) and temperature_nll (its own row loop);
+# logitcore.score and fit_temperature hand them float32.
+HALF_INPUT_KERNELS = ALL_KERNELS - SCORE_KERNELS - {"temperature_nll"}
 
 
 def check_backend(module) -> list[str]:
