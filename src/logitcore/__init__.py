@@ -21,10 +21,20 @@ from ._ops import (
     softmax_backward,
 )
 from ._score import Scores, Summary, score
+from ._thresholds import (
+    ThresholdHistogram,
+    Thresholds,
+    average_precision,
+    precision_recall_curve,
+    roc_auc,
+    roc_curve,
+    tune_thresholds,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "average_precision",
     "backend_info",
     "binary_cross_entropy_with_logits",
     "config",
@@ -37,6 +47,9 @@ __all__ = [
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
+    "precision_recall_curve",
+    "roc_auc",
+    "roc_curve",
     "score",
     "Scores",
     "set_backend",
@@ -46,4 +59,7 @@ __all__ = [
     "softmax",
     "softmax_backward",
     "Summary",
+    "ThresholdHistogram",
+    "Thresholds",
+    "tune_thresholds",
 ]

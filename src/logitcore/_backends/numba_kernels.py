@@ -1961,6 +1961,88 @@ def log_softmax_backward(dy, y, out, n_threads=1):
 
 
 # --------------------------------------------------------------------------------------
+# thresholds: per-class histograms of logits and the gather of chosen bins
+# (logitcore._thresholds; not kernels of the op table)
+# --------------------------------------------------------------------------------------
+# A bin is a monotone function of the value, computed from the float32 bit pattern (a
+# float64 is rounded to float32 first, which keeps the order): |x| in [2^-EXP_RANGE,
+# 2^EXP_RANGE) is cut into binades of 2^mantissa_bits bins each, smaller magnitudes share
+# one bin per sign, larger ones (and inf) another. -0.0 counts as +0.0 so that equal
+# values always share a bin. _thresholds.bin_layout gives (shift, first_level, levels);
+# numpy's twin is _thresholds.bins_of. NaN is counted apart (the caller raises).
+THRESHOLD_ROW_TILE = 256  # rows per tile: a tile's columns of a class group stay in L2
+
+
+@plain_jit
+def threshold_bin(value, shift, first_level, levels):
+    bits = float_to_bits(np.float32(value))
+    magnitude = bits & 0x7FFFFFFF
+    level = (magnitude >> shift) - first_level + 1
+    if level < 0:
+        level = 0
+    elif level > levels - 1:
+        level = levels - 1
+    if bits < 0 and magnitude != 0:
+        return levels - 1 - level
+    return levels + level
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def threshold_histogram(x, y, w, row_bounds, class_bounds, shift, first_level, levels,
+                        counts, weights, nan_counts):
+    """counts[r, c, label, bin] (and weights[...] the summed w when w.size) of rows
+    row_bounds[r]:row_bounds[r + 1] and classes of group g; nan_counts[r, c] NaNs."""
+    n_groups = class_bounds.shape[0] - 1
+    n_tasks = (row_bounds.shape[0] - 1) * n_groups
+    weighted = w.shape[0] > 0
+    for task in prange(n_tasks):
+        r = task // n_groups
+        g = task - r * n_groups
+        for tile in range(row_bounds[r], row_bounds[r + 1], THRESHOLD_ROW_TILE):
+            tile_end = min(tile + THRESHOLD_ROW_TILE, row_bounds[r + 1])
+            for c in range(class_bounds[g], class_bounds[g + 1]):
+                for i in range(tile, tile_end):
+                    value = x[i, c]
+                    if value != value:
+                        nan_counts[r, c] += 1
+                        continue
+                    b = threshold_bin(value, shift, first_level, levels)
+                    label = y[i, c]
+                    counts[r, c, label, b] += 1
+                    if weighted:
+                        weights[r, c, label, b] += w[i]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def threshold_gather(x, y, w, row_bounds, class_bounds, shift, first_level, levels, keep,
+                     starts, out_values, out_labels, out_weights):
+    """Copy the (value, label, weight) of every element whose bin is kept (keep[c, bin])
+    to the outputs, rows r of class c from position starts[r, c] on, in row order."""
+    n_groups = class_bounds.shape[0] - 1
+    n_tasks = (row_bounds.shape[0] - 1) * n_groups
+    weighted = w.shape[0] > 0
+    for task in prange(n_tasks):
+        r = task // n_groups
+        g = task - r * n_groups
+        first_class = class_bounds[g]
+        position = starts[r, first_class:class_bounds[g + 1]].copy()
+        for tile in range(row_bounds[r], row_bounds[r + 1], THRESHOLD_ROW_TILE):
+            tile_end = min(tile + THRESHOLD_ROW_TILE, row_bounds[r + 1])
+            for c in range(first_class, class_bounds[g + 1]):
+                for i in range(tile, tile_end):
+                    value = x[i, c]
+                    if value != value:
+                        continue
+                    if keep[c, threshold_bin(value, shift, first_level, levels)]:
+                        k = position[c - first_class]
+                        out_values[k] = value
+                        out_labels[k] = y[i, c]
+                        if weighted:
+                            out_weights[k] = w[i]
+                        position[c - first_class] = k + 1
+
+
+# --------------------------------------------------------------------------------------
 # The math library's primitives on arrays (test hooks, not kernels of the op table)
 # --------------------------------------------------------------------------------------
 # 1-D float32 or float64 x and out. The cython backend exposes the same three names, so
