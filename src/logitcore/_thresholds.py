@@ -41,6 +41,8 @@ MANTISSA_BITS = 8
 # evaluated in floating point, which may round them an ulp below the value they bound.
 # Keeping a bin too many costs a few sorted values, never correctness.
 BOUND_SLACK = 1e-12
+# The compiled histogram counts in int32 per row chunk (half the cache of int64).
+INT32_ROWS = 2**31 - 1
 
 
 # --- bins ---------------------------------------------------------------------------------
@@ -162,6 +164,7 @@ def _split(n_rows: int, n_classes: int, threads: int):
     logits in all), else row chunks with a histogram each, added up afterwards."""
     groups = max(1, min(n_classes, threads))
     chunks = 1 if n_classes >= threads else max(1, min(threads, n_rows // 4096 or 1))
+    chunks = max(chunks, -(-n_rows // INT32_ROWS))  # a chunk's counts fit in int32
     row_bounds = np.linspace(0, n_rows, chunks + 1).astype(np.int64)
     class_bounds = np.linspace(0, n_classes, groups + 1).astype(np.int64)
     return row_bounds, class_bounds
@@ -298,15 +301,16 @@ def _histogram(x, y, w, backend: str, mantissa_bits: int):
         threads = _threads()
         row_bounds, class_bounds = _split(n, n_classes, threads)
         chunks = row_bounds.size - 1
-        counts = np.zeros((chunks, n_classes, 2, n_bins), np.int64)
+        counts = np.zeros((chunks, n_classes, 2, n_bins), np.int32)
         weights = np.zeros((chunks, n_classes, 2, n_bins) if w.size else (0, 0, 0, 0))
         nan_counts = np.zeros((chunks, n_classes), np.int64)
         numba_threads.launch(threads, numba_kernels.threshold_histogram, x, y, w,
                              row_bounds, class_bounds, shift, first_level, levels, counts,
                              weights, nan_counts)
         _check_nan(nan_counts.sum(axis=0))
-        return (ThresholdHistogram(counts.sum(axis=0), weights.sum(axis=0) if w.size
-                                   else None, mantissa_bits), counts.sum(axis=2))
+        return (ThresholdHistogram(counts.sum(axis=0, dtype=np.int64),
+                                   weights.sum(axis=0) if w.size else None, mantissa_bits),
+                counts.sum(axis=2, dtype=np.int64))
     # NumPy: a bincount over (class, label, bin) codes, in row chunks to bound memory.
     counts = np.zeros(n_classes * 2 * n_bins, np.int64)
     weights = np.zeros(n_classes * 2 * n_bins) if w.size else None
@@ -334,7 +338,7 @@ def _histogram(x, y, w, backend: str, mantissa_bits: int):
 
 @dataclass
 class Candidates:
-    """The samples of the kept bins, per class: ``values[starts[c]:starts[c + 1]]`` (the
+    """The samples of the kept bins (and the bins between them), per class: ``values[starts[c]:starts[c + 1]]`` (the
     logits as float64), ``labels`` (uint8) and ``weights`` (float64, empty without
     sample_weight). ``merge`` concatenates the candidates of two row chunks."""
     values: np.ndarray
@@ -362,26 +366,40 @@ class Candidates:
 
 def gather(logits, labels, keep: np.ndarray, *, kind="multilabel", sample_weight=None,
            backend=None, mantissa_bits: int = MANTISSA_BITS) -> Candidates:
-    """Pass 2: the samples whose bin is kept (``keep[c, bin]``, from ``bins_to_resolve``)."""
+    """Pass 2: the samples of the kept bins (``keep[c, bin]``, from ``bins_to_resolve``)
+    and of the bins between them."""
     kind = _check_kind(kind)
     x, y = _as_rows(logits, labels, kind)
     w = _check_sample_weight(sample_weight, x.shape[0])
     return _gather(x, y, w, keep, _check_backend(backend), mantissa_bits)
 
 
+def _bin_ranges(keep: np.ndarray):
+    """Per class, the lowest and the highest kept bin (low > high: none). Pass 2 gathers
+    every bin between them: a superset of complete bins, which resolves the same."""
+    any_kept = keep.any(axis=1)
+    lowest = np.where(any_kept, np.argmax(keep, axis=1), 1).astype(np.int64)
+    highest = np.where(any_kept, keep.shape[1] - 1 - np.argmax(keep[:, ::-1], axis=1),
+                       0).astype(np.int64)
+    return lowest, highest
+
+
 def _gather(x, y, w, keep, backend: str, mantissa_bits: int,
             chunk_counts: np.ndarray | None = None) -> Candidates:
     """``chunk_counts``: the (row chunks, C, bins) counts of pass 1 on the same rows and
     threads, which size each chunk's part of the output (counted again when absent)."""
+    lowest, highest = _bin_ranges(keep)
     if backend != "numba":
-        return _gather_numpy(x, y, w, keep, mantissa_bits)
+        return _gather_numpy(x, y, w, lowest, highest, mantissa_bits)
     from ._backends import numba_kernels, numba_threads
     n, n_classes = x.shape
     threads = _threads()
     row_bounds, class_bounds = _split(n, n_classes, threads)
     if chunk_counts is None or chunk_counts.shape[0] != row_bounds.size - 1:
         chunk_counts = _histogram(x, y, np.empty(0), backend, mantissa_bits)[1]
-    sizes = np.sum(chunk_counts * keep[None], axis=2)  # (chunks, C)
+    bins = np.arange(keep.shape[1])
+    in_range = (bins >= lowest[:, None]) & (bins <= highest[:, None])
+    sizes = np.sum(chunk_counts * in_range[None], axis=2)  # (chunks, C)
     class_starts = np.concatenate([[0], np.cumsum(sizes.sum(axis=0))]).astype(np.int64)
     starts = class_starts[None, :-1] + np.cumsum(sizes, axis=0) - sizes
     total = int(class_starts[-1])
@@ -390,19 +408,19 @@ def _gather(x, y, w, keep, backend: str, mantissa_bits: int,
     weights = np.empty(total if w.size else 0)
     shift, first_level, levels = bin_layout(mantissa_bits)
     numba_threads.launch(threads, numba_kernels.threshold_gather, x, y, w, row_bounds,
-                         class_bounds, shift, first_level, levels,
-                         np.ascontiguousarray(keep, dtype=np.uint8),
+                         class_bounds, shift, first_level, levels, lowest, highest,
                          np.ascontiguousarray(starts), values, labels, weights)
     return Candidates(values, labels, weights, class_starts)
 
 
-def _gather_numpy(x, y, w, keep, mantissa_bits):
+def _gather_numpy(x, y, w, lowest, highest, mantissa_bits):
     values, labels, weights, sizes = [], [], [], []
     for c in range(x.shape[1]):
         column = x[:, c]
         finite = ~np.isnan(column)
         chosen = np.zeros(column.shape, bool)
-        chosen[finite] = keep[c, bins_of(column[finite], mantissa_bits)]
+        bins = bins_of(column[finite], mantissa_bits)
+        chosen[finite] = (bins >= lowest[c]) & (bins <= highest[c])
         values.append(column[chosen].astype(np.float64))
         labels.append(y[chosen, c])
         if w.size:
@@ -575,9 +593,8 @@ def resolve(hist: ThresholdHistogram, candidates: Candidates, objective: _Object
     threshold = np.full(n_classes, np.inf)
     tp = np.zeros(n_classes)
     fp = np.zeros(n_classes)
-    degenerate = objective.degenerate(positives, negatives)
     with_inf = objective.metric not in ("f1", "fbeta")
-    for c in np.nonzero(~degenerate)[0]:
+    for c in np.nonzero(~objective.degenerate(positives, negatives))[0]:
         values, labels, weights = candidates.of_class(c)
         t, tps, fps = _scan(values, labels, weights, tp_above[c], fp_above[c],
                             hist.mantissa_bits)
@@ -589,12 +606,58 @@ def resolve(hist: ThresholdHistogram, candidates: Candidates, objective: _Object
         keys = objective.order_keys(tps, fps, positives[c], negatives[c], t.size)
         best = np.lexsort(keys)[-1]
         threshold[c], tp[c], fp[c] = t[best], tps[best], fps[best]
+    return _fields(objective, threshold, tp, fp, positives, negatives, dtype)
+
+
+def _fields(objective, threshold, tp, fp, positives, negatives, dtype) -> dict:
+    """The result arrays from the chosen thresholds and their counts."""
+    degenerate = objective.degenerate(positives, negatives)
     with np.errstate(invalid="ignore", divide="ignore"):
         value = objective.values(tp, fp, positives, negatives)
     value = np.where(degenerate, 0.0 if objective.metric in ("f1", "fbeta") else np.nan,
                      value)
     return {"logit": threshold.astype(dtype), "value": value, "tp": tp, "fp": fp,
             "fn": positives - tp, "tn": negatives - fp}
+
+
+# The numba backend runs the same two steps as compiled loops, classes in parallel.
+METRIC_CODES = {"f1": 0, "fbeta": 0, "balanced_accuracy": 1, "youden_j": 2, "recall": 3,
+                "precision": 4}
+
+
+def _objective_arguments(objective: _Objective):
+    bound = objective.min_precision if objective.metric == "recall" else (
+        objective.min_recall if objective.metric == "precision" else 0.0)
+    return METRIC_CODES[objective.metric], objective.beta * objective.beta, bound
+
+
+def _compiled_bins_to_resolve(hist: ThresholdHistogram, objective: _Objective, threads):
+    """bins_to_resolve in numba; also returns the cumulative (tp_above, fp_above)."""
+    from ._backends import numba_kernels, numba_threads
+    mass = np.ascontiguousarray(hist.mass())
+    n_classes, _, n_bins = mass.shape
+    tp_above = np.empty((n_classes, n_bins + 1))
+    fp_above = np.empty((n_classes, n_bins + 1))
+    keep = np.empty((n_classes, n_bins), np.uint8)
+    positives, negatives = mass[:, 1].sum(axis=1), mass[:, 0].sum(axis=1)
+    skip = objective.degenerate(positives, negatives).astype(np.uint8)
+    numba_threads.launch(threads, numba_kernels.threshold_bins_to_resolve, mass, skip,
+                         *_objective_arguments(objective), BOUND_SLACK, tp_above,
+                         fp_above, keep)
+    return keep.view(bool), tp_above, fp_above, skip
+
+
+def _compiled_resolve(hist, candidates, objective, tp_above, fp_above, skip, threads,
+                      dtype) -> dict:
+    from ._backends import numba_kernels, numba_threads
+    n_classes = hist.n_classes
+    threshold, tp, fp = np.empty(n_classes), np.empty(n_classes), np.empty(n_classes)
+    shift, first_level, levels = bin_layout(hist.mantissa_bits)
+    numba_threads.launch(threads, numba_kernels.threshold_resolve, candidates.values,
+                         candidates.labels, candidates.weights, candidates.starts,
+                         tp_above, fp_above, skip, shift, first_level, levels,
+                         *_objective_arguments(objective), threshold, tp, fp)
+    return _fields(objective, threshold, tp, fp, tp_above[:, 0], fp_above[:, 0], dtype)
 
 
 # --- tune_thresholds ------------------------------------------------------------------------
@@ -692,9 +755,16 @@ def tune_thresholds(logits, labels, *, kind="binary", metric="f1", beta=1.0,
     w = _check_sample_weight(sample_weight, x.shape[0])
     backend = _check_backend(backend)
     hist, chunk_counts = _histogram(x, y, w, backend, MANTISSA_BITS)
-    keep = bins_to_resolve(hist, objective)
-    candidates = _gather(x, y, w, keep, backend, MANTISSA_BITS, chunk_counts)
-    fields = resolve(hist, candidates, objective, x.dtype)
+    if backend == "numba":
+        threads = _threads()
+        keep, tp_above, fp_above, skip = _compiled_bins_to_resolve(hist, objective, threads)
+        candidates = _gather(x, y, w, keep, backend, MANTISSA_BITS, chunk_counts)
+        fields = _compiled_resolve(hist, candidates, objective, tp_above, fp_above, skip,
+                                   threads, x.dtype)
+    else:
+        keep = bins_to_resolve(hist, objective)
+        candidates = _gather(x, y, w, keep, backend, MANTISSA_BITS, chunk_counts)
+        fields = resolve(hist, candidates, objective, x.dtype)
     fields["probability"] = _probability_below(fields["logit"], x.dtype)
     if not w.size:
         for name in ("tp", "fp", "fn", "tn"):
