@@ -442,3 +442,31 @@ def test_bad_input_names_the_argument():
         tune(logits, labels, kind="multilabel", backend="cython")
     with pytest.raises(ValueError, match="bins"):
         logitcore.roc_auc(logits[:, 0], labels[:, 0], bins=10)
+
+
+# --- documentation --------------------------------------------------------------------------
+
+def test_docstring_examples():
+    import doctest
+    result = doctest.testmod(_thresholds, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_docs_example_runs(capsys):
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "thresholds.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 2
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "docs/thresholds.md", "exec"), namespace)
+    # the example's claims, against scikit-learn
+    logits, labels = namespace["logits"], namespace["labels"]
+    for c in range(3):
+        assert namespace["auc"][c] == pytest.approx(
+            metrics.roc_auc_score(labels[:, c], logits[:, c]), abs=namespace["auc_error"][c])
+        assert namespace["ap"][c] == pytest.approx(
+            metrics.average_precision_score(labels[:, c], logits[:, c]),
+            abs=namespace["ap_error"][c])
+    check_against_reference(namespace["tuned"], logits, labels, "f1")

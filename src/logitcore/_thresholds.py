@@ -193,6 +193,13 @@ class ThresholdHistogram:
         self.weights = weights
         self.mantissa_bits = mantissa_bits
 
+    @classmethod
+    def of(cls, logits, labels, *, kind="multilabel", sample_weight=None, backend=None,
+           mantissa_bits: int = MANTISSA_BITS) -> ThresholdHistogram:
+        """The histogram of these rows (one read of the logits; see ``histogram``)."""
+        return histogram(logits, labels, kind=kind, sample_weight=sample_weight,
+                         backend=backend, mantissa_bits=mantissa_bits)
+
     @property
     def n_classes(self) -> int:
         return self.counts.shape[0]
@@ -230,12 +237,14 @@ class ThresholdHistogram:
 
     # --- binned curves (the mergeable variant) ---
 
-    def _binned_points(self, c: int):
-        """(tps, fps, lower edges) of class c at its non-empty bins, highest first."""
+    def binned_counts(self, c: int):
+        """(fps, tps, thresholds) of class c as scikit-learn's
+        confusion_matrix_at_thresholds gives them, each bin one tied score: one point
+        per bin with weight, at its lower edge (thresholds decreasing)."""
         fp_above, tp_above = (a[c] for a in self.cumulative())
-        nonempty = np.nonzero(self.counts[c].sum(axis=0))[0][::-1]
-        edges = bin_edges(self.mantissa_bits)
-        return tp_above[nonempty], fp_above[nonempty], edges[nonempty], nonempty
+        nonempty = np.nonzero(self.mass()[c].sum(axis=0) > 0)[0][::-1]
+        return (fp_above[nonempty], tp_above[nonempty],
+                bin_edges(self.mantissa_bits)[nonempty])
 
     def roc_auc(self) -> tuple[np.ndarray, np.ndarray]:
         """(auc, error_bound) per class from the bins, every bin taken as one tied score:
@@ -338,9 +347,10 @@ def _histogram(x, y, w, backend: str, mantissa_bits: int):
 
 @dataclass
 class Candidates:
-    """The samples of the kept bins (and the bins between them), per class: ``values[starts[c]:starts[c + 1]]`` (the
-    logits as float64), ``labels`` (uint8) and ``weights`` (float64, empty without
-    sample_weight). ``merge`` concatenates the candidates of two row chunks."""
+    """The samples of the kept bins (and of the bins between them), per class:
+    ``values[starts[c]:starts[c + 1]]`` (the logits as float64), ``labels`` (uint8) and
+    ``weights`` (float64, empty without sample_weight). ``merge`` concatenates the
+    candidates of two row chunks."""
     values: np.ndarray
     labels: np.ndarray
     weights: np.ndarray
@@ -352,6 +362,10 @@ class Candidates:
         return self.values[part], self.labels[part], weights
 
     def merge(self, other: Candidates) -> Candidates:
+        if (self.starts.size != other.starts.size
+                or bool(self.weights.size) != bool(other.weights.size)):
+            raise ValueError("candidates merge only when gathered for the same classes, "
+                             "both with or both without sample_weight")
         n_classes = self.starts.size - 1
         parts = [(self.of_class(c), other.of_class(c)) for c in range(n_classes)]
         sizes = [a[0].size + b[0].size for a, b in parts]
@@ -477,7 +491,8 @@ class _Objective:
             if self.metric in ("f1", "fbeta"):  # ties: the lowest threshold
                 return (index, self.values(tp, fp, positives, negatives))
             if self.uses_roc:  # ties: the highest threshold (roc_curve is descending)
-                return (-index, tp / positives - fp / negatives)
+                # J * P * N: exact for integer counts, so equal J compare equal
+                return (-index, tp * negatives - fp * positives)
             if self.metric == "recall":
                 feasible = precision >= self.min_precision
                 return (index, precision, recall, feasible)
@@ -839,13 +854,6 @@ def _roc_from_counts(fps, tps, thresholds, drop_intermediate=True):
     return fpr, tpr, thresholds
 
 
-def _binned_counts(hist: ThresholdHistogram, c: int):
-    """The binned twin of _curve_counts: (fps, tps, lower bin edges) at the non-empty
-    bins of class c, highest first."""
-    tps, fps, edges, _ = hist._binned_points(c)
-    return fps, tps, edges
-
-
 def _binned(logits, labels, kind, sample_weight, bins, backend):
     """The histogram for ``bins`` (the finest layout with at most that many bins)."""
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
@@ -872,7 +880,7 @@ def precision_recall_curve(logits, labels, *, kind="binary", sample_weight=None,
     """
     if bins is not None:
         hist = _binned(logits, labels, kind, sample_weight, bins, backend)
-        curves = [_pr_from_counts(*_binned_counts(hist, c), drop_intermediate)
+        curves = [_pr_from_counts(*hist.binned_counts(c), drop_intermediate)
                   for c in range(hist.n_classes)]
         return curves[0] if kind == "binary" else curves
     kind, x, y, w = _columns(logits, labels, kind, sample_weight)
@@ -887,7 +895,7 @@ def roc_curve(logits, labels, *, kind="binary", sample_weight=None, drop_interme
     positives (tpr). ``bins=N``: from the histogram, as in precision_recall_curve."""
     if bins is not None:
         hist = _binned(logits, labels, kind, sample_weight, bins, backend)
-        curves = [_roc_from_counts(*_binned_counts(hist, c), drop_intermediate)
+        curves = [_roc_from_counts(*hist.binned_counts(c), drop_intermediate)
                   for c in range(hist.n_classes)]
         return curves[0] if kind == "binary" else curves
     kind, x, y, w = _columns(logits, labels, kind, sample_weight)

@@ -1997,6 +1997,8 @@ def threshold_histogram(x, y, w, row_bounds, class_bounds, shift, first_level, l
     n_tasks = (row_bounds.shape[0] - 1) * n_groups
     weighted = w.shape[0] > 0
     n_bins = 2 * levels
+    n_classes = x.shape[1]
+    flat_weights = weights.reshape(weights.size)
     for task in prange(n_tasks):
         r = task // n_groups
         g = task - r * n_groups
@@ -2006,6 +2008,7 @@ def threshold_histogram(x, y, w, row_bounds, class_bounds, shift, first_level, l
                 # one class's histogram as a flat (label, bin) array: a small index
                 # computation per element, and int32 counts halve what stays in cache
                 class_counts = counts[r, c].reshape(2 * n_bins)
+                weight_offset = (r * n_classes + c) * 2 * n_bins
                 for i in range(tile, tile_end):
                     value = x[i, c]
                     if value != value:
@@ -2015,7 +2018,7 @@ def threshold_histogram(x, y, w, row_bounds, class_bounds, shift, first_level, l
                                                              levels)
                     class_counts[index] += 1
                     if weighted:
-                        weights[r, c].reshape(2 * n_bins)[index] += w[i]
+                        flat_weights[weight_offset + index] += w[i]
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -2105,9 +2108,8 @@ def threshold_not_worse(metric, tp, fp, best_tp, best_fp, positives, negatives, 
     if metric == 0:
         return (threshold_metric(0, tp, fp, positives, negatives, beta2)
                 >= threshold_metric(0, best_tp, best_fp, positives, negatives, beta2))
-    if metric == 1 or metric == 2:
-        return (threshold_metric(2, tp, fp, positives, negatives, beta2)
-                > threshold_metric(2, best_tp, best_fp, positives, negatives, beta2))
+    if metric == 1 or metric == 2:  # J * P * N: exact for integer counts
+        return tp * negatives - fp * positives > best_tp * negatives - best_fp * positives
     recall, best_recall = tp / positives, best_tp / positives
     precision = threshold_precision(tp, fp)
     best_precision = threshold_precision(best_tp, best_fp)
