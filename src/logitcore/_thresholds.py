@@ -166,7 +166,10 @@ def _split(n_rows: int, n_classes: int, threads: int):
     chunks = 1 if n_classes >= threads else max(1, min(threads, n_rows // 4096 or 1))
     chunks = max(chunks, -(-n_rows // INT32_ROWS))  # a chunk's counts fit in int32
     row_bounds = np.linspace(0, n_rows, chunks + 1).astype(np.int64)
-    class_bounds = np.linspace(0, n_classes, groups + 1).astype(np.int64)
+    # groups start on a class block (a cache line of the row) where there are enough
+    block = 16 if n_classes >= 16 * groups else 1
+    class_bounds = np.linspace(0, n_classes // block, groups + 1).astype(np.int64) * block
+    class_bounds[-1] = n_classes
     return row_bounds, class_bounds
 
 

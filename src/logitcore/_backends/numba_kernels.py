@@ -1970,7 +1970,31 @@ def log_softmax_backward(dy, y, out, n_threads=1):
 # one bin per sign, larger ones (and inf) another. -0.0 counts as +0.0 so that equal
 # values always share a bin. _thresholds.bin_layout gives (shift, first_level, levels);
 # numpy's twin is _thresholds.bins_of. NaN is counted apart (the caller raises).
-THRESHOLD_ROW_TILE = 1024  # rows per tile: a tile's columns of a class group stay in L2
+# The histogram and gather loops take the rows in tiles of about THRESHOLD_TILE_BYTES of a
+# class group's logits. A tile is first read in memory order (which the hardware
+# prefetcher streams; the loop counts the NaNs), then, class block by class block (one
+# cache line of float32 logits), down its rows from L2: each class's histogram is reused
+# for a tile's rows, and no pass over the logits walks memory with a row's stride.
+THRESHOLD_TILE_BYTES = 1 << 19
+THRESHOLD_CLASS_BLOCK = 16
+
+
+@plain_jit
+def threshold_tile_rows(n_group_classes, itemsize):
+    return max(16, THRESHOLD_TILE_BYTES // max(1, n_group_classes * itemsize))
+
+
+@vector_jit
+def threshold_stream_tile(x, y, tile, tile_end, first_class, end_class):
+    """Read the tile's logits and labels in memory order; returns its NaN count."""
+    n_nan = 0
+    label_sum = 0
+    for i in range(tile, tile_end):
+        for c in range(first_class, end_class):
+            value = x[i, c]
+            n_nan += value != value
+            label_sum += y[i, c]
+    return n_nan + 0 * label_sum
 
 
 @plain_jit
@@ -1998,27 +2022,33 @@ def threshold_histogram(x, y, w, row_bounds, class_bounds, shift, first_level, l
     weighted = w.shape[0] > 0
     n_bins = 2 * levels
     n_classes = x.shape[1]
+    flat_counts = counts.reshape(counts.size)
     flat_weights = weights.reshape(weights.size)
     for task in prange(n_tasks):
         r = task // n_groups
         g = task - r * n_groups
-        for tile in range(row_bounds[r], row_bounds[r + 1], THRESHOLD_ROW_TILE):
-            tile_end = min(tile + THRESHOLD_ROW_TILE, row_bounds[r + 1])
-            for c in range(class_bounds[g], class_bounds[g + 1]):
-                # one class's histogram as a flat (label, bin) array: a small index
-                # computation per element, and int32 counts halve what stays in cache
-                class_counts = counts[r, c].reshape(2 * n_bins)
-                weight_offset = (r * n_classes + c) * 2 * n_bins
+        tile_rows = threshold_tile_rows(class_bounds[g + 1] - class_bounds[g], x.itemsize)
+        for tile in range(row_bounds[r], row_bounds[r + 1], tile_rows):
+            tile_end = min(tile + tile_rows, row_bounds[r + 1])
+            if threshold_stream_tile(x, y, tile, tile_end, class_bounds[g],
+                                     class_bounds[g + 1]) == 0:
+                has_nan = False
+            else:
+                has_nan = True
+            for block in range(class_bounds[g], class_bounds[g + 1], THRESHOLD_CLASS_BLOCK):
+                block_end = min(block + THRESHOLD_CLASS_BLOCK, class_bounds[g + 1])
                 for i in range(tile, tile_end):
-                    value = x[i, c]
-                    if value != value:
-                        nan_counts[r, c] += 1
-                        continue
-                    index = y[i, c] * n_bins + threshold_bin(value, shift, first_level,
-                                                             levels)
-                    class_counts[index] += 1
-                    if weighted:
-                        flat_weights[weight_offset + index] += w[i]
+                    for c in range(block, block_end):
+                        value = x[i, c]
+                        if has_nan and value != value:
+                            nan_counts[r, c] += 1
+                            continue
+                        # the (label, bin) cell of class c in chunk r, counts flattened
+                        index = ((r * n_classes + c) * 2 + y[i, c]) * n_bins + \
+                            threshold_bin(value, shift, first_level, levels)
+                        flat_counts[index] += 1
+                        if weighted:
+                            flat_weights[index] += w[i]
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -2026,41 +2056,32 @@ def threshold_gather(x, y, w, row_bounds, class_bounds, shift, first_level, leve
                      lowest_bin, highest_bin, starts, out_values, out_labels, out_weights):
     """Copy the (value, label, weight) of every element of class c whose bin is in
     [lowest_bin[c], highest_bin[c]] to the outputs, rows of chunk r from position
-    starts[r, c] on, in row order. Per tile and class, a branch-free loop (which LLVM
-    vectorises) flags the elements in range, and only a tile with a flag is walked
-    again to copy them: copies are rare."""
+    starts[r, c] on, in row order (the rows and classes walked as in
+    threshold_histogram)."""
     n_groups = class_bounds.shape[0] - 1
     n_tasks = (row_bounds.shape[0] - 1) * n_groups
     weighted = w.shape[0] > 0
     for task in prange(n_tasks):
         r = task // n_groups
         g = task - r * n_groups
-        first_class = class_bounds[g]
-        position = starts[r, first_class:class_bounds[g + 1]].copy()
-        in_range = np.empty(THRESHOLD_ROW_TILE, np.uint8)
-        for tile in range(row_bounds[r], row_bounds[r + 1], THRESHOLD_ROW_TILE):
-            tile_rows = min(tile + THRESHOLD_ROW_TILE, row_bounds[r + 1]) - tile
-            for c in range(first_class, class_bounds[g + 1]):
-                low, high = lowest_bin[c], highest_bin[c]
-                if low > high:
-                    continue
-                hits = 0
-                for i in range(tile_rows):
-                    value = x[tile + i, c]
-                    b = threshold_bin(value, shift, first_level, levels)
-                    flag = np.uint8((b >= low) & (b <= high) & (value == value))
-                    in_range[i] = flag
-                    hits += flag
-                if hits == 0:
-                    continue
-                for i in range(tile_rows):
-                    if in_range[i]:
-                        k = position[c - first_class]
-                        out_values[k] = x[tile + i, c]
-                        out_labels[k] = y[tile + i, c]
-                        if weighted:
-                            out_weights[k] = w[tile + i]
-                        position[c - first_class] = k + 1
+        position = starts[r].copy()
+        tile_rows = threshold_tile_rows(class_bounds[g + 1] - class_bounds[g], x.itemsize)
+        for tile in range(row_bounds[r], row_bounds[r + 1], tile_rows):
+            tile_end = min(tile + tile_rows, row_bounds[r + 1])
+            threshold_stream_tile(x, y, tile, tile_end, class_bounds[g], class_bounds[g + 1])
+            for block in range(class_bounds[g], class_bounds[g + 1], THRESHOLD_CLASS_BLOCK):
+                block_end = min(block + THRESHOLD_CLASS_BLOCK, class_bounds[g + 1])
+                for i in range(tile, tile_end):
+                    for c in range(block, block_end):
+                        value = x[i, c]
+                        b = threshold_bin(value, shift, first_level, levels)
+                        if b >= lowest_bin[c] and b <= highest_bin[c] and value == value:
+                            k = position[c]
+                            out_values[k] = value
+                            out_labels[k] = y[i, c]
+                            if weighted:
+                                out_weights[k] = w[i]
+                            position[c] = k + 1
 
 
 # The objective, scalar: metric codes of _thresholds.METRIC_CODES (0 F-beta, 1 balanced
