@@ -29,10 +29,20 @@ from ._calibration import (
     reliability_diagram,
 )
 from ._score import Scores, Summary, score
+from ._thresholds import (
+    ThresholdHistogram,
+    Thresholds,
+    average_precision,
+    precision_recall_curve,
+    roc_auc,
+    roc_curve,
+    tune_thresholds,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "average_precision",
     "backend_info",
     "binary_cross_entropy_with_logits",
     "calibration_error",
@@ -48,8 +58,11 @@ __all__ = [
     "log_softmax",
     "log_softmax_backward",
     "logsumexp",
+    "precision_recall_curve",
     "reliability",
     "reliability_diagram",
+    "roc_auc",
+    "roc_curve",
     "score",
     "Scores",
     "set_backend",
@@ -60,4 +73,7 @@ __all__ = [
     "softmax_backward",
     "Summary",
     "TemperatureFit",
+    "ThresholdHistogram",
+    "Thresholds",
+    "tune_thresholds",
 ]

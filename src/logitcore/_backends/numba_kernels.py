@@ -3135,6 +3135,291 @@ def temperature_nll(x, labels, sample_weight, ignore_index, inverse_temperature,
 
 
 # --------------------------------------------------------------------------------------
+# thresholds: per-class histograms of logits and the gather of chosen bins
+# (logitcore._thresholds; not kernels of the op table)
+# --------------------------------------------------------------------------------------
+# A bin is a monotone function of the value, computed from the float32 bit pattern (a
+# float64 is rounded to float32 first, which keeps the order): |x| in [2^-EXP_RANGE,
+# 2^EXP_RANGE) is cut into binades of 2^mantissa_bits bins each, smaller magnitudes share
+# one bin per sign, larger ones (and inf) another. -0.0 counts as +0.0 so that equal
+# values always share a bin. _thresholds.bin_layout gives (shift, first_level, levels);
+# numpy's twin is _thresholds.bins_of. NaN is counted apart (the caller raises).
+# The histogram and gather loops take the rows in tiles of about THRESHOLD_TILE_BYTES of a
+# class group's logits. A tile is first read in memory order (which the hardware
+# prefetcher streams; the loop counts the NaNs), then, class block by class block (one
+# cache line of float32 logits), down its rows from the last-level cache: each class's
+# histogram takes thousands of a tile's rows while it is in L2 (with small tiles every
+# increment missed), and no pass walks main memory with a row's stride.
+THRESHOLD_TILE_BYTES = 1 << 23
+THRESHOLD_CLASS_BLOCK = 16
+
+
+@plain_jit
+def threshold_tile_rows(n_group_classes, itemsize):
+    return max(16, THRESHOLD_TILE_BYTES // max(1, n_group_classes * itemsize))
+
+
+@vector_jit
+def threshold_stream_tile(x, y, tile, tile_end, first_class, end_class):
+    """Read the tile's logits and labels in memory order; returns its NaN count."""
+    n_nan = 0
+    label_sum = 0
+    for i in range(tile, tile_end):
+        for c in range(first_class, end_class):
+            value = x[i, c]
+            n_nan += value != value
+            label_sum += y[i, c]
+    return n_nan + 0 * label_sum
+
+
+@plain_jit
+def threshold_bin(value, shift, first_level, levels):
+    bits = float_to_bits(np.float32(value))
+    magnitude = bits & 0x7FFFFFFF
+    level = (magnitude >> shift) - first_level + 1
+    if level < 0:
+        level = 0
+    elif level > levels - 1:
+        level = levels - 1
+    if bits < 0 and magnitude != 0:
+        return levels - 1 - level
+    return levels + level
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def threshold_histogram(x, y, w, row_bounds, class_bounds, shift, first_level, levels,
+                        counts, weights, nan_counts):
+    """counts[r, c, label, bin] (int32; and weights[...] the summed w when w.size) of
+    rows row_bounds[r]:row_bounds[r + 1] and the classes of group g; nan_counts[r, c]
+    the NaNs. A row chunk has fewer than 2^31 rows (the caller splits)."""
+    n_groups = class_bounds.shape[0] - 1
+    n_tasks = (row_bounds.shape[0] - 1) * n_groups
+    weighted = w.shape[0] > 0
+    n_bins = 2 * levels
+    n_classes = x.shape[1]
+    flat_counts = counts.reshape(counts.size)
+    flat_weights = weights.reshape(weights.size)
+    for task in prange(n_tasks):
+        r = task // n_groups
+        g = task - r * n_groups
+        tile_rows = threshold_tile_rows(class_bounds[g + 1] - class_bounds[g], x.itemsize)
+        for tile in range(row_bounds[r], row_bounds[r + 1], tile_rows):
+            tile_end = min(tile + tile_rows, row_bounds[r + 1])
+            if threshold_stream_tile(x, y, tile, tile_end, class_bounds[g],
+                                     class_bounds[g + 1]) == 0:
+                has_nan = False
+            else:
+                has_nan = True
+            for block in range(class_bounds[g], class_bounds[g + 1], THRESHOLD_CLASS_BLOCK):
+                block_end = min(block + THRESHOLD_CLASS_BLOCK, class_bounds[g + 1])
+                for i in range(tile, tile_end):
+                    for c in range(block, block_end):
+                        value = x[i, c]
+                        if has_nan and value != value:
+                            nan_counts[r, c] += 1
+                            continue
+                        # the (label, bin) cell of class c in chunk r, counts flattened
+                        index = ((r * n_classes + c) * 2 + y[i, c]) * n_bins + \
+                            threshold_bin(value, shift, first_level, levels)
+                        flat_counts[index] += 1
+                        if weighted:
+                            flat_weights[index] += w[i]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def threshold_gather(x, y, w, row_bounds, class_bounds, shift, first_level, levels,
+                     lowest_bin, highest_bin, starts, out_values, out_labels, out_weights):
+    """Copy the (value, label, weight) of every element of class c whose bin is in
+    [lowest_bin[c], highest_bin[c]] to the outputs, rows of chunk r from position
+    starts[r, c] on, in row order (the rows and classes walked as in
+    threshold_histogram)."""
+    n_groups = class_bounds.shape[0] - 1
+    n_tasks = (row_bounds.shape[0] - 1) * n_groups
+    weighted = w.shape[0] > 0
+    for task in prange(n_tasks):
+        r = task // n_groups
+        g = task - r * n_groups
+        position = starts[r].copy()
+        tile_rows = threshold_tile_rows(class_bounds[g + 1] - class_bounds[g], x.itemsize)
+        for tile in range(row_bounds[r], row_bounds[r + 1], tile_rows):
+            tile_end = min(tile + tile_rows, row_bounds[r + 1])
+            threshold_stream_tile(x, y, tile, tile_end, class_bounds[g], class_bounds[g + 1])
+            for block in range(class_bounds[g], class_bounds[g + 1], THRESHOLD_CLASS_BLOCK):
+                block_end = min(block + THRESHOLD_CLASS_BLOCK, class_bounds[g + 1])
+                for i in range(tile, tile_end):
+                    for c in range(block, block_end):
+                        value = x[i, c]
+                        b = threshold_bin(value, shift, first_level, levels)
+                        if b >= lowest_bin[c] and b <= highest_bin[c] and value == value:
+                            k = position[c]
+                            out_values[k] = value
+                            out_labels[k] = y[i, c]
+                            if weighted:
+                                out_weights[k] = w[i]
+                            position[c] = k + 1
+
+
+# The objective, scalar: metric codes of _thresholds.METRIC_CODES (0 F-beta, 1 balanced
+# accuracy, 2 Youden's J, 3 recall at precision >= bound, 4 precision at recall >= bound).
+# Same expressions, in the same order, as _thresholds._Objective.values (no fastmath), so
+# both backends give the same bits.
+
+
+@plain_jit
+def threshold_precision(tp, fp):
+    if tp + fp > 0:
+        return tp / (tp + fp)
+    return 1.0  # nothing predicted: the curve's point at +inf
+
+
+@plain_jit
+def threshold_metric(metric, tp, fp, positives, negatives, beta2):
+    if metric == 0:
+        if tp > 0:
+            return (1 + beta2) * tp / ((1 + beta2) * tp + beta2 * (positives - tp) + fp)
+        return 0.0
+    if metric == 1:
+        return (tp / positives + (negatives - fp) / negatives) / 2
+    if metric == 2:
+        return tp / positives - fp / negatives
+    if metric == 3:
+        return tp / positives
+    return threshold_precision(tp, fp)
+
+
+@plain_jit
+def threshold_feasible(metric, tp, fp, positives, bound):
+    if metric == 3:
+        return threshold_precision(tp, fp) >= bound
+    if metric == 4:
+        return tp / positives >= bound
+    return True
+
+
+@plain_jit
+def threshold_not_worse(metric, tp, fp, best_tp, best_fp, positives, negatives, beta2):
+    """Whether (tp, fp) at a lower threshold than (best_tp, best_fp) replaces it: F-beta
+    ties go to the lower threshold, balanced accuracy / J ties to the higher; recall ties
+    to the higher precision (precision ties to the higher recall), then the lower."""
+    if metric == 0:
+        return (threshold_metric(0, tp, fp, positives, negatives, beta2)
+                >= threshold_metric(0, best_tp, best_fp, positives, negatives, beta2))
+    if metric == 1 or metric == 2:  # J * P * N: exact for integer counts
+        return tp * negatives - fp * positives > best_tp * negatives - best_fp * positives
+    recall, best_recall = tp / positives, best_tp / positives
+    precision = threshold_precision(tp, fp)
+    best_precision = threshold_precision(best_tp, best_fp)
+    if metric == 3:
+        return recall > best_recall or (recall == best_recall
+                                         and precision >= best_precision)
+    return precision > best_precision or (precision == best_precision
+                                          and recall >= best_recall)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def threshold_bins_to_resolve(mass, skip, metric, beta2, bound, slack, tp_above, fp_above,
+                              keep):
+    """Per class (mass[c, label, bin], weights or counts): tp_above / fp_above[c, b] the
+    weight in bins >= b, and keep[c, b] for the bins that may hold the optimum (see
+    _thresholds.bins_to_resolve, the same rules)."""
+    n_classes, _, n_bins = mass.shape
+    for c in prange(n_classes):
+        tp_above[c, n_bins] = 0.0
+        fp_above[c, n_bins] = 0.0
+        for b in range(n_bins - 1, -1, -1):
+            tp_above[c, b] = tp_above[c, b + 1] + mass[c, 1, b]
+            fp_above[c, b] = fp_above[c, b + 1] + mass[c, 0, b]
+        keep[c, :] = 0
+        if skip[c]:
+            continue
+        positives, negatives = tp_above[c, 0], fp_above[c, 0]
+        # the best value reached at a bin boundary (and at +inf where it counts)
+        if metric == 1 or metric == 2:
+            best = threshold_metric(metric, 0.0, 0.0, positives, negatives, beta2)
+        elif metric == 3:
+            best = 0.0
+        elif metric == 4:
+            best = 1.0 if bound <= 0 else -np.inf
+        else:
+            best = -np.inf
+        for b in range(n_bins):
+            if mass[c, 0, b] + mass[c, 1, b] <= 0:
+                continue
+            tp, fp = tp_above[c, b], fp_above[c, b]
+            if not threshold_feasible(metric, tp, fp, positives, bound):
+                continue
+            if metric == 3:
+                value = tp / positives
+            else:
+                value = threshold_metric(metric, tp, fp, positives, negatives, beta2)
+            best = max(best, value)
+        for b in range(n_bins):
+            if mass[c, 0, b] + mass[c, 1, b] <= 0:
+                continue
+            tp_high, fp_low = tp_above[c, b], fp_above[c, b + 1]
+            if metric <= 2:
+                high = threshold_metric(metric, tp_high, fp_low, positives, negatives, beta2)
+                keep[c, b] = high >= best - slack * abs(best)
+                continue
+            recall_high = tp_high / positives
+            precision_high = tp_high / (tp_high + fp_low) if tp_high > 0 else 0.0
+            if metric == 3:
+                keep[c, b] = (precision_high >= bound * (1 - slack)
+                              and recall_high >= best * (1 - slack))
+            else:
+                keep[c, b] = (recall_high >= bound * (1 - slack)
+                              and precision_high >= best * (1 - slack))
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def threshold_resolve(values, labels, weights, starts, tp_above, fp_above, skip, shift,
+                      first_level, levels, metric, beta2, bound, threshold_out, tp_out,
+                      fp_out):
+    """Per class: the exact scan of the candidates values[starts[c]:starts[c + 1]] (all
+    the samples of the kept bins), the counts above a bin from tp_above / fp_above, and
+    the best threshold (+inf: predict nothing) with its tp, fp."""
+    weighted = weights.shape[0] > 0
+    for c in prange(starts.shape[0] - 1):
+        positives, negatives = tp_above[c, 0], fp_above[c, 0]
+        best_t, best_tp, best_fp = np.inf, 0.0, 0.0
+        # F-beta never takes +inf; the others start from it (precision only if allowed)
+        have_best = metric != 0 and threshold_feasible(metric, 0.0, 0.0, positives, bound)
+        if skip[c]:
+            threshold_out[c], tp_out[c], fp_out[c] = np.inf, 0.0, 0.0
+            continue
+        part = values[starts[c]:starts[c + 1]]
+        order = np.argsort(part)[::-1]
+        current_bin = -1
+        in_bin_tp = in_bin_fp = 0.0
+        group_weight = 0.0
+        for k in range(order.shape[0]):
+            j = starts[c] + order[k]
+            value = values[j]
+            b = threshold_bin(value, shift, first_level, levels)
+            if b != current_bin:
+                current_bin, in_bin_tp, in_bin_fp = b, 0.0, 0.0
+            weight = weights[j] if weighted else 1.0
+            if labels[j]:
+                in_bin_tp += weight
+            else:
+                in_bin_fp += weight
+            group_weight += weight
+            if k + 1 < order.shape[0] and values[starts[c] + order[k + 1]] == value:
+                continue  # the end of a run of equal values is the threshold
+            if group_weight == 0:
+                continue  # only zero-weight samples: not a threshold
+            group_weight = 0.0
+            tp = tp_above[c, b + 1] + in_bin_tp
+            fp = fp_above[c, b + 1] + in_bin_fp
+            if not threshold_feasible(metric, tp, fp, positives, bound):
+                continue
+            if not have_best or threshold_not_worse(metric, tp, fp, best_tp, best_fp,
+                                                    positives, negatives, beta2):
+                best_t, best_tp, best_fp, have_best = value, tp, fp, True
+        threshold_out[c], tp_out[c], fp_out[c] = best_t, best_tp, best_fp
+
+
+# --------------------------------------------------------------------------------------
 # The math library's primitives on arrays (test hooks, not kernels of the op table)
 # --------------------------------------------------------------------------------------
 # 1-D float32 or float64 x and out. The cython backend exposes the same three names, so
