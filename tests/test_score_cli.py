@@ -61,12 +61,20 @@ def expected_scores(logits, labels, **options):
 
 
 def assert_columns_equal(columns: dict, expected, n_rows):
+    """Integer and flag fields exactly; float fields to a few units in the last place: a
+    chunk of a few rows may take another schedule of the compiled kernels than the whole
+    array (narrow rows are summed across a tile of rows, a lone row along itself), and
+    the two round differently."""
     assert list(columns) == list(expected.fields)
     for name in expected.fields:
         got, want = np.asarray(columns[name]), expected[name]
         assert got.shape[0] == n_rows, name
         assert got.dtype == want.dtype, name
-        np.testing.assert_array_equal(got, want, err_msg=name)
+        if want.dtype.kind == "f":
+            eps = np.finfo(want.dtype).eps
+            np.testing.assert_allclose(got, want, rtol=4 * eps, atol=4 * eps, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=name)
 
 
 def check_against_peers(columns: dict, logits, labels):
@@ -144,7 +152,8 @@ def test_npy_to_parquet_read_back_by_duckdb(tmp_path):
         elif value in (np.inf, -np.inf):
             assert document["summary"][name] == ("inf" if value > 0 else "-inf"), name
         else:
-            assert document["summary"][name] == pytest.approx(value, rel=1e-12), name
+            # means of float32 fields that agree to a few ulp (assert_columns_equal)
+            assert document["summary"][name] == pytest.approx(value, rel=1e-6), name
     assert document["rows_per_s"] > 0 and document["gb_per_s"] > 0
     assert "accuracy" in result.stdout
 
@@ -384,7 +393,8 @@ def _bad_inputs(tmp_path):
         np.lib.format.write_array_header_1_0(file, {"descr": "<f4", "fortran_order": False,
                                                     "shape": (10**12, 37)})
         file.write(good[128:])
-    np.save(tmp_path / "wide.npy", np.zeros((2, 50000), np.float32))
+    # a row of 800 kB: its three input buffers alone outgrow --memory 1 (MB)
+    np.save(tmp_path / "wide.npy", np.zeros((2, 200000), np.float32))
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None]), allow_pickle=True)
     np.save(tmp_path / "ints.npy", labels.reshape(5, 10))
     np.save(tmp_path / "complex.npy", logits.astype(np.complex64))

@@ -1042,6 +1042,10 @@ def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_
         _check_pairing(logits, labels, kind)
         sink = open_sink(output, logits.n_rows, overwrite)
         n_fields = len(fields) if fields else 16
+        # One backend for every chunk, chosen for the whole file: "auto" picks by each
+        # call's size, and a chunk run on another backend would round differently.
+        backend = _config.resolve(f"score_{kind}", backend,
+                                  logits.n_rows * (math.prod(logits.row_shape) or 1))[0]
         if chunk_rows is None:
             chunk_rows = chunk_rows_for(memory_bytes, logits, labels, n_fields, top_k, backend)
         else:
