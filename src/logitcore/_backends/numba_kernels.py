@@ -2001,6 +2001,11 @@ def log_softmax_backward(dy, y, out, n_threads=1):
 # can hold a class of the top list at all.
 ORDER_CHUNK = 64
 
+# The per-row helpers of the scoring section are inlined by numba itself (before LLVM):
+# on narrow rows they run once per row of a few classes, where a call that passes the
+# operand tuple and array views costs as much as the row's arithmetic.
+inline_jit = njit(error_model="numpy", inline="always")
+
 
 @vector_jit
 def score_sums_of(values, shift):
@@ -2074,7 +2079,7 @@ def merge_score_blocks(block_maxes, block_others, block_counts, block_weighted,
     return row_max, others, n_at_max, weighted, squares
 
 
-@plain_jit
+@inline_jit
 def insert_top(row, top, filled, index):
     """Put class ``index`` into the top list ``top[:filled]`` (class indices by descending
     logit); an equal logit goes after, since classes arrive in index order. With a full
@@ -2089,7 +2094,7 @@ def insert_top(row, top, filled, index):
     return min(filled + 1, k)
 
 
-@plain_jit
+@inline_jit
 def scan_top(row, start, stop, top, filled):
     """The classes start:stop of ``row`` into its top list (``filled`` long); returns the
     new length. A chunk whose max does not beat the k-th logit is skipped."""
@@ -2138,7 +2143,7 @@ def score_block(row, start, stop, rank_threshold, want_sums, want_extra, top, fi
     return block_max, others, n_at_max, weighted, squares, filled, n_nan, n_larger
 
 
-@plain_jit
+@inline_jit
 def rank_threshold_of(row, labels, i, ignore_index, want_rank):
     """The label's logit, read before the row (label_rank counts the logits above it);
     +inf, which no logit exceeds, when the rank is not asked or the row is ignored."""
@@ -2147,7 +2152,7 @@ def rank_threshold_of(row, labels, i, ignore_index, want_rank):
     return cast_like(np.inf, row)
 
 
-@plain_jit
+@inline_jit
 def brier_of(row_max, others, n_at_max, squares, label_logit):
     """sum_c (p_c - onehot(y)_c)^2 = sum_{c != y} p_c^2 + (1 - p_y)^2, each part from
     sums that leave the label's term out, so that a saturated row (p_y near 1) keeps its
@@ -2167,7 +2172,7 @@ def brier_of(row_max, others, n_at_max, squares, label_logit):
     return rest_squares / (total * total) + rest_fraction * rest_fraction
 
 
-@plain_jit
+@inline_jit
 def finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
                      filled, n_nan, n_larger):
     """Write every asked field of row i from its merged state (see the section head)."""
