@@ -1989,6 +1989,8 @@ def log_softmax_backward(dy, y, out, n_threads=1):
 #   logit, ties in class order (classes arrive in index order and an equal logit goes
 #   after); a chunk whose max does not beat the k-th logit is skipped after one
 #   vectorised max;
+#   narrow rows of few classes count each class's place in the list instead
+#   (tile_top_by_rank), for the whole row tile at once;
 # * how many logits are NaN and how many exceed the label's logit (read first: the rank).
 # Blocks merge as the row state does (merge_block_stats), the extra sums rescaled by
 # exp(block max - row max) (merge_score_blocks); top lists by inserting a block's
@@ -2000,6 +2002,10 @@ def log_softmax_backward(dy, y, out, n_threads=1):
 # Elements per chunk of the top-list scan: one vectorised max decides whether the chunk
 # can hold a class of the top list at all.
 ORDER_CHUNK = 64
+# Narrow rows up to this many classes (or up to 4 per top-list entry) take their top
+# lists by counting every class's place (tile_top_by_rank, C^2 vectorised compares)
+# rather than by insertion, whose branches mispredict on every other class.
+RANK_SELECT_MAX_CLASSES = 16
 
 # The per-row helpers of the scoring section are inlined by numba itself (before LLVM):
 # on narrow rows they run once per row of a few classes, where a call that passes the
@@ -2285,6 +2291,40 @@ def score_multiclass_block(x, args, i, block, start, stop):
 
 
 @vector_jit
+def tile_top_by_rank(x, start, stop, top_buffer):
+    """The top lists of the narrow rows start:stop without a branch per class: a class's
+    place in its row is the number of classes with a larger logit plus those of lower
+    index with an equal one (the top list's order, ties to the lower index), counted for
+    the whole tile at once with the rows across the lanes. A row with a NaN gets some
+    list of valid class indices (no field reads it)."""
+    n_rows = stop - start
+    n_classes = x.shape[1]
+    k = top_buffer.shape[1]
+    logits = np.empty((n_classes, n_rows), dtype=x.dtype)
+    places = np.empty(n_rows, dtype=np.int64)
+    for r in range(n_rows):
+        for c in range(n_classes):
+            logits[c, r] = x[start + r, c]
+        for j in range(k):
+            top_buffer[start + r, j] = 0
+    for c in range(n_classes):
+        column = logits[c]
+        for r in range(n_rows):
+            places[r] = 0
+        for other in range(n_classes):
+            other_column = logits[other]
+            if other < c:
+                for r in range(n_rows):
+                    places[r] += 1 if other_column[r] >= column[r] else 0
+            elif other > c:
+                for r in range(n_rows):
+                    places[r] += 1 if other_column[r] > column[r] else 0
+        for r in range(n_rows):
+            if places[r] < k:
+                top_buffer[start + r, places[r]] = c
+
+
+@vector_jit
 def score_multiclass_tile(x, args, start, stop, exps, row_max, others, counts, row_scratch):
     """Narrow schedule: the tile's row states come with it; the extra sums from its exps,
     then each row's top list, counts and fields."""
@@ -2305,11 +2345,18 @@ def score_multiclass_tile(x, args, start, stop, exps, row_max, others, counts, r
                 term = (np.float64(row[c]) - np.float64(shift)) * np.float64(e)
                 weighted[r] += term if e != 0 else 0.0
                 squares[r] += np.float64(e * e) - at_max
+    k = top_buffer.shape[1]
+    by_rank = k > 0 and (n_classes <= RANK_SELECT_MAX_CLASSES or n_classes <= 4 * k)
+    if by_rank:
+        tile_top_by_rank(x, start, stop, top_buffer)
     for r in range(stop - start):
         i = start + r
         row = x[i]
         top = top_buffer[i]
-        filled = scan_top(row, 0, n_classes, top, 0)
+        if by_rank:
+            filled = min(k, n_classes)
+        else:
+            filled = scan_top(row, 0, n_classes, top, 0)
         n_nan, n_larger = count_nan_and_larger(
             row, rank_threshold_of(row, labels, i, ignore_index, want_rank))
         finish_score_row(args, i, row, row_max[r], others[r], np.float64(counts[r]),
