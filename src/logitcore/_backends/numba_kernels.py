@@ -2291,20 +2291,28 @@ def score_multiclass_block(x, args, i, block, start, stop):
 
 
 @vector_jit
-def tile_top_by_rank(x, start, stop, top_buffer):
-    """The top lists of the narrow rows start:stop without a branch per class: a class's
-    place in its row is the number of classes with a larger logit plus those of lower
-    index with an equal one (the top list's order, ties to the lower index), counted for
-    the whole tile at once with the rows across the lanes. A row with a NaN gets some
-    list of valid class indices (no field reads it)."""
-    n_rows = stop - start
+def transpose_tile(x, start, stop):
+    """The logits of the narrow rows start:stop as (classes, rows): the passes below run
+    across the tile's rows, one lane per row."""
     n_classes = x.shape[1]
-    k = top_buffer.shape[1]
-    logits = np.empty((n_classes, n_rows), dtype=x.dtype)
-    places = np.empty(n_rows, dtype=np.int64)
-    for r in range(n_rows):
+    logits = np.empty((n_classes, stop - start), dtype=x.dtype)
+    for r in range(stop - start):
         for c in range(n_classes):
             logits[c, r] = x[start + r, c]
+    return logits
+
+
+@vector_jit
+def tile_top_by_rank(logits, start, top_buffer):
+    """The top lists of the tile's rows (``logits`` from transpose_tile, its first row is
+    row ``start``) without a branch per class: a class's place in its row is the number
+    of classes with a larger logit plus those of lower index with an equal one (the top
+    list's order, ties to the lower index), counted with the rows across the lanes. A row
+    with a NaN gets some list of valid class indices (no field reads it)."""
+    n_classes, n_rows = logits.shape
+    k = top_buffer.shape[1]
+    places = np.empty(n_rows, dtype=np.int64)
+    for r in range(n_rows):
         for j in range(k):
             top_buffer[start + r, j] = 0
     for c in range(n_classes):
@@ -2326,30 +2334,55 @@ def tile_top_by_rank(x, start, stop, top_buffer):
 
 @vector_jit
 def score_multiclass_tile(x, args, start, stop, exps, row_max, others, counts, row_scratch):
-    """Narrow schedule: the tile's row states come with it; the extra sums from its exps,
-    then each row's top list, counts and fields."""
+    """Narrow schedule: the tile's row states come with it; the extra sums, the NaN and
+    larger-than-label counts and (for few classes) the top lists across the tile's rows,
+    then each row's fields."""
     labels, ignore_index = args[0], args[1]
     want_extra, want_rank, top_buffer = args[18], args[19], args[20]
+    n_rows = stop - start
     n_classes = x.shape[1]
+    k = top_buffer.shape[1]
+    by_rank = k > 0 and (n_classes <= RANK_SELECT_MAX_CLASSES or n_classes <= 4 * k)
+    if want_extra or want_rank or by_rank:
+        logits = transpose_tile(x, start, stop)
+    else:
+        logits = transpose_tile(x, start, start)  # empty: not read
     weighted = row_scratch[0]
     squares = row_scratch[1]
     fill(weighted, 0.0)
     fill(squares, 0.0)
     if want_extra:
-        for r in range(stop - start):
-            row = x[start + r]
-            shift = shift_for(row_max[r])
-            for c in range(n_classes):
-                e = exps[c, r]
-                at_max = 1.0 if row[c] == shift else 0.0
-                term = (np.float64(row[c]) - np.float64(shift)) * np.float64(e)
+        shifts = np.empty(n_rows, dtype=x.dtype)
+        for r in range(n_rows):
+            shifts[r] = shift_for(row_max[r])
+        for c in range(n_classes):
+            column = logits[c]
+            exp_column = exps[c]
+            for r in range(n_rows):
+                e = exp_column[r]
+                at_max = 1.0 if column[r] == shifts[r] else 0.0
+                term = (np.float64(column[r]) - np.float64(shifts[r])) * np.float64(e)
                 weighted[r] += term if e != 0 else 0.0
                 squares[r] += np.float64(e * e) - at_max
-    k = top_buffer.shape[1]
-    by_rank = k > 0 and (n_classes <= RANK_SELECT_MAX_CLASSES or n_classes <= 4 * k)
+    # an exp is NaN exactly where its logit is (x - shift is never inf - inf)
+    n_nan = np.zeros(n_rows, dtype=np.int64)
+    for c in range(n_classes):
+        exp_column = exps[c]
+        for r in range(n_rows):
+            n_nan[r] += 1 if exp_column[r] != exp_column[r] else 0
+    n_larger = np.zeros(n_rows, dtype=np.int64)
+    if want_rank:
+        thresholds = np.empty(n_rows, dtype=x.dtype)
+        for r in range(n_rows):
+            thresholds[r] = rank_threshold_of(x[start + r], labels, start + r,
+                                              ignore_index, want_rank)
+        for c in range(n_classes):
+            column = logits[c]
+            for r in range(n_rows):
+                n_larger[r] += 1 if column[r] > thresholds[r] else 0
     if by_rank:
-        tile_top_by_rank(x, start, stop, top_buffer)
-    for r in range(stop - start):
+        tile_top_by_rank(logits, start, top_buffer)
+    for r in range(n_rows):
         i = start + r
         row = x[i]
         top = top_buffer[i]
@@ -2357,10 +2390,8 @@ def score_multiclass_tile(x, args, start, stop, exps, row_max, others, counts, r
             filled = min(k, n_classes)
         else:
             filled = scan_top(row, 0, n_classes, top, 0)
-        n_nan, n_larger = count_nan_and_larger(
-            row, rank_threshold_of(row, labels, i, ignore_index, want_rank))
         finish_score_row(args, i, row, row_max[r], others[r], np.float64(counts[r]),
-                         weighted[r], squares[r], top, filled, n_nan, n_larger)
+                         weighted[r], squares[r], top, filled, n_nan[r], n_larger[r])
 
 
 row_operation("score_multiclass", row=score_multiclass_row, tile=score_multiclass_tile)
