@@ -1997,7 +1997,8 @@ def log_softmax_backward(dy, y, out, n_threads=1):
 # entries in block order. The rows schedule walks a row's blocks in order, the class
 # split computes them on any thread and merges them in the same order with the same
 # functions, and the narrow schedule takes the tile's row states: one finish
-# (finish_score_row) writes every field. Results are the same bits on any thread count.
+# (finish_score_rows, a tile at a time) writes every field. Results are the same bits
+# on any thread count.
 
 # Elements per chunk of the top-list scan: one vectorised max decides whether the chunk
 # can hold a class of the top list at all.
@@ -2179,65 +2180,89 @@ def brier_of(row_max, others, n_at_max, squares, label_logit):
 
 
 @inline_jit
-def finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
-                     filled, n_nan, n_larger):
-    """Write every asked field of row i from its merged state (see the section head)."""
+def finish_score_rows(args, first, x, row_maxes, sums, counts):
+    """Write every asked field of the rows first, first + 1, ... from their merged states
+    (see the section head): row r's max in row_maxes[r], its (others, n_at_max,
+    weighted, squares) in sums[:, r] and (filled, n_nan, n_larger) in counts[:, r]. The
+    operands are unpacked once for all the rows: unpacked per row, their reference
+    counts cost more than a narrow row's fields."""
     (labels, ignore_index, top_k, pred_out, max_logit_out, confidence_out, margin_out,
      logit_margin_out, entropy_out, logsumexp_out, top_k_indices_out, top_k_probs_out,
      label_logprob_out, loss_out, correct_out, label_rank_out, brier_out, want_sums,
-     want_extra, want_rank, top_buffer) = args
-    nan_row = n_nan > 0
-    max64 = np.float64(row_max)
-    # log(sum exp(x - max)), NaN where there is no softmax (unused without the sums)
-    log_sum = log_sum_or_nan(row_max, others, n_at_max) if want_sums else np.nan
-    pred = -1 if nan_row or filled == 0 else top[0]
-    if pred_out.shape[0]:
-        pred_out[i] = pred
-    if max_logit_out.shape[0]:
-        max_logit_out[i] = np.nan if nan_row else max64
-    confidence = fast_exp(-log_sum) if want_sums else np.nan  # exp((M - M) - log_sum)
-    if confidence_out.shape[0]:
-        confidence_out[i] = confidence
-    if margin_out.shape[0] or logit_margin_out.shape[0]:
-        # the second class of the order; a one-class row has none: logit -inf, p 0
-        second = np.float64(row[top[1]]) if filled > 1 else -np.inf
-        if margin_out.shape[0]:
-            margin_out[i] = confidence - fast_exp((second - max64) - log_sum)
-        if logit_margin_out.shape[0]:
-            logit_margin_out[i] = np.nan if nan_row else max64 - second
-    # From the one log of the row: H = log S - sum (x - M) e / S and lse = M + log S
-    # (the edge rows, whose log_sum is NaN, take the row state's own formula).
-    defined = not np.isnan(log_sum)
-    if entropy_out.shape[0]:
-        entropy_out[i] = log_sum - weighted / (others + n_at_max) if defined else np.nan
-    if logsumexp_out.shape[0]:
-        logsumexp_out[i] = (max64 + log_sum if defined
-                            else log_sum_exp_of(row_max, others, n_at_max))
-    # probabilities first: the top list may be top_k_indices_out's row itself
-    if top_k_probs_out.shape[0]:
-        for j in range(top_k):
-            logit = np.float64(row[top[j]]) if j < filled else np.nan
-            top_k_probs_out[i, j] = fast_exp((logit - max64) - log_sum)
-    if top_k_indices_out.shape[0]:
-        for j in range(top_k):
-            top_k_indices_out[i, j] = -1 if nan_row or j >= filled else top[j]
-    if labels.shape[0] == 0:
-        return
-    label = labels[i]
-    kept = label != ignore_index
-    label_logit = np.float64(row[label]) if kept else 0.0
-    label_logprob = (label_logit - max64) - log_sum if kept else 0.0
-    if label_logprob_out.shape[0]:
-        label_logprob_out[i] = label_logprob
-    if loss_out.shape[0]:
-        loss_out[i] = 0.0 - label_logprob  # a certain label: loss 0.0, not -0.0
-    scored = kept and not nan_row
-    if correct_out.shape[0]:
-        correct_out[i] = 1 if scored and pred == label else 0
-    if label_rank_out.shape[0]:
-        label_rank_out[i] = 1 + n_larger if scored else 0
-    if brier_out.shape[0]:
-        brier_out[i] = brier_of(row_max, others, n_at_max, squares, label_logit) if kept else 0.0
+     want_extra, want_rank, top_buffer, _, _, _) = args
+    for r in range(row_maxes.shape[0]):
+        i = first + r
+        row = x[i]
+        top = top_buffer[i]
+        row_max = row_maxes[r]
+        others, n_at_max, weighted, squares = sums[0, r], sums[1, r], sums[2, r], sums[3, r]
+        filled, n_nan, n_larger = counts[0, r], counts[1, r], counts[2, r]
+        nan_row = n_nan > 0
+        max64 = np.float64(row_max)
+        # log(sum exp(x - max)), NaN where there is no softmax (unused without the sums)
+        log_sum = log_sum_or_nan(row_max, others, n_at_max) if want_sums else np.nan
+        pred = -1 if nan_row or filled == 0 else top[0]
+        if pred_out.shape[0]:
+            pred_out[i] = pred
+        if max_logit_out.shape[0]:
+            max_logit_out[i] = np.nan if nan_row else max64
+        confidence = fast_exp(-log_sum) if want_sums else np.nan  # exp((M - M) - log_sum)
+        if confidence_out.shape[0]:
+            confidence_out[i] = confidence
+        if margin_out.shape[0] or logit_margin_out.shape[0]:
+            # the second class of the order; a one-class row has none: logit -inf, p 0
+            second = np.float64(row[top[1]]) if filled > 1 else -np.inf
+            if margin_out.shape[0]:
+                margin_out[i] = confidence - fast_exp((second - max64) - log_sum)
+            if logit_margin_out.shape[0]:
+                logit_margin_out[i] = np.nan if nan_row else max64 - second
+        # From the one log of the row: H = log S - sum (x - M) e / S and lse = M + log S
+        # (the edge rows, whose log_sum is NaN, take the row state's own formula).
+        defined = not np.isnan(log_sum)
+        if entropy_out.shape[0]:
+            entropy_out[i] = log_sum - weighted / (others + n_at_max) if defined else np.nan
+        if logsumexp_out.shape[0]:
+            logsumexp_out[i] = (max64 + log_sum if defined
+                                else log_sum_exp_of(row_max, others, n_at_max))
+        # probabilities first: the top list may be top_k_indices_out's row itself
+        if top_k_probs_out.shape[0]:
+            for j in range(top_k):
+                logit = np.float64(row[top[j]]) if j < filled else np.nan
+                top_k_probs_out[i, j] = fast_exp((logit - max64) - log_sum)
+        if top_k_indices_out.shape[0]:
+            for j in range(top_k):
+                top_k_indices_out[i, j] = -1 if nan_row or j >= filled else top[j]
+        if labels.shape[0] == 0:
+            continue
+        label = labels[i]
+        kept = label != ignore_index
+        label_logit = np.float64(row[label]) if kept else 0.0
+        label_logprob = (label_logit - max64) - log_sum if kept else 0.0
+        if label_logprob_out.shape[0]:
+            label_logprob_out[i] = label_logprob
+        if loss_out.shape[0]:
+            loss_out[i] = 0.0 - label_logprob  # a certain label: loss 0.0, not -0.0
+        scored = kept and not nan_row
+        if correct_out.shape[0]:
+            correct_out[i] = 1 if scored and pred == label else 0
+        if label_rank_out.shape[0]:
+            label_rank_out[i] = 1 + n_larger if scored else 0
+        if brier_out.shape[0]:
+            brier_out[i] = brier_of(row_max, others, n_at_max, squares, label_logit) if kept else 0.0
+
+
+@inline_jit
+def finish_one_score_row(args, x, i, row_max, others, n_at_max, weighted, squares, filled,
+                         n_nan, n_larger):
+    """finish_score_rows for the one row i of x, its state kept in the call's per-row
+    buffers (args[21:24]; allocated for the rows and class-split schedules only)."""
+    row_maxes, row_sums, row_counts = args[21], args[22], args[23]
+    row_maxes[i] = row_max
+    row_sums[0, i], row_sums[1, i], row_sums[2, i], row_sums[3, i] = (others, n_at_max,
+                                                                      weighted, squares)
+    row_counts[0, i], row_counts[1, i], row_counts[2, i] = filled, n_nan, n_larger
+    finish_score_rows(args, i, x, row_maxes[i : i + 1], row_sums[:, i : i + 1],
+                      row_counts[:, i : i + 1])
 
 
 @vector_jit
@@ -2271,8 +2296,8 @@ def score_multiclass_row(x, args, i):
             n_larger += block_larger
         row_max, others, n_at_max, weighted, squares = merge_score_blocks(
             block_maxes, block_sums[0], block_sums[1], block_sums[2], block_sums[3])
-    finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
-                     filled, n_nan, n_larger)
+    finish_one_score_row(args, x, i, row_max, others, n_at_max, weighted, squares,
+                         filled, n_nan, n_larger)
 
 
 @vector_jit
@@ -2281,7 +2306,7 @@ def score_multiclass_block(x, args, i, block, start, stop):
     # the call's operands (as the row step gets them), then the split's buffers
     labels, ignore_index = args[0], args[1]
     want_sums, want_extra, want_rank = args[17], args[18], args[19]
-    block_maxes, block_sums, block_tops, block_counts = args[21], args[22], args[23], args[24]
+    block_maxes, block_sums, block_tops, block_counts = args[24], args[25], args[26], args[27]
     row = x[i]
     (block_maxes[i, block], block_sums[0, i, block], block_sums[1, i, block],
      block_sums[2, i, block], block_sums[3, i, block], block_counts[0, i, block],
@@ -2382,16 +2407,21 @@ def score_multiclass_tile(x, args, start, stop, exps, row_max, others, counts, r
                 n_larger[r] += 1 if column[r] > thresholds[r] else 0
     if by_rank:
         tile_top_by_rank(logits, start, top_buffer)
+    sums = np.empty((4, n_rows))
     for r in range(n_rows):
-        i = start + r
-        row = x[i]
-        top = top_buffer[i]
+        sums[0, r] = others[r]
+        sums[1, r] = counts[r]
+        sums[2, r] = weighted[r]
+        sums[3, r] = squares[r]
+    row_counts = np.empty((3, n_rows), dtype=np.int64)
+    for r in range(n_rows):
         if by_rank:
-            filled = min(k, n_classes)
+            row_counts[0, r] = min(k, n_classes)
         else:
-            filled = scan_top(row, 0, n_classes, top, 0)
-        finish_score_row(args, i, row, row_max[r], others[r], np.float64(counts[r]),
-                         weighted[r], squares[r], top, filled, n_nan[r], n_larger[r])
+            row_counts[0, r] = scan_top(x[start + r], 0, n_classes, top_buffer[start + r], 0)
+        row_counts[1, r] = n_nan[r]
+        row_counts[2, r] = n_larger[r]
+    finish_score_rows(args, start, x, row_max[:n_rows], sums, row_counts)
 
 
 row_operation("score_multiclass", row=score_multiclass_row, tile=score_multiclass_tile)
@@ -2432,8 +2462,19 @@ def _score_multiclass_split(x, *args):
         for block in range(n_blocks):
             n_nan += block_counts[1, i, block]
             n_larger += block_counts[2, i, block]
-        finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
-                         filled, n_nan, n_larger)
+        finish_one_score_row(args, x, i, row_max, others, n_at_max, weighted, squares,
+                             filled, n_nan, n_larger)
+
+
+def _row_state_buffers(x, n_threads):
+    """Per-row state buffers of finish_one_score_row (max, sums, counts), for the rows
+    and class-split schedules; narrow tiles keep their own, so these are empty there."""
+    n_rows, n_classes = x.shape
+    threads = usable_threads(n_threads)
+    if not _splits_classes(n_rows, n_classes, threads) and _is_narrow(n_classes):
+        n_rows = 0
+    return (np.empty(n_rows, x.dtype), np.empty((4, n_rows)),
+            np.empty((3, n_rows), np.int64))
 
 
 def _asked(*outputs):
@@ -2465,7 +2506,7 @@ def score_multiclass(x, labels, ignore_index, top_k, pred_out, max_logit_out,
                      confidence_out, margin_out, logit_margin_out, entropy_out,
                      logsumexp_out, top_k_indices_out, top_k_probs_out, label_logprob_out,
                      loss_out, correct_out, label_rank_out, brier_out, want_sums,
-                     want_extra, want_rank, top_buffer)
+                     want_extra, want_rank, top_buffer, *_row_state_buffers(x, n_threads))
 
 
 # Binary: one logit per item, elementwise (flat schedule). Computed in float64 for
