@@ -2458,17 +2458,29 @@ def log_softmax_backward(dy, y, out, n_threads=1):
 #   logit, ties in class order (classes arrive in index order and an equal logit goes
 #   after); a chunk whose max does not beat the k-th logit is skipped after one
 #   vectorised max;
+#   narrow rows of few classes count each class's place in the list instead
+#   (tile_top_by_rank), for the whole row tile at once;
 # * how many logits are NaN and how many exceed the label's logit (read first: the rank).
 # Blocks merge as the row state does (merge_block_stats), the extra sums rescaled by
 # exp(block max - row max) (merge_score_blocks); top lists by inserting a block's
 # entries in block order. The rows schedule walks a row's blocks in order, the class
 # split computes them on any thread and merges them in the same order with the same
 # functions, and the narrow schedule takes the tile's row states: one finish
-# (finish_score_row) writes every field. Results are the same bits on any thread count.
+# (finish_score_rows, a tile at a time) writes every field. Results are the same bits
+# on any thread count.
 
 # Elements per chunk of the top-list scan: one vectorised max decides whether the chunk
 # can hold a class of the top list at all.
 ORDER_CHUNK = 64
+# Narrow rows up to this many classes (or up to 4 per top-list entry) take their top
+# lists by counting every class's place (tile_top_by_rank, C^2 vectorised compares)
+# rather than by insertion, whose branches mispredict on every other class.
+RANK_SELECT_MAX_CLASSES = 16
+
+# The per-row helpers of the scoring section are inlined by numba itself (before LLVM):
+# on narrow rows they run once per row of a few classes, where a call that passes the
+# operand tuple and array views costs as much as the row's arithmetic.
+inline_jit = njit(error_model="numpy", inline="always")
 
 
 @vector_jit
@@ -2543,7 +2555,7 @@ def merge_score_blocks(block_maxes, block_others, block_counts, block_weighted,
     return row_max, others, n_at_max, weighted, squares
 
 
-@plain_jit
+@inline_jit
 def insert_top(row, top, filled, index):
     """Put class ``index`` into the top list ``top[:filled]`` (class indices by descending
     logit); an equal logit goes after, since classes arrive in index order. With a full
@@ -2558,7 +2570,7 @@ def insert_top(row, top, filled, index):
     return min(filled + 1, k)
 
 
-@plain_jit
+@inline_jit
 def scan_top(row, start, stop, top, filled):
     """The classes start:stop of ``row`` into its top list (``filled`` long); returns the
     new length. A chunk whose max does not beat the k-th logit is skipped."""
@@ -2607,7 +2619,7 @@ def score_block(row, start, stop, rank_threshold, want_sums, want_extra, top, fi
     return block_max, others, n_at_max, weighted, squares, filled, n_nan, n_larger
 
 
-@plain_jit
+@inline_jit
 def rank_threshold_of(row, labels, i, ignore_index, want_rank):
     """The label's logit, read before the row (label_rank counts the logits above it);
     +inf, which no logit exceeds, when the rank is not asked or the row is ignored."""
@@ -2616,7 +2628,7 @@ def rank_threshold_of(row, labels, i, ignore_index, want_rank):
     return cast_like(np.inf, row)
 
 
-@plain_jit
+@inline_jit
 def brier_of(row_max, others, n_at_max, squares, label_logit):
     """sum_c (p_c - onehot(y)_c)^2 = sum_{c != y} p_c^2 + (1 - p_y)^2, each part from
     sums that leave the label's term out, so that a saturated row (p_y near 1) keeps its
@@ -2636,66 +2648,90 @@ def brier_of(row_max, others, n_at_max, squares, label_logit):
     return rest_squares / (total * total) + rest_fraction * rest_fraction
 
 
-@plain_jit
-def finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
-                     filled, n_nan, n_larger):
-    """Write every asked field of row i from its merged state (see the section head)."""
+@inline_jit
+def finish_score_rows(args, first, x, row_maxes, sums, counts):
+    """Write every asked field of the rows first, first + 1, ... from their merged states
+    (see the section head): row r's max in row_maxes[r], its (others, n_at_max,
+    weighted, squares) in sums[:, r] and (filled, n_nan, n_larger) in counts[:, r]. The
+    operands are unpacked once for all the rows: unpacked per row, their reference
+    counts cost more than a narrow row's fields."""
     (labels, ignore_index, top_k, pred_out, max_logit_out, confidence_out, margin_out,
      logit_margin_out, entropy_out, logsumexp_out, top_k_indices_out, top_k_probs_out,
      label_logprob_out, loss_out, correct_out, label_rank_out, brier_out, want_sums,
-     want_extra, want_rank, top_buffer) = args
-    nan_row = n_nan > 0
-    max64 = np.float64(row_max)
-    # log(sum exp(x - max)), NaN where there is no softmax (unused without the sums)
-    log_sum = log_sum_or_nan(row_max, others, n_at_max) if want_sums else np.nan
-    pred = -1 if nan_row or filled == 0 else top[0]
-    if pred_out.shape[0]:
-        pred_out[i] = pred
-    if max_logit_out.shape[0]:
-        max_logit_out[i] = np.nan if nan_row else max64
-    confidence = fast_exp(-log_sum) if want_sums else np.nan  # exp((M - M) - log_sum)
-    if confidence_out.shape[0]:
-        confidence_out[i] = confidence
-    if margin_out.shape[0] or logit_margin_out.shape[0]:
-        # the second class of the order; a one-class row has none: logit -inf, p 0
-        second = np.float64(row[top[1]]) if filled > 1 else -np.inf
-        if margin_out.shape[0]:
-            margin_out[i] = confidence - fast_exp((second - max64) - log_sum)
-        if logit_margin_out.shape[0]:
-            logit_margin_out[i] = np.nan if nan_row else max64 - second
-    # From the one log of the row: H = log S - sum (x - M) e / S and lse = M + log S
-    # (the edge rows, whose log_sum is NaN, take the row state's own formula).
-    defined = not np.isnan(log_sum)
-    if entropy_out.shape[0]:
-        entropy_out[i] = log_sum - weighted / (others + n_at_max) if defined else np.nan
-    if logsumexp_out.shape[0]:
-        logsumexp_out[i] = (max64 + log_sum if defined
-                            else log_sum_exp_of(row_max, others, n_at_max))
-    # probabilities first: the top list may be top_k_indices_out's row itself
-    if top_k_probs_out.shape[0]:
-        for j in range(top_k):
-            logit = np.float64(row[top[j]]) if j < filled else np.nan
-            top_k_probs_out[i, j] = fast_exp((logit - max64) - log_sum)
-    if top_k_indices_out.shape[0]:
-        for j in range(top_k):
-            top_k_indices_out[i, j] = -1 if nan_row or j >= filled else top[j]
-    if labels.shape[0] == 0:
-        return
-    label = labels[i]
-    kept = label != ignore_index
-    label_logit = np.float64(row[label]) if kept else 0.0
-    label_logprob = (label_logit - max64) - log_sum if kept else 0.0
-    if label_logprob_out.shape[0]:
-        label_logprob_out[i] = label_logprob
-    if loss_out.shape[0]:
-        loss_out[i] = 0.0 - label_logprob  # a certain label: loss 0.0, not -0.0
-    scored = kept and not nan_row
-    if correct_out.shape[0]:
-        correct_out[i] = 1 if scored and pred == label else 0
-    if label_rank_out.shape[0]:
-        label_rank_out[i] = 1 + n_larger if scored else 0
-    if brier_out.shape[0]:
-        brier_out[i] = brier_of(row_max, others, n_at_max, squares, label_logit) if kept else 0.0
+     want_extra, want_rank, top_buffer, _, _, _) = args
+    for r in range(row_maxes.shape[0]):
+        i = first + r
+        row = x[i]
+        top = top_buffer[i]
+        row_max = row_maxes[r]
+        others, n_at_max, weighted, squares = sums[0, r], sums[1, r], sums[2, r], sums[3, r]
+        filled, n_nan, n_larger = counts[0, r], counts[1, r], counts[2, r]
+        nan_row = n_nan > 0
+        max64 = np.float64(row_max)
+        # log(sum exp(x - max)), NaN where there is no softmax (unused without the sums)
+        log_sum = log_sum_or_nan(row_max, others, n_at_max) if want_sums else np.nan
+        pred = -1 if nan_row or filled == 0 else top[0]
+        if pred_out.shape[0]:
+            pred_out[i] = pred
+        if max_logit_out.shape[0]:
+            max_logit_out[i] = np.nan if nan_row else max64
+        confidence = fast_exp(-log_sum) if want_sums else np.nan  # exp((M - M) - log_sum)
+        if confidence_out.shape[0]:
+            confidence_out[i] = confidence
+        if margin_out.shape[0] or logit_margin_out.shape[0]:
+            # the second class of the order; a one-class row has none: logit -inf, p 0
+            second = np.float64(row[top[1]]) if filled > 1 else -np.inf
+            if margin_out.shape[0]:
+                margin_out[i] = confidence - fast_exp((second - max64) - log_sum)
+            if logit_margin_out.shape[0]:
+                logit_margin_out[i] = np.nan if nan_row else max64 - second
+        # From the one log of the row: H = log S - sum (x - M) e / S and lse = M + log S
+        # (the edge rows, whose log_sum is NaN, take the row state's own formula).
+        defined = not np.isnan(log_sum)
+        if entropy_out.shape[0]:
+            entropy_out[i] = log_sum - weighted / (others + n_at_max) if defined else np.nan
+        if logsumexp_out.shape[0]:
+            logsumexp_out[i] = (max64 + log_sum if defined
+                                else log_sum_exp_of(row_max, others, n_at_max))
+        # probabilities first: the top list may be top_k_indices_out's row itself
+        if top_k_probs_out.shape[0]:
+            for j in range(top_k):
+                logit = np.float64(row[top[j]]) if j < filled else np.nan
+                top_k_probs_out[i, j] = fast_exp((logit - max64) - log_sum)
+        if top_k_indices_out.shape[0]:
+            for j in range(top_k):
+                top_k_indices_out[i, j] = -1 if nan_row or j >= filled else top[j]
+        if labels.shape[0] == 0:
+            continue
+        label = labels[i]
+        kept = label != ignore_index
+        label_logit = np.float64(row[label]) if kept else 0.0
+        label_logprob = (label_logit - max64) - log_sum if kept else 0.0
+        if label_logprob_out.shape[0]:
+            label_logprob_out[i] = label_logprob
+        if loss_out.shape[0]:
+            loss_out[i] = 0.0 - label_logprob  # a certain label: loss 0.0, not -0.0
+        scored = kept and not nan_row
+        if correct_out.shape[0]:
+            correct_out[i] = 1 if scored and pred == label else 0
+        if label_rank_out.shape[0]:
+            label_rank_out[i] = 1 + n_larger if scored else 0
+        if brier_out.shape[0]:
+            brier_out[i] = brier_of(row_max, others, n_at_max, squares, label_logit) if kept else 0.0
+
+
+@inline_jit
+def finish_one_score_row(args, x, i, row_max, others, n_at_max, weighted, squares, filled,
+                         n_nan, n_larger):
+    """finish_score_rows for the one row i of x, its state kept in the call's per-row
+    buffers (args[21:24]; allocated for the rows and class-split schedules only)."""
+    row_maxes, row_sums, row_counts = args[21], args[22], args[23]
+    row_maxes[i] = row_max
+    row_sums[0, i], row_sums[1, i], row_sums[2, i], row_sums[3, i] = (others, n_at_max,
+                                                                      weighted, squares)
+    row_counts[0, i], row_counts[1, i], row_counts[2, i] = filled, n_nan, n_larger
+    finish_score_rows(args, i, x, row_maxes[i : i + 1], row_sums[:, i : i + 1],
+                      row_counts[:, i : i + 1])
 
 
 @vector_jit
@@ -2729,8 +2765,8 @@ def score_multiclass_row(x, args, i):
             n_larger += block_larger
         row_max, others, n_at_max, weighted, squares = merge_score_blocks(
             block_maxes, block_sums[0], block_sums[1], block_sums[2], block_sums[3])
-    finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
-                     filled, n_nan, n_larger)
+    finish_one_score_row(args, x, i, row_max, others, n_at_max, weighted, squares,
+                         filled, n_nan, n_larger)
 
 
 @vector_jit
@@ -2739,7 +2775,7 @@ def score_multiclass_block(x, args, i, block, start, stop):
     # the call's operands (as the row step gets them), then the split's buffers
     labels, ignore_index = args[0], args[1]
     want_sums, want_extra, want_rank = args[17], args[18], args[19]
-    block_maxes, block_sums, block_tops, block_counts = args[21], args[22], args[23], args[24]
+    block_maxes, block_sums, block_tops, block_counts = args[24], args[25], args[26], args[27]
     row = x[i]
     (block_maxes[i, block], block_sums[0, i, block], block_sums[1, i, block],
      block_sums[2, i, block], block_sums[3, i, block], block_counts[0, i, block],
@@ -2749,35 +2785,112 @@ def score_multiclass_block(x, args, i, block, start, stop):
 
 
 @vector_jit
+def transpose_tile(x, start, stop):
+    """The logits of the narrow rows start:stop as (classes, rows): the passes below run
+    across the tile's rows, one lane per row."""
+    n_classes = x.shape[1]
+    logits = np.empty((n_classes, stop - start), dtype=x.dtype)
+    for r in range(stop - start):
+        for c in range(n_classes):
+            logits[c, r] = x[start + r, c]
+    return logits
+
+
+@vector_jit
+def tile_top_by_rank(logits, start, top_buffer):
+    """The top lists of the tile's rows (``logits`` from transpose_tile, its first row is
+    row ``start``) without a branch per class: a class's place in its row is the number
+    of classes with a larger logit plus those of lower index with an equal one (the top
+    list's order, ties to the lower index), counted with the rows across the lanes. A row
+    with a NaN gets some list of valid class indices (no field reads it)."""
+    n_classes, n_rows = logits.shape
+    k = top_buffer.shape[1]
+    places = np.empty(n_rows, dtype=np.int64)
+    for r in range(n_rows):
+        for j in range(k):
+            top_buffer[start + r, j] = 0
+    for c in range(n_classes):
+        column = logits[c]
+        for r in range(n_rows):
+            places[r] = 0
+        for other in range(n_classes):
+            other_column = logits[other]
+            if other < c:
+                for r in range(n_rows):
+                    places[r] += 1 if other_column[r] >= column[r] else 0
+            elif other > c:
+                for r in range(n_rows):
+                    places[r] += 1 if other_column[r] > column[r] else 0
+        for r in range(n_rows):
+            if places[r] < k:
+                top_buffer[start + r, places[r]] = c
+
+
+@vector_jit
 def score_multiclass_tile(x, args, start, stop, exps, row_max, others, counts, row_scratch):
-    """Narrow schedule: the tile's row states come with it; the extra sums from its exps,
-    then each row's top list, counts and fields."""
+    """Narrow schedule: the tile's row states come with it; the extra sums, the NaN and
+    larger-than-label counts and (for few classes) the top lists across the tile's rows,
+    then each row's fields."""
     labels, ignore_index = args[0], args[1]
     want_extra, want_rank, top_buffer = args[18], args[19], args[20]
+    n_rows = stop - start
     n_classes = x.shape[1]
+    k = top_buffer.shape[1]
+    by_rank = k > 0 and (n_classes <= RANK_SELECT_MAX_CLASSES or n_classes <= 4 * k)
+    if want_extra or want_rank or by_rank:
+        logits = transpose_tile(x, start, stop)
+    else:
+        logits = transpose_tile(x, start, start)  # empty: not read
     weighted = row_scratch[0]
     squares = row_scratch[1]
     fill(weighted, 0.0)
     fill(squares, 0.0)
     if want_extra:
-        for r in range(stop - start):
-            row = x[start + r]
-            shift = shift_for(row_max[r])
-            for c in range(n_classes):
-                e = exps[c, r]
-                at_max = 1.0 if row[c] == shift else 0.0
-                term = (np.float64(row[c]) - np.float64(shift)) * np.float64(e)
+        shifts = np.empty(n_rows, dtype=x.dtype)
+        for r in range(n_rows):
+            shifts[r] = shift_for(row_max[r])
+        for c in range(n_classes):
+            column = logits[c]
+            exp_column = exps[c]
+            for r in range(n_rows):
+                e = exp_column[r]
+                at_max = 1.0 if column[r] == shifts[r] else 0.0
+                term = (np.float64(column[r]) - np.float64(shifts[r])) * np.float64(e)
                 weighted[r] += term if e != 0 else 0.0
                 squares[r] += np.float64(e * e) - at_max
-    for r in range(stop - start):
-        i = start + r
-        row = x[i]
-        top = top_buffer[i]
-        filled = scan_top(row, 0, n_classes, top, 0)
-        n_nan, n_larger = count_nan_and_larger(
-            row, rank_threshold_of(row, labels, i, ignore_index, want_rank))
-        finish_score_row(args, i, row, row_max[r], others[r], np.float64(counts[r]),
-                         weighted[r], squares[r], top, filled, n_nan, n_larger)
+    # an exp is NaN exactly where its logit is (x - shift is never inf - inf)
+    n_nan = np.zeros(n_rows, dtype=np.int64)
+    for c in range(n_classes):
+        exp_column = exps[c]
+        for r in range(n_rows):
+            n_nan[r] += 1 if exp_column[r] != exp_column[r] else 0
+    n_larger = np.zeros(n_rows, dtype=np.int64)
+    if want_rank:
+        thresholds = np.empty(n_rows, dtype=x.dtype)
+        for r in range(n_rows):
+            thresholds[r] = rank_threshold_of(x[start + r], labels, start + r,
+                                              ignore_index, want_rank)
+        for c in range(n_classes):
+            column = logits[c]
+            for r in range(n_rows):
+                n_larger[r] += 1 if column[r] > thresholds[r] else 0
+    if by_rank:
+        tile_top_by_rank(logits, start, top_buffer)
+    sums = np.empty((4, n_rows))
+    for r in range(n_rows):
+        sums[0, r] = others[r]
+        sums[1, r] = counts[r]
+        sums[2, r] = weighted[r]
+        sums[3, r] = squares[r]
+    row_counts = np.empty((3, n_rows), dtype=np.int64)
+    for r in range(n_rows):
+        if by_rank:
+            row_counts[0, r] = min(k, n_classes)
+        else:
+            row_counts[0, r] = scan_top(x[start + r], 0, n_classes, top_buffer[start + r], 0)
+        row_counts[1, r] = n_nan[r]
+        row_counts[2, r] = n_larger[r]
+    finish_score_rows(args, start, x, row_max[:n_rows], sums, row_counts)
 
 
 row_operation("score_multiclass", row=score_multiclass_row, tile=score_multiclass_tile)
@@ -2818,8 +2931,19 @@ def _score_multiclass_split(x, *args):
         for block in range(n_blocks):
             n_nan += block_counts[1, i, block]
             n_larger += block_counts[2, i, block]
-        finish_score_row(args, i, row, row_max, others, n_at_max, weighted, squares, top,
-                         filled, n_nan, n_larger)
+        finish_one_score_row(args, x, i, row_max, others, n_at_max, weighted, squares,
+                             filled, n_nan, n_larger)
+
+
+def _row_state_buffers(x, n_threads):
+    """Per-row state buffers of finish_one_score_row (max, sums, counts), for the rows
+    and class-split schedules; narrow tiles keep their own, so these are empty there."""
+    n_rows, n_classes = x.shape
+    threads = usable_threads(n_threads)
+    if not _splits_classes(n_rows, n_classes, threads) and _is_narrow(n_classes):
+        n_rows = 0
+    return (np.empty(n_rows, x.dtype), np.empty((4, n_rows)),
+            np.empty((3, n_rows), np.int64))
 
 
 def _asked(*outputs):
@@ -2851,7 +2975,7 @@ def score_multiclass(x, labels, ignore_index, top_k, pred_out, max_logit_out,
                      confidence_out, margin_out, logit_margin_out, entropy_out,
                      logsumexp_out, top_k_indices_out, top_k_probs_out, label_logprob_out,
                      loss_out, correct_out, label_rank_out, brier_out, want_sums,
-                     want_extra, want_rank, top_buffer)
+                     want_extra, want_rank, top_buffer, *_row_state_buffers(x, n_threads))
 
 
 # Binary: one logit per item, elementwise (flat schedule). Computed in float64 for
