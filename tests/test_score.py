@@ -317,7 +317,9 @@ def test_every_schedule_matches_torch_on_edge_rows(backend, dtype, shape, top_k)
 @pytest.mark.parametrize("shape", SCHEDULE_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_each_field_alone_is_the_field_of_all(backend, shape):
     """A field asked alone (its kernel computes only what that field needs: no sums for
-    pred, a top-k heap of 2 for margin, ...) has the values it has among all fields."""
+    pred, a top-k heap of 2 for margin, ...) has the values it has among all fields:
+    integer and flag fields exactly, float fields to the last bit or two (numba sums the
+    exps in another loop when neither entropy nor brier is asked)."""
     x, labels = _edge_batch(shape, np.float64)
     every = logitcore.score(x, labels, top_k=3, backend=backend)
     for name in every.fields:
@@ -325,7 +327,11 @@ def test_each_field_alone_is_the_field_of_all(backend, shape):
             continue
         alone = logitcore.score(x, labels, top_k=3, fields=[name], backend=backend)
         assert alone.fields == (name,)
-        np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
+        if every[name].dtype.kind == "f":
+            np.testing.assert_allclose(alone[name], every[name], rtol=1e-15, atol=1e-15,
+                                       err_msg=name)
+        else:
+            np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -370,9 +376,13 @@ def test_multilabel_and_binary_long_inputs_match_torch(backend, shape):
 COMPILED_SCORE_BACKENDS = [name for name in BACKENDS if name != "numpy"]
 
 
-@pytest.mark.parametrize("backend", COMPILED_SCORE_BACKENDS)
-def test_kernel_operands_that_break_the_contract_name_themselves(backend):
-    module = load(backend)
+def test_kernel_operands_that_break_the_contract_name_themselves():
+    """The cython entry points check their operands (a wrong buffer would be written out
+    of bounds in C); numba's take them from the Python layer's checks, as its other
+    kernels do."""
+    if "cython" not in COMPILED_SCORE_BACKENDS:
+        pytest.skip("the cython backend is not available")
+    module = load("cython")
     x = np.zeros((4, 3))
     empty_field, empty_top = np.empty(0), np.empty((0, 0))
     outputs = [np.empty(0, np.int64)] + [empty_field] * 6 + [np.empty((0, 0), np.int64),

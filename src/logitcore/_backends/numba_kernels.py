@@ -2785,7 +2785,7 @@ def score_multiclass_block(x, args, i, block, start, stop):
 
 
 @vector_jit
-def transpose_tile(x, start, stop):
+def transposed_tile_copy(x, start, stop):
     """The logits of the narrow rows start:stop as (classes, rows): the passes below run
     across the tile's rows, one lane per row."""
     n_classes = x.shape[1]
@@ -2798,7 +2798,7 @@ def transpose_tile(x, start, stop):
 
 @vector_jit
 def tile_top_by_rank(logits, start, top_buffer):
-    """The top lists of the tile's rows (``logits`` from transpose_tile, its first row is
+    """The top lists of the tile's rows (``logits`` from transposed_tile_copy, its first row is
     row ``start``) without a branch per class: a class's place in its row is the number
     of classes with a larger logit plus those of lower index with an equal one (the top
     list's order, ties to the lower index), counted with the rows across the lanes. A row
@@ -2838,9 +2838,9 @@ def score_multiclass_tile(x, args, start, stop, exps, row_max, others, counts, r
     k = top_buffer.shape[1]
     by_rank = k > 0 and (n_classes <= RANK_SELECT_MAX_CLASSES or n_classes <= 4 * k)
     if want_extra or want_rank or by_rank:
-        logits = transpose_tile(x, start, stop)
+        logits = transposed_tile_copy(x, start, stop)
     else:
-        logits = transpose_tile(x, start, start)  # empty: not read
+        logits = transposed_tile_copy(x, start, start)  # empty: not read
     weighted = row_scratch[0]
     squares = row_scratch[1]
     fill(weighted, 0.0)
