@@ -306,7 +306,7 @@ def _score_demo(args) -> int:
           f"ECE {100 * calibration['ece_before']:.2f}%: the model is over-confident")
     print(f"after calibration (T = {calibration['temperature']:.4f}): validation NLL "
           f"{calibration['nll_after']:.4f}, ECE {100 * calibration['ece_after']:.2f}%")
-    print(f"summary of the scored rows, with T applied:")
+    print("summary of the scored rows, with T applied:")
     print(files.format_summary(document))
     print(f"mean confidence {figures['mean_confidence']:.3f} against accuracy "
           f"{figures['accuracy']:.3f}, ECE {100 * figures['ece']:.2f}%")
