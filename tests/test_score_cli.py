@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.optimize
 import scipy.special
 
 import logitcore
@@ -290,15 +291,23 @@ def test_zero_rows_give_an_empty_output(tmp_path):
 def test_demo_writes_parquet_and_summary(tmp_path):
     pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
+    pytest.importorskip("matplotlib")
     result = run_cli("--demo", "--demo-rows", 5000, "-o", tmp_path / "demo")
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    figures = document["summary"]
+    figures, calibration = document["summary"], document["calibration"]
     assert document["rows"] == figures["n"] == 5000
-    # over-confident: 68% accurate with a mean confidence of about 0.88
-    assert 0.63 < figures["accuracy"] < 0.73 and 0.85 < figures["mean_confidence"] < 0.92
+    # The model is over-confident (T = 2.5 is the exact fix of the demo's data): at T = 1
+    # the validation ECE is large; the fitted T brings it, and the scored rows', down.
+    assert calibration["source"] == "fitted" and calibration["status"] == "optimal"
+    assert 2.2 < calibration["temperature"] < 2.8
+    assert calibration["ece_before"] > 0.15 and calibration["ece_after"] < 0.03
+    assert calibration["nll_after"] < calibration["nll_before"]
+    assert 0.63 < figures["accuracy"] < 0.73
+    assert abs(figures["mean_confidence"] - figures["accuracy"]) < 0.03 and figures["ece"] < 0.03
     assert pq.read_metadata(tmp_path / "demo" / "scores.parquet").num_rows == 5000
-    assert "over-confident" in result.stdout
+    assert (tmp_path / "demo" / "reliability.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "over-confident" in result.stdout and "after calibration" in result.stdout
 
 
 def test_demo_data_do_not_depend_on_the_chunk_size():
@@ -479,3 +488,186 @@ def test_usage_errors_exit_2(tmp_path):
     assert result.returncode == 2 and "-o OUT" in result.stderr
     result = run_cli(tmp_path / "x.npy", "-o", "o.npz", "--chunk-rows", 5, "--memory", 9)
     assert result.returncode == 2 and "not allowed with" in result.stderr
+
+
+# --- calibration: --temperature, --fit-temperature, --plot ------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def overconfident(n_rows, seed, n_classes=10):
+    """Labels drawn from softmax(z), logits 2.5 z in float32: an over-confident model."""
+    rng = np.random.default_rng(seed)
+    z = 1.6 * rng.standard_normal((n_rows, n_classes))
+    p = scipy.special.softmax(z, axis=1)
+    labels = np.minimum((rng.random((n_rows, 1)) > p.cumsum(axis=1)).sum(axis=1),
+                        n_classes - 1)
+    return (2.5 * z).astype(np.float32), labels
+
+
+def reference_ece(logits, labels, n_bins=15):
+    """Top-label ECE and MCE with 15 bins (lo, hi] in float64 SciPy / NumPy (Guo et al.)."""
+    p = scipy.special.softmax(logits.astype(np.float64), axis=1)
+    confidence, correct = p.max(axis=1), p.argmax(axis=1) == labels
+    which = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
+    gaps, weights = [], []
+    for k in range(n_bins):
+        inside = which == k
+        if inside.any():
+            gaps.append(abs(correct[inside].mean() - confidence[inside].mean()))
+            weights.append(inside.mean())
+    return float(np.dot(gaps, weights)), float(max(gaps))
+
+
+def reference_temperature(logits, labels):
+    """The NLL minimiser by SciPy's bounded scalar minimisation (on log T)."""
+    x = logits.astype(np.float64)
+
+    def nll(log_t):
+        log_p = scipy.special.log_softmax(x / np.exp(log_t), axis=1)
+        return -log_p[np.arange(len(x)), labels].mean()
+
+    found = scipy.optimize.minimize_scalar(nll, bounds=(-3, 3), method="bounded",
+                                           options={"xatol": 1e-10})
+    return float(np.exp(found.x))
+
+
+@pytest.fixture(scope="module")
+def calibration_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("calibration")
+    for name, (rows, seed) in {"val": (3000, 1), "test": (2000, 2)}.items():
+        logits, labels = overconfident(rows, seed)
+        np.save(folder / f"{name}_x.npy", logits)
+        np.save(folder / f"{name}_y.npy", labels)
+    return folder
+
+
+def load(folder, name):
+    return np.load(folder / f"{name}_x.npy"), np.load(folder / f"{name}_y.npy")
+
+
+def test_temperature_divides_the_logits(calibration_files, tmp_path):
+    x, y = load(calibration_files, "test")
+    result = run_cli(calibration_files / "test_x.npy", "--labels", calibration_files /
+                     "test_y.npy", "--temperature", 2.5, "-o", tmp_path / "out.npz",
+                     "--summary", tmp_path / "s.json", "--chunk-rows", 300)
+    assert result.returncode == 0, result.stderr
+    scaled = x / np.float32(2.5)
+    expected = logitcore.score(scaled, y)
+    assert_columns_equal(read_npz(tmp_path / "out.npz"), expected, len(x))
+    log_p = scipy.special.log_softmax(x.astype(np.float64) / 2.5, axis=1)
+    np.testing.assert_allclose(read_npz(tmp_path / "out.npz")["loss"],
+                               -log_p[np.arange(len(x)), y], rtol=1e-5)
+    document = json.loads((tmp_path / "s.json").read_text())
+    assert document["calibration"] == {"temperature": 2.5, "source": "given"}
+    ece, mce = reference_ece(scaled, y)
+    assert document["summary"]["ece"] == pytest.approx(ece, abs=1e-6)
+    assert document["summary"]["mce"] == pytest.approx(mce, abs=1e-6)
+    assert "temperature        2.5 (given)" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_bad_temperature_is_one_line_and_status_1(calibration_files, tmp_path, value):
+    result = run_cli(calibration_files / "test_x.npy", f"--temperature={value}",
+                     "-o", tmp_path / "out.npz")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"logitcore score: error: --temperature must be a "
+                                     f"finite number > 0, got {float(value)}")
+    assert not list(tmp_path.iterdir())
+
+
+def test_fit_temperature_on_validation_files(calibration_files, tmp_path):
+    pytest.importorskip("matplotlib")
+    x, y = load(calibration_files, "test")
+    val_x, val_y = load(calibration_files, "val")
+    result = run_cli(calibration_files / "test_x.npy", "--labels",
+                     calibration_files / "test_y.npy", "--fit-temperature",
+                     calibration_files / "val_x.npy", calibration_files / "val_y.npy",
+                     "-o", tmp_path / "out.npz", "--summary", tmp_path / "s.json",
+                     "--plot", tmp_path / "reliability.png", "--chunk-rows", 700)
+    assert result.returncode == 0, result.stderr
+    calibration = json.loads((tmp_path / "s.json").read_text())["calibration"]
+    fit = logitcore.fit_temperature(val_x, val_y)
+    assert calibration["temperature"] == fit.temperature
+    assert calibration["temperature"] == pytest.approx(reference_temperature(val_x, val_y),
+                                                       rel=1e-6)
+    assert calibration["source"] == "fitted" and calibration["status"] == "optimal"
+    assert calibration["passes"] == fit.passes and calibration["validation_rows"] == 3000
+    log_p = scipy.special.log_softmax(val_x.astype(np.float64), axis=1)
+    assert calibration["nll_before"] == pytest.approx(-log_p[np.arange(3000), val_y].mean(),
+                                                      rel=1e-6)
+    assert calibration["nll_after"] == pytest.approx(fit.nll_after, rel=1e-12)
+    assert calibration["ece_before"] == pytest.approx(reference_ece(val_x, val_y)[0], abs=1e-6)
+    assert calibration["ece_after"] == pytest.approx(
+        reference_ece(val_x / np.float32(fit.temperature), val_y)[0], abs=1e-6)
+    assert calibration["ece_after"] < calibration["ece_before"] / 4
+    # the scored rows: divided by the fitted T
+    scaled = x / np.float32(fit.temperature)
+    assert_columns_equal(read_npz(tmp_path / "out.npz"), logitcore.score(scaled, y), len(x))
+    summary = json.loads((tmp_path / "s.json").read_text())["summary"]
+    assert summary["ece"] == pytest.approx(reference_ece(scaled, y)[0], abs=1e-6)
+    assert (tmp_path / "reliability.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "validation ECE" in result.stdout
+
+
+def test_fit_temperature_larger_than_the_memory_budget(calibration_files, tmp_path):
+    big_x, big_y = overconfident(40000, 3)  # 1.6 MB of logits, over --memory 1
+    np.save(tmp_path / "big_x.npy", big_x)
+    np.save(tmp_path / "big_y.npy", big_y)
+    result = run_cli(calibration_files / "test_x.npy", "--labels",
+                     calibration_files / "test_y.npy", "--fit-temperature",
+                     tmp_path / "big_x.npy", tmp_path / "big_y.npy", "--memory", 1,
+                     "-o", tmp_path / "out.npz")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "larger than the memory budget" in lines[0]
+    assert lines[0].endswith("raise --memory") and not (tmp_path / "out.npz").exists()
+
+
+def test_fit_temperature_that_gives_no_temperature(calibration_files, tmp_path):
+    x = np.eye(5, dtype=np.float32)[[0, 1, 2, 3, 4] * 4] * 3  # separable: T -> 0
+    np.save(tmp_path / "sep_x.npy", x)
+    np.save(tmp_path / "sep_y.npy", np.array([0, 1, 2, 3, 4] * 4))
+    result = run_cli(calibration_files / "test_x.npy", "--fit-temperature",
+                     tmp_path / "sep_x.npy", tmp_path / "sep_y.npy", "-o", tmp_path / "o.npz")
+    assert result.returncode == 1
+    assert "the fitted temperature is 0.0 (status separable)" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "o.npz").exists()
+
+
+def test_plot_svg_of_binary_scores(tmp_path):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 500)
+    logits = (3.0 * (2 * labels - 1) + 2.0 * rng.standard_normal(500)).astype(np.float32)
+    np.save(tmp_path / "x.npy", logits)
+    np.save(tmp_path / "y.npy", labels)
+    result = run_cli(tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "--kind", "binary",
+                     "-o", tmp_path / "o.npz", "--plot", tmp_path / "r.svg")
+    assert result.returncode == 0, result.stderr
+    assert b"<svg" in (tmp_path / "r.svg").read_bytes()[:1000]
+
+
+def test_plot_errors_before_any_work(calibration_files, tmp_path):
+    args = [calibration_files / "test_x.npy", "--labels", calibration_files / "test_y.npy",
+            "-o", tmp_path / "out.npz"]
+    result = run_cli(*args, "--plot", tmp_path / "r.png",
+                     prelude="import sys; sys.modules['matplotlib'] = None")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        'logitcore score: error: --plot needs matplotlib, which is not installed: '
+        'pip install "logitcore[plot]" (or "logitcore[cli]" for every optional part of '
+        'the command line)')
+    result = run_cli(calibration_files / "test_x.npy", "-o", tmp_path / "out.npz",
+                     "--plot", tmp_path / "r.png")
+    assert result.returncode == 1 and "it needs --labels" in result.stderr
+    result = run_cli(*args, "--plot", tmp_path / "r.gif")
+    assert result.returncode == 1 and "--plot writes .png, .svg, .pdf" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_temperature_options_are_mutually_exclusive(calibration_files, tmp_path):
+    result = run_cli(calibration_files / "test_x.npy", "-o", tmp_path / "out.npz",
+                     "--temperature", 2, "--fit-temperature", calibration_files / "val_x.npy",
+                     calibration_files / "val_y.npy")
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr

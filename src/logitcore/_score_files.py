@@ -18,11 +18,12 @@ Inputs are data, never code: ``.npy`` headers are parsed by NumPy's literal pars
 checked against the bytes the file holds before anything is allocated; a row larger
 than the memory budget is refused too.
 
-Where calibration (issue 14) slots in: a temperature is applied in
-``_ChunkScorer.__call__`` (one more ``score`` argument); a fitted one is computed in
-``run`` before the pass over the file; the binned calibration state merges per chunk
-inside ``Summary`` (so ``Summary.merge`` carries it here unchanged); the reliability
-diagram is drawn from the final summary at the end of ``run``.
+Calibration: a temperature T divides each chunk in place, in the buffer the chunk was
+read (or widened) into (``_ChunkScorer.prepared``), so no scaled copy is made; a fitted
+T comes from ``fit_temperature`` on validation files before the pass over the input
+(``fit_on_validation``); the binned calibration state merges per chunk inside
+``Summary``, and ``--plot`` draws the reliability diagram from the final summary's bins,
+without reading the input again.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _config
+from ._calibration import calibration_error, fit_temperature, reliability_diagram
 from ._score import Summary, score
 
 # --- errors and optional dependencies ----------------------------------------------------
@@ -790,10 +792,10 @@ class _ChunkScorer:
     first into a reused buffer."""
 
     def __init__(self, kind, top_k, threshold, ignore_index, fields, backend, chunk_rows,
-                 row_shape, labels_name, n_classes):
+                 row_shape, labels_name, n_classes, temperature=None):
         self.options = dict(kind=kind, top_k=top_k, threshold=threshold,
                             ignore_index=ignore_index, fields=fields, backend=backend)
-        # (slot, issue 14: temperature=T joins these options once score() takes it)
+        self.temperature = temperature
         self._wide = {}  # dtype -> reused buffer of chunk_rows rows
         self._chunk_rows, self._row_shape = chunk_rows, row_shape
         self._labels_name, self._n_classes = labels_name, n_classes
@@ -814,6 +816,16 @@ class _ChunkScorer:
         wide = buffer[:len(rows)]
         np.copyto(wide, rows, casting="unsafe")
         return wide
+
+    def prepared(self, rows: np.ndarray) -> np.ndarray:
+        """The rows to score: widened, then divided by the temperature in place. Both the
+        pipeline's read buffers and the widening buffer belong to this run and are
+        reused for the next chunk, so dividing them in place costs no copy of the chunk
+        (the division is in the rows' own dtype, as ``logits / T`` is in NumPy)."""
+        rows = self.widened(rows)
+        if self.temperature is not None:
+            np.divide(rows, rows.dtype.type(self.temperature), out=rows)
+        return rows
 
     def __call__(self, logits, labels, first_row):
         try:
@@ -1033,13 +1045,104 @@ def _signals_held():
             signal.signal(signum, handler)
 
 
-def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_k,
-        threshold, ignore_index, fields, backend, threads, memory_bytes, chunk_rows,
-        overwrite, progress) -> dict:
-    """Scores every row of ``logits`` into ``output`` and returns the JSON summary
-    (figures, rows, seconds, rows/s, GB/s). Closes the sources."""
+def check_temperature(value: float) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value > 0.0):
+        raise InputError(f"--temperature must be a finite number > 0, got {value}")
+    return value
+
+
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+
+
+def check_plot_path(path: Path, kind: str, has_labels: bool, overwrite: bool) -> None:
+    """--plot's checks, made before any work starts."""
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise InputError(f"{path}: --plot writes {', '.join(PLOT_FORMATS)} (from the "
+                         f"extension)")
+    require("matplotlib", "--plot")
+    if kind == "multilabel" or not has_labels:
+        raise InputError("--plot draws the reliability diagram of the scored rows: it needs "
+                         "--labels and --kind multiclass or binary")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: exists; pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise InputError(f"{path.parent}: no such directory")
+
+
+def _whole(source: RowSource, memory_bytes: int) -> np.ndarray:
+    """Every row of ``source`` in one array (half precision widened to float32)."""
+    size = source.n_rows * source.row_bytes
+    if size > memory_bytes:
+        raise InputError(f"{source.name}: the validation file ({size / 2**20:,.0f} MB) is fit "
+                         f"in memory and is larger than the memory budget of "
+                         f"{memory_bytes / 2**20:,.0f} MB: raise --memory")
+    rows = source.read_into(np.empty(max(size, 1), np.uint8), source.n_rows)
+    if rows.dtype.kind == "f" and rows.dtype.isnative and rows.dtype.itemsize >= 4:
+        return rows
+    if rows.dtype.kind in "iub":
+        return rows.astype(np.int64)
+    return rows.astype(np.float64 if rows.dtype.itemsize == 8 else np.float32)
+
+
+def fit_on_validation(logits: RowSource, labels: RowSource, *, kind, ignore_index, backend,
+                      memory_bytes) -> dict:
+    """``fit_temperature`` on validation rows, read whole into memory (they must fit the
+    memory budget; the validation split is usually small). Returns the JSON document of
+    the fit; for multiclass also the validation ECE at T = 1 and at the fitted T. Closes
+    the sources. A fit that gives no usable T (separable: T = 0, uninformative: T = inf)
+    is an InputError."""
     try:
         _check_pairing(logits, labels, kind)
+        if kind == "multilabel":
+            raise InputError("--fit-temperature takes --kind multiclass or binary")
+        x = _whole(logits, memory_bytes)
+        y = _whole(labels, memory_bytes)
+    finally:
+        logits.close()
+        labels.close()
+    if kind == "binary":
+        x = x.reshape(len(x))
+    try:
+        fit = fit_temperature(x, y, kind=kind, ignore_index=ignore_index, backend=backend)
+    except (ValueError, TypeError, IndexError) as error:
+        raise InputError(f"{logits.name}: fitting the temperature: {error}") from None
+    if not (math.isfinite(fit.temperature) and fit.temperature > 0.0):
+        raise InputError(f"{logits.name}: the fitted temperature is {fit.temperature} "
+                         f"(status {fit.status}): no temperature to apply")
+    document = {"temperature": fit.temperature, "source": "fitted", "status": fit.status,
+                "passes": fit.passes, "validation": logits.name,
+                "validation_rows": logits.n_rows, "nll_before": fit.nll_before,
+                "nll_after": fit.nll_after}
+    if kind == "multiclass":  # two more reads of rows already in memory
+        document["ece_before"] = calibration_error(x, y, ignore_index=ignore_index,
+                                                   backend=backend)
+        document["ece_after"] = calibration_error(x, y, ignore_index=ignore_index,
+                                                  temperature=fit.temperature,
+                                                  backend=backend)
+    return document
+
+
+def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_k,
+        threshold, ignore_index, fields, backend, threads, memory_bytes, chunk_rows,
+        overwrite, progress, temperature=None, validation=None, plot=None) -> dict:
+    """Scores every row of ``logits`` into ``output`` and returns the JSON summary
+    (figures, rows, seconds, rows/s, GB/s, the temperature). Closes the sources.
+
+    ``temperature``: divide the logits by it. ``validation``: a (logits, labels) pair of
+    sources to fit the temperature on first (``fit_on_validation``). ``plot``: a path to
+    draw the scored rows' reliability diagram to, from the merged summary's bins."""
+    calibration = None
+    try:
+        _check_pairing(logits, labels, kind)
+        if validation is not None:
+            with _thread_count(threads):
+                calibration = fit_on_validation(*validation, kind=kind,
+                                                ignore_index=ignore_index, backend=backend,
+                                                memory_bytes=memory_bytes)
+            temperature = calibration["temperature"]
+        elif temperature is not None:
+            calibration = {"temperature": temperature, "source": "given"}
         sink = open_sink(output, logits.n_rows, overwrite)
         n_fields = len(fields) if fields else 16
         # One backend for every chunk, chosen for the whole file: "auto" picks by each
@@ -1053,9 +1156,7 @@ def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_
         scorer = _ChunkScorer(kind, top_k, threshold, ignore_index, fields, backend,
                               chunk_rows, logits.row_shape,
                               labels.name if labels is not None else "",
-                              math.prod(logits.row_shape) or 1)
-        # (slot, issue 14: --fit-temperature fits T on the validation files here, before
-        # the pass; the fitted T goes to scorer.options and into the JSON summary)
+                              math.prod(logits.row_shape) or 1, temperature)
         pipeline = _Pipeline(logits, labels, sink, chunk_rows)
         bar = _Progress(logits.n_rows, logits.row_bytes, progress)
         committed = False
@@ -1064,7 +1165,7 @@ def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_
         try:
             with _sigterm_raises(), _thread_count(threads):
                 for start, chunk, chunk_labels in pipeline.chunks():
-                    scores = scorer(scorer.widened(chunk), chunk_labels, start)
+                    scores = scorer(scorer.prepared(chunk), chunk_labels, start)
                     part = scores.summary()
                     summary = part if summary is None else summary.merge(part)
                     pipeline.deliver(scores.to_dict())
@@ -1083,8 +1184,32 @@ def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_
         logits.close()
         if labels is not None:
             labels.close()
-    # (slot, issue 14: --plot draws reliability_diagram from the summary's bins here)
-    return _json_summary(logits, output, kind, summary, seconds, chunk_rows)
+        if validation is not None:  # closed by fit_on_validation unless it never ran
+            for source in validation:
+                source.close()
+    document = _json_summary(logits, output, kind, summary, seconds, chunk_rows)
+    document["calibration"] = calibration
+    if plot is not None:
+        draw_reliability(summary, Path(plot))
+    return document
+
+
+def draw_reliability(summary: Summary | None, path: Path) -> None:
+    """The reliability diagram of a summary's calibration bins (no data read again)."""
+    if summary is None or summary.bins is None:
+        raise InputError(f"{path}: no calibration bins to draw (it needs labels)")
+    require("matplotlib", "--plot").use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    figure = reliability_diagram(summary.bins, title="reliability of the scored rows")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
+    try:
+        figure.savefig(temp, dpi=80)
+        os.replace(temp, path)
+    finally:
+        plt.close(figure)
+        with contextlib.suppress(OSError):
+            temp.unlink()
 
 
 def _check_pairing(logits: RowSource, labels: RowSource | None, kind: str) -> None:
@@ -1149,6 +1274,22 @@ def write_json(path: Path, document: dict, overwrite: bool) -> None:
     finally:
         with contextlib.suppress(OSError):
             temp.unlink()
+
+
+def format_calibration(calibration: dict) -> str:
+    """The temperature and, for a fitted one, the validation figures before and after."""
+    if calibration["source"] == "given":
+        return f"  temperature        {calibration['temperature']:.6g} (given)"
+    lines = [f"  temperature        {calibration['temperature']:.6g} (fitted on "
+             f"{calibration['validation_rows']:,} rows of {calibration['validation']}: "
+             f"{calibration['status']}, {calibration['passes']} passes)",
+             f"  validation NLL     {calibration['nll_before']:.4f} at T = 1 -> "
+             f"{calibration['nll_after']:.4f}"]
+    if "ece_before" in calibration:
+        lines.append(f"  validation ECE     {100 * calibration['ece_before']:.2f}% at T = 1 -> "
+                     f"{100 * calibration['ece_after']:.2f}%")
+    lines.append("  (ece / mce above: the scored rows, with the temperature applied)")
+    return "\n".join(lines)
 
 
 def format_summary(document: dict) -> str:

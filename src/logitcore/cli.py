@@ -112,6 +112,18 @@ def _add_score_parser(commands) -> None:
                    help="the fields to compute and write (default: every one that applies)")
     s.add_argument("--summary", metavar="FILE.json",
                    help="also write the summary figures, rows, seconds, rows/s and GB/s")
+    calibrate = s.add_mutually_exclusive_group()
+    calibrate.add_argument("--temperature", type=float, metavar="T",
+                           help="score softmax(logits / T) (sigmoid for binary / "
+                                "multilabel); T > 0")
+    calibrate.add_argument("--fit-temperature", nargs=2,
+                           metavar=("VAL_LOGITS", "VAL_LABELS"),
+                           help="fit T by NLL on validation logits and labels (any input "
+                                "format; read whole, within --memory) with "
+                                "logitcore.fit_temperature, then score with it")
+    s.add_argument("--plot", metavar="FILE.png",
+                   help="draw the reliability diagram of the scored rows (.png, .svg or "
+                        ".pdf; needs --labels and matplotlib)")
     s.add_argument("--threads", type=_positive_int, metavar="N")
     s.add_argument("--backend", metavar="NAME", help="numpy, numba, cython or auto")
     size = s.add_mutually_exclusive_group()
@@ -129,8 +141,9 @@ def _add_score_parser(commands) -> None:
                    help="no progress bar and no summary on stdout")
     s.add_argument("--demo", action="store_true",
                    help="score built-in logits of an over-confident classifier, made on the "
-                        "fly, into scores.parquet and summary.json in -o DIR (default: a new "
-                        "temporary directory)")
+                        "fly: fit a temperature on a validation part, score the rest with "
+                        "it into scores.parquet, summary.json and reliability.png in -o DIR "
+                        "(default: a new temporary directory)")
     s.add_argument("--demo-rows", type=_positive_int, default=1_000_000, metavar="N",
                    help="rows of the demo (100 classes each; default 1000000, 400 MB)")
 
@@ -213,53 +226,91 @@ def _score_file(args) -> int:
 
     if args.summary and Path(args.summary).exists() and not args.overwrite:
         raise files.InputError(f"{args.summary}: exists; pass --overwrite to replace it")
+    temperature = (None if args.temperature is None
+                   else files.check_temperature(args.temperature))
+    if args.plot:
+        files.check_plot_path(Path(args.plot), args.kind, args.labels is not None,
+                              args.overwrite)
     dtype = files.dtype_named(args.dtype) if args.dtype else None
     logits = files.open_rows(args.input, kind=args.kind, for_labels=False, dtype=dtype,
                              shape=args.shape)
-    labels = None
+    labels = validation = None
     try:
         if args.labels is not None:
             labels = files.open_rows(args.labels, kind=args.kind, for_labels=True)
+        if args.fit_temperature:
+            validation = _open_validation(args)
     except BaseException:
-        logits.close()
+        for source in (logits, labels):
+            if source is not None:
+                source.close()
         raise
     output = Path(args.output)
-    document = files.run(logits, labels, output, **_score_options(args))
+    document = files.run(logits, labels, output, temperature=temperature,
+                         validation=validation, plot=args.plot, **_score_options(args))
     if args.summary:
         files.write_json(Path(args.summary), document, args.overwrite)
     if not args.quiet:
         print(f"scored {document['rows']:,} rows of {document['input']} into {output}")
         print(files.format_summary(document))
+        if document["calibration"]:
+            print(files.format_calibration(document["calibration"]))
     return 0
 
 
+def _open_validation(args):
+    from . import _score_files as files
+
+    logits_spec, labels_spec = args.fit_temperature
+    logits = files.open_rows(logits_spec, kind=args.kind, for_labels=False)
+    try:
+        return logits, files.open_rows(labels_spec, kind=args.kind, for_labels=True)
+    except BaseException:
+        logits.close()
+        raise
+
+
 DEMO_SEED = 2017
+DEMO_VALIDATION_SEED = 2018
+DEMO_VALIDATION_ROWS = 100_000
 
 
 def _score_demo(args) -> int:
     from . import _score_files as files
 
+    files.require("matplotlib", "--demo's reliability diagram")
     folder = Path(args.output) if args.output else Path(
         tempfile.mkdtemp(prefix="logitcore-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     labels = files.demo_labels(args.demo_rows, DEMO_SEED)
     logits = files.DemoRows(labels, DEMO_SEED)
+    # The validation part: the same classifier on other rows (another seed).
+    validation_labels = files.demo_labels(min(args.demo_rows, DEMO_VALIDATION_ROWS),
+                                          DEMO_VALIDATION_SEED)
+    validation = (files.DemoRows(validation_labels, DEMO_VALIDATION_SEED),
+                  files.ArrayRows("demo validation labels", validation_labels))
+    validation[0].name = "demo validation logits"
     size_mb = logits.n_rows * logits.row_bytes / 1e6
     print(f"logitcore score --demo: {logits.n_rows:,} rows x {files.DEMO_CLASSES} classes of "
           f"float32 logits ({size_mb:,.0f} MB) from an over-confident classifier, made on "
-          f"the fly, scored with top_k=5 into {folder}/", flush=True)
-    # (slot, issue 14: fit the temperature on a validation part made the same way, score
-    # with it, print the summary before and after, draw reliability.png)
+          f"the fly; a temperature fitted on {len(validation_labels):,} validation rows, "
+          f"then every row scored with it, top_k=5, into {folder}/", flush=True)
+    plot = folder / "reliability.png"
     document = files.run(logits, files.ArrayRows("demo labels", labels),
-                         folder / "scores.parquet",
+                         folder / "scores.parquet", validation=validation, plot=plot,
                          **_score_options(args, kind="multiclass", top_k=5, fields=None,
                                           overwrite=True))
     files.write_json(folder / "summary.json", document, overwrite=True)
+    calibration, figures = document["calibration"], document["summary"]
+    print(f"before calibration (validation rows, T = 1): NLL {calibration['nll_before']:.4f}, "
+          f"ECE {100 * calibration['ece_before']:.2f}%: the model is over-confident")
+    print(f"after calibration (T = {calibration['temperature']:.4f}): validation NLL "
+          f"{calibration['nll_after']:.4f}, ECE {100 * calibration['ece_after']:.2f}%")
+    print("summary of the scored rows, with T applied:")
     print(files.format_summary(document))
-    figures = document["summary"]
     print(f"mean confidence {figures['mean_confidence']:.3f} against accuracy "
-          f"{figures['accuracy']:.3f}: the model is over-confident")
-    print(f"wrote {folder / 'scores.parquet'} and {folder / 'summary.json'}")
+          f"{figures['accuracy']:.3f}, ECE {100 * figures['ece']:.2f}%")
+    print(f"wrote {folder / 'scores.parquet'}, {folder / 'summary.json'} and {plot}")
     return 0
 
 
