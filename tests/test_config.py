@@ -91,6 +91,8 @@ def test_auto_follows_the_measured_evidence():
     assert lc.last_dispatch()["backend"] == "numba"
     lc.cross_entropy(large, labels, return_grad=True)
     assert lc.last_dispatch()["backend"] == "numba"
+    lc.score(np.zeros((64, 1000), np.float32))  # score: cython at every size
+    assert lc.last_dispatch()["backend"] == "cython"
 
 
 def test_auto_small_calls_fall_back_when_cython_is_missing(monkeypatch):

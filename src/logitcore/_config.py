@@ -31,7 +31,14 @@ AUTO = "auto"
 #   runs the call on the calling thread (its pool untouched, so nothing spins), and goes
 #   first.
 DEFAULT_AUTO_ORDER = ("numba", "cython", "numpy")
-AUTO_ORDER_BY_KERNEL: dict[str, tuple[str, ...]] = {}
+# Kernels whose fastest backend is not the default order's first. score_multiclass:
+# `logitcore bench --ops score --shape 65536x1000 --shape 256x131072 --shape 4194304x10
+# --dtype float32 --backends numba cython` (2 threads, all fields, top_k=5): cython
+# 108 / 44 / 381 ms, numba 171 / 40 / 690 ms (numba's narrow and whole-row finish are
+# scalar per row; cython forms the fields for batches of rows).
+AUTO_ORDER_BY_KERNEL: dict[str, tuple[str, ...]] = {
+    "score_multiclass": ("cython", "numba", "numpy"),
+}
 # Below this many elements cython never wakes its pool (kernel_constants.py).
 SMALL_CALL_ELEMENTS = kernel_constants.SMALL_CALL_ELEMENTS
 SMALL_CALL_ORDER = ("cython", "numba", "numpy")
