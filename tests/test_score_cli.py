@@ -658,6 +658,8 @@ def test_plot_errors_before_any_work(calibration_files, tmp_path):
         'logitcore score: error: --plot needs matplotlib, which is not installed: '
         'pip install "logitcore[plot]" (or "logitcore[cli]" for every optional part of '
         'the command line)')
+    # the other checks come after the one for matplotlib: they need it installed
+    pytest.importorskip("matplotlib")
     result = run_cli(calibration_files / "test_x.npy", "-o", tmp_path / "out.npz",
                      "--plot", tmp_path / "r.png")
     assert result.returncode == 1 and "it needs --labels" in result.stderr
