@@ -544,16 +544,10 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     """
     original_logits = logits
     logits, dtype = v.as_kernel_input(logits, "logits")
-    if logits.ndim == 0:
-        raise ValueError("logits must have at least 1 dimension (the class axis), got a 0-d array")
-    class_axis = v.single_axis(axis, logits.ndim)
+    class_axis, n_classes, reduction, label_smoothing, ignore_index = \
+        v.check_cross_entropy_arguments(logits.shape, axis, reduction, label_smoothing,
+                                        ignore_index)
     axes = (class_axis,)
-    n_classes = logits.shape[class_axis]
-    reduction = v.check_reduction(reduction)
-    label_smoothing = v.check_label_smoothing(label_smoothing)
-    ignore_index = v.check_ignore_index(ignore_index)
-    if n_classes == 0:
-        raise ValueError(f"logits has 0 classes along axis {axis}: shape {logits.shape}")
     class_weight = (
         _ones(n_classes, dtype) if weight is None
         else v.check_class_weight(weight, n_classes, dtype)

@@ -171,6 +171,23 @@ def check_ignore_index(value) -> int:
     return value
 
 
+def check_cross_entropy_arguments(shape: tuple, axis, reduction, label_smoothing,
+                                  ignore_index) -> tuple[int, int, str, float, int]:
+    """The checks ``cross_entropy`` makes on its scalar arguments, in memory and on dask
+    arrays alike: (class axis, classes, reduction, label_smoothing, ignore_index)."""
+    if len(shape) == 0:
+        raise ValueError("logits must have at least 1 dimension (the class axis), got a "
+                         "0-d array")
+    class_axis = single_axis(axis, len(shape))
+    n_classes = shape[class_axis]
+    reduction = check_reduction(reduction)
+    label_smoothing = check_label_smoothing(label_smoothing)
+    ignore_index = check_ignore_index(ignore_index)
+    if n_classes == 0:
+        raise ValueError(f"logits has 0 classes along axis {axis}: shape {tuple(shape)}")
+    return class_axis, n_classes, reduction, label_smoothing, ignore_index
+
+
 def int64_labels(labels: np.ndarray) -> tuple[np.ndarray | None, int]:
     """Integer class labels as a flat C-contiguous int64 array, and the flat position of
     the first uint64 label too large for int64 (-1 if none; the cast would wrap it to a

@@ -413,16 +413,9 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     _unsupported("return_grad", return_grad, False, "cross_entropy")
     _unsupported("grad_out", grad_out, None, "cross_entropy")
     logits, dtype = _float_dask(logits, "logits")
-    if logits.ndim == 0:
-        raise ValueError("logits must have at least 1 dimension (the class axis), got a "
-                         "0-d array")
-    class_axis = v.single_axis(axis, logits.ndim)
-    n_classes = logits.shape[class_axis]
-    reduction = v.check_reduction(reduction)
-    label_smoothing = v.check_label_smoothing(label_smoothing)
-    ignore_index = v.check_ignore_index(ignore_index)
-    if n_classes == 0:
-        raise ValueError(f"logits has 0 classes along axis {axis}: shape {logits.shape}")
+    class_axis, n_classes, reduction, label_smoothing, ignore_index = \
+        v.check_cross_entropy_arguments(logits.shape, axis, reduction, label_smoothing,
+                                        ignore_index)
     # the weights as the in-memory call uses them (in the logits' dtype), held in float64
     class_weight = (np.ones(n_classes, np.float64) if weight is None
                     else v.check_class_weight(weight, n_classes, dtype).astype(np.float64))
@@ -648,10 +641,11 @@ def _scores_from_state(state, labels, *, wanted, top_k, n_classes, ignore_index,
         if labels is not None:
             flat_labels = labels.reshape(-1)
             kept = flat_labels != ignore_index
-            log_p = np.where(no_softmax, np.nan, state["label_logit"] - lse)
-            label_logprob = np.where(kept, log_p, 0.0)
-            fields["label_logprob"] = label_logprob
-            fields["loss"] = 0.0 - label_logprob
+            if "label_logit" in state:  # asked for a field that needs the label's logit
+                log_p = np.where(no_softmax, np.nan, state["label_logit"] - lse)
+                label_logprob = np.where(kept, log_p, 0.0)
+                fields["label_logprob"] = label_logprob
+                fields["loss"] = 0.0 - label_logprob
             if "pred" in fields:
                 fields["correct"] = kept & ~nan_rows & (fields["pred"] == flat_labels)
             if "lse2_others" in state:
@@ -1083,3 +1077,470 @@ def _multilabel_class_chunks(x, targets, threshold, wanted, layout, class_axis, 
 
 def _multilabel_aggregate(parts, axis, keepdims):
     return _multilabel_merged(parts)
+
+
+# --- fit_temperature ---------------------------------------------------------------------
+#
+# Each Newton pass of the in-memory fit is one call of the temperature_nll kernel, which
+# returns five float64 sums over the rows (weight, NLL, NLL', NLL'', the slope as
+# b -> inf). Sums over row blocks add up, so a pass on dask is one kernel call per row
+# block and a tree sum of the blocks' five numbers: 40 bytes per block travel, never a
+# row. The Newton iteration itself (_calibration._newton_on_log_inverse_temperature)
+# runs in the caller's process and is the in-memory one.
+
+def _temperature_block_sums(x, labels, weights, *, inverse_temperature, ignore_index,
+                            backend):
+    """The temperature_nll sums of one row block (class axis last, whole rows)."""
+    x = v.as_float_array(x, "logits")
+    x2d = _ops._as_rows(x, (x.ndim - 1,))
+    flat_labels = np.ascontiguousarray(labels, dtype=np.int64).reshape(-1)
+    weights = (np.empty(0, x2d.dtype) if weights is None
+               else np.ascontiguousarray(weights, dtype=x2d.dtype).reshape(-1))
+    return np.asarray(_on_task_threads(_ops._run)(
+        "temperature_nll", "fit_temperature", backend, x2d, flat_labels, weights,
+        ignore_index, inverse_temperature), dtype=np.float64)
+
+
+def _bad_rows_block(x, labels, weights, *, ignore_index):
+    """Per row of a block: kept and holding NaN / +inf, only -inf, or -inf at its label
+    (the rows whose NLL is infinite at every temperature)."""
+    x2d = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+    flat_labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    kept = flat_labels != ignore_index
+    if weights is not None:
+        kept &= np.asarray(weights).reshape(-1) != 0
+    with np.errstate(invalid="ignore"):
+        row_max = np.max(x2d, axis=1) if x2d.shape[1] else np.full(x2d.shape[0], np.nan)
+    label_logit = x2d[np.arange(x2d.shape[0]), np.where(kept, flat_labels, 0)]
+    bad = kept & (~np.isfinite(row_max) | np.isnan(x2d).any(axis=1)
+                  | (label_logit == -np.inf))
+    return bad.reshape(x.shape[:-1])
+
+
+def _sum_arrays(parts):
+    return functools.reduce(np.add, parts)
+
+
+def _checked_sample_weight(sample_weight, row_shape, row_chunks):
+    """``sample_weight`` as a float64 dask array with the rows' shape and chunks, finite
+    and >= 0 (checked when computed), or None."""
+    if sample_weight is None:
+        return None
+    weights = _as_dask(sample_weight, "sample_weight")
+    if weights.shape != tuple(row_shape):
+        raise ValueError(f"sample_weight must have the shape of labels {tuple(row_shape)},"
+                         f" got {weights.shape}")
+    if weights.dtype.kind not in "iuf":
+        raise TypeError(f"sample_weight must be numbers, got dtype {weights.dtype}")
+    return weights.rechunk(row_chunks).map_blocks(_checked_weight_block, dtype=np.float64)
+
+
+def _checked_weight_block(weights):
+    weights = np.asarray(weights, dtype=np.float64)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("sample_weight must be finite and >= 0")
+    return weights
+
+
+def _row_block_delayed(*arrays):
+    """The row blocks of each array (None stays None), flat in block order, as lists of
+    ``dask.delayed`` objects of the same length."""
+    lists = []
+    for array in arrays:
+        lists.append(None if array is None else list(array.to_delayed().ravel()))
+    n_blocks = len(next(blocks for blocks in lists if blocks is not None))
+    return [blocks if blocks is not None else [None] * n_blocks for blocks in lists]
+
+
+def fit_temperature(logits, labels, *, axis=-1, kind="multiclass", ignore_index=-100,
+                    sample_weight=None, method="temperature", backend=None):
+    """``logitcore.fit_temperature`` of dask arrays: the same ``TemperatureFit``.
+
+    Each Newton pass is a distributed reduction: every row block runs the
+    ``temperature_nll`` kernel (multiclass) or the sigmoid sums (binary, multilabel) on
+    its rows, and only five float64 sums per block travel to the caller, where the
+    in-memory Newton iteration takes its step. Every pass reads the logits again: a fit
+    takes ``passes`` (typically <= 8) reads of whatever ``logits`` is built from, so
+    call ``logits = logits.persist()`` first when it comes from storage or an expensive
+    graph and fits in the cluster's memory. The fitted temperature agrees with the
+    in-memory fit to its convergence tolerance (~1e-12 relative): the sums differ from
+    the in-memory ones only in the order of float64 additions.
+
+    Multiclass needs whole rows: the class axis in one chunk (``logits.rechunk({axis:
+    -1})``); class-chunked logits raise ValueError. ``method="platt"`` is not supported
+    on dask arrays (NotImplementedError).
+    """
+    from . import _calibration as cal
+
+    kind = cal._check_choice(kind, "kind", cal.KINDS)
+    method = cal._check_choice(method, "method", cal.METHODS)
+    if method == "platt":
+        if kind != "binary":
+            raise ValueError("method='platt' needs kind='binary'")
+        raise NotImplementedError("fit_temperature: method='platt' is not supported on "
+                                  "dask arrays (compute the binary logits and call "
+                                  "logitcore.fit_temperature)")
+    ignore_index = v.check_ignore_index(ignore_index)
+    logits, dtype = _float_dask(logits, "logits")
+    if kind != "multiclass":
+        return _fit_sigmoid_temperature(logits, labels, axis, kind, ignore_index,
+                                        sample_weight)
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least 1 dimension (the class axis)")
+    class_axis = v.single_axis(axis, logits.ndim)
+    if _class_chunked(logits, class_axis):
+        raise ValueError(
+            f"fit_temperature needs whole rows: logits has {logits.numblocks[class_axis]} "
+            f"chunks along the class axis {axis} (chunks {logits.chunks[class_axis]}); "
+            f"rechunk it into one, e.g. logits.rechunk({{{class_axis}: -1}})")
+    x = _moved(logits, class_axis, -1)
+    row_shape, row_chunks = x.shape[:-1], x.chunks[:-1]
+    n_classes = x.shape[-1]
+    if n_classes == 0:
+        raise ValueError(f"logits has 0 classes along axis {axis}: shape {logits.shape}")
+    labels = _labels_for_rows(labels, row_shape, row_chunks, n_classes, ignore_index,
+                              "labels")
+    weights = _checked_sample_weight(sample_weight, row_shape, row_chunks)
+    x_blocks, label_blocks, weight_blocks = _row_block_delayed(x, labels, weights)
+    block_sums = dask.delayed(_temperature_block_sums, pure=True)
+
+    def evaluate(b):
+        parts = [block_sums(xb, lb, wb, inverse_temperature=b, ignore_index=ignore_index,
+                            backend=backend)
+                 for xb, lb, wb in zip(x_blocks, label_blocks, weight_blocks)]
+        (sums,) = dask.compute(tree_merge(parts, _sum_arrays))
+        total = sums[0]
+        if total == 0.0:
+            raise ValueError("fit_temperature: no rows to fit: every label is ignore_index "
+                             "or has weight 0")
+        means = tuple(float(s / total) for s in sums[1:])
+        if not all(np.isfinite(m) for m in means):
+            _raise_first_bad_row(x, labels, weights, ignore_index, row_shape)
+        return means
+
+    return cal._newton_on_log_inverse_temperature(evaluate)
+
+
+def _raise_first_bad_row(x, labels, weights, ignore_index, row_shape):
+    """The in-memory fit's ValueError for a kept row whose NLL is not finite (computed
+    only on that path)."""
+    rows = tuple(range(x.ndim - 1))
+    operands = [x, rows + (x.ndim - 1,), labels, rows]
+    operands += [weights, rows] if weights is not None else [None, None]
+    bad = da.blockwise(functools.partial(_bad_rows_block, ignore_index=ignore_index),
+                       rows, *operands, concatenate=True, dtype=np.bool_,
+                       meta=np.empty((0,) * len(rows), np.bool_))
+    flat = bad.reshape(-1)
+    where = "?"
+    if bool(flat.any().compute()):
+        where = [int(i) for i in np.unravel_index(int(flat.argmax().compute()),
+                                                   row_shape)]
+    raise ValueError(
+        f"logits: row {where} (kept) holds NaN or +inf, or only -inf, or -inf at its "
+        f"label: its NLL is not finite at any temperature; give it label ignore_index "
+        f"or weight 0 to leave it out")
+
+
+def _sigmoid_block_sums(x, labels, weights, *, inverse_temperature, kind, ignore_index):
+    """The sigmoid-temperature sums (weight, NLL, NLL', NLL'', limit slope) of one block
+    of elements, as the in-memory binary / multilabel fit computes them."""
+    from . import _calibration as cal
+
+    flat, signs, kept = cal._sigmoid_targets(np.asarray(x), np.asarray(labels), -1, kind,
+                                             ignore_index)
+    w = (np.ones(flat.size) if weights is None
+         else np.asarray(weights, np.float64).reshape(-1))
+    kept &= w != 0
+    z = signs[kept] * flat.astype(np.float64)[kept]
+    if not np.all(np.isfinite(z)):
+        raise ValueError("logits: a kept logit is NaN or infinite")
+    return cal._sigmoid_sums(z, w[kept], inverse_temperature)
+
+
+def _fit_sigmoid_temperature(logits, labels, axis, kind, ignore_index, sample_weight):
+    """Binary / multilabel temperature: the loss is elementwise, so any chunking works."""
+    from . import _calibration as cal
+
+    labels = _as_dask(labels, "labels")
+    if kind == "binary":
+        if logits.ndim == 2 and logits.shape[v.single_axis(axis, 2)] == 1:
+            logits = logits.reshape(-1)
+        if logits.ndim != 1:
+            raise ValueError(f"kind='binary' takes one logit per row: shape (n,) or (n, 1), "
+                             f"got {logits.shape}")
+        if labels.shape != logits.shape:
+            raise ValueError(f"labels must have shape {logits.shape}, got {labels.shape}")
+        if labels.dtype.kind not in "iub":
+            raise TypeError(f"labels must be 0 / 1 integers, got dtype {labels.dtype}")
+    elif labels.shape != logits.shape:
+        raise ValueError(f"labels for kind='multilabel' must have the logits' shape "
+                         f"{logits.shape}, got {labels.shape}")
+    labels = labels.rechunk(logits.chunks)
+    weights = None
+    if sample_weight is not None:
+        weights = _checked_sample_weight(sample_weight, labels.shape, labels.chunks)
+    x_blocks, label_blocks, weight_blocks = _row_block_delayed(logits, labels, weights)
+    block_sums = dask.delayed(_sigmoid_block_sums, pure=True)
+
+    def evaluate(b):
+        parts = [block_sums(xb, lb, wb, inverse_temperature=b, kind=kind,
+                            ignore_index=ignore_index)
+                 for xb, lb, wb in zip(x_blocks, label_blocks, weight_blocks)]
+        (sums,) = dask.compute(tree_merge(parts, _sum_arrays))
+        if sums[0] == 0.0:
+            raise ValueError("fit_temperature: no rows to fit: every label is ignore_index "
+                             "or has weight 0")
+        return tuple(float(s) for s in sums[1:] / sums[0])
+
+    fit = cal._newton_on_log_inverse_temperature(evaluate)
+    return cal.TemperatureFit(fit.temperature, fit.nll_before, fit.nll_after, fit.passes,
+                              fit.converged, fit.status, kind)
+
+
+# --- calibration_error, reliability ------------------------------------------------------
+#
+# A row block's CalibrationBins (per bin: a count and three float64 sums, O(bins) bytes)
+# is made where the block's Scores lives, and the blocks' bins are merged in a tree
+# (CalibrationBins.combine): counts exact, sums up to the order of float64 additions.
+
+def _block_bins(scores, *, edges):
+    """The CalibrationBins of one row block's Scores (kept rows only)."""
+    from . import _calibration as cal
+
+    confidence, correct = cal._top_label(scores, None, -1, -100, None, None)
+    return cal.CalibrationBins.of(confidence, correct, edges=edges)
+
+
+def _top_label_scores(logits_or_scores, labels, axis, ignore_index, temperature,
+                      backend) -> DaskScores:
+    """The DaskScores holding ``confidence`` and ``correct`` (and ``kept``)."""
+    from . import _calibration as cal
+
+    if isinstance(logits_or_scores, DaskScores):
+        scores = logits_or_scores
+        if labels is not None:
+            raise ValueError("labels come with the DaskScores (score(logits, labels)); "
+                             "pass labels=None")
+        if temperature is not None:
+            raise ValueError("temperature= rescales logits; a DaskScores was computed at "
+                             "one temperature already: score(logits / T, labels)")
+        for name in ("confidence", "correct"):
+            if name not in scores:
+                raise ValueError(f"calibration needs the DaskScores field {name!r}: call "
+                                 f"score(logits, labels) with it in fields")
+        return scores
+    if isinstance(logits_or_scores, Scores):
+        raise TypeError("logitcore.dask calibration takes dask logits or a DaskScores; "
+                        "for an in-memory Scores call logitcore.calibration_error")
+    if labels is None:
+        raise ValueError("labels are needed with logits (or pass a DaskScores from "
+                         "logitcore.dask.score())")
+    logits, dtype = _float_dask(logits_or_scores, "logits_or_scores")
+    if temperature is not None:
+        # as the in-memory call: logits / T in the logits' (compute) dtype, elementwise
+        temperature = dtype.type(cal._check_temperature(temperature))
+        logits = logits.astype(dtype) / temperature
+    return score(logits, labels, axis=axis, ignore_index=ignore_index,
+                 fields=("confidence", "correct", "kept"), backend=backend)
+
+
+def reliability(logits_or_scores, labels=None, *, n_bins=15, binning="uniform", axis=-1,
+                ignore_index=-100, temperature=None, backend=None):
+    """``logitcore.reliability`` of dask logits (with dask or in-memory ``labels``) or of
+    a :class:`DaskScores` holding ``confidence`` and ``correct``: a lazy
+    ``CalibrationBins`` (``dask.delayed``; ``.compute()`` it).
+
+    Each row block's bins are made where the block is scored, and only the bins (a count
+    and three float64 sums per bin) travel, merged in a tree: counts equal the in-memory
+    ones exactly, the sums up to the order of float64 additions. Row- and class-chunked
+    logits both work (class chunks go through ``score``'s merged states: the confidences
+    within 1 ulp of the in-memory ones, so a confidence within an ulp of a bin edge may
+    change bin). ``binning="quantile"`` needs every confidence at once and is not
+    supported on dask arrays (NotImplementedError).
+    """
+    from . import _calibration as cal
+
+    cal._check_choice(binning, "binning", cal.BINNINGS)
+    if binning == "quantile":
+        raise NotImplementedError("binning='quantile' needs all the confidences at once; "
+                                  "on dask arrays use binning='uniform' (or compute "
+                                  "score(...).confidence and call logitcore.reliability)")
+    edges = cal.uniform_edges(n_bins)
+    scores = _top_label_scores(logits_or_scores, labels, axis, ignore_index, temperature,
+                               backend)
+    bins = [dask.delayed(_block_bins, pure=True)(block, edges=edges)
+            for block in scores._blocks.to_delayed().ravel()]
+    return tree_merge(bins, cal.CalibrationBins.combine)
+
+
+def _classwise_block_bins(x, labels, *, edges, ignore_index, temperature, backend):
+    from . import _calibration as cal
+
+    return _on_task_threads(cal._classwise_states)(x, labels, -1, ignore_index,
+                                                    temperature, edges, backend)
+
+
+def _merge_classwise(parts):
+    from . import _calibration as cal
+
+    return [cal.CalibrationBins.combine(states) for states in zip(*parts)]
+
+
+def calibration_error(logits_or_scores, labels=None, *, n_bins=15, binning="uniform",
+                      norm="l1", mode="top-label", axis=-1, ignore_index=-100,
+                      temperature=None, backend=None):
+    """``logitcore.calibration_error`` of dask logits or a :class:`DaskScores`, lazily (a
+    ``dask.delayed`` float; ``.compute()`` it): a tree reduction of per-block
+    ``CalibrationBins`` (see ``reliability``), equal to the in-memory figure up to the
+    order of float64 additions (relative 1e-12 or better).
+
+    ``mode="classwise"`` needs logits whose class axis is one chunk (each block bins
+    every class's probability of its rows; one CalibrationBins per class travels per
+    block); ``binning="quantile"`` is not supported on dask arrays.
+    """
+    from . import _calibration as cal
+
+    cal._check_choice(mode, "mode", cal.MODES)
+    cal._check_choice(norm, "norm", cal.NORMS)
+    if mode == "top-label":
+        return dask.delayed(cal.CalibrationBins.error, pure=True)(
+            reliability(logits_or_scores, labels, n_bins=n_bins, binning=binning,
+                        axis=axis, ignore_index=ignore_index, temperature=temperature,
+                        backend=backend), norm)
+    if isinstance(logits_or_scores, (Scores, DaskScores)):
+        raise ValueError("mode='classwise' needs the logits (every class's probability), "
+                         "not a Scores")
+    if labels is None:
+        raise ValueError("labels are needed with logits")
+    cal._check_choice(binning, "binning", cal.BINNINGS)
+    if binning == "quantile":
+        raise ValueError("mode='classwise' supports binning='uniform' only")
+    edges = cal.uniform_edges(n_bins)
+    if temperature is not None:
+        cal._check_temperature(temperature)
+    logits, dtype = _float_dask(logits_or_scores, "logits_or_scores")
+    if logits.ndim == 0:
+        raise ValueError("logits must have at least 1 dimension (the class axis)")
+    class_axis = v.single_axis(axis, logits.ndim)
+    if _class_chunked(logits, class_axis):
+        raise ValueError(
+            f"calibration_error(mode='classwise') needs whole rows: logits has "
+            f"{logits.numblocks[class_axis]} chunks along the class axis {axis}; rechunk "
+            f"it into one, e.g. logits.rechunk({{{class_axis}: -1}}), or use "
+            f"mode='top-label'")
+    x = _moved(logits, class_axis, -1)
+    label_array = _labels_for_rows(labels, x.shape[:-1], x.chunks[:-1], x.shape[-1],
+                                   ignore_index, "labels")
+    x_blocks, label_blocks = _row_block_delayed(x, label_array)
+    block_bins = dask.delayed(_classwise_block_bins, pure=True)
+    parts = [block_bins(xb, lb, edges=edges, ignore_index=ignore_index,
+                        temperature=temperature, backend=backend)
+             for xb, lb in zip(x_blocks, label_blocks)]
+    return dask.delayed(_classwise_error, pure=True)(tree_merge(parts, _merge_classwise),
+                                                     norm)
+
+
+def _classwise_error(states, norm):
+    return float(np.mean([state.error(norm) for state in states]))
+
+
+# --- tune_thresholds ---------------------------------------------------------------------
+#
+# The in-memory tuning's two reads, each a distributed reduction: pass 1 merges the row
+# blocks' ThresholdHistograms (counts per class, label and bin: O(classes x bins) bytes
+# per block, exact); the caller picks the bins that can hold the optimum; pass 2 merges
+# the blocks' Candidates (the samples of those bins only, in row order) and the caller
+# resolves them exactly. Classes are independent, so class chunks are tuned one class
+# chunk at a time within the same two passes and their results concatenated.
+
+def _block_histogram(x, labels, weights, *, kind, backend):
+    from . import _thresholds as th
+
+    return _on_task_threads(th.histogram)(x, labels, kind=kind, sample_weight=weights,
+                                           backend=backend)
+
+
+def _block_candidates(x, labels, weights, keep, *, kind, backend):
+    from . import _thresholds as th
+
+    return _on_task_threads(th.gather)(x, labels, keep, kind=kind, sample_weight=weights,
+                                        backend=backend)
+
+
+def _merge_histograms(parts):
+    return functools.reduce(lambda a, b: a.merge(b), parts)
+
+
+def _merge_candidates(parts):
+    return functools.reduce(lambda a, b: a.merge(b), parts)
+
+
+def tune_thresholds(logits, labels, *, kind="binary", metric="f1", beta=1.0,
+                    min_precision=None, min_recall=None, sample_weight=None,
+                    backend=None):
+    """``logitcore.tune_thresholds`` of dask arrays: the same exact ``Thresholds``,
+    computed (not lazy: the second pass depends on the first's result).
+
+    Two reads of the logits, as in memory: pass 1 is a tree merge of the row blocks'
+    histograms (exact integer counts), pass 2 a merge of the samples of the few bins that
+    can hold each class's optimum, which the caller scans exactly. The thresholds, counts
+    and metric values are those of the in-memory call (with ``sample_weight`` the
+    weighted counts are float64 sums in another order: equal up to float64 rounding).
+    Both passes read ``logits`` again: persist it first if it comes from storage.
+    Row and class chunks both work (classes are tuned independently).
+    """
+    from . import _thresholds as th
+
+    kind = th._check_kind(kind)
+    objective = th._check_objective(metric, beta, min_precision, min_recall)
+    backend = th._check_backend(backend)
+    x, dtype = _float_dask(logits, "logits")
+    y = _as_dask(labels, "labels")
+    if kind == "binary":
+        if x.ndim == 2 and x.shape[1] == 1:
+            x = x[:, 0]
+        if x.ndim != 1:
+            raise ValueError(f"logits for kind='binary' must have shape (n,) or (n, 1), "
+                             f"got shape {x.shape} (kind='multilabel' takes (n, classes))")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        x, y = x[:, None], y[:, None]
+    elif x.ndim != 2:
+        raise ValueError(f"logits for kind='multilabel' must have shape (n, classes), got "
+                         f"shape {x.shape}")
+    if y.shape != x.shape:
+        expected = x.shape if kind == "multilabel" else (x.shape[0],)
+        raise ValueError(f"labels must have shape {expected} (0 / 1 per logit), got "
+                         f"shape {tuple(np.shape(labels))}")
+    if y.dtype.kind not in "iub":
+        raise TypeError(f"labels must be bool or integer 0 / 1, got dtype {y.dtype}")
+    y = y.rechunk(x.chunks)
+    weights = _checked_sample_weight(sample_weight, x.shape[:1], x.chunks[:1])
+    # one group of row blocks per class chunk (multilabel, kind='multilabel' in blocks)
+    groups = []
+    for j in range(x.numblocks[1]):
+        x_blocks = list(x.blocks[:, j].to_delayed().ravel())
+        y_blocks = list(y.blocks[:, j].to_delayed().ravel())
+        w_blocks = (list(weights.to_delayed().ravel()) if weights is not None
+                    else [None] * len(x_blocks))
+        groups.append((x_blocks, y_blocks, w_blocks))
+    histogram = dask.delayed(_block_histogram, pure=True)
+    histograms = dask.compute(*[
+        tree_merge([histogram(xb, yb, wb, kind="multilabel", backend=backend)
+                    for xb, yb, wb in zip(*group)], _merge_histograms)
+        for group in groups])
+    keeps = [th.bins_to_resolve(hist, objective) for hist in histograms]
+    gather = dask.delayed(_block_candidates, pure=True)
+    candidates = dask.compute(*[
+        tree_merge([gather(xb, yb, wb, keep, kind="multilabel", backend=backend)
+                    for xb, yb, wb in zip(*group)], _merge_candidates)
+        # the (classes, bins) mask goes into the graph once, not once per block
+        for group, keep in zip(groups, map(dask.delayed, keeps))])
+    parts = [th.resolve(hist, found, objective, dtype)
+             for hist, found in zip(histograms, candidates)]
+    fields = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    fields["probability"] = th._probability_below(fields["logit"], dtype)
+    if weights is None:
+        for name in ("tp", "fp", "fn", "tn"):
+            fields[name] = fields[name].astype(np.int64)
+    return th.Thresholds(kind=kind, metric=metric, fields=fields)
