@@ -488,3 +488,230 @@ def test_docs_example_runs():
     assert result.returncode == 0, result.stderr[-2000:]
     loss, *_, accuracy = result.stdout.split()
     assert 6.0 < float(loss) < 8.0 and 0.0 <= float(accuracy) <= 1.0
+
+
+# --- fit_temperature, calibration, thresholds ---------------------------------------------
+# Independent references from the in-memory test modules: SciPy's bounded Brent
+# minimisation of the float64 NLL (reference_temperature), Guo et al.'s ECE written out
+# bin by bin on SciPy's softmax (guo_ece, top_label), and scikit-learn's exact curves
+# (check_against_reference).
+
+from test_calibration import guo_ece, reference_temperature, top_label  # noqa: E402
+from test_thresholds import check_against_reference, random_problem  # noqa: E402
+
+CAL_ROWS, CAL_CLASSES = 600, 12
+CAL_ROW_CHUNKS = (150, CAL_CLASSES)
+CAL_CLASS_CHUNKS = (150, 5)
+
+
+def _calibration_data(dtype):
+    """Over-confident logits (3x) with labels drawn from the unscaled softmax, and a few
+    ignored rows."""
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(CAL_ROWS, CAL_CLASSES)) * 1.5
+    p = special.softmax(logits, axis=1)
+    labels = (rng.random((CAL_ROWS, 1)) > p.cumsum(axis=1)).sum(axis=1)
+    labels = np.minimum(labels, CAL_CLASSES - 1)
+    labels[[3, 50, 333]] = IGNORE
+    return (3.0 * logits).astype(dtype), labels
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_fit_temperature_row_chunks(client, dtype, weighted):
+    """The same fit as in memory (the pass sums differ only in the order of float64
+    additions: the temperatures agree to the fit's tolerance), and SciPy's minimiser."""
+    x, labels = _calibration_data(dtype)
+    weights = (np.random.default_rng(2).random(CAL_ROWS) * 2).astype(np.float64) \
+        if weighted else None
+    got = ld.fit_temperature(da.from_array(x, chunks=CAL_ROW_CHUNKS), labels,
+                             sample_weight=weights)
+    expected = lc.fit_temperature(x, labels, sample_weight=weights)
+    assert got.status == expected.status == "optimal" and got.converged
+    assert got.passes == expected.passes
+    assert got.temperature == pytest.approx(expected.temperature, rel=1e-9)
+    assert got.nll_before == pytest.approx(expected.nll_before, rel=1e-12)
+    assert got.nll_after == pytest.approx(expected.nll_after, rel=1e-12)
+    compute_x = x.astype(np.float32) if dtype == np.float16 else x
+    w_ref = None if weights is None else weights.astype(compute_x.dtype)
+    want_t, want_nll = reference_temperature(compute_x, labels, w_ref)
+    assert got.temperature == pytest.approx(want_t, rel=1e-6)
+    assert got.nll_after == pytest.approx(want_nll, rel=1e-9)
+
+
+def test_fit_temperature_class_chunks_raise_naming_the_chunking(client):
+    x, labels = _calibration_data(np.float32)
+    with pytest.raises(ValueError, match=r"needs whole rows.*3 chunks along the class "
+                                         r"axis.*rechunk"):
+        ld.fit_temperature(da.from_array(x, chunks=CAL_CLASS_CHUNKS), labels)
+
+
+def test_fit_temperature_edge_outcomes(client):
+    x, labels = _calibration_data(np.float64)
+    d = da.from_array(x, chunks=CAL_ROW_CHUNKS)
+    with pytest.raises(ValueError, match="no rows to fit"):
+        ld.fit_temperature(d, np.full(CAL_ROWS, IGNORE))
+    bad = x.copy()
+    bad[400, 2] = np.nan
+    with pytest.raises(ValueError, match=r"row \[400\] \(kept\) holds NaN"):
+        ld.fit_temperature(da.from_array(bad, chunks=CAL_ROW_CHUNKS), labels)
+    separable = ld.fit_temperature(d, np.argmax(x, axis=1))
+    assert separable.status == "separable" and separable.temperature == 0.0
+    with pytest.raises(NotImplementedError, match="platt"):
+        ld.fit_temperature(d[:, 0], labels > 5, kind="binary", method="platt")
+
+
+def _sigmoid_reference_temperature(margins):
+    """argmin over T of mean softplus(-z / T), SciPy's bounded Brent over log T."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t):
+        return np.mean(np.logaddexp(0.0, -margins * np.exp(-log_t)))
+    result = minimize_scalar(nll, bounds=(-5, 5), method="bounded",
+                             options={"xatol": 1e-11, "maxiter": 1000})
+    return float(np.exp(result.x))
+
+
+@pytest.mark.parametrize("kind", ["binary", "multilabel"])
+def test_fit_sigmoid_temperature_any_chunks(client, kind):
+    rng = np.random.default_rng(5)
+    shape = (800,) if kind == "binary" else (400, 6)
+    labels = (rng.random(shape) < 0.4).astype(np.int64)
+    x = ((rng.normal(size=shape) + (2 * labels - 1)) * 4).astype(np.float32)
+    chunks = (130,) if kind == "binary" else (130, 4)
+    got = ld.fit_temperature(da.from_array(x, chunks=chunks), labels, kind=kind)
+    expected = lc.fit_temperature(x, labels, kind=kind)
+    assert got.kind == kind and got.status == "optimal"
+    assert got.temperature == pytest.approx(expected.temperature, rel=1e-9)
+    margins = ((2 * labels - 1) * x.astype(np.float64)).reshape(-1)
+    assert got.temperature == pytest.approx(_sigmoid_reference_temperature(margins),
+                                            rel=1e-6)
+
+
+@pytest.mark.parametrize("chunks", [CAL_ROW_CHUNKS, CAL_CLASS_CHUNKS], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_calibration_error_and_reliability(client, dtype, chunks):
+    """Row chunks: the in-memory figures up to float64 addition order, and counts exact;
+    class chunks: confidences within an ulp of the in-memory ones (none lies within an ulp
+    of an edge here), the same counts. Both against Guo et al.'s ECE on SciPy's softmax
+    (float64 reference vs the dtype's confidences: the dtype's tolerance)."""
+    x, labels = _calibration_data(dtype)
+    d = da.from_array(x, chunks=chunks)
+    kept = labels != IGNORE
+    confidence, correct = top_label(x[kept].astype(np.float32 if dtype == np.float16
+                                                   else dtype), labels[kept])
+    tol = 1e-5 if dtype != np.float64 else 1e-12
+    for norm in ("l1", "l2", "max"):
+        got = ld.calibration_error(d, labels, norm=norm).compute()
+        assert got == pytest.approx(lc.calibration_error(x, labels, norm=norm), rel=1e-12
+                                    if chunks == CAL_ROW_CHUNKS else tol)
+        assert got == pytest.approx(guo_ece(confidence, correct, norm=norm), rel=tol)
+    bins = ld.reliability(d, labels, n_bins=10).compute()
+    expected = lc.reliability(x, labels, n_bins=10)
+    assert np.array_equal(bins.counts, expected.counts)
+    np.testing.assert_allclose(bins.confidence_sums, expected.confidence_sums, rtol=tol)
+    # temperature: logits / T, as in memory
+    got = ld.calibration_error(d, labels, temperature=2.5).compute()
+    assert got == pytest.approx(lc.calibration_error(x, labels, temperature=2.5), rel=tol)
+
+
+def test_calibration_from_dask_scores_and_classwise(client):
+    x, labels = _calibration_data(np.float32)
+    d = da.from_array(x, chunks=CAL_ROW_CHUNKS)
+    scores = ld.score(d, labels)
+    assert ld.calibration_error(scores).compute() == pytest.approx(
+        lc.calibration_error(x, labels), rel=1e-12)
+    with pytest.raises(ValueError, match="labels come with the DaskScores"):
+        ld.calibration_error(scores, labels)
+    got = ld.calibration_error(d, labels, mode="classwise", temperature=2.0).compute()
+    assert got == pytest.approx(lc.calibration_error(x, labels, mode="classwise",
+                                                     temperature=2.0), rel=1e-12)
+    # independent: Kull et al.'s classwise ECE, Guo's bins per class on SciPy's softmax
+    kept = labels != IGNORE
+    probs = special.softmax(x[kept].astype(np.float64) / 2.0, axis=1)
+    want = np.mean([guo_ece(probs[:, c], labels[kept] == c) for c in range(CAL_CLASSES)])
+    assert got == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="classwise.*whole rows"):
+        ld.calibration_error(da.from_array(x, chunks=CAL_CLASS_CHUNKS), labels,
+                             mode="classwise")
+    with pytest.raises(NotImplementedError, match="quantile"):
+        ld.calibration_error(d, labels, binning="quantile")
+
+
+@pytest.mark.parametrize("chunks", [(700, 5), (700, 2)], ids=str)
+@pytest.mark.parametrize("metric,options", [("f1", {}), ("youden_j", {}),
+                                            ("recall", {"min_precision": 0.8})])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_tune_thresholds_multilabel(client, metric, options, dtype, chunks):
+    """Exactly the in-memory result (every field), and scikit-learn's optimum."""
+    logits, labels = random_problem(np.random.default_rng(17), 3000, 5, round_to=0.125)
+    # beyond 2^16: the overflow bins (float16 overflows there: large values instead)
+    logits[:, 1] *= 3e5 if dtype != np.float16 else 5e3
+    logits = logits.astype(dtype)
+    got = ld.tune_thresholds(da.from_array(logits, chunks=chunks), labels,
+                             kind="multilabel", metric=metric, **options)
+    expected = lc.tune_thresholds(logits, labels, kind="multilabel", metric=metric,
+                                  **options)
+    for name, value in expected.to_dict().items():
+        assert_same_bits(getattr(got, name), value)
+    check_against_reference(got, logits.astype(np.float32 if dtype == np.float16
+                                               else dtype), labels, metric,
+                            beta=1.0, p=options.get("min_precision"), r=None)
+
+
+def test_tune_thresholds_binary_weighted(client):
+    logits, labels = random_problem(np.random.default_rng(3), 2000, 1, round_to=0.1)
+    logits, labels = logits[:, 0], labels[:, 0]
+    weights = np.random.default_rng(4).random(2000)
+    weights[::7] = 0.0
+    got = ld.tune_thresholds(da.from_array(logits, chunks=300), labels, metric="f1",
+                             sample_weight=weights)
+    expected = lc.tune_thresholds(logits, labels, metric="f1", sample_weight=weights)
+    assert got.logit == expected.logit
+    assert got.value == pytest.approx(expected.value, rel=1e-12)
+    check_against_reference(got, logits, labels, "f1", w=weights)
+
+
+# --- a worker dies in the middle of a computation -----------------------------------------
+
+def _slow_block(block):
+    import time
+    time.sleep(0.15)
+    return block
+
+
+def test_killed_worker_is_recomputed(client):
+    """SIGKILL one worker process while the score summary and a fit run; its nanny starts
+    a new process, the scheduler reruns the lost tasks, and the results are those of the
+    in-memory calls (the documented way to simulate a lost worker: kill its process,
+    e.g. dask-examples' resilience notebook)."""
+    import os
+    import signal
+    import time
+
+    x, labels = _calibration_data(np.float32)
+    # 24 blocks of 25 rows, each held back 0.15 s: ~2 s of work on two workers
+    d = da.from_array(x, chunks=(25, CAL_CLASSES)).map_blocks(_slow_block, dtype=x.dtype)
+    scores = ld.score(d, labels)
+    future = client.compute([scores.summary(), scores.loss])
+    pids = client.run(os.getpid)  # worker address -> its process id
+    victim_address = None
+    deadline = time.monotonic() + 60
+    while victim_address is None and time.monotonic() < deadline:
+        # wait until a worker holds finished blocks (so its death loses results) and
+        # the computation is not done
+        for address, keys in client.has_what().items():
+            if len(keys) >= 2:
+                victim_address = address
+                break
+        time.sleep(0.05)
+    assert victim_address is not None and not future[0].done()
+    victim_pid = pids[victim_address]
+    os.kill(victim_pid, signal.SIGKILL)
+    summary, loss = client.gather(future)
+    expected = lc.score(x, labels)
+    assert_same_bits(loss, expected.loss)
+    for name, value in expected.summary().figures().items():
+        np.testing.assert_allclose(summary.figures()[name], value, rtol=1e-12)
+    client.wait_for_workers(2, timeout=60)
+    assert victim_pid not in client.run(os.getpid).values()  # a new process replaced it

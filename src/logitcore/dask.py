@@ -57,14 +57,18 @@ from ._score import Scores, Summary
 
 __all__ = [
     "binary_cross_entropy_with_logits",
+    "calibration_error",
     "cross_entropy",
     "DaskScores",
+    "fit_temperature",
     "log_softmax",
     "logsumexp",
+    "reliability",
     "score",
     "softmax",
     "task_threads",
     "tree_merge",
+    "tune_thresholds",
 ]
 
 # Class-chunk merges: at most this many chunk states are merged by one task.
