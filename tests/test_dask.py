@@ -474,6 +474,76 @@ def test_score_binary_and_multilabel_row_chunks(client):
     assert got.summary() == expected.summary()
 
 
+# --- the CLI on a cluster ------------------------------------------------------------------
+
+def _cli(*arguments, cwd):
+    return subprocess.run([sys.executable, "-m", "logitcore.cli", "score", *arguments],
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def test_cli_dask_local_cluster_matches_in_memory_cli(tmp_path):
+    """`logitcore score --dask local:2` as a real process: its part files, read back by
+    DuckDB in file order, hold the in-memory CLI's rows bit for bit; the summary JSON
+    agrees to float64 rounding (a tree of per-block summaries), counts exactly."""
+    import json
+
+    duckdb = pytest.importorskip("duckdb")
+    pytest.importorskip("pyarrow")
+    x, labels = _calibration_data(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", labels)
+    common = ["x.npy", "--labels", "y.npy", "--top-k", "3", "--temperature", "1.5", "-q"]
+    memory = _cli(*common, "-o", "mem.parquet", "--summary", "mem.json", cwd=tmp_path)
+    assert memory.returncode == 0, memory.stderr
+    on_dask = _cli(*common, "-o", "dk.parquet", "--summary", "dk.json", "--dask",
+                   "local:2", "--chunk-rows", "128", cwd=tmp_path)
+    assert on_dask.returncode == 0, on_dask.stderr
+    parts = sorted(p.name for p in (tmp_path / "dk.parquet").iterdir())
+    assert parts == [f"part-{i:05d}.parquet" for i in range(5)]  # 600 rows / 128
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    expected = duckdb.sql(f"select * from read_parquet('{tmp_path}/mem.parquet')")
+    got = duckdb.sql(f"select * exclude (filename, file_row_number) from read_parquet("
+                     f"'{tmp_path}/dk.parquet/*.parquet', filename=true, "
+                     f"file_row_number=true) order by filename, file_row_number")
+    assert got.columns == expected.columns
+    expected, got = expected.fetchnumpy(), got.fetchnumpy()
+    assert len(got["pred"]) == CAL_ROWS
+    for name in expected:
+        a, b = np.asarray(expected[name]), np.asarray(got[name])
+        if a.dtype == object:  # the top-k lists
+            a, b = np.stack(a), np.stack(b)
+        assert_same_bits(b, a)
+    # and an independent check of one column: SciPy's log-softmax of x / 1.5
+    log_p = special.log_softmax(x.astype(np.float64) / 1.5, axis=1)
+    kept = labels != IGNORE
+    np.testing.assert_allclose(np.asarray(got["loss"])[kept],
+                               -log_p[kept, labels[kept]], rtol=1e-5)
+    mem_summary = json.loads((tmp_path / "mem.json").read_text())["summary"]
+    dk_summary = json.loads((tmp_path / "dk.json").read_text())["summary"]
+    assert dk_summary.keys() == mem_summary.keys()
+    for name, value in mem_summary.items():
+        if isinstance(value, float):
+            assert dk_summary[name] == pytest.approx(value, rel=1e-12), name
+        else:
+            assert dk_summary[name] == value, name
+
+
+def test_cli_dask_refuses_options_it_cannot_run(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 3), np.float32))
+    for extra, message in ((["--plot", "r.png"], "--plot does not work with --dask"),
+                           (["--threads", "2"], "--threads does not work with --dask")):
+        result = _cli("x.npy", "-o", "out.parquet", "--dask", "local:1", *extra,
+                      cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [f"logitcore score: error: {message}"
+                                                      f" (the job runs on the cluster's "
+                                                      f"workers; see docs/dask.md); drop "
+                                                      f"it or run without --dask"]
+    result = _cli("x.npy", "-o", "out.csv", "--dask", "local:1", cwd=tmp_path)
+    assert result.returncode == 1 and "--dask writes Parquet only" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.npy"]
+
+
 # --- the docs page (last: it starts and closes its own cluster) ----------------------
 
 def test_docs_example_runs():

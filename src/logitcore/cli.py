@@ -136,6 +136,10 @@ def _add_score_parser(commands) -> None:
                    help="raw binary input's dtype (or bfloat16 for a .npy of 2-byte voids)")
     s.add_argument("--shape", type=_dimensions, metavar="ROWSxCLASSES",
                    help="raw binary input's shape; --shape=-1x1000 takes the rows from the size")
+    s.add_argument("--dask", metavar="ADDRESS",
+                   help="run on a Dask cluster (a scheduler address, or local:N for a "
+                        "LocalCluster of N 1-thread workers); OUT is a directory of "
+                        "Parquet parts (docs/dask.md)")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar and no summary on stdout")
@@ -191,6 +195,10 @@ def _score(parser, args) -> int:
     if not args.demo and args.output is None:
         parser.error("score needs -o OUT (a .parquet, .npz or .csv path)")
     try:
+        if args.dask is not None and not args.demo:
+            return _score_dask(args)
+        if args.dask is not None:
+            raise files.InputError("--demo does not work with --dask")
         return _score_demo(args) if args.demo else _score_file(args)
     except files.InputError as error:
         print(f"logitcore score: error: {error}", file=sys.stderr)
@@ -255,6 +263,26 @@ def _score_file(args) -> int:
         print(files.format_summary(document))
         if document["calibration"]:
             print(files.format_calibration(document["calibration"]))
+    return 0
+
+
+def _score_dask(args) -> int:
+    from . import _score_files as files
+
+    try:
+        from . import _score_files_dask as on_dask
+    except ImportError as error:
+        raise files.InputError(f"--dask needs dask and distributed: pip install "
+                               f'"logitcore[dask]" ({error})') from None
+    if args.summary and Path(args.summary).exists() and not args.overwrite:
+        raise files.InputError(f"{args.summary}: exists; pass --overwrite to replace it")
+    document = on_dask.run(args)
+    if args.summary:
+        files.write_json(Path(args.summary), document, args.overwrite)
+    if not args.quiet:
+        print(f"scored {document['rows']:,} rows of {document['input']} into "
+              f"{args.output}/ ({document['dask']['parts']} Parquet parts) on Dask")
+        print(files.format_summary(document))
     return 0
 
 
