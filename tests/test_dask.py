@@ -586,6 +586,21 @@ def _calibration_data(dtype):
     return (3.0 * logits).astype(dtype), labels
 
 
+def test_score_class_chunks_label_fields_without_the_label_logit(client):
+    """Class chunks with labels but only fields that need no label logit (what the
+    calibration figures ask for): correct and kept as in memory (failed with KeyError
+    'label_logit' before)."""
+    x, labels = _logits(np.float64), _labels()
+    got = ld.score(da.from_array(x, chunks=CLASS_CHUNKINGS[0]), labels,
+                   fields=["confidence", "correct", "kept"]).compute()
+    expected = lc.score(x, labels, fields=["confidence", "correct", "kept"])
+    assert_same_bits(got.correct, expected.correct)
+    assert_same_bits(got.kept, expected.kept)
+    assert_close(got.confidence, expected.confidence, np.float64)
+    assert_close(got.confidence[NORMAL_ROWS],
+                 special.softmax(x[NORMAL_ROWS], axis=1).max(axis=1), np.float64)
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_fit_temperature_row_chunks(client, dtype, weighted):

@@ -28,9 +28,11 @@ the last rounding to float32), not limited by float32 intermediate states.
 
 Dataset figures are reductions of mergeable states, never of per-row data: ``score``
 ends in one in-memory ``Scores`` per row block (``DaskScores._blocks``), each block's
-``Summary`` is made where the block lives, and ``tree_merge`` merges them. Further
-dataset figures (calibration bins, the sums of a temperature fit) plug in the same way:
-a per-block state from the block's fields or logits, and its merge as ``combine``.
+``Summary`` is made where the block lives, and ``tree_merge`` merges them. The other
+dataset figures work the same way, a per-block state from the block's fields or logits
+and its merge: ``reliability`` / ``calibration_error`` (``CalibrationBins``),
+``fit_temperature`` (the five float64 sums of each Newton pass) and ``tune_thresholds``
+(``ThresholdHistogram``, then the ``Candidates`` of the bins that can hold the optimum).
 """
 
 from __future__ import annotations
@@ -1125,6 +1127,19 @@ def _sum_arrays(parts):
     return functools.reduce(np.add, parts)
 
 
+def _pass_means(block_sums, blocks, **arguments):
+    """One pass of a temperature fit: ``block_sums(x, labels, weights, **arguments)`` of
+    every row block (weight, NLL, NLL', NLL'', limit slope), summed in a tree and
+    divided by the total weight."""
+    function = dask.delayed(block_sums, pure=True)
+    parts = [function(xb, lb, wb, **arguments) for xb, lb, wb in zip(*blocks)]
+    (sums,) = dask.compute(tree_merge(parts, _sum_arrays))
+    if sums[0] == 0.0:
+        raise ValueError("fit_temperature: no rows to fit: every label is ignore_index "
+                         "or has weight 0")
+    return tuple(float(s) for s in sums[1:] / sums[0])
+
+
 def _checked_sample_weight(sample_weight, row_shape, row_chunks):
     """``sample_weight`` as a float64 dask array with the rows' shape and chunks, finite
     and >= 0 (checked when computed), or None."""
@@ -1205,19 +1220,11 @@ def fit_temperature(logits, labels, *, axis=-1, kind="multiclass", ignore_index=
     labels = _labels_for_rows(labels, row_shape, row_chunks, n_classes, ignore_index,
                               "labels")
     weights = _checked_sample_weight(sample_weight, row_shape, row_chunks)
-    x_blocks, label_blocks, weight_blocks = _row_block_delayed(x, labels, weights)
-    block_sums = dask.delayed(_temperature_block_sums, pure=True)
+    blocks = _row_block_delayed(x, labels, weights)
 
     def evaluate(b):
-        parts = [block_sums(xb, lb, wb, inverse_temperature=b, ignore_index=ignore_index,
-                            backend=backend)
-                 for xb, lb, wb in zip(x_blocks, label_blocks, weight_blocks)]
-        (sums,) = dask.compute(tree_merge(parts, _sum_arrays))
-        total = sums[0]
-        if total == 0.0:
-            raise ValueError("fit_temperature: no rows to fit: every label is ignore_index "
-                             "or has weight 0")
-        means = tuple(float(s / total) for s in sums[1:])
+        means = _pass_means(_temperature_block_sums, blocks, inverse_temperature=b,
+                            ignore_index=ignore_index, backend=backend)
         if not all(np.isfinite(m) for m in means):
             _raise_first_bad_row(x, labels, weights, ignore_index, row_shape)
         return means
@@ -1283,18 +1290,11 @@ def _fit_sigmoid_temperature(logits, labels, axis, kind, ignore_index, sample_we
     weights = None
     if sample_weight is not None:
         weights = _checked_sample_weight(sample_weight, labels.shape, labels.chunks)
-    x_blocks, label_blocks, weight_blocks = _row_block_delayed(logits, labels, weights)
-    block_sums = dask.delayed(_sigmoid_block_sums, pure=True)
+    blocks = _row_block_delayed(logits, labels, weights)
 
     def evaluate(b):
-        parts = [block_sums(xb, lb, wb, inverse_temperature=b, kind=kind,
-                            ignore_index=ignore_index)
-                 for xb, lb, wb in zip(x_blocks, label_blocks, weight_blocks)]
-        (sums,) = dask.compute(tree_merge(parts, _sum_arrays))
-        if sums[0] == 0.0:
-            raise ValueError("fit_temperature: no rows to fit: every label is ignore_index "
-                             "or has weight 0")
-        return tuple(float(s) for s in sums[1:] / sums[0])
+        return _pass_means(_sigmoid_block_sums, blocks, inverse_temperature=b, kind=kind,
+                           ignore_index=ignore_index)
 
     fit = cal._newton_on_log_inverse_temperature(evaluate)
     return cal.TemperatureFit(fit.temperature, fit.nll_before, fit.nll_after, fit.passes,
