@@ -724,7 +724,7 @@ def test_calibration_from_dask_scores_and_classwise(client):
 
 
 @pytest.mark.parametrize("chunks", [(700, 5), (700, 2)], ids=str)
-@pytest.mark.parametrize("metric,options", [("f1", {}), ("youden_j", {}),
+@pytest.mark.parametrize("metric,options", [("f1", {}),
                                             ("recall", {"min_precision": 0.8})])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_tune_thresholds_multilabel(client, metric, options, dtype, chunks):
