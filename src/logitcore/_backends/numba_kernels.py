@@ -3274,7 +3274,9 @@ def temperature_nll(x, labels, sample_weight, ignore_index, inverse_temperature,
 # cache line of float32 logits), down its rows from the last-level cache: each class's
 # histogram takes thousands of a tile's rows while it is in L2 (with small tiles every
 # increment missed), and no pass walks main memory with a row's stride.
-THRESHOLD_TILE_BYTES = 1 << 23
+# Taller tiles give each class's histogram more increments per visit (with a thousand
+# classes, their histograms do not stay in cache from one tile to the next).
+THRESHOLD_TILE_BYTES = 1 << 25
 THRESHOLD_CLASS_BLOCK = 16
 
 
@@ -3351,12 +3353,13 @@ def threshold_histogram(x, y, w, row_bounds, class_bounds, shift, first_level, l
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def threshold_gather(x, y, w, row_bounds, class_bounds, shift, first_level, levels,
-                     lowest_bin, highest_bin, starts, out_values, out_labels, out_weights):
-    """Copy the (value, label, weight) of every element of class c whose bin is in
-    [lowest_bin[c], highest_bin[c]] to the outputs, rows of chunk r from position
-    starts[r, c] on, in row order (the rows and classes walked as in
-    threshold_histogram)."""
+def threshold_gather(x, y, w, row_bounds, class_bounds, lowest, highest, starts,
+                     out_values, out_labels, out_weights):
+    """Copy the (value, label, weight) of every element of class c with
+    lowest[c] <= float32(value) <= highest[c] (float32 bounds: the values of a range of
+    bins, _thresholds._value_range; NaN never passes) to the outputs, rows of chunk r
+    from position starts[r, c] on, in row order (the rows and classes walked as in
+    threshold_histogram). Two comparisons instead of each element's bin."""
     n_groups = class_bounds.shape[0] - 1
     n_tasks = (row_bounds.shape[0] - 1) * n_groups
     weighted = w.shape[0] > 0
@@ -3373,8 +3376,8 @@ def threshold_gather(x, y, w, row_bounds, class_bounds, shift, first_level, leve
                 for i in range(tile, tile_end):
                     for c in range(block, block_end):
                         value = x[i, c]
-                        b = threshold_bin(value, shift, first_level, levels)
-                        if b >= lowest_bin[c] and b <= highest_bin[c] and value == value:
+                        rounded = np.float32(value)
+                        if rounded >= lowest[c] and rounded <= highest[c]:
                             k = position[c]
                             out_values[k] = value
                             out_labels[k] = y[i, c]
