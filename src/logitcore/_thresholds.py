@@ -586,20 +586,22 @@ def bins_to_resolve(hist: ThresholdHistogram, objective: _Objective) -> np.ndarr
     lowered = 1 - BOUND_SLACK
     with np.errstate(invalid="ignore", divide="ignore"):
         if objective.metric in ("recall", "precision"):
-            recall_high = tp_high / positives
-            precision_high = np.where(tp_high > 0, tp_high / (tp_high + fp_low), 0.0)
+            # One quantity is bounded below, the other maximised: (value at the bin's
+            # upper boundary, highest value inside the bin) of each. The +inf threshold
+            # (recall 0, precision 1) counts where it meets the bound.
+            recall = (tp_high / positives, tp_high / positives)
+            precision = (_precision(tp_high, fp_high),
+                         np.where(tp_high > 0, tp_high / (tp_high + fp_low), 0.0))
             if objective.metric == "recall":
-                feasible = nonempty & (_precision(tp_high, fp_high) >= objective.min_precision)
-                best = np.max(np.where(feasible, recall_high, 0.0), axis=1, keepdims=True)
-                keep = ((precision_high >= objective.min_precision * lowered)
-                        & (recall_high >= best * lowered))
+                bounded, bound, target = precision, objective.min_precision, recall
+                at_inf = 0.0
             else:
-                feasible = nonempty & (recall_high >= objective.min_recall)
-                at_inf = 1.0 if objective.min_recall <= 0 else -np.inf
-                best = np.maximum(np.max(np.where(feasible, _precision(tp_high, fp_high),
-                                                  -np.inf), axis=1, keepdims=True), at_inf)
-                keep = ((recall_high >= objective.min_recall * lowered)
-                        & (precision_high >= best * lowered))
+                bounded, bound, target = recall, objective.min_recall, precision
+                at_inf = 1.0 if bound <= 0 else -np.inf
+            feasible = nonempty & (bounded[0] >= bound)
+            best = np.maximum(np.max(np.where(feasible, target[0], -np.inf), axis=1,
+                                     keepdims=True), at_inf)
+            keep = (bounded[1] >= bound * lowered) & (target[1] >= best * lowered)
         else:
             at_boundary = objective.values(tp_high, fp_high, positives, negatives)
             best = np.max(np.where(nonempty, at_boundary, -np.inf), axis=1, keepdims=True)
