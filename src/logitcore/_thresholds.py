@@ -631,7 +631,8 @@ def _scan(values, labels, weights, base_tp, base_fp, mantissa_bits):
     bins = bins_of(values, mantissa_bits)
     run_start = np.concatenate([[0], np.nonzero(np.diff(bins))[0] + 1])
     start_of = run_start[np.searchsorted(run_start, np.arange(values.size), "right") - 1]
-    ends = np.concatenate([np.nonzero(np.diff(values))[0], [values.size - 1]])
+    # the last of each run of equal values (not np.diff: inf - inf is NaN, != 0)
+    ends = np.concatenate([np.nonzero(values[1:] != values[:-1])[0], [values.size - 1]])
     first = start_of[ends]
     tp_before = np.where(first > 0, cum_tp[first - 1], 0.0)
     fp_before = np.where(first > 0, cum_fp[first - 1], 0.0)
@@ -851,8 +852,8 @@ def _curve_counts(values, labels, weights):
     order = np.argsort(values, kind="stable")[::-1]
     values = values[order]
     positive = labels[order].astype(np.float64)
-    ends = np.concatenate([np.nonzero(np.diff(values))[0], [values.size - 1]]).astype(
-        np.int64) if values.size else np.empty(0, np.int64)
+    ends = (np.concatenate([np.nonzero(values[1:] != values[:-1])[0], [values.size - 1]])
+            .astype(np.int64) if values.size else np.empty(0, np.int64))
     if weights is None:
         tps = np.cumsum(positive)[ends]
         fps = 1 + ends - tps
