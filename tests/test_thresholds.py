@@ -238,6 +238,82 @@ def test_infinite_logits_order_as_numbers(backend):
     assert float(result.logit) == np.inf and float(result.value) == pytest.approx(1 / 3)
 
 
+def special_values(dtype):
+    """Values at the bins' corners: +-0, subnormals, the smallest normal, the under- and
+    overflow edges 2^-16 and 2^16 with their neighbours, the largest float32, +-inf; in
+    float64 also values that round to a float32 bin edge from below."""
+    f32 = np.float32
+    edges = [f32(2.0**-16), f32(2.0**16), f32(1.0)]
+    positive = [f32(1e-45), f32(1e-40), np.finfo(f32).tiny, np.finfo(f32).max]
+    for edge in edges:
+        positive += [np.nextafter(edge, f32(0)), edge, np.nextafter(edge, f32(np.inf))]
+    values = np.array(positive, np.float64)
+    if dtype == np.float64:
+        values = np.concatenate([values, np.nextafter(values, 0.0)])
+    values = np.concatenate([values, -values, [0.0, -0.0, np.inf, -np.inf]])
+    return np.unique(values.astype(dtype)) if dtype == np.float32 else values
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("metric,options", [("f1", {}), ("youden_j", {}),
+                                            ("recall", {"min_precision": 0.6})])
+def test_special_values_match_sklearn(metric, options, dtype, backend):
+    """Optima on +-0 (one tie), subnormals, the bin layout's edges and +-inf: the bins
+    of pass 1 and the value ranges of pass 2 (order-preserving integer keys) agree."""
+    rng = np.random.default_rng(23)
+    pool = np.sort(special_values(dtype))
+    n_rows, n_classes = 3000, 12
+    rank = rng.integers(0, pool.size, (n_rows, n_classes))
+    logits = pool[rank]
+    # positives likelier higher up, each class with its own cut: optima all over the pool
+    cut = np.linspace(0.1, 0.9, n_classes) * pool.size
+    labels = (rng.random((n_rows, n_classes)) < np.where(rank >= cut, 0.7, 0.1)).astype(
+        np.uint8)
+    result = logitcore.tune_thresholds(logits, labels, kind="multilabel", metric=metric,
+                                       backend=backend, **options)
+    # scikit-learn rejects infinite scores: the same order with +-1e308 in their place
+    finite = np.clip(logits.astype(np.float64), -1e308, 1e308)
+    for c in range(n_classes):
+        t, value = reference(finite[:, c], labels[:, c], metric, **_reference_options(
+            options))
+        t = {1e308: np.inf, -1e308: -np.inf}.get(t, t)
+        assert result.logit[c] == t, (c, result.logit[c], t)
+        np.testing.assert_allclose(result.value[c], value, rtol=1e-9, atol=0)
+
+
+def test_curves_with_repeated_infinities():
+    """Equal infinite scores are one threshold (inf - inf is NaN, not a step)."""
+    logits = np.array([-np.inf, -np.inf, -1.0, 0.0, np.inf, np.inf, np.inf])
+    labels = np.array([1, 0, 0, 1, 1, 0, 1])
+    finite = np.clip(logits, -1e308, 1e308)
+    precision, recall, thresholds = logitcore.precision_recall_curve(logits, labels)
+    expected = metrics.precision_recall_curve(labels, finite)
+    np.testing.assert_array_equal(precision, expected[0])
+    np.testing.assert_array_equal(recall, expected[1])
+    np.testing.assert_array_equal(thresholds, np.where(np.abs(expected[2]) == 1e308,
+                                                       np.sign(expected[2]) * np.inf,
+                                                       expected[2]))
+    assert logitcore.roc_auc(logits, labels) == metrics.roc_auc_score(labels, finite)
+
+
+def test_value_ranges_are_the_bins():
+    """Pass 2 keeps lo <= float32(v) <= hi: exactly the values of the bins in range."""
+    values = np.concatenate([special_values(np.float64),
+                             np.random.default_rng(5).normal(size=1000) * 10.0 ** np.arange(
+                                 -25, 25, 0.05)])
+    bins = _thresholds.bins_of(values)
+    chosen = np.unique(np.concatenate([bins - 1, bins, bins + 1]))
+    lowest = np.repeat(chosen, chosen.size)
+    highest = np.tile(chosen, chosen.size)
+    lo, hi = _thresholds._value_range(lowest, highest, _thresholds.MANTISSA_BITS)
+    as_float32 = values.astype(np.float32)
+    kept = (as_float32 >= lo[:, None]) & (as_float32 <= hi[:, None])
+    in_range = (bins >= lowest[:, None]) & (bins <= highest[:, None])
+    np.testing.assert_array_equal(kept, in_range)
+    assert not np.any((np.float32(np.nan) >= lo) & (np.float32(np.nan) <= hi))
+
+
 # --- the mergeable state and its passes ------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)

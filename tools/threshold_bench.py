@@ -4,6 +4,7 @@ logitcore.tune_thresholds against the per-class scikit-learn loop
 
     python tools/threshold_bench.py                       # 200000x100 and 1048576x1000
     python tools/threshold_bench.py --shapes 200000x100 --repeat 5
+    python tools/threshold_bench.py --cpu-time            # 1 thread, CPU time
 
 The scikit-learn loop is timed on ``--sklearn-classes`` classes and scaled to all of
 them (its cost is the same for every class: one sort of a column); its thresholds are
@@ -53,10 +54,13 @@ def sklearn_loop(logits, labels, classes):
     return np.array(thresholds)
 
 
+CLOCK = time.perf_counter
+
+
 def timed(function):
-    start = time.perf_counter()
+    start = CLOCK()
     result = function()
-    return time.perf_counter() - start, result
+    return CLOCK() - start, result
 
 
 def bench(n_rows, n_classes, repeat, sklearn_classes, positive_rate):
@@ -87,8 +91,16 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sklearn-classes", type=int, default=10)
     parser.add_argument("--positive-rate", type=float, default=0.05)
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one thread, CPU time (time.process_time) instead of wall "
+                             "time: steadier on a shared, loaded machine")
     args = parser.parse_args()
-    print(f"threads: {logitcore.get_num_threads()}; best of {args.repeat}, interleaved")
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
+        logitcore.set_num_threads(1)
+    print(f"threads: {logitcore.get_num_threads()}; best of {args.repeat}, interleaved, "
+          f"{'CPU' if args.cpu_time else 'wall'} time")
     for shape in args.shapes:
         n_rows, n_classes = (int(part) for part in shape.lower().split("x"))
         bench(n_rows, n_classes, args.repeat, args.sklearn_classes, args.positive_rate)

@@ -49,6 +49,7 @@ import numpy as np
 from . import _config
 from ._calibration import calibration_error, fit_temperature, reliability_diagram
 from ._score import Summary, score
+from ._thresholds import _probability_below, tune_thresholds
 
 # --- errors and optional dependencies ----------------------------------------------------
 
@@ -1123,16 +1124,61 @@ def fit_on_validation(logits: RowSource, labels: RowSource, *, kind, ignore_inde
     return document
 
 
+def tune_on_validation(logits: RowSource, labels: RowSource, *, kind, metric, scored,
+                       backend, memory_bytes) -> dict:
+    """``tune_thresholds`` on validation rows read whole into memory (as
+    fit_on_validation), for scoring the rows of ``scored``. Returns the JSON document:
+    the tuned thresholds (logit, the metric's value and counts per class) and
+    ``probability``, the thresholds ``score`` applies. Closes the sources."""
+    try:
+        _check_pairing(logits, labels, kind)
+        if logits.row_shape != scored.row_shape:
+            raise InputError(f"{logits.name}: validation rows of shape {logits.row_shape}, "
+                             f"the scored rows have shape {scored.row_shape}")
+        x = _whole(logits, memory_bytes)
+        y = _whole(labels, memory_bytes)
+    finally:
+        logits.close()
+        labels.close()
+    if kind == "binary":
+        x = x.reshape(len(x))
+    try:
+        # Exact on every backend: backends without the threshold passes use auto's.
+        tuned = tune_thresholds(x, y, kind=kind, metric=metric,
+                                backend=backend if backend in ("numpy", "numba") else None)
+    except (ValueError, TypeError) as error:
+        raise InputError(f"{logits.name}: tuning the thresholds: {error}") from None
+    # score compares its float64 probabilities with the threshold in the scored rows'
+    # dtype: round the tuned threshold down in that dtype, and into score's (0, 1) (a
+    # class tuned to predict nothing, +inf, then predicts only probabilities that round
+    # to 1 below 1: logits above about 17 in float32, 37 in float64).
+    dtype = np.dtype(np.float64 if scored.dtype.itemsize == 8 else np.float32)
+    applied = np.clip(_probability_below(np.atleast_1d(tuned.logit), dtype),
+                      np.nextafter(dtype.type(0), dtype.type(1)),
+                      np.nextafter(dtype.type(1), dtype.type(0)))
+    document = {"source": "tuned", "metric": metric, "validation": logits.name,
+                "validation_rows": logits.n_rows}
+    for name, values in (("logit", tuned.logit), ("probability", applied),
+                         ("value", tuned.value), ("tp", tuned.tp), ("fp", tuned.fp),
+                         ("fn", tuned.fn), ("tn", tuned.tn)):
+        values = [_finite_or_none(value) for value in np.atleast_1d(values).tolist()]
+        document[name] = values[0] if kind == "binary" else values
+    return document
+
+
 def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_k,
         threshold, ignore_index, fields, backend, threads, memory_bytes, chunk_rows,
-        overwrite, progress, temperature=None, validation=None, plot=None) -> dict:
+        overwrite, progress, temperature=None, validation=None, plot=None,
+        tune=None) -> dict:
     """Scores every row of ``logits`` into ``output`` and returns the JSON summary
     (figures, rows, seconds, rows/s, GB/s, the temperature). Closes the sources.
 
     ``temperature``: divide the logits by it. ``validation``: a (logits, labels) pair of
     sources to fit the temperature on first (``fit_on_validation``). ``plot``: a path to
-    draw the scored rows' reliability diagram to, from the merged summary's bins."""
-    calibration = None
+    draw the scored rows' reliability diagram to, from the merged summary's bins.
+    ``tune``: a (logits, labels, metric) of validation sources to tune the thresholds on
+    first (``tune_on_validation``); they replace ``threshold``."""
+    calibration = tuned = None
     try:
         _check_pairing(logits, labels, kind)
         if validation is not None:
@@ -1143,6 +1189,12 @@ def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_
             temperature = calibration["temperature"]
         elif temperature is not None:
             calibration = {"temperature": temperature, "source": "given"}
+        if tune is not None:
+            with _thread_count(threads):
+                tuned = tune_on_validation(*tune[:2], kind=kind, metric=tune[2],
+                                           scored=logits, backend=backend,
+                                           memory_bytes=memory_bytes)
+            threshold = tuned["probability"]
         sink = open_sink(output, logits.n_rows, overwrite)
         n_fields = len(fields) if fields else 16
         # One backend for every chunk, chosen for the whole file: "auto" picks by each
@@ -1187,8 +1239,13 @@ def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_
         if validation is not None:  # closed by fit_on_validation unless it never ran
             for source in validation:
                 source.close()
+        if tune is not None:  # closed by tune_on_validation unless it never ran
+            for source in tune[:2]:
+                source.close()
     document = _json_summary(logits, output, kind, summary, seconds, chunk_rows)
     document["calibration"] = calibration
+    if tuned is not None:
+        document["thresholds"] = tuned
     if plot is not None:
         draw_reliability(summary, Path(plot))
     return document

@@ -48,7 +48,9 @@ PART_NAME = "part-{:05d}.parquet"
 
 def check_options(args) -> None:
     """One InputError naming the first option that does not work with --dask."""
-    refused = [("--fit-temperature", args.fit_temperature), ("--plot", args.plot),
+    refused = [("--fit-temperature", args.fit_temperature),
+               ("--tune-thresholds", getattr(args, "tune_thresholds", None)),
+               ("--plot", args.plot),
                ("--threads", args.threads), ("--shape", args.shape),
                ("--dtype", args.dtype),
                ("--memory", args.memory != files.DEFAULT_MEMORY_MB)]

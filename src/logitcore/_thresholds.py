@@ -401,6 +401,44 @@ def _bin_ranges(keep: np.ndarray):
     return lowest, highest
 
 
+# The order-preserving integer key of a float32: its bits for +0.0 and above, the
+# magnitude bits flipped below (-0.0 is -1, just under +0.0's 0): keys and values sort
+# alike, so each bin, a monotone function of the value, is a range of keys.
+KEY_OF_MINUS_INF = -(0x7F800000) - 1
+KEY_OF_PLUS_INF = 0x7F800000
+
+
+def _float32_of_keys(keys: np.ndarray) -> np.ndarray:
+    keys = keys.astype(np.int64)
+    bits = np.where(keys >= 0, keys, keys ^ 0x7FFFFFFF).astype(np.int64) & 0xFFFFFFFF
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def _value_range(lowest: np.ndarray, highest: np.ndarray, mantissa_bits: int):
+    """Per class, the float32 values (lo, hi) such that ``bins_of(v)`` is in
+    [lowest, highest] exactly when lo <= float32(v) <= hi (v not NaN); lo > hi where no
+    bin is chosen. By bisection on the keys, bins_of being non-decreasing in them."""
+    def first_key(at_least):  # the smallest key whose bin is >= at_least
+        low = np.full(at_least.shape, KEY_OF_MINUS_INF, np.int64)
+        high = np.full(at_least.shape, KEY_OF_PLUS_INF + 1, np.int64)
+        while np.any(low < high):
+            middle = (low + high) // 2
+            above = bins_of(_float32_of_keys(np.minimum(middle, KEY_OF_PLUS_INF)),
+                            mantissa_bits) >= at_least
+            high = np.where(above, middle, high)
+            low = np.where(above, low, np.maximum(middle + 1, low))
+            low = np.minimum(low, high)
+        return low
+
+    lo_key = first_key(lowest)
+    hi_key = first_key(highest + 1) - 1
+    chosen = (lowest <= highest) & (lo_key <= KEY_OF_PLUS_INF) & (lo_key <= hi_key)
+    lo = np.where(chosen, _float32_of_keys(np.minimum(lo_key, KEY_OF_PLUS_INF)), np.inf)
+    hi = np.where(chosen, _float32_of_keys(np.clip(hi_key, KEY_OF_MINUS_INF,
+                                                   KEY_OF_PLUS_INF)), -np.inf)
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
 def _gather(x, y, w, keep, backend: str, mantissa_bits: int,
             chunk_counts: np.ndarray | None = None) -> Candidates:
     """``chunk_counts``: the (row chunks, C, bins) counts of pass 1 on the same rows and
@@ -423,10 +461,10 @@ def _gather(x, y, w, keep, backend: str, mantissa_bits: int,
     values = np.empty(total)
     labels = np.empty(total, np.uint8)
     weights = np.empty(total if w.size else 0)
-    shift, first_level, levels = bin_layout(mantissa_bits)
+    lo, hi = _value_range(lowest, highest, mantissa_bits)
     numba_threads.launch(threads, numba_kernels.threshold_gather, x, y, w, row_bounds,
-                         class_bounds, shift, first_level, levels, lowest, highest,
-                         np.ascontiguousarray(starts), values, labels, weights)
+                         class_bounds, lo, hi, np.ascontiguousarray(starts), values,
+                         labels, weights)
     return Candidates(values, labels, weights, class_starts)
 
 
@@ -548,20 +586,22 @@ def bins_to_resolve(hist: ThresholdHistogram, objective: _Objective) -> np.ndarr
     lowered = 1 - BOUND_SLACK
     with np.errstate(invalid="ignore", divide="ignore"):
         if objective.metric in ("recall", "precision"):
-            recall_high = tp_high / positives
-            precision_high = np.where(tp_high > 0, tp_high / (tp_high + fp_low), 0.0)
+            # One quantity is bounded below, the other maximised: (value at the bin's
+            # upper boundary, highest value inside the bin) of each. The +inf threshold
+            # (recall 0, precision 1) counts where it meets the bound.
+            recall = (tp_high / positives, tp_high / positives)
+            precision = (_precision(tp_high, fp_high),
+                         np.where(tp_high > 0, tp_high / (tp_high + fp_low), 0.0))
             if objective.metric == "recall":
-                feasible = nonempty & (_precision(tp_high, fp_high) >= objective.min_precision)
-                best = np.max(np.where(feasible, recall_high, 0.0), axis=1, keepdims=True)
-                keep = ((precision_high >= objective.min_precision * lowered)
-                        & (recall_high >= best * lowered))
+                bounded, bound, target = precision, objective.min_precision, recall
+                at_inf = 0.0
             else:
-                feasible = nonempty & (recall_high >= objective.min_recall)
-                at_inf = 1.0 if objective.min_recall <= 0 else -np.inf
-                best = np.maximum(np.max(np.where(feasible, _precision(tp_high, fp_high),
-                                                  -np.inf), axis=1, keepdims=True), at_inf)
-                keep = ((recall_high >= objective.min_recall * lowered)
-                        & (precision_high >= best * lowered))
+                bounded, bound, target = recall, objective.min_recall, precision
+                at_inf = 1.0 if bound <= 0 else -np.inf
+            feasible = nonempty & (bounded[0] >= bound)
+            best = np.maximum(np.max(np.where(feasible, target[0], -np.inf), axis=1,
+                                     keepdims=True), at_inf)
+            keep = (bounded[1] >= bound * lowered) & (target[1] >= best * lowered)
         else:
             at_boundary = objective.values(tp_high, fp_high, positives, negatives)
             best = np.max(np.where(nonempty, at_boundary, -np.inf), axis=1, keepdims=True)
@@ -591,7 +631,8 @@ def _scan(values, labels, weights, base_tp, base_fp, mantissa_bits):
     bins = bins_of(values, mantissa_bits)
     run_start = np.concatenate([[0], np.nonzero(np.diff(bins))[0] + 1])
     start_of = run_start[np.searchsorted(run_start, np.arange(values.size), "right") - 1]
-    ends = np.concatenate([np.nonzero(np.diff(values))[0], [values.size - 1]])
+    # the last of each run of equal values (not np.diff: inf - inf is NaN, != 0)
+    ends = np.concatenate([np.nonzero(values[1:] != values[:-1])[0], [values.size - 1]])
     first = start_of[ends]
     tp_before = np.where(first > 0, cum_tp[first - 1], 0.0)
     fp_before = np.where(first > 0, cum_fp[first - 1], 0.0)
@@ -811,8 +852,8 @@ def _curve_counts(values, labels, weights):
     order = np.argsort(values, kind="stable")[::-1]
     values = values[order]
     positive = labels[order].astype(np.float64)
-    ends = np.concatenate([np.nonzero(np.diff(values))[0], [values.size - 1]]).astype(
-        np.int64) if values.size else np.empty(0, np.int64)
+    ends = (np.concatenate([np.nonzero(values[1:] != values[:-1])[0], [values.size - 1]])
+            .astype(np.int64) if values.size else np.empty(0, np.int64))
     if weights is None:
         tps = np.cumsum(positive)[ends]
         fps = 1 + ends - tps

@@ -121,6 +121,14 @@ def _add_score_parser(commands) -> None:
                            help="fit T by NLL on validation logits and labels (any input "
                                 "format; read whole, within --memory) with "
                                 "logitcore.fit_temperature, then score with it")
+    calibrate.add_argument("--tune-thresholds", nargs=2,
+                           metavar=("VAL_LOGITS", "VAL_LABELS"),
+                           help="binary / multilabel: tune a threshold per class on "
+                                "validation logits and labels (read whole, within --memory) "
+                                "with logitcore.tune_thresholds, score with them instead of "
+                                "--threshold, and report them in the summary")
+    s.add_argument("--threshold-metric", choices=("f1", "balanced_accuracy", "youden_j"),
+                   help="what --tune-thresholds maximises (default f1)")
     s.add_argument("--plot", metavar="FILE.png",
                    help="draw the reliability diagram of the scored rows (.png, .svg or "
                         ".pdf; needs --labels and matplotlib)")
@@ -194,6 +202,8 @@ def _score(parser, args) -> int:
         parser.error("score needs INPUT and -o OUT, or --demo")
     if not args.demo and args.output is None:
         parser.error("score needs -o OUT (a .parquet, .npz or .csv path)")
+    if args.threshold_metric and not args.tune_thresholds:
+        parser.error("--threshold-metric is what --tune-thresholds maximises: pass both")
     try:
         if args.dask is not None and not args.demo:
             return _score_dask(args)
@@ -239,23 +249,29 @@ def _score_file(args) -> int:
     if args.plot:
         files.check_plot_path(Path(args.plot), args.kind, args.labels is not None,
                               args.overwrite)
+    if args.tune_thresholds and args.kind == "multiclass":
+        raise files.InputError("--tune-thresholds takes --kind binary or multilabel")
     dtype = files.dtype_named(args.dtype) if args.dtype else None
     logits = files.open_rows(args.input, kind=args.kind, for_labels=False, dtype=dtype,
                              shape=args.shape)
-    labels = validation = None
+    labels = validation = tune = None
     try:
         if args.labels is not None:
             labels = files.open_rows(args.labels, kind=args.kind, for_labels=True)
         if args.fit_temperature:
-            validation = _open_validation(args)
+            validation = _open_validation(args, args.fit_temperature)
+        if args.tune_thresholds:
+            tune = (_open_validation(args, args.tune_thresholds)
+                    + (args.threshold_metric or "f1",))
     except BaseException:
-        for source in (logits, labels):
+        for source in (logits, labels, *(validation or ()), *(tune or ())[:2]):
             if source is not None:
                 source.close()
         raise
     output = Path(args.output)
     document = files.run(logits, labels, output, temperature=temperature,
-                         validation=validation, plot=args.plot, **_score_options(args))
+                         validation=validation, plot=args.plot, tune=tune,
+                         **_score_options(args))
     if args.summary:
         files.write_json(Path(args.summary), document, args.overwrite)
     if not args.quiet:
@@ -263,6 +279,13 @@ def _score_file(args) -> int:
         print(files.format_summary(document))
         if document["calibration"]:
             print(files.format_calibration(document["calibration"]))
+        if "thresholds" in document:
+            tuned = document["thresholds"]
+            value = np.nanmean(np.array(tuned["value"], dtype=float))
+            print(f"thresholds tuned on {tuned['validation']} ({tuned['validation_rows']:,} "
+                  f"rows): {tuned['metric']} {value:.4f}"
+                  + (f" at logit {tuned['logit']}" if args.kind == "binary" else
+                     " (mean over the classes; per class in --summary)"))
     return 0
 
 
@@ -286,10 +309,10 @@ def _score_dask(args) -> int:
     return 0
 
 
-def _open_validation(args):
+def _open_validation(args, specs):
     from . import _score_files as files
 
-    logits_spec, labels_spec = args.fit_temperature
+    logits_spec, labels_spec = specs
     logits = files.open_rows(logits_spec, kind=args.kind, for_labels=False)
     try:
         return logits, files.open_rows(labels_spec, kind=args.kind, for_labels=True)

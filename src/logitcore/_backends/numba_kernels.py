@@ -3269,12 +3269,14 @@ def temperature_nll(x, labels, sample_weight, ignore_index, inverse_temperature,
 # values always share a bin. _thresholds.bin_layout gives (shift, first_level, levels);
 # numpy's twin is _thresholds.bins_of. NaN is counted apart (the caller raises).
 # The histogram and gather loops take the rows in tiles of about THRESHOLD_TILE_BYTES of a
-# class group's logits. A tile is first read in memory order (which the hardware
-# prefetcher streams; the loop counts the NaNs), then, class block by class block (one
-# cache line of float32 logits), down its rows from the last-level cache: each class's
-# histogram takes thousands of a tile's rows while it is in L2 (with small tiles every
-# increment missed), and no pass walks main memory with a row's stride.
-THRESHOLD_TILE_BYTES = 1 << 23
+# class group's logits. The histogram first reads a tile in memory order (which the
+# hardware prefetcher streams; the loop counts the NaNs), then both loops go class block
+# by class block (one cache line of float32 logits) down the tile's rows: each class's
+# histogram takes thousands of a tile's rows per visit (with a thousand classes the
+# histograms do not stay in cache from one tile to the next, so taller tiles miss less).
+# The gather's two comparisons per element keep up with the strided walk without the
+# first read (measured: it only added time).
+THRESHOLD_TILE_BYTES = 1 << 25
 THRESHOLD_CLASS_BLOCK = 16
 
 
@@ -3351,12 +3353,13 @@ def threshold_histogram(x, y, w, row_bounds, class_bounds, shift, first_level, l
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def threshold_gather(x, y, w, row_bounds, class_bounds, shift, first_level, levels,
-                     lowest_bin, highest_bin, starts, out_values, out_labels, out_weights):
-    """Copy the (value, label, weight) of every element of class c whose bin is in
-    [lowest_bin[c], highest_bin[c]] to the outputs, rows of chunk r from position
-    starts[r, c] on, in row order (the rows and classes walked as in
-    threshold_histogram)."""
+def threshold_gather(x, y, w, row_bounds, class_bounds, lowest, highest, starts,
+                     out_values, out_labels, out_weights):
+    """Copy the (value, label, weight) of every element of class c with
+    lowest[c] <= float32(value) <= highest[c] (float32 bounds: the values of a range of
+    bins, _thresholds._value_range; NaN never passes) to the outputs, rows of chunk r
+    from position starts[r, c] on, in row order (the rows and classes walked as in
+    threshold_histogram). Two comparisons instead of each element's bin."""
     n_groups = class_bounds.shape[0] - 1
     n_tasks = (row_bounds.shape[0] - 1) * n_groups
     weighted = w.shape[0] > 0
@@ -3367,14 +3370,13 @@ def threshold_gather(x, y, w, row_bounds, class_bounds, shift, first_level, leve
         tile_rows = threshold_tile_rows(class_bounds[g + 1] - class_bounds[g], x.itemsize)
         for tile in range(row_bounds[r], row_bounds[r + 1], tile_rows):
             tile_end = min(tile + tile_rows, row_bounds[r + 1])
-            threshold_stream_tile(x, y, tile, tile_end, class_bounds[g], class_bounds[g + 1])
             for block in range(class_bounds[g], class_bounds[g + 1], THRESHOLD_CLASS_BLOCK):
                 block_end = min(block + THRESHOLD_CLASS_BLOCK, class_bounds[g + 1])
                 for i in range(tile, tile_end):
                     for c in range(block, block_end):
                         value = x[i, c]
-                        b = threshold_bin(value, shift, first_level, levels)
-                        if b >= lowest_bin[c] and b <= highest_bin[c] and value == value:
+                        rounded = np.float32(value)
+                        if rounded >= lowest[c] and rounded <= highest[c]:
                             k = position[c]
                             out_values[k] = value
                             out_labels[k] = y[i, c]
