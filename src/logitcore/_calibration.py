@@ -438,7 +438,9 @@ class CalibrationBins:
     def of(cls, confidence, correct, *, n_bins=15, edges=None, sample_weight=None):
         """The state of one batch of top-label confidences in [0, 1] and 0 / 1 (or
         bool) correctness. NaN confidences are left out."""
-        confidence = np.asarray(confidence, dtype=np.float64).reshape(-1)
+        confidence = np.asarray(confidence).reshape(-1)
+        if confidence.dtype not in _BINNED_DTYPES:  # float32 is binned and summed as is
+            confidence = confidence.astype(np.float64)
         correct = np.asarray(correct).reshape(-1)
         if correct.shape != confidence.shape:
             raise ValueError(f"correct must have one value per confidence: "
@@ -449,12 +451,13 @@ class CalibrationBins:
         n_bins = edges.size - 1
         weight = (None if sample_weight is None
                   else np.asarray(sample_weight, dtype=np.float64).reshape(-1))
-        missing = np.isnan(confidence)
-        if missing.any():
-            keep = ~missing
+        lowest = confidence.min() if confidence.size else 0.0
+        if np.isnan(lowest):  # NaN confidences (min propagates NaN): left out
+            keep = ~np.isnan(confidence)
             confidence, correct = confidence[keep], correct[keep]
             weight = None if weight is None else weight[keep]
-        if confidence.size and (confidence.min() < 0.0 or confidence.max() > 1.0):
+            lowest = confidence.min() if confidence.size else 0.0
+        if confidence.size and (lowest < 0.0 or confidence.max() > 1.0):
             raise ValueError("confidences must lie in [0, 1]")
         index = _bin_index(confidence, edges)
         correct = correct.astype(np.float64)
@@ -526,12 +529,13 @@ def _bin_index(confidence, edges):
     rounding of an edge (where c M and the edge may round apart) take the search."""
     n_bins = edges.size - 1
     if edges.size != 1 and np.array_equal(edges, uniform_edges(n_bins)):
-        scaled = confidence * n_bins
+        scaled = np.multiply(confidence, n_bins, dtype=np.float64)
         ceiling = np.ceil(scaled)
         index = ceiling.astype(np.intp)
         index -= 1
-        above = ceiling - scaled  # in [0, 1): near 0 or 1 next to an edge
-        near_edge = np.flatnonzero((above < _EDGE_ROUNDING) | (above > 1.0 - _EDGE_ROUNDING))
+        above = np.subtract(ceiling, scaled, out=ceiling)  # in [0, 1): near 0 or 1 by an edge
+        above -= 0.5
+        near_edge = np.flatnonzero(np.abs(above, out=above) > 0.5 - _EDGE_ROUNDING)
         index[near_edge] = np.searchsorted(edges, confidence[near_edge], side="left") - 1
     else:
         index = np.searchsorted(edges, confidence, side="left") - 1
@@ -541,6 +545,7 @@ def _bin_index(confidence, edges):
 # c M and the uniform edge k / M are both within a few ulps of their exact values: a
 # confidence whose c M lies this close to an integer is binned by searching the edges.
 _EDGE_ROUNDING = 1e-9
+_BINNED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def uniform_edges(n_bins: int) -> np.ndarray:
@@ -581,7 +586,7 @@ def _top_label(logits_or_scores, labels, axis, ignore_index, temperature, backen
         kept = scores["kept"] if "kept" in scores else scores._kept
         confidence = scores["confidence"].reshape(-1)
         correct = scores["correct"].reshape(-1)
-        if kept is not None:
+        if kept is not None and not kept.all():
             kept = kept.reshape(-1)
             confidence, correct = confidence[kept], correct[kept]
         return confidence, correct

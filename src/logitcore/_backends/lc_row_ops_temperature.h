@@ -29,6 +29,8 @@
 #define LC_TEMPERATURE_LANES 8
 /* Elements per tile of narrow rows (its five float64 scratch arrays stay in L1/L2). */
 #define LC_TEMPERATURE_TILE_ELEMENTS 1024
+/* Rows per tile: narrow rows have at least 1 class (longer rows go one row per tile). */
+#define LC_TEMPERATURE_TILE_ROWS LC_TEMPERATURE_TILE_ELEMENTS
 /* Elements of a long row's block whose terms are taken at a time (see lc_temperature_block). */
 #define LC_TEMPERATURE_PIECE 256
 /* |d| beyond this has exp(b d) = 0 for every b >= 2^-40 the fit evaluates; its cube
@@ -118,31 +120,27 @@ LC_INLINE void lc_temperature_lane_sums(const double* terms, lc_index n, double*
         lanes[k] += terms[j];
 }
 
-/* Adds a kept row's terms, weighted by w, to sums: w, w NLL, w dNLL/db, w d2NLL/db2,
-   w (max - x[label]) and w d3NLL/db3; NaN when the row's max or sum is not finite. */
-LC_INLINE void lc_temperature_add_row(double* sums, lc_temperature_state state,
-                                      double label_logit, double w, double b)
+/* A row's terms from its state and label logit: NLL, dNLL/db, d2NLL/db2, max - x[label]
+   and d3NLL/db3 into terms[k][r] (k < LC_TEMPERATURE_SUMS - 1); NaN when the row's max or
+   sum is not finite. Branch-free, so that a loop over a tile's rows vectorises. */
+LC_INLINE void lc_temperature_row_terms(lc_temperature_state state, double label_logit,
+                                        double b, double (*terms)[LC_TEMPERATURE_TILE_ROWS],
+                                        lc_index r)
 {
-    double nll = NAN, slope = NAN, curvature = NAN, limit_slope = NAN, third = NAN;
-    if (isfinite(state.max) && isfinite(state.others)) {
-        double label_d = label_logit - state.max;
-        double total = state.others + state.n_at_max;
-        double mean_d = state.s1 / total;
-        double variance = state.s2 / total - mean_d * mean_d;
-        nll = lc_log1p_f64(state.others + (state.n_at_max - 1.0)) - b * label_d;
-        slope = mean_d - label_d;
-        curvature = variance > 0.0 ? variance : 0.0;
-        limit_slope = -label_d;
-        /* E[(d - mean)^3] from the raw moments */
-        third = state.s3 / total - 3.0 * mean_d * (state.s2 / total)
-                + 2.0 * mean_d * mean_d * mean_d;
-    }
-    sums[0] += w;
-    sums[1] += w * nll;
-    sums[2] += w * slope;
-    sums[3] += w * curvature;
-    sums[4] += w * limit_slope;
-    sums[5] += w * third;
+    int finite = isfinite(state.max) && isfinite(state.others);
+    double label_d = label_logit - state.max;
+    double total = state.others + state.n_at_max;
+    double mean_d = state.s1 / total;
+    double second = state.s2 / total;
+    double variance = second - mean_d * mean_d;
+    /* E[(d - mean)^3] from the raw moments */
+    double third = state.s3 / total - 3.0 * mean_d * second + 2.0 * mean_d * mean_d * mean_d;
+    terms[0][r] = finite ? lc_log1p_f64(state.others + (state.n_at_max - 1.0)) - b * label_d
+                         : NAN;
+    terms[1][r] = finite ? mean_d - label_d : NAN;
+    terms[2][r] = finite ? (variance > 0.0 ? variance : 0.0) : NAN;
+    terms[3][r] = finite ? -label_d : NAN;
+    terms[4][r] = finite ? third : NAN;
 }
 
 #define LC_TEMPERATURE_GENERIC
@@ -204,9 +202,10 @@ LC_INLINE lc_temperature_state LC_NAME(lc_temperature_block)(const LC_REAL* x, l
 
 /* lc_temperature_tile_f32 / _f64: the states of n_rows narrow rows (fewer than
    LC_NARROW_MAX_CLASSES classes, one block each; n_rows * n_classes at most
-   LC_TEMPERATURE_TILE_ELEMENTS). A loop over 10 classes does not vectorise, so the tile's
-   shifted values go to one flat scratch, every element's terms are taken in one loop
-   vectorised across the rows, and each row's terms are then added in class order. */
+   LC_TEMPERATURE_TILE_ELEMENTS). A loop over 10 classes does not vectorise, so the tile is
+   shifted into a class-major scratch (element (r, c) at [c * n_rows + r]): every element's
+   terms are taken in one flat loop, and each row's terms added in class order by loops
+   that run across the rows. */
 LC_INLINE void LC_NAME(lc_temperature_tile)(const LC_REAL* x, lc_index n_rows,
                                             lc_index n_classes, double b,
                                             lc_temperature_state* states)
@@ -214,29 +213,38 @@ LC_INLINE void LC_NAME(lc_temperature_tile)(const LC_REAL* x, lc_index n_rows,
     double shifted[LC_TEMPERATURE_TILE_ELEMENTS], others[LC_TEMPERATURE_TILE_ELEMENTS];
     double n_at_max[LC_TEMPERATURE_TILE_ELEMENTS], s1[LC_TEMPERATURE_TILE_ELEMENTS];
     double s2[LC_TEMPERATURE_TILE_ELEMENTS], s3[LC_TEMPERATURE_TILE_ELEMENTS];
+    double row_sums[5][LC_TEMPERATURE_TILE_ROWS]; /* others, n_at_max, s1, s2, s3 */
     for (lc_index r = 0; r < n_rows; r++) {
         const LC_REAL* row = x + r * n_classes;
         LC_REAL top = LC_NAME(row_max)(row, n_classes);
         double shift = (double)LC_NAME(finite_or_zero)(top);
         states[r].max = (double)top;
         for (lc_index c = 0; c < n_classes; c++)
-            shifted[r * n_classes + c] = (double)row[c] - shift;
+            shifted[c * n_rows + r] = (double)row[c] - shift;
     }
     lc_index n = n_rows * n_classes;
     for (lc_index i = 0; i < n; i++) {
         others[i] = n_at_max[i] = s1[i] = s2[i] = s3[i] = 0.0;
         LC_TEMPERATURE_ADD_TERMS(shifted[i], b, others[i], n_at_max[i], s1[i], s2[i], s3[i]);
     }
-    for (lc_index r = 0; r < n_rows; r++) {
-        lc_temperature_state* state = &states[r];
-        state->others = state->n_at_max = state->s1 = state->s2 = state->s3 = 0.0;
-        for (lc_index i = r * n_classes; i < (r + 1) * n_classes; i++) {
-            state->others += others[i];
-            state->n_at_max += n_at_max[i];
-            state->s1 += s1[i];
-            state->s2 += s2[i];
-            state->s3 += s3[i];
+    for (int k = 0; k < 5; k++)
+        for (lc_index r = 0; r < n_rows; r++)
+            row_sums[k][r] = 0.0;
+    for (lc_index c = 0; c < n_classes; c++)
+        for (lc_index r = 0; r < n_rows; r++) {
+            lc_index i = c * n_rows + r;
+            row_sums[0][r] += others[i];
+            row_sums[1][r] += n_at_max[i];
+            row_sums[2][r] += s1[i];
+            row_sums[3][r] += s2[i];
+            row_sums[4][r] += s3[i];
         }
+    for (lc_index r = 0; r < n_rows; r++) {
+        states[r].others = row_sums[0][r];
+        states[r].n_at_max = row_sums[1][r];
+        states[r].s1 = row_sums[2][r];
+        states[r].s2 = row_sums[3][r];
+        states[r].s3 = row_sums[4][r];
     }
 }
 
@@ -248,7 +256,8 @@ LC_DISPATCH static void LC_NAME(lc_temperature_chunk)(
 {
     for (int k = 0; k < LC_TEMPERATURE_SUMS; k++)
         sums[k] = 0.0;
-    lc_temperature_state tile[LC_TEMPERATURE_TILE_ELEMENTS];
+    lc_temperature_state tile[LC_TEMPERATURE_TILE_ROWS];
+    double terms[LC_TEMPERATURE_SUMS - 1][LC_TEMPERATURE_TILE_ROWS];
     /* narrow rows a row tile at a time, longer ones a row at a time */
     lc_index rows_per_tile = 1;
     if (n_classes < LC_NARROW_MAX_CLASSES && n_classes > 0)
@@ -269,10 +278,19 @@ LC_DISPATCH static void LC_NAME(lc_temperature_chunk)(
         }
         for (lc_index r = 0; r < tile_rows; r++) {
             lc_index i = tile_first + r;
+            /* an ignored row's terms are taken (from class 0) and then skipped */
+            int64_t label = labels[i] == ignore_index ? 0 : labels[i];
+            double label_logit = n_classes > 0 ? (double)x[i * n_classes + label] : NAN;
+            lc_temperature_row_terms(tile[r], label_logit, b, terms, r);
+        }
+        for (lc_index r = 0; r < tile_rows; r++) {
+            lc_index i = tile_first + r;
             double w = weight ? (double)weight[i] : 1.0;
             if (labels[i] == ignore_index || w == 0.0)
                 continue;
-            lc_temperature_add_row(sums, tile[r], (double)x[i * n_classes + labels[i]], w, b);
+            sums[0] += w;
+            for (int k = 1; k < LC_TEMPERATURE_SUMS; k++)
+                sums[k] += w * terms[k - 1][r];
         }
     }
 }
