@@ -141,6 +141,63 @@ def test_temperature_is_the_exact_minimiser(backend, dtype, name):
         assert fit.passes <= 8
 
 
+@pytest.mark.parametrize("name", ["drawn", "narrow", "skewed"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_temperature_in_four_passes(backend, name):
+    # Halley's step near the root (the pass gives the NLL's third derivative) reaches the
+    # minimiser one pass or more sooner than Newton's: at most 4 reads of the logits here.
+    x, y = dataset(name)
+    want_t, _ = reference_temperature(x, y)
+    fit = lc.fit_temperature(x, y, backend=backend)
+    assert abs(fit.temperature - want_t) <= 1e-6 * want_t
+    assert fit.passes <= 4
+
+
+def softmax_moments(x, labels, weights, b):
+    """The weighted sums of temperature_nll at inverse temperature b, from SciPy's
+    softmax and logsumexp in float64: (sum w, NLL and its derivatives 1 and 2, max - x[y], the third derivative)."""
+    kept = (labels != IGNORE) & (weights != 0)
+    x, y, w = x[kept].astype(np.float64), labels[kept], weights[kept].astype(np.float64)
+    p = scipy_softmax(b * x, axis=1)
+    finite_x = np.where(p > 0, x, 0.0)  # masked classes (p = 0) add nothing
+    mean = np.sum(p * finite_x, axis=1)
+    centred = np.where(p > 0, x - mean[:, None], 0.0)
+    label_x = x[np.arange(len(y)), y]
+    terms = [logsumexp(b * x, axis=1) - b * label_x, mean - label_x,
+             np.sum(p * centred ** 2, axis=1), x.max(axis=1) - label_x,
+             np.sum(p * centred ** 3, axis=1)]
+    return (w.sum(),) + tuple(float(np.sum(w * t)) for t in terms)
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 10, 37, 63, 64, 1000, 2500])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_temperature_pass_sums(backend, dtype, n_classes):
+    # One pass's six sums (incl. the third derivative) against SciPy, on narrow rows (row
+    # tiles; a row count that is not a multiple of a tile), rows of one block and of two
+    # (blocks merged under the larger max), with masked classes, ties at the max, ignored
+    # rows and rows of weight 0.
+    rng = np.random.default_rng(n_classes)
+    n = 3001 if n_classes < 100 else 40
+    x = (3.0 * rng.standard_normal((n, n_classes))).astype(dtype)
+    y = rng.integers(0, n_classes, n)
+    if n_classes > 2:
+        x[:, 1] = -np.inf
+        y[y == 1] = 0
+        x[::5, 2] = x[::5].max(axis=1)  # a tie at the max
+    y[::9] = IGNORE
+    weights = rng.uniform(0.0, 2.0, n).astype(dtype)
+    weights[::13] = 0.0
+    kernel = lc._backends.load(backend).temperature_nll
+    for b in (0.3, 1.0, 2.5):
+        got = kernel(x, y.astype(np.int64), weights, IGNORE, b, 2)
+        want = softmax_moments(x, y, weights, b)
+        assert len(got) == 6
+        np.testing.assert_allclose(got[:5], want[:5], rtol=1e-9, atol=1e-9 * want[0])
+        # the third central moment comes from raw moments: cancellation on top of rounding
+        np.testing.assert_allclose(got[5], want[5], rtol=1e-7, atol=1e-8 * want[0])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_weights_and_axis(backend):
     x, y = dataset("skewed", seed=3)
@@ -306,6 +363,28 @@ def test_calibration_error_is_guo_ece(norm, n_bins):
     scores = lc.score(x, y)
     assert lc.calibration_error(scores, n_bins=n_bins, norm=norm) == pytest.approx(
         want, rel=1e-9)
+
+
+def test_bins_next_to_every_edge():
+    # Confidences one float64 step below, on and above every uniform edge, float32 ones
+    # next to the edges, and random ones: each in the bin (lo, hi] that the edges say
+    # (the uniform edges are binned arithmetically, the ones near an edge by search).
+    for n_bins in (1, 7, 10, 15, 30):
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        near = np.concatenate([np.nextafter(edges, -1.0), edges, np.nextafter(edges, 2.0),
+                               np.nextafter(edges.astype(np.float32), np.float32(-1.0)),
+                               np.nextafter(edges.astype(np.float32), np.float32(2.0))])
+        rng = np.random.default_rng(n_bins)
+        confidence = np.concatenate([near[(near >= 0.0) & (near <= 1.0)],
+                                     rng.uniform(0.0, 1.0, 5000)])
+        correct = rng.integers(0, 2, confidence.size).astype(bool)
+        counts = lc.CalibrationBins.of(confidence, correct, n_bins=n_bins).counts
+        want = [np.count_nonzero(((confidence > lo) & (confidence <= hi))
+                                 | ((k == 0) & (confidence == 0.0)))
+                for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))]
+        np.testing.assert_array_equal(counts, want)
+        assert lc.CalibrationBins.of(confidence, correct, n_bins=n_bins).error() == (
+            pytest.approx(guo_ece(confidence, correct, n_bins), rel=1e-12))
 
 
 def test_bins_at_edges_zero_and_one():

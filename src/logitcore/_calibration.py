@@ -33,6 +33,12 @@ from . import _validate as v
 # Newton on u = log(1/T) stops when its next step is below this; the step is still taken
 # (without another pass), and Newton's error after a step s is O(s^2): ~1e-12 here.
 _LOG_STEP_TOLERANCE = 1e-6
+# ... or, where the pass also gave the NLL's third derivative, when its next Halley step
+# is below this: Halley's error after a step s is O(s^3), ~1e-12 here, one pass sooner.
+_HALLEY_STEP_TOLERANCE = 1e-4
+# Halley's step replaces Newton's once Newton's moves u by at most this (near the root,
+# where the cubic model holds).
+_HALLEY_RANGE = 1.0
 # ... or when the bracket of the root is narrower than this (after bisections).
 _BRACKET_TOLERANCE = 1e-12
 # While the root is bracketed on one side only, a step moves b by at most this factor.
@@ -192,11 +198,25 @@ def _raise_bad_row(x2d, flat_labels, weights, ignore_index, row_shape):
         f"or weight 0 to leave it out")
 
 
+def _halley_log_step(b, slope, curvature, third):
+    """Halley's step for the root of NLL'(b), as a step of u = log b: b moves by
+    -(s / c) / (1 - s t / (2 c^2)) with s, c, t the NLL's first three derivatives; None
+    where that is not within a factor of 2 of Newton's -s / c, or would halve b."""
+    if third is None or not curvature > 0.0 or not math.isfinite(third):
+        return None
+    correction = 1.0 - 0.5 * slope * third / (curvature * curvature)
+    if not 0.5 <= correction <= 2.0:
+        return None
+    relative = -slope / (curvature * correction) / b
+    return math.log1p(relative) if relative > -0.5 else None
+
+
 def _newton_on_log_inverse_temperature(evaluate) -> TemperatureFit:
     """Minimise the convex NLL(b), b = 1 / T > 0, given ``evaluate(b) -> (nll, nll'(b),
-    nll''(b), lim_{b -> inf} nll'(b))``."""
+    nll''(b), lim_{b -> inf} nll'(b)[, nll'''(b)])``: Newton steps on u = log b, Halley's
+    near the root when the third derivative comes too, kept inside a bracket."""
     u = 0.0  # log b: start at T = 1
-    nll, slope, curvature, limit_slope = evaluate(1.0)
+    nll, slope, curvature, limit_slope, *third = evaluate(1.0)
     nll_before, passes = nll, 1
     if slope == 0.0 and curvature == 0.0:
         return TemperatureFit(1.0, nll, nll, passes, True, "flat")
@@ -220,7 +240,12 @@ def _newton_on_log_inverse_temperature(evaluate) -> TemperatureFit:
                 if curvature > 0.0 else -math.copysign(math.inf, slope))
         step = max(-_MAX_LOG_STEP, min(_MAX_LOG_STEP, step))
         tolerance = _LOG_STEP_TOLERANCE * max(1.0, abs(u))
-        if abs(step) <= tolerance:  # Newton's next step: converged (quadratically)
+        halley = (_halley_log_step(b, slope, curvature, third[0] if third else None)
+                  if abs(step) <= _HALLEY_RANGE else None)
+        if halley is not None:
+            step = halley
+            tolerance = _HALLEY_STEP_TOLERANCE * max(1.0, abs(u))
+        if abs(step) <= tolerance:  # the next step: converged (quadratically or cubically)
             return TemperatureFit(math.exp(-(u + step)), nll_before, nll, passes, True)
         u_next = u + step
         if not u_low < u_next < u_high:  # Newton left the bracket: bisect it
@@ -233,7 +258,7 @@ def _newton_on_log_inverse_temperature(evaluate) -> TemperatureFit:
         if slope > 0.0 and math.exp(u_next) < _SMALLEST_INVERSE_TEMPERATURE:
             return TemperatureFit(math.inf, nll_before, nll, passes, False, "uninformative")
         u = u_next
-        nll, slope, curvature, _ = evaluate(math.exp(u))
+        nll, slope, curvature, _, *third = evaluate(math.exp(u))
         passes += 1
     return TemperatureFit(math.exp(-u), nll_before, nll, passes, False)
 
@@ -241,7 +266,8 @@ def _newton_on_log_inverse_temperature(evaluate) -> TemperatureFit:
 # --- sigmoid temperature and Platt scaling (binary, multilabel) -------------------------
 # Independent sigmoids: with t in {0, 1} and z = (2 t - 1) x the loss of one logit at
 # inverse temperature b is softplus(-b z), its derivatives in b are -z sigmoid(-b z) and
-# z^2 sigmoid(b z) sigmoid(-b z), and its slope as b -> inf is max(-z, 0). These passes
+# z^2 sigmoid(b z) sigmoid(-b z) (with q = sigmoid(-b z): -z q and z^2 q (1 - q), the third
+# -z^3 q (1 - q) (1 - 2 q)), and its slope as b -> inf is max(-z, 0). These passes
 # are float64 NumPy over chunks of elements (no (n, C) temporary beyond a chunk).
 
 _SIGMOID_CHUNK = 1 << 20
@@ -280,15 +306,17 @@ def _softplus(x):
 
 
 def _sigmoid_sums(z, w, b):
-    """(weight, NLL, NLL'(b), NLL''(b), slope as b -> inf), weighted sums over chunks."""
-    sums = np.zeros(5)
+    """(weight, NLL, NLL'(b), NLL''(b), slope as b -> inf, NLL'''(b)), weighted sums over
+    chunks."""
+    sums = np.zeros(6)
     for start in range(0, z.size, _SIGMOID_CHUNK):
         zc = z[start:start + _SIGMOID_CHUNK]
         wc = w[start:start + _SIGMOID_CHUNK]
         with np.errstate(over="ignore"):
             q = 1.0 / (1.0 + np.exp(b * zc))  # sigmoid(-b z)
         sums += (wc.sum(), np.sum(wc * _softplus(-b * zc)), -np.sum(wc * zc * q),
-                 np.sum(wc * zc * zc * q * (1.0 - q)), np.sum(wc * np.maximum(-zc, 0.0)))
+                 np.sum(wc * zc * zc * q * (1.0 - q)), np.sum(wc * np.maximum(-zc, 0.0)),
+                 -np.sum(wc * zc * zc * zc * q * (1.0 - q) * (1.0 - 2.0 * q)))
     return sums
 
 
@@ -376,6 +404,18 @@ NORMS = ("l1", "l2", "max")
 MODES = ("top-label", "classwise")
 
 
+def merge_in_order(states, what="state"):
+    """``states[0].merge(states[1]).merge(states[2])...``: the ``combine`` of the mergeable
+    states (CalibrationBins here, Summary in _score.py); ValueError when there are none."""
+    states = list(states)
+    if not states:
+        raise ValueError(f"combine needs at least one {what}")
+    total = states[0]
+    for state in states[1:]:
+        total = total.merge(state)
+    return total
+
+
 @dataclass(frozen=True, eq=False)
 class CalibrationBins:
     """Per-bin sums of confidences and correct predictions: a state that merges.
@@ -398,7 +438,9 @@ class CalibrationBins:
     def of(cls, confidence, correct, *, n_bins=15, edges=None, sample_weight=None):
         """The state of one batch of top-label confidences in [0, 1] and 0 / 1 (or
         bool) correctness. NaN confidences are left out."""
-        confidence = np.asarray(confidence, dtype=np.float64).reshape(-1)
+        confidence = np.asarray(confidence).reshape(-1)
+        if confidence.dtype not in _BINNED_DTYPES:  # float32 is binned and summed as is
+            confidence = confidence.astype(np.float64)
         correct = np.asarray(correct).reshape(-1)
         if correct.shape != confidence.shape:
             raise ValueError(f"correct must have one value per confidence: "
@@ -407,21 +449,29 @@ class CalibrationBins:
             edges = uniform_edges(n_bins)
         edges = np.asarray(edges, dtype=np.float64)
         n_bins = edges.size - 1
-        weight = (np.ones(confidence.size) if sample_weight is None
+        weight = (None if sample_weight is None
                   else np.asarray(sample_weight, dtype=np.float64).reshape(-1))
-        keep = ~np.isnan(confidence)
-        confidence, correct, weight = confidence[keep], correct[keep], weight[keep]
-        if confidence.size and (confidence.min() < 0.0 or confidence.max() > 1.0):
+        lowest = confidence.min() if confidence.size else 0.0
+        if np.isnan(lowest):  # NaN confidences (min propagates NaN): left out
+            keep = ~np.isnan(confidence)
+            confidence, correct = confidence[keep], correct[keep]
+            weight = None if weight is None else weight[keep]
+            lowest = confidence.min() if confidence.size else 0.0
+        if confidence.size and (lowest < 0.0 or confidence.max() > 1.0):
             raise ValueError("confidences must lie in [0, 1]")
-        # searchsorted(side="left") - 1: c == edges[k] goes to bin k - 1, (lo, hi]
-        index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+        index = _bin_index(confidence, edges)
+        correct = correct.astype(np.float64)
+        counts = np.bincount(index, minlength=n_bins).astype(np.int64)
+        if weight is None:  # every weight 1: the same sums without the products
+            return cls(edges=edges, counts=counts, weights=counts.astype(np.float64),
+                       confidence_sums=np.bincount(index, confidence, minlength=n_bins),
+                       correct_sums=np.bincount(index, correct, minlength=n_bins))
         return cls(
             edges=edges,
-            counts=np.bincount(index, minlength=n_bins).astype(np.int64),
+            counts=counts,
             weights=np.bincount(index, weight, minlength=n_bins),
             confidence_sums=np.bincount(index, weight * confidence, minlength=n_bins),
-            correct_sums=np.bincount(index, weight * correct.astype(np.float64),
-                                     minlength=n_bins))
+            correct_sums=np.bincount(index, weight * correct, minlength=n_bins))
 
     def merge(self, other: CalibrationBins) -> CalibrationBins:
         if not isinstance(other, CalibrationBins):
@@ -436,13 +486,8 @@ class CalibrationBins:
 
     @classmethod
     def combine(cls, states) -> CalibrationBins:
-        states = list(states)
-        if not states:
-            raise ValueError("combine needs at least one state")
-        total = states[0]
-        for state in states[1:]:
-            total = total.merge(state)
-        return total
+        """The state of all the rows of ``states`` (in order)."""
+        return merge_in_order(states, "state")
 
     def __eq__(self, other):
         return isinstance(other, CalibrationBins) and all(
@@ -473,6 +518,34 @@ class CalibrationBins:
         if norm == "l2":
             return float(math.sqrt(np.sum(share * gaps * gaps)))
         return float(np.max(gaps))
+
+
+def _bin_index(confidence, edges):
+    """The bin of each confidence in [0, 1]: k with edges[k] < c <= edges[k + 1], 0 for
+    c = 0 (searchsorted(edges, c, side="left") - 1, clipped).
+
+    Uniform edges (np.linspace(0, 1, M + 1)) take the arithmetic ceil(c M) - 1, which is
+    several times faster than a binary search per confidence; the few confidences within
+    rounding of an edge (where c M and the edge may round apart) take the search."""
+    n_bins = edges.size - 1
+    if edges.size != 1 and np.array_equal(edges, uniform_edges(n_bins)):
+        scaled = np.multiply(confidence, n_bins, dtype=np.float64)
+        ceiling = np.ceil(scaled)
+        index = ceiling.astype(np.intp)
+        index -= 1
+        above = np.subtract(ceiling, scaled, out=ceiling)  # in [0, 1): near 0 or 1 by an edge
+        above -= 0.5
+        near_edge = np.flatnonzero(np.abs(above, out=above) > 0.5 - _EDGE_ROUNDING)
+        index[near_edge] = np.searchsorted(edges, confidence[near_edge], side="left") - 1
+    else:
+        index = np.searchsorted(edges, confidence, side="left") - 1
+    return np.clip(index, 0, n_bins - 1, out=index)
+
+
+# c M and the uniform edge k / M are both within a few ulps of their exact values: a
+# confidence whose c M lies this close to an integer is binned by searching the edges.
+_EDGE_ROUNDING = 1e-9
+_BINNED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def uniform_edges(n_bins: int) -> np.ndarray:
@@ -513,7 +586,7 @@ def _top_label(logits_or_scores, labels, axis, ignore_index, temperature, backen
         kept = scores["kept"] if "kept" in scores else scores._kept
         confidence = scores["confidence"].reshape(-1)
         correct = scores["correct"].reshape(-1)
-        if kept is not None:
+        if kept is not None and not kept.all():
             kept = kept.reshape(-1)
             confidence, correct = confidence[kept], correct[kept]
         return confidence, correct

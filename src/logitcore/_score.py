@@ -45,7 +45,7 @@ import numpy as np
 
 from . import _ops
 from . import _validate as v
-from ._calibration import CalibrationBins
+from ._calibration import CalibrationBins, merge_in_order
 from ._backends import op_table
 
 KINDS = ("multiclass", "binary", "multilabel")
@@ -578,13 +578,7 @@ class Summary:
     @classmethod
     def combine(cls, summaries) -> Summary:
         """The summary of all the rows of ``summaries`` (in order)."""
-        summaries = list(summaries)
-        if not summaries:
-            raise ValueError("combine needs at least one summary")
-        total = summaries[0]
-        for summary in summaries[1:]:
-            total = total.merge(summary)
-        return total
+        return merge_in_order(summaries, "summary")
 
     def figures(self) -> dict:
         """The figures as a dict of Python numbers (means over no rows are NaN)."""

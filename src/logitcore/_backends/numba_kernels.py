@@ -3101,22 +3101,28 @@ def score_multilabel(x, targets, threshold, n_predicted_out, loss_out, exact_mat
 # ~1e-9 relative; float32 exps would leave ~1e-7 per row). Per block of a row, with the
 # block's shift m (its max, or 0 when not finite), d = x - m <= 0 and e = exp(b d):
 #   others, n_at_max as in the exp-sum row state, s1 = sum e d, s2 = sum e d^2,
+#   s3 = sum e d^3,
 # where terms with e == 0 add 0 (d = -inf: not -inf * 0). Blocks merge in block order
 # under the larger max M: with delta = m - M, a block's sums re-expressed relative to M
-# are scale (total, s1 + delta total, s2 + 2 delta s1 + delta^2 total), scale =
-# exp(b delta). Rows are summed in fixed chunks of whole rows, the chunks in order.
+# are scale (total, s1 + delta total, s2 + 2 delta s1 + delta^2 total, s3 + 3 delta s2 +
+# 3 delta^2 s1 + delta^3 total), scale = exp(b delta). Rows are summed in fixed chunks of whole rows, the chunks in order.
 # (Sections of other ops may follow; this one ends at its closing rule.)
+
+
+# weight, nll, slope, curvature, slope as b -> inf, third derivative
+TEMPERATURE_SUMS = 6
 
 
 @vector_jit
 def temperature_block_moments(values, b):
-    """(max, others, n_at_max, s1, s2) of one block at inverse temperature b."""
+    """(max, others, n_at_max, s1, s2, s3) of one block at inverse temperature b."""
     block_max = max_of(values)
     shift = np.float64(shift_for(block_max))
     others = 0.0
     n_at_max = 0.0
     s1 = 0.0
     s2 = 0.0
+    s3 = 0.0
     for j in range(values.shape[0]):
         d = np.float64(values[j]) - shift
         e = shifted_exp(b * d)
@@ -3126,29 +3132,34 @@ def temperature_block_moments(values, b):
         kept = e > 0.0
         s1 += e * d if kept else 0.0
         s2 += e * d * d if kept else 0.0
-    return np.float64(block_max), others, n_at_max, s1, s2
+        s3 += e * d * d * d if kept else 0.0
+    return np.float64(block_max), others, n_at_max, s1, s2, s3
 
 
 @plain_jit
-def shifted_moments(total, s1, s2, delta, scale):
-    """(total, s1, s2) of sums taken relative to a shift, re-expressed relative to a shift
-    larger by -delta (delta <= 0), each term scaled by scale = exp(b delta)."""
+def shifted_moments(total, s1, s2, s3, delta, scale):
+    """(total, s1, s2, s3) of sums taken relative to a shift, re-expressed relative to a
+    shift larger by -delta (delta <= 0), each term scaled by scale = exp(b delta)."""
     return (total * scale, (s1 + delta * total) * scale,
-            (s2 + 2.0 * delta * s1 + delta * delta * total) * scale)
+            (s2 + 2.0 * delta * s1 + delta * delta * total) * scale,
+            (s3 + 3.0 * delta * s2 + 3.0 * delta * delta * s1
+             + delta * delta * delta * total) * scale)
 
 
 @vector_jit
 def temperature_row(row, label, b):
-    """(nll, dnll/db, d2nll/db2, M - x[label]) of one row; NaN when its max is not finite."""
+    """(nll, dnll/db, d2nll/db2, M - x[label], d3nll/db3) of one row; NaN when its max is
+    not finite."""
     n_classes = row.shape[0]
     row_max = -np.inf
     others = 0.0
     n_at_max = 0.0
     s1 = 0.0
     s2 = 0.0
+    s3 = 0.0
     for block in range(n_blocks_of(n_classes)):
         start, stop = block_bounds(n_classes, block)
-        block_max, block_others, block_count, block_s1, block_s2 = (
+        block_max, block_others, block_count, block_s1, block_s2, block_s3 = (
             temperature_block_moments(row[start:stop], b))
         block_total = block_others + block_count
         if block_total == 0.0:  # every class masked (-inf): adds nothing
@@ -3160,51 +3171,56 @@ def temperature_row(row, label, b):
             n_at_max += block_count
             s1 += block_s1
             s2 += block_s2
+            s3 += block_s3
         elif block_max > row_max:  # the row so far moves under the block's max
             delta = row_max - block_max
-            total, s1, s2 = shifted_moments(others + n_at_max, s1, s2, delta,
-                                            shifted_exp(b * delta))
+            total, s1, s2, s3 = shifted_moments(others + n_at_max, s1, s2, s3, delta,
+                                                shifted_exp(b * delta))
             others = total + block_others
             n_at_max = block_count
             s1 += block_s1
             s2 += block_s2
+            s3 += block_s3
             row_max = block_max
         else:
             delta = block_max - row_max
-            total, moved_s1, moved_s2 = shifted_moments(block_total, block_s1, block_s2,
-                                                        delta, shifted_exp(b * delta))
+            total, moved_s1, moved_s2, moved_s3 = shifted_moments(
+                block_total, block_s1, block_s2, block_s3, delta, shifted_exp(b * delta))
             others += total
             s1 += moved_s1
             s2 += moved_s2
+            s3 += moved_s3
     if not np.isfinite(row_max) or not np.isfinite(others):
-        return np.nan, np.nan, np.nan, np.nan
+        return np.nan, np.nan, np.nan, np.nan, np.nan
     label_d = np.float64(row[label]) - row_max
     total = others + n_at_max
     mean_d = s1 / total
     variance = max(s2 / total - mean_d * mean_d, 0.0)
     nll = log1p_float64(others + (n_at_max - 1.0)) - b * label_d
-    return nll, mean_d - label_d, variance, -label_d
+    third = s3 / total - 3.0 * mean_d * (s2 / total) + 2.0 * mean_d * mean_d * mean_d
+    return nll, mean_d - label_d, variance, -label_d, third
 
 
 @plain_jit
 def temperature_chunk(x, labels, sample_weight, ignore_index, b, rows_per_chunk, chunk,
                       sums):
-    """sums[chunk] = (weight, nll, slope, curvature, slope at b -> inf) of the chunk's
-    kept rows, added in row order."""
+    """sums[chunk] = (weight, nll, slope, curvature, slope at b -> inf, third derivative)
+    of the chunk's kept rows, added in row order."""
     weighted = sample_weight.shape[0] != 0
-    total = np.zeros(5)
+    total = np.zeros(TEMPERATURE_SUMS)
     for i in range(chunk * rows_per_chunk, min(x.shape[0], (chunk + 1) * rows_per_chunk)):
         label = labels[i]
         w = np.float64(sample_weight[i]) if weighted else 1.0
         if label == ignore_index or w == 0.0:
             continue
-        nll, slope, curvature, limit_slope = temperature_row(x[i], label, b)
+        nll, slope, curvature, limit_slope, third = temperature_row(x[i], label, b)
         total[0] += w
         total[1] += w * nll
         total[2] += w * slope
         total[3] += w * curvature
         total[4] += w * limit_slope
-    for k in range(5):
+        total[5] += w * third
+    for k in range(TEMPERATURE_SUMS):
         sums[chunk, k] = total[k]
 
 
@@ -3215,9 +3231,9 @@ def temperature_rows_per_chunk(n_classes):
 
 @plain_jit
 def sum_temperature_chunks(sums):
-    total = np.zeros(5)
+    total = np.zeros(TEMPERATURE_SUMS)
     for chunk in range(sums.shape[0]):
-        for k in range(5):
+        for k in range(TEMPERATURE_SUMS):
             total[k] += sums[chunk, k]
     return total
 
@@ -3226,7 +3242,7 @@ def sum_temperature_chunks(sums):
 def _temperature_nll_serial(x, labels, sample_weight, ignore_index, b):
     rows_per_chunk = temperature_rows_per_chunk(x.shape[1])
     n_chunks = (x.shape[0] + rows_per_chunk - 1) // rows_per_chunk
-    sums = np.empty((n_chunks, 5))
+    sums = np.empty((n_chunks, TEMPERATURE_SUMS))
     for chunk in range(n_chunks):
         temperature_chunk(x, labels, sample_weight, ignore_index, b, rows_per_chunk, chunk,
                           sums)
@@ -3237,7 +3253,7 @@ def _temperature_nll_serial(x, labels, sample_weight, ignore_index, b):
 def _temperature_nll_parallel(x, labels, sample_weight, ignore_index, b):
     rows_per_chunk = temperature_rows_per_chunk(x.shape[1])
     n_chunks = (x.shape[0] + rows_per_chunk - 1) // rows_per_chunk
-    sums = np.empty((n_chunks, 5))
+    sums = np.empty((n_chunks, TEMPERATURE_SUMS))
     for chunk in prange(n_chunks):
         temperature_chunk(x, labels, sample_weight, ignore_index, b, rows_per_chunk, chunk,
                           sums)

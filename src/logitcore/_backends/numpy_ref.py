@@ -349,7 +349,8 @@ def temperature_nll(x, labels, sample_weight, ignore_index, inverse_temperature,
                     n_threads=1):
     # With b the inverse temperature, M the row max, d = x - M <= 0 and e = exp(b d):
     # p = e / sum e, NLL = log(sum e) - b d[y], dNLL/db = E_p[d] - d[y] and
-    # d2NLL/db2 = Var_p[d] (shifting x by M changes neither). Masked classes (d = -inf,
+    # d2NLL/db2 = Var_p[d], d3NLL/db3 = E_p[(d - E_p[d])^3] (shifting x by M changes
+    # none of them). Masked classes (d = -inf,
     # e = 0) add 0 to the moments, not -inf * 0 = NaN.
     b = float(inverse_temperature)
     n_rows = x.shape[0]
@@ -360,7 +361,7 @@ def temperature_nll(x, labels, sample_weight, ignore_index, inverse_temperature,
     w = weights[kept]
     y = labels[kept]
     if x64.shape[0] == 0:
-        return 0.0, 0.0, 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     with np.errstate(**_ERRSTATE):
         row_max = np.max(x64, axis=1, keepdims=True)
         d = x64 - row_max
@@ -368,9 +369,11 @@ def temperature_nll(x, labels, sample_weight, ignore_index, inverse_temperature,
         total = e.sum(axis=1)
         mean_d = np.sum(np.where(e > 0, e * d, 0.0), axis=1) / total
         var_d = np.sum(np.where(e > 0, e * d * d, 0.0), axis=1) / total - mean_d ** 2
+        centred = np.where(e > 0, d - mean_d[:, None], 0.0)
+        third = np.sum(e * centred ** 3, axis=1) / total
         label_d = d[np.arange(len(y)), y]
         nll = np.log(total) - b * label_d
         bad = ~np.isfinite(row_max[:, 0])
-        stats = [nll, mean_d - label_d, np.maximum(var_d, 0.0), -label_d]
+        stats = [nll, mean_d - label_d, np.maximum(var_d, 0.0), -label_d, third]
         stats = [np.where(bad, np.nan, s) for s in stats]
     return (float(w.sum()),) + tuple(float(np.sum(w * s)) for s in stats)

@@ -226,8 +226,9 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
            "with b = inverse_temperature > 0, p = softmax(b x[i]), M = max x[i] and y the "
            "label, over the rows kept (label != ignore_index, weight w != 0) returns the "
            "float64 sums (sum w, sum w (lse(b x) - b x[y]), sum w (E_p[x] - x[y]), sum w "
-           "Var_p[x], sum w (M - x[y])): the NLL and its first and second derivatives in "
-           "b, and the slope the NLL tends to as b -> inf; a row whose max is not finite "
+           "Var_p[x], sum w (M - x[y]), sum w E_p[(x - E_p[x])^3]): the NLL and its first "
+           "and second derivatives in b, the slope the NLL tends to as b -> inf, and the "
+           "NLL's third derivative in b; a row whose max is not finite "
            "makes them NaN. Rows are summed in fixed chunks of ROW_SUM_CHUNK_ELEMENTS "
            "elements (whole rows, at least one), the chunks in order, whatever n_threads",
            label_reads=1),
