@@ -159,6 +159,40 @@ def test_npy_to_parquet_read_back_by_duckdb(tmp_path):
     assert "accuracy" in result.stdout
 
 
+def test_parquet_dictionary_encodes_only_integer_columns(tmp_path):
+    """Float fields are written plain (hashing them into a dictionary cost more than
+    scoring them); class indices and ranks keep their dictionary."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    logits, labels = make_logits()
+    np.save(tmp_path / "x.npy", logits)
+    np.save(tmp_path / "y.npy", labels)
+    result = run_cli(tmp_path / "x.npy", "--labels", tmp_path / "y.npy", "-o",
+                     tmp_path / "out.parquet", "--top-k", TOP_K)
+    assert result.returncode == 0, result.stderr
+    group = pq.ParquetFile(tmp_path / "out.parquet").metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema.split(".")[0]: group.column(i).encodings
+                 for i in range(group.num_columns)}
+    for name in ("pred", "label_rank", "top_k_indices"):
+        assert "RLE_DICTIONARY" in encodings[name], name
+    for name in ("confidence", "loss", "entropy", "top_k_probs"):
+        assert "RLE_DICTIONARY" not in encodings[name], name
+
+
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_openmp_workers_sleep_between_chunks_unless_told(tmp_path, given):
+    """The command sets OMP_WAIT_POLICY=PASSIVE before the compiled kernels load (their
+    spinning workers took the cores the reader and writer threads need), and keeps a
+    policy the user set."""
+    np.save(tmp_path / "x.npy", make_logits()[0])
+    prelude = ("import atexit, os\n"
+               + (f"os.environ['OMP_WAIT_POLICY'] = {given!r}\n" if given else
+                  "os.environ.pop('OMP_WAIT_POLICY', None)\n")
+               + "atexit.register(lambda: print('policy', os.environ.get('OMP_WAIT_POLICY')))")
+    result = run_cli(tmp_path / "x.npy", "-o", tmp_path / "out.npz", prelude=prelude)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"policy {given or 'PASSIVE'}"
+
+
 @pytest.mark.parametrize("output", ["out.npz", "out.csv"])
 def test_npz_input_to_npz_and_csv(tmp_path, output):
     logits, labels = make_logits(np.float64)
@@ -610,18 +644,70 @@ def test_fit_temperature_on_validation_files(calibration_files, tmp_path):
     assert "validation ECE" in result.stdout
 
 
-def test_fit_temperature_larger_than_the_memory_budget(calibration_files, tmp_path):
-    big_x, big_y = overconfident(40000, 3)  # 1.6 MB of logits, over --memory 1
+def test_fit_temperature_streams_a_validation_file_larger_than_the_memory_budget(
+        calibration_files, tmp_path):
+    """40000 rows (1.6 MB of logits) over --memory 1: the fit reads them in chunks once
+    per pass, and agrees with the in-memory fit and with SciPy's minimiser."""
+    big_x, big_y = overconfident(40000, 3)
+    big_y[::97] = -100  # left out of the fit
     np.save(tmp_path / "big_x.npy", big_x)
     np.save(tmp_path / "big_y.npy", big_y)
     result = run_cli(calibration_files / "test_x.npy", "--labels",
                      calibration_files / "test_y.npy", "--fit-temperature",
                      tmp_path / "big_x.npy", tmp_path / "big_y.npy", "--memory", 1,
-                     "-o", tmp_path / "out.npz")
-    assert result.returncode == 1
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and "larger than the memory budget" in lines[0]
-    assert lines[0].endswith("raise --memory") and not (tmp_path / "out.npz").exists()
+                     "-o", tmp_path / "out.npz", "--summary", tmp_path / "s.json")
+    assert result.returncode == 0, result.stderr
+    calibration = json.loads((tmp_path / "s.json").read_text())["calibration"]
+    kept = big_y != -100
+    fit = logitcore.fit_temperature(big_x, big_y)
+    # chunk sums add up in another order than one pass over all rows: float64 rounding
+    assert calibration["temperature"] == pytest.approx(fit.temperature, rel=1e-9)
+    assert calibration["temperature"] == pytest.approx(
+        reference_temperature(big_x[kept], big_y[kept]), rel=1e-6)
+    assert calibration["status"] == "optimal" and calibration["validation_rows"] == 40000
+    log_p = scipy.special.log_softmax(big_x[kept].astype(np.float64), axis=1)
+    assert calibration["nll_before"] == pytest.approx(
+        -log_p[np.arange(kept.sum()), big_y[kept]].mean(), rel=1e-9)
+    assert calibration["nll_after"] == pytest.approx(fit.nll_after, rel=1e-9)
+    assert calibration["ece_before"] == pytest.approx(
+        reference_ece(big_x[kept], big_y[kept])[0], abs=1e-6)
+    assert calibration["ece_after"] == pytest.approx(
+        reference_ece(big_x[kept] / np.float32(fit.temperature), big_y[kept])[0], abs=1e-6)
+    x, y = load(calibration_files, "test")
+    assert_columns_equal(read_npz(tmp_path / "out.npz"),
+                         logitcore.score(x / np.float32(calibration["temperature"]), y),
+                         len(x))
+
+
+def test_fit_binary_temperature_streamed(tmp_path):
+    """Binary logits over --memory 1 (in chunks) against SciPy's minimiser of the mean
+    sigmoid NLL, and the in-memory fit."""
+    rng = np.random.default_rng(7)
+    z = rng.normal(size=300000)
+    labels = (rng.random(z.size) < scipy.special.expit(z)).astype(np.int64)
+    logits = (3.0 * z).astype(np.float32)  # over-confident 3x: T near 3
+    labels[::50] = -100
+    np.save(tmp_path / "val_x.npy", logits)
+    np.save(tmp_path / "val_y.npy", labels)
+    np.save(tmp_path / "x.npy", logits[:100])
+    result = run_cli(tmp_path / "x.npy", "--kind", "binary", "--fit-temperature",
+                     tmp_path / "val_x.npy", tmp_path / "val_y.npy", "--memory", 1,
+                     "-o", tmp_path / "out.npz", "--summary", tmp_path / "s.json")
+    assert result.returncode == 0, result.stderr
+    calibration = json.loads((tmp_path / "s.json").read_text())["calibration"]
+    kept = labels != -100
+    x, t = logits[kept].astype(np.float64), labels[kept]
+
+    def nll(log_t):
+        signed = np.where(t == 1, 1.0, -1.0) * x / np.exp(log_t)
+        return np.logaddexp(0.0, -signed).mean()
+
+    found = scipy.optimize.minimize_scalar(nll, bounds=(-3, 3), method="bounded",
+                                           options={"xatol": 1e-10})
+    assert calibration["temperature"] == pytest.approx(float(np.exp(found.x)), rel=1e-6)
+    fit = logitcore.fit_temperature(logits, labels, kind="binary")
+    assert calibration["temperature"] == pytest.approx(fit.temperature, rel=1e-9)
+    assert calibration["nll_before"] == pytest.approx(nll(0.0), rel=1e-9)
 
 
 def test_fit_temperature_that_gives_no_temperature(calibration_files, tmp_path):

@@ -165,19 +165,36 @@ def fit_temperature(logits, labels, *, axis=-1, kind="multiclass", ignore_index=
                                            _ops._ones(n_classes, logits.dtype), backend)
     weights = _checked_weights(sample_weight, row_shape, logits.dtype)
 
-    def evaluate(b):
+    def pass_sums(b):
         sums = _ops._run("temperature_nll", "fit_temperature", backend, x2d, flat_labels,
                          weights, ignore_index, b)
+        if not all(math.isfinite(s) for s in sums):
+            _raise_bad_row(x2d, flat_labels, weights, ignore_index, row_shape)
+        return sums
+
+    return fit_temperature_by_sums(pass_sums)
+
+
+def fit_temperature_by_sums(pass_sums, kind="multiclass") -> TemperatureFit:
+    """``fit_temperature``'s fit, given ``pass_sums(b) -> (weight, NLL, NLL'(b), NLL''(b),
+    lim_{b -> inf} NLL'(b))``: weighted sums over every kept row at inverse temperature
+    b, each a sum of per-row terms, so that the sums of chunks of rows add up to those of
+    all the rows. This is how data read chunk by chunk are fitted (``logitcore score
+    --fit-temperature`` streams its validation file): ``pass_sums`` reads every chunk
+    once per call. The sums must be finite (a caller names the bad row)."""
+    def evaluate(b):
+        sums = pass_sums(b)
         total = sums[0]
         if total == 0.0:
             raise ValueError("fit_temperature: no rows to fit: every label is ignore_index "
                              "or has weight 0")
-        means = tuple(s / total for s in sums[1:])
-        if not all(math.isfinite(m) for m in means):
-            _raise_bad_row(x2d, flat_labels, weights, ignore_index, row_shape)
-        return means
+        return tuple(s / total for s in sums[1:])
 
-    return _newton_on_log_inverse_temperature(evaluate)
+    fit = _newton_on_log_inverse_temperature(evaluate)
+    if kind == "multiclass":
+        return fit
+    return TemperatureFit(fit.temperature, fit.nll_before, fit.nll_after, fit.passes,
+                          fit.converged, fit.status, kind)
 
 
 def _raise_bad_row(x2d, flat_labels, weights, ignore_index, row_shape):
@@ -337,13 +354,7 @@ def _fit_sigmoid(logits, labels, axis, kind, ignore_index, sample_weight, method
     if method == "platt":
         return _fit_platt(x, s, w)
 
-    def evaluate(b):
-        sums = _sigmoid_sums(z, w, b)
-        return tuple(sums[1:] / sums[0])
-
-    fit = _newton_on_log_inverse_temperature(evaluate)
-    return TemperatureFit(fit.temperature, fit.nll_before, fit.nll_after, fit.passes,
-                          fit.converged, fit.status, kind)
+    return fit_temperature_by_sums(lambda b: _sigmoid_sums(z, w, b), kind)
 
 
 def _fit_platt(x, s, w):

@@ -6,12 +6,15 @@ Three threads pass chunks of rows along, so that reading, scoring and writing ov
     reads the next chunk  ->  (widens half precision), score(),  ->  appends the fields
     into a free buffer        merges the chunk's Summary             to the temporary output
 
-The reader fills one of three reused buffers (one being read, one waiting, one being
-scored), so memory does not grow with the file: chunk rows come from a memory budget
-(``chunk_rows_for``). Files are read with ``readinto`` into those buffers, never mapped
-whole: the pages of a whole-file map walked to the end stay resident and count toward
-the process's RSS. NumPy, file reads, zlib and pyarrow release the GIL, and so do the
-kernels, so the three threads run at once.
+At most three chunks are in flight (one being read, one waiting, one being scored), so
+memory does not grow with the file: chunk rows come from a memory budget
+(``chunk_rows_for``). A chunk of a plain file is a read-only map of just that chunk's
+pages, unmapped when the chunk is done (``_StreamRows``); other inputs are copied into
+one of three reused buffers. Files are never mapped whole: the pages of a whole-file
+map walked to the end stay resident and count toward the process's RSS. NumPy, file
+reads, mmap, zlib and pyarrow release the GIL, and so do the kernels, so the three
+threads run at once. OpenMP's idle workers sleep rather than spin in this command
+(``_idle_openmp_threads_sleep``), leaving the cores to the reader and writer.
 
 Inputs are data, never code: ``.npy`` headers are parsed by NumPy's literal parser
 (nothing is unpickled), object dtypes are refused, and every size a header states is
@@ -20,9 +23,9 @@ than the memory budget is refused too.
 
 Calibration: a temperature T divides each chunk in place, in the buffer the chunk was
 read (or widened) into (``_ChunkScorer.prepared``), so no scaled copy is made; a fitted
-T comes from ``fit_temperature`` on validation files before the pass over the input
-(``fit_on_validation``); the binned calibration state merges per chunk inside
-``Summary``, and ``--plot`` draws the reliability diagram from the final summary's bins,
+T comes from validation files, read chunk by chunk once per pass of the fit before the
+pass over the input (``fit_on_validation``), so validation files of any size fit; the
+binned calibration state merges per chunk inside ``Summary``, and ``--plot`` draws the reliability diagram from the final summary's bins,
 without reading the input again.
 """
 
@@ -32,6 +35,7 @@ import contextlib
 import importlib
 import json
 import math
+import mmap
 import os
 import queue
 import shutil
@@ -46,8 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _config
-from ._calibration import calibration_error, fit_temperature, reliability_diagram
+from . import _calibration, _config, _ops
+from ._calibration import fit_temperature_by_sums, reliability, reliability_diagram
 from ._score import Summary, score
 from ._thresholds import _probability_below, tune_thresholds
 
@@ -139,20 +143,43 @@ class RowSource:
     def read_into(self, buffer: np.ndarray, n: int) -> np.ndarray:
         raise NotImplementedError
 
+    def rewind(self) -> None:
+        """Back to the first row (a streamed temperature fit reads its rows once per
+        pass)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
 
+# Chunks of plain files are memory-mapped where mmap takes flags (POSIX).
+_MAP_CHUNKS = hasattr(mmap, "MAP_SHARED")
+
+
 class _StreamRows(RowSource):
-    """Rows stored contiguously in a binary stream (a file at an offset, a zip member)."""
+    """Rows stored contiguously in a binary stream (a file at an offset, a zip member).
+
+    A chunk of a plain file is mapped read-only rather than copied into the buffer
+    (``_mapped``): the kernels then read the page cache directly, which saved a third of
+    the CPU time of scoring a page-cached file. Each map covers one chunk and is
+    unmapped when the last array viewing it is dropped, so mapped pages do not pile up
+    in the process's RSS as they would in a whole-file map. A zip member (which may be
+    deflated) is read into the buffer."""
 
     def __init__(self, name, stream, dtype, n_rows, row_shape):
         self.name, self._stream = name, stream
         self.dtype, self.n_rows, self.row_shape = dtype, n_rows, tuple(row_shape)
         self._rows_read = 0
+        self._data_start = stream.tell()
+        self._fd = None
+        if _MAP_CHUNKS:
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                self._fd = stream.fileno()  # a zip member has none
 
     def read_into(self, buffer, n):
         wanted = n * self.row_bytes
+        if self._fd is not None and wanted:
+            return self._mapped(n)
         view = memoryview(buffer)[:wanted]
         got = 0
         while got < wanted:
@@ -164,6 +191,30 @@ class _StreamRows(RowSource):
             got += count
         self._rows_read += n
         return self._rows_view(buffer, n)
+
+    def _mapped(self, n):
+        """The next ``n`` rows as a read-only view of a map of just their pages
+        (MAP_POPULATE: mapped in one system call, not a page fault per page)."""
+        start = self._data_start + self._rows_read * self.row_bytes
+        end = start + n * self.row_bytes
+        # A file cut short after it was opened would raise SIGBUS on reading the map:
+        # check its size first (the header's size was checked against it on opening).
+        if os.fstat(self._fd).st_size < end:
+            raise InputError(f"{self.name}: the file ends before row {self._rows_read + n} "
+                             f"of the {self.n_rows} its header states (truncated while "
+                             f"being read?)")
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        pages = mmap.mmap(self._fd, end - aligned, prot=mmap.PROT_READ,
+                          flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                          offset=aligned)
+        rows = np.frombuffer(pages, self.dtype, count=n * math.prod(self.row_shape),
+                             offset=start - aligned)
+        self._rows_read += n
+        return rows.reshape((n,) + self.row_shape)
+
+    def rewind(self):
+        self._stream.seek(self._data_start)  # a deflated zip member decompresses again
+        self._rows_read = 0
 
     def close(self):
         self._stream.close()
@@ -197,6 +248,9 @@ class _BatchedRows(RowSource):
         self._rows_read += n
         return rows
 
+    def rewind(self):
+        self._batch_iter, self._pending, self._pending_at, self._rows_read = None, None, 0, 0
+
     def _batches(self):
         raise NotImplementedError
 
@@ -214,6 +268,9 @@ class ArrayRows(RowSource):
         rows[...] = self._array[self._at:self._at + n]
         self._at += n
         return rows
+
+    def rewind(self):
+        self._at = 0
 
 
 class _TextLabels(RowSource):
@@ -237,6 +294,10 @@ class _TextLabels(RowSource):
                 raise InputError(f"{self.name} line {self._line}: {text!r} is not an "
                                  f"integer label") from None
         return rows
+
+    def rewind(self):
+        self._file.seek(0)
+        self._line = 0
 
     def close(self):
         self._file.close()
@@ -400,7 +461,7 @@ def _open_safetensors(path: Path, tensor: str | None, layout: Layout):
     try:
         # The safetensors package checks the header against the file (offsets, sizes,
         # dtypes). Its get_slice maps the whole file, and the pages it touches stay
-        # resident while the file is open, so the rows are then read with readinto.
+        # resident while the file is open, so the rows are then read chunk by chunk.
         with safetensors.safe_open(str(path), framework="numpy") as handle:
             names = list(handle.keys())
     except Exception as error:  # SafetensorError and OSError: a file that is not one
@@ -645,7 +706,14 @@ class _ParquetSink(_Sink):
     def write(self, fields):
         table = self._pa.table({name: self._column(values) for name, values in fields.items()})
         if self._writer is None:
-            self._writer = self._pq.ParquetWriter(self.temp_path, table.schema)
+            # Dictionary encoding only for the integer columns (classes, ranks): float
+            # fields have nearly as many distinct values as rows, so hashing them cost
+            # more CPU than scoring them, and the writer then drops the dictionary
+            # anyway. A fixed-size-list column is named by the path of its values.
+            dictionary = [name if values.ndim == 1 else f"{name}.list.element"
+                          for name, values in fields.items() if values.dtype.kind in "iu"]
+            self._writer = self._pq.ParquetWriter(self.temp_path, table.schema,
+                                                  use_dictionary=dictionary)
         self._tables.append(table)
         self._rows += table.num_rows
         self._bytes += table.nbytes
@@ -809,23 +877,30 @@ class _ChunkScorer:
         dtype = rows.dtype
         if dtype.isnative and dtype in (np.float32, np.float64) and not _is_bfloat16(dtype):
             return rows
-        wide_dtype = np.dtype(np.float64 if dtype.itemsize == 8 else np.float32)
-        buffer = self._wide.get(wide_dtype)
-        if buffer is None:
-            buffer = self._wide[wide_dtype] = np.empty(
-                (self._chunk_rows,) + self._row_shape, wide_dtype)
-        wide = buffer[:len(rows)]
+        wide = self._reused(np.dtype(np.float64 if dtype.itemsize == 8 else np.float32),
+                            len(rows))
         np.copyto(wide, rows, casting="unsafe")
         return wide
 
+    def _reused(self, dtype: np.dtype, n: int) -> np.ndarray:
+        """``n`` rows of a buffer of ``dtype`` made once for the run."""
+        buffer = self._wide.get(dtype)
+        if buffer is None:
+            buffer = self._wide[dtype] = np.empty((self._chunk_rows,) + self._row_shape,
+                                                  dtype)
+        return buffer[:n]
+
     def prepared(self, rows: np.ndarray) -> np.ndarray:
-        """The rows to score: widened, then divided by the temperature in place. Both the
-        pipeline's read buffers and the widening buffer belong to this run and are
-        reused for the next chunk, so dividing them in place costs no copy of the chunk
-        (the division is in the rows' own dtype, as ``logits / T`` is in NumPy)."""
+        """The rows to score: widened, then divided by the temperature, in place where the
+        rows are in a buffer of this run (the pipeline's read buffers, the widening
+        buffer), into a reused buffer where they are a read-only map of the file (the
+        division is in the rows' own dtype, as ``logits / T`` is in NumPy)."""
         rows = self.widened(rows)
         if self.temperature is not None:
-            np.divide(rows, rows.dtype.type(self.temperature), out=rows)
+            # rows mapped from the file are read-only: divided into a reused buffer
+            out = rows if rows.flags.writeable else self._reused(rows.dtype, len(rows))
+            np.divide(rows, rows.dtype.type(self.temperature), out=out)
+            rows = out
         return rows
 
     def __call__(self, logits, labels, first_row):
@@ -1071,6 +1146,141 @@ def check_plot_path(path: Path, kind: str, has_labels: bool, overwrite: bool) ->
         raise InputError(f"{path.parent}: no such directory")
 
 
+class _ValidationPasses:
+    """The validation rows read chunk by chunk from the first row, once per pass of the
+    temperature fit, in one reused buffer per source, so a validation file of any size
+    is fitted within the memory budget. Chunks come as the fit's kernels read them:
+    half precision widened to float32, labels as int64."""
+
+    def __init__(self, logits: RowSource, labels: RowSource, kind, ignore_index, backend,
+                 memory_bytes):
+        self.logits, self.labels, self.kind = logits, labels, kind
+        self.ignore_index = ignore_index
+        self.chunk_rows = chunk_rows_for(memory_bytes, logits, labels, 3, 0, backend)
+        # One backend for every chunk, as fit_temperature on all the rows would choose:
+        # chunks on another backend would round differently.
+        n_elements = logits.n_rows * (math.prod(logits.row_shape) or 1)
+        kernel = "temperature_nll" if kind == "multiclass" else "score_binary"
+        self.backend = _config.resolve(kernel, backend, n_elements)[0]
+        self._buffers = (np.empty(max(self.chunk_rows * logits.row_bytes, 1), np.uint8),
+                         np.empty(max(self.chunk_rows * labels.row_bytes, 1), np.uint8))
+
+    def chunks(self):
+        """(first row, logits, labels) of every chunk, from the first row."""
+        self.logits.rewind()
+        self.labels.rewind()
+        for start in range(0, self.logits.n_rows, self.chunk_rows):
+            count = min(self.chunk_rows, self.logits.n_rows - start)
+            x = self.logits.read_into(self._buffers[0], count)
+            y = self.labels.read_into(self._buffers[1], count)
+            if not (x.dtype.isnative and x.dtype in (np.float32, np.float64)
+                    and not _is_bfloat16(x.dtype)):
+                x = x.astype(np.float64 if x.dtype.itemsize == 8 else np.float32)
+            if self.kind == "binary":
+                x = x.reshape(count)
+            yield start, x, y.astype(np.int64, copy=False)
+
+    def _failed(self, start, x, error) -> InputError:
+        return InputError(f"{self.logits.name}: fitting the temperature, rows {start}.."
+                          f"{start + len(x) - 1}: {error}")
+
+    def sums(self, b: float) -> np.ndarray:
+        """One pass: the fit's sums (weight, NLL, NLL', NLL'', limit slope) at inverse
+        temperature b, added up over the chunks."""
+        total = np.zeros(5)
+        for start, x, y in self.chunks():
+            try:
+                total += (self._multiclass_sums(x, y, b) if self.kind == "multiclass"
+                          else self._binary_sums(x, y, b))
+            except (ValueError, TypeError, IndexError) as error:
+                raise self._failed(start, x, error) from None
+        return total
+
+    def _multiclass_sums(self, x, y, b):
+        flat_labels, _ = _ops._labels_in_range(y, "labels", "fit_temperature",
+                                               self.ignore_index,
+                                               _ops._ones(x.shape[1], x.dtype), self.backend)
+        no_weights = np.empty(0, x.dtype)
+        sums = _ops._run("temperature_nll", "fit_temperature", self.backend, x, flat_labels,
+                         no_weights, self.ignore_index, b)
+        if not all(math.isfinite(s) for s in sums):
+            _calibration._raise_bad_row(x, flat_labels, no_weights, self.ignore_index,
+                                        (len(x),))
+        return sums
+
+    def _binary_sums(self, x, y, b):
+        flat, signs, kept = _calibration._sigmoid_targets(x, y, -1, "binary",
+                                                          self.ignore_index)
+        z = signs[kept] * flat[kept].astype(np.float64)
+        if not np.all(np.isfinite(z)):
+            raise ValueError("a kept logit is NaN or infinite")
+        return _calibration._sigmoid_sums(z, np.ones(z.size), b)
+
+    def calibration_errors(self, temperature: float) -> tuple[float, float]:
+        """Top-label ECE at T = 1 and at ``temperature``, from bins merged over the
+        chunks (one more pass)."""
+        before = after = None
+        for start, x, y in self.chunks():
+            try:
+                part_before = reliability(x, y, ignore_index=self.ignore_index,
+                                          backend=self.backend)
+                part_after = reliability(x, y, ignore_index=self.ignore_index,
+                                         temperature=temperature, backend=self.backend)
+            except (ValueError, TypeError, IndexError) as error:
+                raise self._failed(start, x, error) from None
+            before = part_before if before is None else before.merge(part_before)
+            after = part_after if after is None else after.merge(part_after)
+        return before.error(), after.error()
+
+
+def fit_on_validation(logits: RowSource, labels: RowSource, *, kind, ignore_index, backend,
+                      memory_bytes) -> dict:
+    """``fit_temperature`` on validation rows, streamed: each pass of the fit reads the
+    rows chunk by chunk within the memory budget and adds up the chunks' sums
+    (``fit_temperature_by_sums``). Returns the JSON document of the fit; for multiclass
+    also the validation ECE at T = 1 and at the fitted T (one more pass). Closes the
+    sources. A fit that gives no usable T (separable: T = 0, uninformative: T = inf) is
+    an InputError."""
+    try:
+        _check_pairing(logits, labels, kind)
+        if kind == "multilabel":
+            raise InputError("--fit-temperature takes --kind multiclass or binary")
+        passes = _ValidationPasses(logits, labels, kind, ignore_index, backend, memory_bytes)
+        try:
+            fit = fit_temperature_by_sums(passes.sums, kind)
+        except ValueError as error:  # no kept rows
+            raise InputError(f"{logits.name}: fitting the temperature: {error}") from None
+        if not (math.isfinite(fit.temperature) and fit.temperature > 0.0):
+            raise InputError(f"{logits.name}: the fitted temperature is {fit.temperature} "
+                             f"(status {fit.status}): no temperature to apply")
+        document = {"temperature": fit.temperature, "source": "fitted", "status": fit.status,
+                    "passes": fit.passes, "validation": logits.name,
+                    "validation_rows": logits.n_rows, "nll_before": fit.nll_before,
+                    "nll_after": fit.nll_after}
+        if kind == "multiclass":
+            document["ece_before"], document["ece_after"] = \
+                passes.calibration_errors(fit.temperature)
+        return document
+    finally:
+        logits.close()
+        labels.close()
+
+
+_OPENMP_KERNELS_MODULE = "logitcore._backends._cython_kernels"
+
+
+def _idle_openmp_threads_sleep() -> None:
+    """Makes the compiled kernels' OpenMP worker threads sleep between calls instead of
+    spinning, unless the user set OMP_WAIT_POLICY. The pipeline's reader and writer
+    threads run while the workers wait for the next chunk, and spinning workers take
+    the cores those threads need (on 2 cores they doubled the run's CPU time); a chunk
+    is large enough that waking the workers costs nothing in comparison. libgomp reads
+    the variable once, when it is loaded, so this only works before the first
+    compiled kernel runs in this process (as in the ``logitcore score`` command)."""
+    if _OPENMP_KERNELS_MODULE not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _whole(source: RowSource, memory_bytes: int) -> np.ndarray:
     """Every row of ``source`` in one array (half precision widened to float32)."""
     size = source.n_rows * source.row_bytes
@@ -1084,44 +1294,6 @@ def _whole(source: RowSource, memory_bytes: int) -> np.ndarray:
     if rows.dtype.kind in "iub":
         return rows.astype(np.int64)
     return rows.astype(np.float64 if rows.dtype.itemsize == 8 else np.float32)
-
-
-def fit_on_validation(logits: RowSource, labels: RowSource, *, kind, ignore_index, backend,
-                      memory_bytes) -> dict:
-    """``fit_temperature`` on validation rows, read whole into memory (they must fit the
-    memory budget; the validation split is usually small). Returns the JSON document of
-    the fit; for multiclass also the validation ECE at T = 1 and at the fitted T. Closes
-    the sources. A fit that gives no usable T (separable: T = 0, uninformative: T = inf)
-    is an InputError."""
-    try:
-        _check_pairing(logits, labels, kind)
-        if kind == "multilabel":
-            raise InputError("--fit-temperature takes --kind multiclass or binary")
-        x = _whole(logits, memory_bytes)
-        y = _whole(labels, memory_bytes)
-    finally:
-        logits.close()
-        labels.close()
-    if kind == "binary":
-        x = x.reshape(len(x))
-    try:
-        fit = fit_temperature(x, y, kind=kind, ignore_index=ignore_index, backend=backend)
-    except (ValueError, TypeError, IndexError) as error:
-        raise InputError(f"{logits.name}: fitting the temperature: {error}") from None
-    if not (math.isfinite(fit.temperature) and fit.temperature > 0.0):
-        raise InputError(f"{logits.name}: the fitted temperature is {fit.temperature} "
-                         f"(status {fit.status}): no temperature to apply")
-    document = {"temperature": fit.temperature, "source": "fitted", "status": fit.status,
-                "passes": fit.passes, "validation": logits.name,
-                "validation_rows": logits.n_rows, "nll_before": fit.nll_before,
-                "nll_after": fit.nll_after}
-    if kind == "multiclass":  # two more reads of rows already in memory
-        document["ece_before"] = calibration_error(x, y, ignore_index=ignore_index,
-                                                   backend=backend)
-        document["ece_after"] = calibration_error(x, y, ignore_index=ignore_index,
-                                                  temperature=fit.temperature,
-                                                  backend=backend)
-    return document
 
 
 def tune_on_validation(logits: RowSource, labels: RowSource, *, kind, metric, scored,
@@ -1179,6 +1351,7 @@ def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_
     ``tune``: a (logits, labels, metric) of validation sources to tune the thresholds on
     first (``tune_on_validation``); they replace ``threshold``."""
     calibration = tuned = None
+    _idle_openmp_threads_sleep()
     try:
         _check_pairing(logits, labels, kind)
         if validation is not None:

@@ -119,8 +119,8 @@ def _add_score_parser(commands) -> None:
     calibrate.add_argument("--fit-temperature", nargs=2,
                            metavar=("VAL_LOGITS", "VAL_LABELS"),
                            help="fit T by NLL on validation logits and labels (any input "
-                                "format; read whole, within --memory) with "
-                                "logitcore.fit_temperature, then score with it")
+                                "format; streamed chunk by chunk within --memory, "
+                                "as logitcore.fit_temperature fits), then score with it")
     calibrate.add_argument("--tune-thresholds", nargs=2,
                            metavar=("VAL_LOGITS", "VAL_LABELS"),
                            help="binary / multilabel: tune a threshold per class on "
