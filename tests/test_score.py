@@ -15,6 +15,7 @@ from hypothesis.extra.numpy import arrays
 
 import logitcore
 from logitcore import _backends, _config
+from logitcore import _score as score_module
 from logitcore._backends import availability, load, op_table
 
 torch = pytest.importorskip("torch")
@@ -735,6 +736,82 @@ def test_bad_labels_name_themselves(labels, kind, error, message):
     x = np.zeros((4, 1) if kind == "binary" else (4, 3))
     with pytest.raises(error, match=message):
         logitcore.score(x, labels, kind=kind)
+
+
+# --- temperature: every field is that of logits / T -----------------------------------------
+
+def _divided(x, temperature):
+    """x / T in x's dtype, by torch (T a scalar or one per row of x's leading shape)."""
+    t = torch.as_tensor(np.asarray(temperature, x.dtype))
+    return (torch.from_numpy(x) / (t[..., None] if t.ndim else t)).numpy()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(50, 7), (7, 1000), (4, 6, 11), (3, 5000)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("per_row", [False, True], ids=["scalar", "per_row"])
+def test_temperature_scores_the_divided_logits(backend, dtype, shape, per_row,
+                                               monkeypatch):
+    """Every multiclass field, logit_margin and max_logit included, is torch's on
+    x / T; the logits are scaled in chunks (made small here, so that every input takes
+    several and a row of (3, 5000) takes one chunk to itself)."""
+    monkeypatch.setattr(score_module, "SCALE_CHUNK_ELEMENTS", 4096)
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal(shape) * 6).astype(dtype)
+    labels = rng.integers(0, shape[-1], shape[:-1])
+    temperature = rng.uniform(0.3, 4.0, shape[:-1]) if per_row else 2.5
+    s = logitcore.score(x, labels, top_k=5, temperature=temperature, backend=backend)
+    scaled = _divided(x, temperature)
+    _check_multiclass(s, _torch_fields(scaled, labels, 5), dtype)
+    # not the raw logits' figures: T = 2.5 changes every probability and logit gap
+    assert not np.allclose(s.label_logprob, _torch_fields(x, labels, 5)["label_logprob"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_temperature_of_binary_and_multilabel_scores(backend):
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal(64) * 4
+    labels = rng.integers(0, 2, 64)
+    temperature = rng.uniform(0.5, 3.0, 64)
+    s = logitcore.score(x, labels, kind="binary", temperature=temperature,
+                        backend=backend)
+    t = torch.from_numpy(x / temperature)
+    _close(s.prob, torch.sigmoid(t).numpy(), np.float64)
+    _close(s.loss, F.binary_cross_entropy_with_logits(
+        t, torch.from_numpy(labels).double(), reduction="none").numpy(), np.float64)
+    x = rng.standard_normal((30, 5)) * 4
+    targets = rng.integers(0, 2, (30, 5))
+    s = logitcore.score(x, targets, kind="multilabel", temperature=3.0,
+                        fields=["pred", "loss"], backend=backend)
+    t = torch.from_numpy(x / 3.0)
+    np.testing.assert_array_equal(s.pred, torch.sigmoid(t).numpy() >= 0.5)
+    _close(s.loss, F.binary_cross_entropy_with_logits(
+        t, torch.from_numpy(targets).double(), reduction="none").mean(1).numpy(),
+        np.float64)
+
+
+def test_temperature_leaves_the_logits_unchanged():
+    x = np.arange(12.0, dtype=np.float32).reshape(3, 4)
+    before = x.copy()
+    logitcore.score(x, np.array([0, 1, 2]), temperature=np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("temperature, error, message", [
+    (0.0, ValueError, r"temperature must be finite and > 0"),
+    (-1.0, ValueError, r"temperature must be finite and > 0"),
+    (inf, ValueError, r"temperature must be finite and > 0"),
+    (nan, ValueError, r"temperature must be finite and > 0"),
+    (1e-60, ValueError, r"in float32\), got 1e-60"),  # 0 in the float32 call
+    ([1.0, 0.0, 1.0, 1.0], ValueError, r"finite and > 0 \(in float32\), got 0.0"),
+    ([1.0, 2.0], ValueError, r"temperature must be a scalar or have shape \(4,\)"),
+    (True, TypeError, "temperature must be a positive number"),
+    ("2", TypeError, "temperature must be a positive number"),
+])
+def test_bad_temperature_names_itself(temperature, error, message):
+    with pytest.raises(error, match=message):
+        logitcore.score(np.zeros((4, 3), np.float32), temperature=temperature)
 
 
 SETTINGS = settings(max_examples=60, deadline=None,

@@ -18,8 +18,8 @@ Inputs are data, never code: ``.npy`` headers are parsed by NumPy's literal pars
 checked against the bytes the file holds before anything is allocated; a row larger
 than the memory budget is refused too.
 
-Calibration: a temperature T divides each chunk in place, in the buffer the chunk was
-read (or widened) into (``_ChunkScorer.prepared``), so no scaled copy is made; a fitted
+Calibration: a temperature T is passed to ``score(temperature=T)``, which scores each
+chunk as chunk / T without a scaled copy of it; a fitted
 T comes from ``fit_temperature`` on validation files before the pass over the input
 (``fit_on_validation``); the binned calibration state merges per chunk inside
 ``Summary``, and ``--plot`` draws the reliability diagram from the final summary's bins,
@@ -794,8 +794,8 @@ class _ChunkScorer:
     def __init__(self, kind, top_k, threshold, ignore_index, fields, backend, chunk_rows,
                  row_shape, labels_name, n_classes, temperature=None):
         self.options = dict(kind=kind, top_k=top_k, threshold=threshold,
-                            ignore_index=ignore_index, fields=fields, backend=backend)
-        self.temperature = temperature
+                            ignore_index=ignore_index, fields=fields, backend=backend,
+                            temperature=temperature)
         self._wide = {}  # dtype -> reused buffer of chunk_rows rows
         self._chunk_rows, self._row_shape = chunk_rows, row_shape
         self._labels_name, self._n_classes = labels_name, n_classes
@@ -816,16 +816,6 @@ class _ChunkScorer:
         wide = buffer[:len(rows)]
         np.copyto(wide, rows, casting="unsafe")
         return wide
-
-    def prepared(self, rows: np.ndarray) -> np.ndarray:
-        """The rows to score: widened, then divided by the temperature in place. Both the
-        pipeline's read buffers and the widening buffer belong to this run and are
-        reused for the next chunk, so dividing them in place costs no copy of the chunk
-        (the division is in the rows' own dtype, as ``logits / T`` is in NumPy)."""
-        rows = self.widened(rows)
-        if self.temperature is not None:
-            np.divide(rows, rows.dtype.type(self.temperature), out=rows)
-        return rows
 
     def __call__(self, logits, labels, first_row):
         try:
@@ -1165,7 +1155,7 @@ def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_
         try:
             with _sigterm_raises(), _thread_count(threads):
                 for start, chunk, chunk_labels in pipeline.chunks():
-                    scores = scorer(scorer.prepared(chunk), chunk_labels, start)
+                    scores = scorer(scorer.widened(chunk), chunk_labels, start)
                     part = scores.summary()
                     summary = part if summary is None else summary.merge(part)
                     pipeline.deliver(scores.to_dict())
