@@ -318,9 +318,7 @@ def test_every_schedule_matches_torch_on_edge_rows(backend, dtype, shape, top_k)
 @pytest.mark.parametrize("shape", SCHEDULE_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_each_field_alone_is_the_field_of_all(backend, shape):
     """A field asked alone (its kernel computes only what that field needs: no sums for
-    pred, a top-k heap of 2 for margin, ...) has the values it has among all fields:
-    integer and flag fields exactly, float fields to the last bit or two (numba sums the
-    exps in another loop when neither entropy nor brier is asked)."""
+    pred, a top-k heap of 2 for margin, ...) has the bits it has among all fields."""
     x, labels = _edge_batch(shape, np.float64)
     every = logitcore.score(x, labels, top_k=3, backend=backend)
     for name in every.fields:
@@ -328,11 +326,7 @@ def test_each_field_alone_is_the_field_of_all(backend, shape):
             continue
         alone = logitcore.score(x, labels, top_k=3, fields=[name], backend=backend)
         assert alone.fields == (name,)
-        if every[name].dtype.kind == "f":
-            np.testing.assert_allclose(alone[name], every[name], rtol=1e-15, atol=1e-15,
-                                       err_msg=name)
-        else:
-            np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
+        np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -627,7 +621,7 @@ def test_numba_edge_rows_on_every_schedule(schedule, dtype):
 @pytest.mark.parametrize("top_k", ["0", "1", "5", "C"])
 def test_numba_fields_alone_match_all_fields(top_k):
     """Each field asked alone (the kernel then skips the work of the others) gives what
-    it gives among all the fields, on each schedule (floats to float32 rounding)."""
+    it gives among all the fields, to the bit, on each schedule."""
     for shape in NUMBA_SCHEDULES.values():
         k = _top_k_of(top_k, shape[1])
         rng = np.random.default_rng(15)
@@ -636,10 +630,7 @@ def test_numba_fields_alone_match_all_fields(top_k):
         every = logitcore.score(x, labels, top_k=k, backend="numba")
         for name in every.fields:
             alone = logitcore.score(x, labels, top_k=k, fields=[name], backend="numba")
-            if every[name].dtype.kind == "f":  # sums of other loops: rounding may differ
-                _close(alone[name], every[name], np.float32)
-            else:
-                np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
+            np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
 
 
 class _Recorder(types.SimpleNamespace):
