@@ -15,6 +15,7 @@ from hypothesis.extra.numpy import arrays
 
 import logitcore
 from logitcore import _backends, _config
+from logitcore import _score as score_module
 from logitcore._backends import availability, load, op_table
 
 torch = pytest.importorskip("torch")
@@ -317,9 +318,7 @@ def test_every_schedule_matches_torch_on_edge_rows(backend, dtype, shape, top_k)
 @pytest.mark.parametrize("shape", SCHEDULE_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_each_field_alone_is_the_field_of_all(backend, shape):
     """A field asked alone (its kernel computes only what that field needs: no sums for
-    pred, a top-k heap of 2 for margin, ...) has the values it has among all fields:
-    integer and flag fields exactly, float fields to the last bit or two (numba sums the
-    exps in another loop when neither entropy nor brier is asked)."""
+    pred, a top-k heap of 2 for margin, ...) has the bits it has among all fields."""
     x, labels = _edge_batch(shape, np.float64)
     every = logitcore.score(x, labels, top_k=3, backend=backend)
     for name in every.fields:
@@ -327,11 +326,7 @@ def test_each_field_alone_is_the_field_of_all(backend, shape):
             continue
         alone = logitcore.score(x, labels, top_k=3, fields=[name], backend=backend)
         assert alone.fields == (name,)
-        if every[name].dtype.kind == "f":
-            np.testing.assert_allclose(alone[name], every[name], rtol=1e-15, atol=1e-15,
-                                       err_msg=name)
-        else:
-            np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
+        np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -626,7 +621,7 @@ def test_numba_edge_rows_on_every_schedule(schedule, dtype):
 @pytest.mark.parametrize("top_k", ["0", "1", "5", "C"])
 def test_numba_fields_alone_match_all_fields(top_k):
     """Each field asked alone (the kernel then skips the work of the others) gives what
-    it gives among all the fields, on each schedule (floats to float32 rounding)."""
+    it gives among all the fields, to the bit, on each schedule."""
     for shape in NUMBA_SCHEDULES.values():
         k = _top_k_of(top_k, shape[1])
         rng = np.random.default_rng(15)
@@ -635,10 +630,7 @@ def test_numba_fields_alone_match_all_fields(top_k):
         every = logitcore.score(x, labels, top_k=k, backend="numba")
         for name in every.fields:
             alone = logitcore.score(x, labels, top_k=k, fields=[name], backend="numba")
-            if every[name].dtype.kind == "f":  # sums of other loops: rounding may differ
-                _close(alone[name], every[name], np.float32)
-            else:
-                np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
+            np.testing.assert_array_equal(alone[name], every[name], err_msg=name)
 
 
 class _Recorder(types.SimpleNamespace):
@@ -735,6 +727,82 @@ def test_bad_labels_name_themselves(labels, kind, error, message):
     x = np.zeros((4, 1) if kind == "binary" else (4, 3))
     with pytest.raises(error, match=message):
         logitcore.score(x, labels, kind=kind)
+
+
+# --- temperature: every field is that of logits / T -----------------------------------------
+
+def _divided(x, temperature):
+    """x / T in x's dtype, by torch (T a scalar or one per row of x's leading shape)."""
+    t = torch.as_tensor(np.asarray(temperature, x.dtype))
+    return (torch.from_numpy(x) / (t[..., None] if t.ndim else t)).numpy()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(50, 7), (7, 1000), (4, 6, 11), (3, 5000)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("per_row", [False, True], ids=["scalar", "per_row"])
+def test_temperature_scores_the_divided_logits(backend, dtype, shape, per_row,
+                                               monkeypatch):
+    """Every multiclass field, logit_margin and max_logit included, is torch's on
+    x / T; the logits are scaled in chunks (made small here, so that every input takes
+    several and a row of (3, 5000) takes one chunk to itself)."""
+    monkeypatch.setattr(score_module, "SCALE_CHUNK_ELEMENTS", 4096)
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal(shape) * 6).astype(dtype)
+    labels = rng.integers(0, shape[-1], shape[:-1])
+    temperature = rng.uniform(0.3, 4.0, shape[:-1]) if per_row else 2.5
+    s = logitcore.score(x, labels, top_k=5, temperature=temperature, backend=backend)
+    scaled = _divided(x, temperature)
+    _check_multiclass(s, _torch_fields(scaled, labels, 5), dtype)
+    # not the raw logits' figures: T = 2.5 changes every probability and logit gap
+    assert not np.allclose(s.label_logprob, _torch_fields(x, labels, 5)["label_logprob"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_temperature_of_binary_and_multilabel_scores(backend):
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal(64) * 4
+    labels = rng.integers(0, 2, 64)
+    temperature = rng.uniform(0.5, 3.0, 64)
+    s = logitcore.score(x, labels, kind="binary", temperature=temperature,
+                        backend=backend)
+    t = torch.from_numpy(x / temperature)
+    _close(s.prob, torch.sigmoid(t).numpy(), np.float64)
+    _close(s.loss, F.binary_cross_entropy_with_logits(
+        t, torch.from_numpy(labels).double(), reduction="none").numpy(), np.float64)
+    x = rng.standard_normal((30, 5)) * 4
+    targets = rng.integers(0, 2, (30, 5))
+    s = logitcore.score(x, targets, kind="multilabel", temperature=3.0,
+                        fields=["pred", "loss"], backend=backend)
+    t = torch.from_numpy(x / 3.0)
+    np.testing.assert_array_equal(s.pred, torch.sigmoid(t).numpy() >= 0.5)
+    _close(s.loss, F.binary_cross_entropy_with_logits(
+        t, torch.from_numpy(targets).double(), reduction="none").mean(1).numpy(),
+        np.float64)
+
+
+def test_temperature_leaves_the_logits_unchanged():
+    x = np.arange(12.0, dtype=np.float32).reshape(3, 4)
+    before = x.copy()
+    logitcore.score(x, np.array([0, 1, 2]), temperature=np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("temperature, error, message", [
+    (0.0, ValueError, r"temperature must be finite and > 0"),
+    (-1.0, ValueError, r"temperature must be finite and > 0"),
+    (inf, ValueError, r"temperature must be finite and > 0"),
+    (nan, ValueError, r"temperature must be finite and > 0"),
+    (1e-60, ValueError, r"in float32\), got 1e-60"),  # 0 in the float32 call
+    ([1.0, 0.0, 1.0, 1.0], ValueError, r"finite and > 0 \(in float32\), got 0.0"),
+    ([1.0, 2.0], ValueError, r"temperature must be a scalar or have shape \(4,\)"),
+    (True, TypeError, "temperature must be a positive number"),
+    ("2", TypeError, "temperature must be a positive number"),
+])
+def test_bad_temperature_names_itself(temperature, error, message):
+    with pytest.raises(error, match=message):
+        logitcore.score(np.zeros((4, 3), np.float32), temperature=temperature)
 
 
 SETTINGS = settings(max_examples=60, deadline=None,

@@ -43,6 +43,7 @@ import math
 import operator
 import numpy as np
 
+from . import _config
 from . import _ops
 from . import _validate as v
 from ._calibration import CalibrationBins, merge_in_order
@@ -173,6 +174,30 @@ def _integer_labels(labels, row_shape: tuple, kind: str, n_label_classes: int,
     return flat, flat != ignore_index
 
 
+def _check_temperature(temperature, row_shape: tuple, dtype):
+    """None, or the temperature in the logits' dtype: a scalar, or (for one value per
+    row) a flat array of the rows' count. Every value must be finite and > 0 in that
+    dtype (a float64 T that a float32 call would round to 0 or inf is refused)."""
+    if temperature is None:
+        return None
+    if isinstance(temperature, (bool, np.bool_)):
+        raise TypeError(f"temperature must be a positive number or one per row, got "
+                        f"{temperature!r}")
+    values = np.asarray(temperature)
+    if values.dtype.kind not in "iuf":
+        raise TypeError(f"temperature must be a positive number or one per row, got "
+                        f"dtype {values.dtype}")
+    if values.ndim and values.shape != row_shape:
+        raise ValueError(f"temperature must be a scalar or have shape {row_shape} (one "
+                         f"per row of logits), got shape {values.shape}")
+    values = values.astype(dtype)
+    if not np.all(np.isfinite(values) & (values > 0)):
+        bad = values.reshape(-1)[~(np.isfinite(values) & (values > 0)).reshape(-1)][0]
+        raise ValueError(f"temperature must be finite and > 0 (in {dtype}), got "
+                         f"{temperature if values.ndim == 0 else bad}")
+    return values[()] if values.ndim == 0 else values.reshape(-1)
+
+
 def _multilabel_targets(labels, logits_shape: tuple, axes: tuple) -> np.ndarray:
     """A 0/1 label matrix with the logits' shape as (rows, classes) uint8."""
     labels = np.asarray(labels)
@@ -191,9 +216,16 @@ def _multilabel_targets(labels, logits_shape: tuple, axes: tuple) -> np.ndarray:
 
 # --- the kernel call --------------------------------------------------------------------
 
-def _run_kernel(kind, backend, inputs: dict, wanted, n_items, n_classes, top_k, dtype):
+# Rows scaled by 1 / temperature at a time (see _run_scaled): a buffer this size stays
+# in the L2 cache between its division and the kernel's read.
+SCALE_CHUNK_ELEMENTS = 1 << 18
+
+
+def _run_kernel(kind, backend, inputs: dict, wanted, n_items, n_classes, top_k, dtype,
+                temperature=None):
     """Call the kind's kernel with ``inputs`` (by argument name) and an output per
-    requested field (argument ``<field>_out``); returns {field: array}."""
+    requested field (argument ``<field>_out``); returns {field: array}. With a
+    ``temperature`` the kernel scores x / temperature (``_run_scaled``)."""
     kernel = op_table.KERNELS[_KERNEL_OF_KIND[kind]]
     args, results = [], {}
     for name, role in kernel.arguments:
@@ -210,14 +242,49 @@ def _run_kernel(kind, backend, inputs: dict, wanted, n_items, n_classes, top_k, 
             output = np.empty((0,) * len(shape), out_dtype)
         # Kernels write flags as uint8 0 / 1: a bool array's own bytes.
         args.append(output.view(np.uint8) if out_dtype == np.bool_ else output)
-    _ops._run(kernel.name, "score", backend, *args)
+    if temperature is None:
+        _ops._run(kernel.name, "score", backend, *args)
+    else:
+        _run_scaled(kernel, backend, args, temperature)
     return results
+
+
+# Argument roles with one entry (or row) per item: cut with the rows of x when they are
+# not empty. Every other argument (scalars, per-class thresholds) is the same per chunk.
+_PER_ITEM_ROLES = frozenset(_OUTPUT_ROLES) | {"rows", "flat", "labels_or_empty",
+                                               "flags_or_empty"}
+
+
+def _run_scaled(kernel, backend, args: list, temperature) -> None:
+    """The kernel on x / temperature, SCALE_CHUNK_ELEMENTS at a time: each chunk of rows
+    is divided into one reused buffer (in the logits' dtype, as ``logits / T`` is in
+    NumPy and torch) and scored with the slices of the per-row operands, so no scaled
+    copy of the logits is made. Rows are independent, so the fields are those of one
+    call on x / temperature, whatever the chunking."""
+    x = args[0]
+    # resolved once, so that "auto" picks the backend of the whole call for every chunk
+    backend, _ = _config.resolve(kernel.name, backend, x.size)
+    n_items = x.shape[0]
+    row_size = x.size // n_items if n_items else 1
+    chunk_items = max(1, SCALE_CHUNK_ELEMENTS // max(row_size, 1))
+    buffer = np.empty((min(chunk_items, n_items),) + x.shape[1:], x.dtype)
+    per_row = np.ndim(temperature) > 0
+    for start in range(0, n_items, chunk_items):
+        stop = min(start + chunk_items, n_items)
+        divisor = temperature[start:stop] if per_row else temperature
+        if per_row and x.ndim == 2:
+            divisor = divisor[:, None]
+        scaled = np.divide(x[start:stop], divisor, out=buffer[:stop - start])
+        chunk_args = [scaled] + [
+            arg[start:stop] if role in _PER_ITEM_ROLES and np.size(arg) else arg
+            for arg, (_, role) in zip(args[1:], kernel.arguments[1:])]
+        _ops._run(kernel.name, "score", backend, *chunk_args)
 
 
 # --- the public function ---------------------------------------------------------------
 
 def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold=0.5,
-          ignore_index=-100, fields=None, backend=None) -> Scores:
+          ignore_index=-100, fields=None, temperature=None, backend=None) -> Scores:
     """Every per-row figure read from logits, in one pass over them.
 
     ``kind="multiclass"``: softmax over the class axis ``axis``. Fields per row:
@@ -240,6 +307,14 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
     ``false_negatives``; the predicted matrix ``pred`` only when named in ``fields``.
 
     ``threshold`` is for binary and multilabel scores (a probability in (0, 1)).
+    ``temperature``: a number > 0 or one per row (the leading shape of the logits);
+    every field is then that of ``logits / temperature`` (divided in the logits' dtype,
+    as NumPy and torch divide): the probabilities, entropy, loss, ``logsumexp`` and
+    also ``max_logit`` and ``logit_margin``, which are the scaled logits' (times T they
+    are the raw ones, up to rounding). The orders
+    (``pred``, ``top_k_indices``, ``label_rank``) are those of the scaled logits, which
+    equal the raw ones but where the division rounds two logits together. The logits are
+    scaled a cache-sized chunk of rows at a time; no scaled copy is made.
     Float fields have the logits' dtype (float32 or float64; half precision and integers
     as everywhere in logitcore). Every field keeps the leading shape of the logits
     ((batch, seq, vocab) logits give (batch, seq) fields). ``fields=`` names the fields to
@@ -282,6 +357,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
     threshold = _check_threshold(threshold, kind, n_classes, logits.dtype)
     has_labels = labels is not None
     wanted = _check_fields(fields, kind, has_labels, top_k)
+    temperature = _check_temperature(temperature, row_shape, logits.dtype)
     n_items = math.prod(row_shape)
     flat_labels = kept = None  # class labels as flat int64 and the kept rows, if given
 
@@ -292,7 +368,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
         inputs = {"x": _ops._as_rows(logits, axes), "targets": targets,
                   "threshold": threshold}
         results = _run_kernel(kind, backend, inputs, wanted, n_items, n_classes, 0,
-                              logits.dtype)
+                              logits.dtype, temperature)
         if "pred" in results:  # rows x classes, back in the caller's layout
             results["pred"] = _ops._from_rows(results["pred"], logits, axes)
     else:
@@ -307,7 +383,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
         else:
             inputs.update(x=_ops._as_rows(logits, (class_axis,)), top_k=top_k)
         results = _run_kernel(kind, backend, inputs, wanted, n_items, n_classes, top_k,
-                              logits.dtype)
+                              logits.dtype, temperature)
         if "kept" in wanted:
             results["kept"] = kept
     for name in results:

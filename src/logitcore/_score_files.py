@@ -21,11 +21,12 @@ Inputs are data, never code: ``.npy`` headers are parsed by NumPy's literal pars
 checked against the bytes the file holds before anything is allocated; a row larger
 than the memory budget is refused too.
 
-Calibration: a temperature T divides each chunk in place, in the buffer the chunk was
-read (or widened) into (``_ChunkScorer.prepared``), so no scaled copy is made; a fitted
-T comes from validation files, read chunk by chunk once per pass of the fit before the
-pass over the input (``fit_on_validation``), so validation files of any size fit; the
-binned calibration state merges per chunk inside ``Summary``, and ``--plot`` draws the reliability diagram from the final summary's bins,
+Calibration: a temperature T is passed to ``score(temperature=T)``, which scores each
+chunk as chunk / T without a scaled copy of it; a fitted T comes from validation
+files, read chunk by chunk once per pass of the fit before the pass over the input
+(``fit_on_validation``), so validation files of any size fit; the binned calibration
+state merges per chunk inside ``Summary``, and ``--plot`` draws the reliability
+diagram from the final summary's bins,
 without reading the input again.
 """
 
@@ -863,8 +864,8 @@ class _ChunkScorer:
     def __init__(self, kind, top_k, threshold, ignore_index, fields, backend, chunk_rows,
                  row_shape, labels_name, n_classes, temperature=None):
         self.options = dict(kind=kind, top_k=top_k, threshold=threshold,
-                            ignore_index=ignore_index, fields=fields, backend=backend)
-        self.temperature = temperature
+                            ignore_index=ignore_index, fields=fields, backend=backend,
+                            temperature=temperature)
         self._wide = {}  # dtype -> reused buffer of chunk_rows rows
         self._chunk_rows, self._row_shape = chunk_rows, row_shape
         self._labels_name, self._n_classes = labels_name, n_classes
@@ -889,19 +890,6 @@ class _ChunkScorer:
             buffer = self._wide[dtype] = np.empty((self._chunk_rows,) + self._row_shape,
                                                   dtype)
         return buffer[:n]
-
-    def prepared(self, rows: np.ndarray) -> np.ndarray:
-        """The rows to score: widened, then divided by the temperature, in place where the
-        rows are in a buffer of this run (the pipeline's read buffers, the widening
-        buffer), into a reused buffer where they are a read-only map of the file (the
-        division is in the rows' own dtype, as ``logits / T`` is in NumPy)."""
-        rows = self.widened(rows)
-        if self.temperature is not None:
-            # rows mapped from the file are read-only: divided into a reused buffer
-            out = rows if rows.flags.writeable else self._reused(rows.dtype, len(rows))
-            np.divide(rows, rows.dtype.type(self.temperature), out=out)
-            rows = out
-        return rows
 
     def __call__(self, logits, labels, first_row):
         try:
@@ -1390,7 +1378,7 @@ def run(logits: RowSource, labels: RowSource | None, output: Path, *, kind, top_
         try:
             with _sigterm_raises(), _thread_count(threads):
                 for start, chunk, chunk_labels in pipeline.chunks():
-                    scores = scorer(scorer.prepared(chunk), chunk_labels, start)
+                    scores = scorer(scorer.widened(chunk), chunk_labels, start)
                     part = scores.summary()
                     summary = part if summary is None else summary.merge(part)
                     pipeline.deliver(scores.to_dict())

@@ -63,18 +63,27 @@ LC_INLINE double lc_exp_sums_log(lc_exp_sums sums)
  * the same whichever threads computed its blocks.
  */
 typedef struct {
-    double max;
+    double max; /* first: lc_states_max reads it */
     lc_exp_sums sums;
     double extra;
 } lc_block_state;
 
-/* The largest max of `count` block states (NaN-free: each block's max ignores NaN). */
-LC_INLINE double lc_block_states_max(const lc_block_state* blocks, lc_index count)
+/* The largest max of `count` states of `state_size` bytes each whose first member is their
+   double max: block states (lc_block_state) and scoring states (lc_score_state), NaN-free
+   (each block's max ignores NaN). */
+LC_INLINE double lc_states_max(const void* states, size_t state_size, lc_index count)
 {
     double top = -INFINITY;
-    for (lc_index b = 0; b < count; b++)
-        top = blocks[b].max > top ? blocks[b].max : top;
+    for (lc_index b = 0; b < count; b++) {
+        double block_max = *(const double*)((const char*)states + (size_t)b * state_size);
+        top = block_max > top ? block_max : top;
+    }
     return top;
+}
+
+LC_INLINE double lc_block_states_max(const lc_block_state* blocks, lc_index count)
+{
+    return lc_states_max(blocks, sizeof(lc_block_state), count);
 }
 
 /* The row state of blocks whose sums are each for their own max: the row max, and every
@@ -178,7 +187,7 @@ LC_INLINE lc_ce_label_row lc_ce_label_row_finish(const lc_ce_label_params* p, do
  * sum (x - M) e^(x - M) = f (moment + (m - M) S) with S its exp sum.
  */
 typedef struct {
-    double max;
+    double max; /* first, as in lc_block_state: lc_states_max reads it */
     lc_exp_sums sums;
     double moment;
     double squares;
@@ -186,9 +195,7 @@ typedef struct {
 
 LC_INLINE lc_score_state lc_score_states_merge(const lc_score_state* blocks, lc_index count)
 {
-    double top = -INFINITY;
-    for (lc_index b = 0; b < count; b++)
-        top = blocks[b].max > top ? blocks[b].max : top;
+    const double top = lc_states_max(blocks, sizeof(lc_score_state), count);
     lc_score_state row = {top, {0.0, 0.0}, 0.0, 0.0};
     for (lc_index b = 0; b < count; b++) {
         const lc_score_state* block = &blocks[b];

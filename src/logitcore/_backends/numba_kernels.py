@@ -2450,10 +2450,11 @@ def log_softmax_backward(dy, y, out, n_threads=1):
 # output of size 0 was not asked for: it is neither computed nor written.
 #
 # Multiclass, per block of a row (the block is in L1 after its max pass):
-# * the max (max_of), then with its shift the exp-sum state (others, n_at_max) and, when
-#   entropy or brier is asked, in the same loop sum (x - shift) e (entropy) and the sum
-#   of e^2 over the terms off the max (brier; the terms at the max add n_at_max, as in
-#   others, so that a saturated row keeps its small terms);
+# * the max (max_of), then with its shift the exp-sum state (others, n_at_max) and in
+#   the same loop sum (x - shift) e (entropy) and the sum of e^2 over the terms off the
+#   max (brier; the terms at the max add n_at_max, as in others, so that a saturated row
+#   keeps its small terms), always all four, so that every float field has the same bits
+#   whichever other fields are asked;
 # * the top list: the class indices of the k_needed largest logits so far, by descending
 #   logit, ties in class order (classes arrive in index order and an equal logit goes
 #   after); a chunk whose max does not beat the k-th logit is skipped after one
@@ -2517,17 +2518,16 @@ def score_sums_of(values, shift):
 
 
 @vector_jit
-def score_block_sums(values, want_sums, want_extra):
+def score_block_sums(values, want_sums):
     """(max, others, n_at_max, weighted, squares) of one block; only the max when no
-    asked field needs the sums, and the two extra sums only for entropy or brier."""
+    asked field needs the sums. The sums come from one loop whatever fields are asked:
+    a loop without the two extra sums is vectorised with another order of additions,
+    and a probability asked alone would then differ from itself among all the fields in
+    its last bits."""
     block_max = max_of(values)
     if not want_sums:
         return block_max, 0.0, 0.0, 0.0, 0.0
-    shift = shift_for(block_max)
-    if want_extra:
-        return (block_max,) + score_sums_of(values, shift)
-    others, n_at_max = sum_exp_of(values, shift)
-    return block_max, others, n_at_max, 0.0, 0.0
+    return (block_max,) + score_sums_of(values, shift_for(block_max))
 
 
 @vector_jit
@@ -2607,13 +2607,12 @@ def count_nan_and_larger(values, threshold):
 
 
 @vector_jit
-def score_block(row, start, stop, rank_threshold, want_sums, want_extra, top, filled):
+def score_block(row, start, stop, rank_threshold, want_sums, top, filled):
     """Everything one block start:stop of ``row`` adds: (max, others, n_at_max, weighted,
     squares) of the block, the top list's new length, the NaN and larger-than-label
     counts. The three reads run while the block is in L1."""
     values = row[start:stop]
-    block_max, others, n_at_max, weighted, squares = score_block_sums(values, want_sums,
-                                                                      want_extra)
+    block_max, others, n_at_max, weighted, squares = score_block_sums(values, want_sums)
     filled = scan_top(row, start, stop, top, filled)
     n_nan, n_larger = count_nan_and_larger(values, rank_threshold)
     return block_max, others, n_at_max, weighted, squares, filled, n_nan, n_larger
@@ -2740,14 +2739,14 @@ def score_multiclass_row(x, args, i):
     merge_score_blocks (as the class split does), the top list and counts carried
     along."""
     labels, ignore_index = args[0], args[1]
-    want_sums, want_extra, want_rank, top_buffer = args[17], args[18], args[19], args[20]
+    want_sums, want_rank, top_buffer = args[17], args[19], args[20]
     row = x[i]
     n_classes = row.shape[0]
     top = top_buffer[i]
     rank_threshold = rank_threshold_of(row, labels, i, ignore_index, want_rank)
     if n_classes <= BLOCK_CLASSES:  # one block: its state is the row's
         row_max, others, n_at_max, weighted, squares, filled, n_nan, n_larger = score_block(
-            row, 0, n_classes, rank_threshold, want_sums, want_extra, top, 0)
+            row, 0, n_classes, rank_threshold, want_sums, top, 0)
     else:
         n_blocks = n_blocks_of(n_classes)
         block_maxes = np.empty(n_blocks, dtype=row.dtype)
@@ -2759,8 +2758,8 @@ def score_multiclass_row(x, args, i):
             start, stop = block_bounds(n_classes, block)
             (block_maxes[block], block_sums[0, block], block_sums[1, block],
              block_sums[2, block], block_sums[3, block], filled, block_nan,
-             block_larger) = score_block(row, start, stop, rank_threshold, want_sums,
-                                         want_extra, top, filled)
+             block_larger) = score_block(row, start, stop, rank_threshold, want_sums, top,
+                                         filled)
             n_nan += block_nan
             n_larger += block_larger
         row_max, others, n_at_max, weighted, squares = merge_score_blocks(
@@ -2774,14 +2773,14 @@ def score_multiclass_block(x, args, i, block, start, stop):
     """Class split: one block's state, top list and counts into the split's buffers."""
     # the call's operands (as the row step gets them), then the split's buffers
     labels, ignore_index = args[0], args[1]
-    want_sums, want_extra, want_rank = args[17], args[18], args[19]
+    want_sums, want_rank = args[17], args[19]
     block_maxes, block_sums, block_tops, block_counts = args[24], args[25], args[26], args[27]
     row = x[i]
     (block_maxes[i, block], block_sums[0, i, block], block_sums[1, i, block],
      block_sums[2, i, block], block_sums[3, i, block], block_counts[0, i, block],
      block_counts[1, i, block], block_counts[2, i, block]) = score_block(
         row, start, stop, rank_threshold_of(row, labels, i, ignore_index, want_rank),
-        want_sums, want_extra, block_tops[i, block], 0)
+        want_sums, block_tops[i, block], 0)
 
 
 @vector_jit
