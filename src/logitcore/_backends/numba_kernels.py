@@ -1209,6 +1209,15 @@ def _row_factor(row_scale, i):
     return lambda row_scale, i: row_scale[i if row_scale.shape[0] > 1 else 0]
 
 
+@ordered_jit
+def row_grad_scale(grad_scale, row_scale, i):
+    """A loss gradient's scale for row i: grad_scale times the row's factor (the chain rule
+    back to the unscaled logits). Ordered: under reassociation the product would be
+    regrouped with the coefficients it multiplies differently in each caller, and the rows
+    and class-split schedules would give a row different bits."""
+    return grad_scale * row_factor(row_scale, i)
+
+
 def as_float(value):
     """value as its float: widened for half bits, itself otherwise."""
 
@@ -2189,7 +2198,7 @@ def cross_entropy_labels_row(x, args, i):
     # temperature=: the gradient with respect to the unscaled logits carries the row's 1/T
     loss_out[i] = row_cross_entropy_labels(
         x[i], grad_row, labels[i], weight, eps, weight_sum, any_weight,
-        grad_scale * row_factor(row_scale, i), want_grad, ignore_index)
+        row_grad_scale(grad_scale, row_scale, i), want_grad, ignore_index)
 
 
 @vector_jit
@@ -2212,10 +2221,10 @@ def unsmoothed_label_tile(x, labels, weight, ignore_index, eps, loss_out, grad_o
         loss = label_coef * (log_sums[r] - shifted_label)  # label_loss, no smoothing
         loss_out[i] = loss if label_coef != 0.0 else 0.0
         defined = softmax_is_defined(row_max[r], sums[r])
-        row_grad_scale = grad_scale * row_factor(row_scale, i)  # temperature=: 1/T
-        prob_factor = row_grad_scale * label_coef / sums[r]  # label_grad_coefficients
+        row_grad = row_grad_scale(grad_scale, row_scale, i)  # temperature=: 1/T
+        prob_factor = row_grad * label_coef / sums[r]  # label_grad_coefficients
         sums[r] = prob_factor if defined else np.nan
-        log_sums[r] = row_grad_scale * label_coef if defined else 0.0
+        log_sums[r] = row_grad * label_coef if defined else 0.0
     if not want_grad:
         return
     for r in range(stop - start):
@@ -2265,7 +2274,7 @@ def cross_entropy_labels_tile(x, args, start, stop, exps, row_max, others, count
         if want_grad:
             prob_factor, smoothing_grad, label_grad = label_grad_coefficients(
                 row_max[r], sums[r], label_coef, smoothing_coef, weight_sum,
-                grad_scale * row_factor(row_scale, i))
+                row_grad_scale(grad_scale, row_scale, i))
             factor = cast_like(prob_factor, x)
             smoothing = cast_like(smoothing_grad, x)
             grad_row = grad_out[i]
@@ -2349,7 +2358,7 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
                                  smoothing_coef, smoothing_sum, weight_sum, any_weight)
         prob_factors[i], smoothing_grads[i], label_grads[i] = label_grad_coefficients(
             row_maxes[i], sums[i], label_coef, smoothing_coef, weight_sum,
-            grad_scale * row_factor(row_scale, i))
+            row_grad_scale(grad_scale, row_scale, i))
     if want_grad:
         scaled_class_split_schedule("label_grad", x, (labels, weight, ignore_index, grad_out,
                                                       row_maxes, prob_factors,
@@ -2458,7 +2467,7 @@ def cross_entropy_probs_row(x, args, i):
     grad_row = grad_out[i] if want_grad else no_grad
     # temperature=: the gradient with respect to the unscaled logits carries the row's 1/T
     loss_out[i] = row_cross_entropy_probs(x[i], target[i], grad_row, weight, eps,
-                                          grad_scale * row_factor(row_scale, i), want_grad)
+                                          row_grad_scale(grad_scale, row_scale, i), want_grad)
 
 
 @plain_jit
@@ -2543,7 +2552,7 @@ def bce_row(x, args, i):
     pos_weight_row = pos_weight[i] if pos_weight.shape[0] != 1 else pos_weight[0]
     # temperature=: the gradient with respect to the unscaled logits carries the row's 1/T
     row_bce(x[i], target[i], weight_row, pos_weight_row, loss_out[i], grad_row,
-            grad_scale * row_factor(row_scale, i), sum_loss, want_grad)
+            row_grad_scale(grad_scale, row_scale, i), sum_loss, want_grad)
 
 
 @plain_jit
