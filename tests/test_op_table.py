@@ -24,7 +24,7 @@ def test_reference_backend_implements_every_kernel():
 
 
 def test_check_backend_reports_each_kind_of_misfit():
-    def softmax(x, out, n_threads=1):
+    def softmax(x, out, n_threads=1, row_scale=None):
         pass
 
     def logsumexp(x, n_threads=1):  # an argument short
@@ -38,6 +38,15 @@ def test_check_backend_reports_each_kind_of_misfit():
     assert any(p.startswith("logsumexp: arguments") for p in problems)
     assert any(p.startswith("log_softmax: claimed but missing") for p in problems)
     assert any(p.startswith("not_a_kernel: not a kernel") for p in problems)
+
+
+def test_check_backend_reports_a_missing_option():
+    def softmax(x, out, n_threads=1):  # no row_scale (temperature=)
+        pass
+
+    module = types.SimpleNamespace(SUPPORTED_KERNELS=frozenset({"softmax"}), softmax=softmax)
+    (problem,) = op_table.check_backend(module)
+    assert problem.startswith("softmax: arguments") and "row_scale" in problem
 
 
 def test_public_functions_named_in_the_table_exist():

@@ -45,14 +45,18 @@ def last_dispatch() -> dict:
     return dict(zip(("op", "kernel", "backend", "n_threads"), info))
 
 
-def _run(kernel: str, op: str, backend, *args):
+def _run(kernel: str, op: str, backend, *args, row_scale=None):
     """Resolve the backend for ``kernel`` and call it with the configured threads.
 
-    ``args[0]`` is the main input; its size steers the "auto" choice.
+    ``args[0]`` is the main input; its size steers the "auto" choice. ``row_scale``
+    (``temperature=``, op_table): passed only when given, so that an untempered call is
+    the kernel's plain call.
     """
     name, module = _config.resolve(kernel, backend, args[0].size)
     n_threads = _config.get_num_threads()
     _last_dispatch.info = (op, kernel, name, n_threads)
+    if row_scale is not None:
+        return getattr(module, kernel)(*args, n_threads, row_scale=row_scale)
     return getattr(module, kernel)(*args, n_threads)
 
 
@@ -128,26 +132,28 @@ def _from_rows(rows: np.ndarray, template: np.ndarray, axes: tuple[int, ...]) ->
     return result
 
 
-def _same_shape_op(kernel, op, x, axes, out, backend, extra_inputs=(), dtype=None):
+def _same_shape_op(kernel, op, x, axes, out, backend, extra_inputs=(), dtype=None,
+                   row_scale=None):
     """Run a kernel whose output has the input's shape (softmax, backward passes...).
 
     ``extra_inputs`` are further operands of x's shape, already as the kernels read them;
-    ``dtype``: the call's compute dtype, the output's (default x's).
+    ``dtype``: the call's compute dtype, the output's (default x's); ``row_scale``: the
+    kernel's (``temperature=``).
     """
     dtype = x.dtype if dtype is None else dtype
     x2d = _as_rows(x, axes)
     operands = [x2d] + [_as_rows(e, axes) for e in extra_inputs]
     if out is None:
         result2d = np.empty(x2d.shape, dtype)
-        _run(kernel, op, backend, *operands, result2d)
+        _run(kernel, op, backend, *operands, result2d, row_scale=row_scale)
         # x2d is x itself only when x already is (rows, classes): nothing to undo
         return result2d if x2d is x else _from_rows(result2d, x, axes)
     out2d = _rows_view(out, axes)
     if out2d is not None:
-        _run(kernel, op, backend, *operands, out2d)
+        _run(kernel, op, backend, *operands, out2d, row_scale=row_scale)
     else:  # a strided out: compute densely, then copy into the caller's layout
         result2d = np.empty(x2d.shape, dtype)
-        _run(kernel, op, backend, *operands, result2d)
+        _run(kernel, op, backend, *operands, result2d, row_scale=row_scale)
         out[...] = _from_rows(result2d, x, axes)
     return out
 
@@ -185,7 +191,7 @@ def _result_or_out(result: np.ndarray, out):
 # --- log-sum-exp, softmax, log-softmax --------------------------------------------
 
 def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None,
-              backend=None):
+              temperature=None, backend=None):
     """Log of the sum of exponentials along ``axis``, computed without overflow.
 
     Matches ``scipy.special.logsumexp``: ``axis`` may be an int, a tuple of ints or None
@@ -194,7 +200,9 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
     integers mapped as everywhere else); with ``return_sign=True`` the result is
     ``(log|sum|, sign)``, otherwise a negative sum gives NaN. A row holding NaN gives NaN
     (sign NaN), one holding +inf gives +inf, an all -inf or empty row gives -inf (sign 0).
-    A scalar ``x`` is a single class.
+    A scalar ``x`` is a single class. ``temperature`` (a positive scalar, or one per row:
+    an array of the result's shape without keepdims) gives ``logsumexp(x / T)``, with the
+    scale applied inside the kernel (not with ``b``).
 
     >>> import numpy as np, logitcore
     >>> round(float(logitcore.logsumexp(np.array([0.0, np.log(3.0)]))), 12)  # log(1 + 3)
@@ -205,7 +213,7 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
     (np.float64(1.5413248546129181), np.float64(-1.0))
     """
     if (b is None and out is None and backend is None and not keepdims and not return_sign
-            and type(x) is np.ndarray):
+            and temperature is None and type(x) is np.ndarray):
         result = _small_row_call("logsumexp", x, axis, row_output=True)
         if result is not None:
             return result
@@ -227,10 +235,13 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
         result_shape = (tuple(1 if i in axes else n for i, n in enumerate(x.shape))
                         if keepdims else kept_shape)
     out_view = _checked_out(out, result_shape, dtype, {"x": x_given})
+    row_scale = v.row_scale_of_temperature(temperature, kept_shape)
+    if row_scale is not None and b is not None:
+        raise ValueError("temperature cannot be combined with b")
     x2d = _as_rows(x, axes)
     result = np.empty(x2d.shape[0], dtype)
     if b is None:
-        _run("logsumexp", "logsumexp", backend, x2d, result)
+        _run("logsumexp", "logsumexp", backend, x2d, result, row_scale=row_scale)
         if return_sign:
             # Without b the sum of exponentials is positive unless it is 0 (an all -inf
             # or empty row: sign 0, as SciPy for all -inf) or NaN.
@@ -303,12 +314,13 @@ def _promoted_with_scale(x, b):
             np.broadcast_to(v.kernel_operand(b_array, dtype), shape), dtype)
 
 
-def softmax(x, axis=-1, *, out=None, backend=None):
+def softmax(x, axis=-1, *, out=None, temperature=None, backend=None):
     """Probabilities ``exp(x) / sum(exp(x))`` along ``axis`` (int or tuple).
 
     Matches ``scipy.special.softmax`` and ``torch.softmax``. ``out=x`` computes in place.
     A -inf entry gets probability exactly 0; a row holding NaN or +inf, or only -inf,
-    becomes all NaN.
+    becomes all NaN. ``temperature`` (a positive scalar, or an array with one per row:
+    the shape of ``x`` without ``axis``) gives ``softmax(x / T)``, scaled inside the kernel.
 
     >>> import numpy as np, logitcore
     >>> logitcore.softmax(np.array([0.0, np.log(3.0), -np.inf]))
@@ -317,39 +329,48 @@ def softmax(x, axis=-1, *, out=None, backend=None):
     >>> _ = logitcore.softmax(x, out=x); x
     array([[0.5, 0.5]], dtype=float32)
     """
-    if out is None and backend is None and type(x) is np.ndarray:
+    if out is None and backend is None and temperature is None and type(x) is np.ndarray:
         result = _small_row_call("softmax", x, axis, row_output=False)
         if result is not None:
             return result
     x, dtype = v.as_kernel_input(x, "x")
     if x.ndim == 0:
+        v.row_scale_of_temperature(temperature, ())  # one class: the same for any T
         return _of_scalar(softmax, x, axis, out, backend)
     axes = v.normalize_axes(axis, x.ndim)
+    row_scale = v.row_scale_of_temperature(
+        temperature, tuple(n for i, n in enumerate(x.shape) if i not in axes))
     out_view = _checked_out(out, x.shape, dtype, {"x": x})
-    result = _same_shape_op("softmax", "softmax", x, axes, out_view, backend, dtype=dtype)
+    result = _same_shape_op("softmax", "softmax", x, axes, out_view, backend, dtype=dtype,
+                            row_scale=row_scale)
     return result if out is None else out  # >= 1-D: 0-d x went to _of_scalar
 
 
-def log_softmax(x, axis=-1, *, out=None, backend=None):
+def log_softmax(x, axis=-1, *, out=None, temperature=None, backend=None):
     """Log-probabilities ``x - logsumexp(x)`` along ``axis`` (int or tuple).
 
     Matches ``scipy.special.log_softmax`` and ``torch.log_softmax``; ``out=x`` works in
     place; a -inf entry stays -inf, a row holding NaN or +inf, or only -inf, is all NaN.
+    ``temperature`` (scalar or one per row) gives ``log_softmax(x / T)``, as ``softmax``.
 
     >>> import numpy as np, logitcore
     >>> logitcore.log_softmax(np.array([0.0, 0.0]))
     array([-0.69314718, -0.69314718])
     """
-    if out is None and backend is None and type(x) is np.ndarray:
+    if out is None and backend is None and temperature is None and type(x) is np.ndarray:
         result = _small_row_call("log_softmax", x, axis, row_output=False)
         if result is not None:
             return result
     x, dtype = v.as_kernel_input(x, "x")
     if x.ndim == 0:
+        v.row_scale_of_temperature(temperature, ())  # one class: the same for any T
         return _of_scalar(log_softmax, x, axis, out, backend)
     axes = v.normalize_axes(axis, x.ndim)
+    row_scale = v.row_scale_of_temperature(
+        temperature, tuple(n for i, n in enumerate(x.shape) if i not in axes))
     out_view = _checked_out(out, x.shape, dtype, {"x": x})
-    result = _same_shape_op("log_softmax", "log_softmax", x, axes, out_view, backend, dtype=dtype)
+    result = _same_shape_op("log_softmax", "log_softmax", x, axes, out_view, backend, dtype=dtype,
+                            row_scale=row_scale)
     return result if out is None else out  # >= 1-D: 0-d x went to _of_scalar
 
 
@@ -516,7 +537,7 @@ def _labels_in_range(labels, name, op, ignore_index, class_weight, backend):
 
 def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
                   reduction="mean", label_smoothing=0.0, return_grad=False,
-                  grad_out=None, backend=None):
+                  grad_out=None, temperature=None, backend=None):
     """Cross-entropy between softmax(logits) along ``axis`` and ``target``.
 
     Same values as ``torch.nn.functional.cross_entropy`` (class axis ``axis``, default
@@ -532,6 +553,10 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     reduced loss (of ``loss.sum()`` for ``reduction="none"``) with respect to
     ``logits``, from the same pass over the data; ``grad_out`` receives it and may be
     ``logits`` itself.
+
+    ``temperature`` (a positive scalar, or one per row: an array of the labels' shape)
+    gives the loss of ``logits / T``, scaled inside the kernel; the gradient is still with
+    respect to ``logits`` (``(softmax(logits / T) - target) / T`` per row, as autograd).
 
     >>> import numpy as np, logitcore
     >>> logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -555,6 +580,7 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
     original_target = target
     target = np.asarray(target)
     loss_shape = logits.shape[:class_axis] + logits.shape[class_axis + 1:]
+    row_scale = v.row_scale_of_temperature(temperature, loss_shape)
     probability_targets = (target.dtype.kind == "f" or v.is_half(target.dtype)) and (
         target.shape == logits.shape)
     if probability_targets:
@@ -581,10 +607,11 @@ def cross_entropy(logits, target, *, axis=-1, weight=None, ignore_index=-100,
 
     if probability_targets:
         _run("cross_entropy_probs", "cross_entropy", backend, x2d, target2d, class_weight,
-             label_smoothing, row_losses, grad2d, grad_scale)
+             label_smoothing, row_losses, grad2d, grad_scale, row_scale=row_scale)
     else:
         _run("cross_entropy_labels", "cross_entropy", backend, x2d, target2d, class_weight,
-             ignore_index, label_smoothing, row_losses, grad2d, grad_scale)
+             ignore_index, label_smoothing, row_losses, grad2d, grad_scale,
+             row_scale=row_scale)
 
     loss = _reduce(row_losses.reshape(loss_shape), reduction, denominator, dtype)
     return _finish_gradient(loss, gradient, grad2d, axes, grad_out)
@@ -612,14 +639,16 @@ def _elementwise_weight(weight, logits_shape, name, dtype):
 
 def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
                                      reduction="mean", return_grad=False, grad_out=None,
-                                     backend=None):
+                                     temperature=None, backend=None):
     """Binary cross-entropy of ``sigmoid(logits)`` against ``target`` in [0, 1].
 
     Same values as ``torch.nn.functional.binary_cross_entropy_with_logits``: ``weight``
     broadcasts against ``logits`` and rescales each element; ``pos_weight`` (typically
     one per class, last axis) rescales the positive term. ``reduction="mean"`` averages
     over all elements. ``return_grad=True`` returns ``(loss, grad)`` from the same pass;
-    ``grad_out`` may be ``logits`` itself.
+    ``grad_out`` may be ``logits`` itself. ``temperature`` (a positive scalar, or one per
+    row: an array of the logits' shape without the last axis) gives the loss of
+    ``logits / T``, scaled inside the kernel; the gradient is with respect to ``logits``.
 
     >>> import numpy as np, logitcore
     >>> logitcore.binary_cross_entropy_with_logits(np.array([0.0, 2.0]), np.array([1.0, 0.0]),
@@ -636,6 +665,7 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     # Elementwise loss: any shape works as (rows, last axis); a 0-d input is one element.
     if logits.ndim == 0:
         logits, target = logits.reshape(1), target.reshape(1)
+    row_scale = v.row_scale_of_temperature(temperature, logits.shape[:-1])
     axes = (logits.ndim - 1,)
     n_classes = logits.shape[-1]
     ones = _ones(n_classes, dtype).reshape(1, n_classes)
@@ -651,7 +681,7 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     n_elements = logits.size
     grad_scale = 1.0 / n_elements if reduction == "mean" and n_elements else 1.0
     _run("bce_with_logits", "binary_cross_entropy_with_logits", backend, x2d,
-         target2d, weight2d, pos_weight2d, loss2d, grad2d, grad_scale)
+         target2d, weight2d, pos_weight2d, loss2d, grad2d, grad_scale, row_scale=row_scale)
     if reduction == "none":
         loss = _scalar_or_array(loss2d.reshape(original_shape))
     else:

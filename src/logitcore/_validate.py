@@ -243,3 +243,28 @@ def check_no_partial_overlap(out: np.ndarray, inputs: dict, name: str = "out") -
                 f"{name} overlaps {input_name} partially; pass {input_name} itself "
                 f"(in place) or a separate array"
             )
+
+
+def row_scale_of_temperature(temperature, rows_shape: tuple) -> np.ndarray | None:
+    """The kernels' ``row_scale`` for ``temperature=`` (op_table): None for None; a
+    positive finite scalar T -> the (1,) float64 array [1 / T]; an array of the rows'
+    shape (the logits' shape without the class axis) -> 1 / T per row, flattened in row
+    order. Every T must be finite and > 0; ValueError naming ``temperature`` otherwise."""
+    if temperature is None:
+        return None
+    try:
+        values = np.asarray(temperature, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"temperature must be a positive number or an array of them, got "
+            f"{type(temperature).__name__}") from None
+    if values.ndim != 0 and values.shape != tuple(rows_shape):
+        raise ValueError(
+            f"temperature must be a scalar or have the shape of the rows "
+            f"{tuple(rows_shape)} (the logits' shape without the class axis), got shape "
+            f"{values.shape}")
+    if not np.all(np.isfinite(values) & (values > 0.0)):
+        bad = values.reshape(-1)[~(np.isfinite(values.reshape(-1))
+                                   & (values.reshape(-1) > 0.0))][0]
+        raise ValueError(f"temperature must be finite and > 0, got {bad}")
+    return np.ascontiguousarray(1.0 / values.reshape(-1))

@@ -212,6 +212,11 @@ cdef extern from "lc_half.h" nogil:
     void lc_widen_span(lc_input_format format, const uint16_t* bits, float* out, Py_ssize_t n)
     float lc_widen_one(lc_input_format format, const uint16_t* bits, Py_ssize_t index)
     const float* lc_window(const float* buffer, Py_ssize_t first)
+    void lc_scale_span_f32(lc_input_format format, const void* source, Py_ssize_t first,
+                           float* out, Py_ssize_t n, float factor)
+    void lc_scale_span_f64(const double* source, Py_ssize_t first, double* out, Py_ssize_t n,
+                           double factor)
+    const double* lc_window_f64(const double* buffer, Py_ssize_t first)
 
 cdef extern from "lc_row_ops_temperature.h" nogil:
     # temperature_nll's row operation: the sums of rows [first, end), see the header

@@ -316,6 +316,94 @@ cdef int run_rows_half(const lc_operands* o, int n_threads, lc_input_format x_fo
     return -1 if failed else 0
 
 
+# temperature= (a kernel's row_scale, 1/T): at the same load point each row (or range of
+# blocks of one row) is copied -- half input widened -- and multiplied by its row's factor
+# into a per-thread buffer of the call's type, and the unchanged C row functions read a
+# window on it. Without a row_scale (factors NULL) no schedule changes. The gradient of
+# the losses is with respect to the unscaled logits: one factor for every row rides on
+# grad_scale (schedule); per-row factors multiply each gradient row of a chunk right after
+# its row function wrote it, while it is in cache (class split: the row's own grad_scale).
+cdef struct row_scaling:
+    const double* factors  # NULL: no temperature
+    bint per_row           # factors[row], else factors[0] for every row
+
+
+cdef inline double factor_of(const row_scaling* s, Py_ssize_t row) noexcept nogil:
+    return s.factors[row] if s.per_row else s.factors[0]
+
+
+cdef inline const void* scaled(const row_scaling* s, lc_input_format format, const void* source,
+                               real* buffer, Py_ssize_t row, Py_ssize_t first,
+                               Py_ssize_t n) noexcept nogil:
+    """The elements [first, first + n) of the input (all in row ``row``) times the row's
+    factor, in buffer, through a window: the row functions index it as they index x."""
+    if real is float:
+        lc_scale_span_f32(format, source, first, buffer, n, <float>factor_of(s, row))
+        return lc_window(buffer, first)
+    else:
+        lc_scale_span_f64(<const double*>source, first, buffer, n, factor_of(s, row))
+        return lc_window_f64(buffer, first)
+
+
+cdef inline bint scales_gradient_rows(const lc_operands* o, const row_scaling* s) noexcept nogil:
+    return s.factors != NULL and s.per_row and o.out2 != NULL and (
+        o.op == LC_OP_CROSS_ENTROPY_LABELS or o.op == LC_OP_CROSS_ENTROPY_PROBS
+        or o.op == LC_OP_BCE_WITH_LOGITS)
+
+
+cdef int scaled_rows(const lc_operands* o, const real* x, const row_scaling* s,
+                     lc_input_format x_format, lc_input_format y_format, Py_ssize_t first,
+                     Py_ssize_t end) noexcept nogil:
+    """The rows [first, end) of o, x scaled (and y widened) chunk by chunk; 1 without
+    memory."""
+    cdef Py_ssize_t C = o.n_classes, start, count, r, j
+    cdef Py_ssize_t chunk = max(1, HALF_CHUNK_ELEMENTS // C)
+    cdef lc_operands local = o[0]
+    cdef real* buffer = <real*>malloc(chunk * C * sizeof(real))
+    cdef float* y_buffer = half_buffer(y_format, chunk * C)
+    cdef real* grad = <real*>o.out2
+    cdef real factor
+    cdef bint scale_grad = scales_gradient_rows(o, s)
+    if buffer == NULL or (y_format != LC_INPUT_FLOAT and y_buffer == NULL):
+        free(buffer); free(y_buffer)
+        return 1
+    start = first
+    while start < end:
+        count = min(chunk, end - start)
+        for r in range(count):
+            scaled(s, x_format, o.x, buffer + r * C, start + r, (start + r) * C, C)
+        if real is float:
+            local.x = lc_window(buffer, start * C)
+        else:
+            local.x = lc_window_f64(buffer, start * C)
+        local.y = widened(y_format, o.y, y_buffer, start * C, count * C)
+        call_rows(&local, x, start, count)
+        if scale_grad:
+            for r in range(start, start + count):
+                factor = <real>factor_of(s, r)
+                for j in range(r * C, (r + 1) * C):
+                    grad[j] *= factor
+        start += count
+    free(buffer); free(y_buffer)
+    return 0
+
+
+cdef int run_rows_scaled(const lc_operands* o, const real* x, int n_threads,
+                         const row_scaling* s, lc_input_format x_format,
+                         lc_input_format y_format) noexcept nogil:
+    """run_rows with a row_scale; -1 if a buffer cannot be allocated."""
+    cdef Py_ssize_t part, first, end
+    cdef int n_parts = threads_for(o.n_rows, o.n_classes, n_threads)
+    cdef int failed = 0
+    if n_parts == 1:
+        return -scaled_rows(o, x, s, x_format, y_format, 0, o.n_rows)
+    for part in prange(n_parts, num_threads=n_parts, schedule="static"):
+        first = range_start(o.n_rows, part, n_parts)
+        end = range_start(o.n_rows, part + 1, n_parts)
+        failed += scaled_rows(o, x, s, x_format, y_format, first, end)
+    return -1 if failed else 0
+
+
 # ---------------------------------------------------------------- schedule: class_split
 #
 # Rows longer than one block (LC_BLOCK_CLASSES classes) of logsumexp, softmax, log_softmax
@@ -334,35 +422,55 @@ cdef inline bint takes_class_split(const lc_operands* o) noexcept nogil:
         or o.op == LC_OP_CROSS_ENTROPY_LABELS)
 
 
+cdef inline void* scratch_part(void* scratch, Py_ssize_t offset,
+                               const row_scaling* s, const real* x) noexcept nogil:
+    """scratch + offset elements: of the call's type with a row_scale, else floats."""
+    if scratch == NULL:
+        return NULL
+    return <char*>scratch + offset * (sizeof(real) if s.factors != NULL else sizeof(float))
+
+
 cdef void block_pass(const lc_operands* o, const real* x, lc_block_pass step, Py_ssize_t row,
                      Py_ssize_t n_blocks, lc_block_state* states, const lc_row_result* result,
-                     int n_threads, lc_input_format x_format, float* half_scratch) noexcept nogil:
+                     int n_threads, lc_input_format x_format, void* half_scratch,
+                     const row_scaling* s) noexcept nogil:
     """One pass over every block of one row: a contiguous range of blocks per thread
-    (half_scratch: a row's worth of floats per thread, for half input)."""
+    (half_scratch: a row's worth of loaded values per thread, for half input or a
+    row_scale)."""
     cdef Py_ssize_t part, first, end
     cdef Py_ssize_t row_floats = n_blocks * LC_BLOCK_CLASSES
     if n_threads == 1:
-        block_range_pass(o, x, step, row, 0, n_blocks, states, result, x_format, half_scratch)
+        block_range_pass(o, x, step, row, 0, n_blocks, states, result, x_format, half_scratch,
+                         s)
         return
     for part in prange(n_threads, num_threads=n_threads, schedule="static"):
         first = range_start(n_blocks, part, n_threads)
         end = range_start(n_blocks, part + 1, n_threads)
         block_range_pass(o, x, step, row, first, end, states, result, x_format,
-                         offset_or_null(half_scratch, part * row_floats))
+                         scratch_part(half_scratch, part * row_floats, s, x), s)
 
 
 cdef inline void block_range_pass(const lc_operands* o, const real* x, lc_block_pass step,
                                   Py_ssize_t row, Py_ssize_t first, Py_ssize_t end,
                                   lc_block_state* states, const lc_row_result* result,
                                   lc_input_format x_format,
-                                  float* half_scratch) noexcept nogil:
+                                  void* half_scratch, const row_scaling* s) noexcept nogil:
     cdef lc_operands local
     cdef Py_ssize_t begin, stop
-    if x_format != LC_INPUT_FLOAT:  # the blocks widened, the pass reads a window on them
+    if s.factors != NULL:  # the blocks scaled into the scratch, the pass reads a window
         local = o[0]
         begin = row * o.n_classes + first * LC_BLOCK_CLASSES
         stop = min(row * o.n_classes + end * LC_BLOCK_CLASSES, (row + 1) * o.n_classes)
-        local.x = widened(x_format, o.x, half_scratch, begin, stop - begin)
+        local.x = scaled(s, x_format, o.x, <real*>half_scratch, row, begin, stop - begin)
+        if real is float:
+            lc_block_pass_f32(&local, step, row, first, end, states, result)
+        else:
+            lc_block_pass_f64(&local, step, row, first, end, states, result)
+    elif x_format != LC_INPUT_FLOAT:  # the blocks widened, the pass reads a window on them
+        local = o[0]
+        begin = row * o.n_classes + first * LC_BLOCK_CLASSES
+        stop = min(row * o.n_classes + end * LC_BLOCK_CLASSES, (row + 1) * o.n_classes)
+        local.x = widened(x_format, o.x, <float*>half_scratch, begin, stop - begin)
         lc_block_pass_f32(&local, step, row, first, end, states, result)
     elif real is float:
         lc_block_pass_f32(o, step, row, first, end, states, result)
@@ -372,10 +480,12 @@ cdef inline void block_range_pass(const lc_operands* o, const real* x, lc_block_
 
 cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssize_t n_blocks,
                     lc_block_state* states, int n_threads, lc_input_format x_format,
-                    float* half_scratch) noexcept nogil:
+                    void* half_scratch, const row_scaling* s) noexcept nogil:
     """One long row of ``o.op``, block by block (its blocks on n_threads threads)."""
     cdef lc_row_result result
     cdef lc_ce_label_row loss
+    cdef lc_ce_label_params ce = o.ce
+    cdef real label_logit
     cdef Py_ssize_t C = o.n_classes
     cdef real* out = <real*>o.out
     cdef real* grad = <real*>o.out2
@@ -384,7 +494,7 @@ cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssiz
     cdef double shifted_label_logit, label_weight
     memset(&result, 0, sizeof(lc_row_result))
     block_pass(o, x, LC_STATE_PASS, row, n_blocks, states, &result, n_threads, x_format,
-               half_scratch)
+               half_scratch, s)
     if o.op != LC_OP_CROSS_ENTROPY_LABELS:
         result.state = lc_block_states_merge(states, n_blocks)
         if o.op == LC_OP_LOGSUMEXP:
@@ -395,7 +505,7 @@ cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssiz
         else:
             result.normaliser = lc_row_state_log_normaliser(result.state)
         block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads, x_format,
-                   half_scratch)
+                   half_scratch, s)
         return
     result.state.max = lc_block_states_max(states, n_blocks)
     label = o.labels[row]
@@ -404,15 +514,19 @@ cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssiz
         label = 0
     # everything the loss reads from x, before the sums pass may overwrite it (grad may be x)
     if x_format != LC_INPUT_FLOAT:
-        shifted_label_logit = (<double>lc_widen_one(x_format, <const uint16_t*>o.x,
-                                                    row * C + label) - result.state.max)
+        label_logit = lc_widen_one(x_format, <const uint16_t*>o.x, row * C + label)
     else:
-        shifted_label_logit = <double>x[row * C + label] - result.state.max
+        label_logit = x[row * C + label]
+    if s.factors != NULL:  # as the blocks were loaded, and the row's gradient factor
+        label_logit = label_logit * <real>factor_of(s, row)
+        if s.per_row:
+            ce.grad_scale *= factor_of(s, row)
+    shifted_label_logit = <double>label_logit - result.state.max
     label_weight = (<const real*>o.weight)[label]
     block_pass(o, x, LC_SUMS_PASS, row, n_blocks, states, &result, n_threads, x_format,
-               half_scratch)
+               half_scratch, s)
     result.state = lc_block_states_add(states, n_blocks, result.state.max)
-    loss = lc_ce_label_row_finish(&o.ce, result.state.max, result.state.sums,
+    loss = lc_ce_label_row_finish(&ce, result.state.max, result.state.sums,
                                   shifted_label_logit, result.state.extra, keep, label_weight,
                                   grad[row * C + label] if grad != NULL else 0.0)
     out[row] = <real>loss.loss
@@ -421,13 +535,13 @@ cdef void split_row(const lc_operands* o, const real* x, Py_ssize_t row, Py_ssiz
     result.exp_factor = loss.exp_factor
     result.weight_factor = loss.weight_factor
     block_pass(o, x, LC_WRITE_PASS, row, n_blocks, states, &result, n_threads, x_format,
-               half_scratch)
+               half_scratch, s)
     if keep:
         grad[row * C + label] = <real>loss.label_grad
 
 
 cdef int class_split(lc_operands* o, const real* x, int n_threads,
-                     lc_input_format x_format) noexcept nogil:
+                     lc_input_format x_format, const row_scaling* s) noexcept nogil:
     """Every row of ``o``, block by block; -1 if the scratch cannot be allocated."""
     cdef Py_ssize_t n_blocks = (o.n_classes + LC_BLOCK_CLASSES - 1) // LC_BLOCK_CLASSES
     cdef Py_ssize_t row, part, first, end
@@ -437,11 +551,17 @@ cdef int class_split(lc_operands* o, const real* x, int n_threads,
     cdef int n_parts = 1 if split_blocks else row_threads
     cdef lc_block_state* states = <lc_block_state*>malloc(
         n_parts * n_blocks * sizeof(lc_block_state))
-    # half input: a row's worth of widened floats per thread (parts of rows, or of blocks)
+    # half input or a row_scale: a row's worth of loaded values per thread (parts of rows,
+    # or of blocks)
     cdef Py_ssize_t row_floats = n_blocks * LC_BLOCK_CLASSES
-    cdef float* half_scratch = half_buffer(
-        x_format, max(n_parts, block_threads if split_blocks else 1) * row_floats)
-    if states == NULL or (x_format != LC_INPUT_FLOAT and half_scratch == NULL):
+    cdef Py_ssize_t scratch_values = max(n_parts, block_threads if split_blocks else 1) * row_floats
+    cdef void* half_scratch
+    if s.factors != NULL:
+        half_scratch = malloc(scratch_values * sizeof(real))
+    else:
+        half_scratch = half_buffer(x_format, scratch_values)
+    if states == NULL or ((x_format != LC_INPUT_FLOAT or s.factors != NULL)
+                          and half_scratch == NULL):
         free(states); free(half_scratch)
         return -1
     if o.op == LC_OP_CROSS_ENTROPY_LABELS:
@@ -455,17 +575,17 @@ cdef int class_split(lc_operands* o, const real* x, int n_threads,
     o.prefetch_next_block = not split_blocks
     if split_blocks:
         for row in range(o.n_rows):
-            split_row(o, x, row, n_blocks, states, block_threads, x_format, half_scratch)
+            split_row(o, x, row, n_blocks, states, block_threads, x_format, half_scratch, s)
     elif n_parts == 1:
         for row in range(o.n_rows):
-            split_row(o, x, row, n_blocks, states, 1, x_format, half_scratch)
+            split_row(o, x, row, n_blocks, states, 1, x_format, half_scratch, s)
     else:
         for part in prange(n_parts, num_threads=n_parts, schedule="static"):
             first = range_start(o.n_rows, part, n_parts)
             end = range_start(o.n_rows, part + 1, n_parts)
             for row in range(first, end):
                 split_row(o, x, row, n_blocks, states + part * n_blocks, 1, x_format,
-                          offset_or_null(half_scratch, part * row_floats))
+                          scratch_part(half_scratch, part * row_floats, s, x), s)
     free(states)
     free(half_scratch)
     return 0
@@ -518,8 +638,10 @@ cdef int score_class_split(lc_operands* o, const real* x, int n_parts) noexcept 
 # ---------------------------------------------------------------- the schedule of a call
 
 cdef int schedule(lc_operands* o, const real* x, int n_threads, lc_input_format x_format,
-                  lc_input_format y_format) noexcept nogil:
+                  lc_input_format y_format, const row_scaling* s) noexcept nogil:
     cdef int block_threads
+    if s.factors != NULL and not s.per_row:  # one 1/T for every row: on the gradient's scale
+        o.grad_scale *= s.factors[0]
     if o.op == LC_OP_SCORE_MULTICLASS:  # float input only (op_table.HALF_INPUT_KERNELS)
         if o.n_classes > LC_BLOCK_CLASSES and o.n_rows < n_threads:
             block_threads = threads_for((o.n_classes + LC_BLOCK_CLASSES - 1) // LC_BLOCK_CLASSES,
@@ -529,7 +651,9 @@ cdef int schedule(lc_operands* o, const real* x, int n_threads, lc_input_format 
         run_rows(o, x, n_threads)
         return -1 if (<lc_score_multiclass_fields*>o.score).out_of_memory else 0
     if takes_class_split(o):
-        return class_split(o, x, n_threads, x_format)
+        return class_split(o, x, n_threads, x_format, s)
+    if s.factors != NULL:
+        return run_rows_scaled(o, x, n_threads, s, x_format, y_format)
     if x_format != LC_INPUT_FLOAT or y_format != LC_INPUT_FLOAT:
         return run_rows_half(o, n_threads, x_format, y_format)
     run_rows(o, x, n_threads)
@@ -538,16 +662,25 @@ cdef int schedule(lc_operands* o, const real* x, int n_threads, lc_input_format 
 
 cdef int run(lc_operands* o, int type_num, int n_threads,
              lc_input_format x_format=LC_INPUT_FLOAT,
-             lc_input_format y_format=LC_INPUT_FLOAT) except -1:
+             lc_input_format y_format=LC_INPUT_FLOAT, cnp.ndarray row_scale=None) except -1:
     """Run one validated call on its schedule (the GIL released). x_format, y_format: how
-    o.x and o.y are stored (half input is widened by the schedules)."""
+    o.x and o.y are stored (half input is widened by the schedules); row_scale: the
+    kernel's (op_table; None or size 0: none)."""
     cdef int status
+    cdef row_scaling s
+    s.factors = NULL
+    s.per_row = False
+    if row_scale is not None and row_scale.size > 0:
+        expect(row_scale, "row_scale", cnp.NPY_DOUBLE,
+               1 if dim(row_scale, 0) == 1 else o.n_rows, -1, False)
+        s.factors = <const double*>data(row_scale)
+        s.per_row = dim(row_scale, 0) != 1
     n_threads = usable_threads(n_threads)
     with nogil:
         if type_num == cnp.NPY_FLOAT:
-            status = schedule(o, <const float*>o.x, n_threads, x_format, y_format)
+            status = schedule(o, <const float*>o.x, n_threads, x_format, y_format, &s)
         else:
-            status = schedule(o, <const double*>o.x, n_threads, x_format, y_format)
+            status = schedule(o, <const double*>o.x, n_threads, x_format, y_format, &s)
     if status != 0:
         raise MemoryError("cython kernel: no memory for its scratch (block states, top-k heap)")
     return 0
@@ -555,7 +688,8 @@ cdef int run(lc_operands* o, int type_num, int n_threads,
 
 # ---------------------------------------------------------------- entry points
 
-def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
+def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1,
+              cnp.ndarray row_scale=None):
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1), row
     expect_input(x, "x", type_num, n_rows, n_classes)
@@ -567,7 +701,7 @@ def logsumexp(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1)
         return
     cdef lc_operands o
     init_operands(&o, LC_OP_LOGSUMEXP, x, n_rows, n_classes, data(out), 1)
-    run(&o, type_num, n_threads, input_format(x))
+    run(&o, type_num, n_threads, input_format(x), LC_INPUT_FLOAT, row_scale)
 
 
 def entropy(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
@@ -586,12 +720,14 @@ def entropy(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
     run(&o, type_num, n_threads, input_format(x))
 
 
-def softmax(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
-    _same_shape_entry(LC_OP_SOFTMAX, x, None, out, n_threads)
+def softmax(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1,
+            cnp.ndarray row_scale=None):
+    _same_shape_entry(LC_OP_SOFTMAX, x, None, out, n_threads, row_scale)
 
 
-def log_softmax(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
-    _same_shape_entry(LC_OP_LOG_SOFTMAX, x, None, out, n_threads)
+def log_softmax(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1,
+                cnp.ndarray row_scale=None):
+    _same_shape_entry(LC_OP_LOG_SOFTMAX, x, None, out, n_threads, row_scale)
 
 
 def softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None, cnp.ndarray out not None,
@@ -605,7 +741,7 @@ def log_softmax_backward(cnp.ndarray dy not None, cnp.ndarray y not None,
 
 
 cdef int _same_shape_entry(lc_op op, cnp.ndarray x, cnp.ndarray y, cnp.ndarray out,
-                           int n_threads) except -1:
+                           int n_threads, cnp.ndarray row_scale=None) except -1:
     """softmax, log_softmax (y None) and their backward kernels (x is dy): out of x's shape."""
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
@@ -620,7 +756,7 @@ cdef int _same_shape_entry(lc_op op, cnp.ndarray x, cnp.ndarray y, cnp.ndarray o
     if y is not None:
         o.y = data(y)
     return run(&o, type_num, n_threads, input_format(x),
-               input_format(y) if y is not None else LC_INPUT_FLOAT)
+               input_format(y) if y is not None else LC_INPUT_FLOAT, row_scale)
 
 
 def sigmoid(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
@@ -760,7 +896,8 @@ def logsumexp_scaled(cnp.ndarray x not None, cnp.ndarray b not None, cnp.ndarray
 def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
                          cnp.ndarray weight not None, int64_t ignore_index,
                          double label_smoothing, cnp.ndarray loss_out not None,
-                         cnp.ndarray grad_out not None, double grad_scale, int n_threads=1):
+                         cnp.ndarray grad_out not None, double grad_scale, int n_threads=1,
+                         cnp.ndarray row_scale=None):
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
     expect_input(x, "x", type_num, n_rows, n_classes)
@@ -781,13 +918,13 @@ def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
     o.label_smoothing = label_smoothing
     o.out2 = data_or_null(grad_out)
     o.grad_scale = grad_scale
-    run(&o, type_num, n_threads, input_format(x))
+    run(&o, type_num, n_threads, input_format(x), LC_INPUT_FLOAT, row_scale)
 
 
 def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None,
                         cnp.ndarray weight not None, double label_smoothing,
                         cnp.ndarray loss_out not None, cnp.ndarray grad_out not None,
-                        double grad_scale, int n_threads=1):
+                        double grad_scale, int n_threads=1, cnp.ndarray row_scale=None):
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
     expect_input(x, "x", type_num, n_rows, n_classes)
@@ -807,13 +944,13 @@ def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None,
     o.label_smoothing = label_smoothing
     o.out2 = data_or_null(grad_out)
     o.grad_scale = grad_scale
-    run(&o, type_num, n_threads, input_format(x), input_format(target))
+    run(&o, type_num, n_threads, input_format(x), input_format(target), row_scale)
 
 
 def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
                     cnp.ndarray weight not None, cnp.ndarray pos_weight not None,
                     cnp.ndarray loss_out not None, cnp.ndarray grad_out not None,
-                    double grad_scale, int n_threads=1):
+                    double grad_scale, int n_threads=1, cnp.ndarray row_scale=None):
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n_rows = dim(x, 0), n_classes = dim(x, 1)
     expect_input(x, "x", type_num, n_rows, n_classes)
@@ -844,7 +981,7 @@ def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
     o.loss_row_sums = loss_row_sums
     o.out2 = data_or_null(grad_out)
     o.grad_scale = grad_scale
-    run(&o, type_num, n_threads, input_format(x), input_format(target))
+    run(&o, type_num, n_threads, input_format(x), input_format(target), row_scale)
 
 
 # ---------------------------------------------------------------- scoring

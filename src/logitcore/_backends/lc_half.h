@@ -45,8 +45,7 @@ LC_INLINE float lc_bfloat16_to_float(uint16_t bits)
 }
 
 /* out[j] = the float of bits[j] (format LC_INPUT_FLOAT16 or LC_INPUT_BFLOAT16): the one
-   place half input is read. A per-row factor applied while widening (a temperature,
-   x * (1/T)) would go here. */
+   place half input is read without a scale (lc_scale_span_f32 reads it with one). */
 LC_DISPATCH static void lc_widen_span(lc_input_format format, const uint16_t* bits,
                                       float* out, lc_index n)
 {
@@ -72,6 +71,42 @@ static inline float lc_widen_one(lc_input_format format, const uint16_t* bits, l
 static inline const float* lc_window(const float* buffer, lc_index first)
 {
     return (const float*)((uintptr_t)buffer - (uintptr_t)first * sizeof(float));
+}
+
+/* temperature= (a kernel's row_scale, 1/T): the schedules load a row, or a range of
+   blocks of one row, into a per-thread buffer of the call's type at the same load point,
+   out[j] = source[first + j] * factor (half widened first), rounded once, and the row
+   functions read a window on it, unchanged. source is the input in its own format. */
+LC_DISPATCH static void lc_scale_span_f32(lc_input_format format, const void* source,
+                                          lc_index first, float* out, lc_index n, float factor)
+{
+    if (format == LC_INPUT_FLOAT) {
+        const float* x = (const float*)source + first;
+        for (lc_index j = 0; j < n; j++)
+            out[j] = x[j] * factor;
+    } else if (format == LC_INPUT_FLOAT16) {
+        const uint16_t* bits = (const uint16_t*)source + first;
+        for (lc_index j = 0; j < n; j++)
+            out[j] = lc_float16_to_float(bits[j]) * factor;
+    } else {
+        const uint16_t* bits = (const uint16_t*)source + first;
+        for (lc_index j = 0; j < n; j++)
+            out[j] = lc_bfloat16_to_float(bits[j]) * factor;
+    }
+}
+
+LC_DISPATCH static void lc_scale_span_f64(const double* source, lc_index first, double* out,
+                                          lc_index n, double factor)
+{
+    const double* x = source + first;
+    for (lc_index j = 0; j < n; j++)
+        out[j] = x[j] * factor;
+}
+
+/* lc_window for a double buffer. */
+static inline const double* lc_window_f64(const double* buffer, lc_index first)
+{
+    return (const double*)((uintptr_t)buffer - (uintptr_t)first * sizeof(double));
 }
 
 #endif /* LC_HALF_H */

@@ -826,18 +826,19 @@ def block_stats_block(x, args, i, block, start, stop):
 
 
 @vector_jit
-def split_block_stats(x):
-    """Per-(row, block) (max, sum exp), the blocks of all rows spread over the threads."""
+def split_block_stats(x, row_scale):
+    """Per-(row, block) (max, sum exp), the blocks of all rows spread over the threads
+    (of the rows times their row_scale; None: none)."""
     states = split_state_buffers(x)
-    class_split_schedule("block_stats", x, states)
+    scaled_class_split_schedule("block_stats", x, states, row_scale)
     return states
 
 
 @vector_jit
-def split_row_stats(x):
+def split_row_stats(x, row_scale):
     """(row maxima, others, n_at_max) with the blocks spread over the threads; identical
-    to row_max_sum_exp row by row."""
-    block_maxes, block_others, block_counts = split_block_stats(x)
+    to row_max_sum_exp row by row (of the rows times their row_scale; None: none)."""
+    block_maxes, block_others, block_counts = split_block_stats(x, row_scale)
     n_rows = x.shape[0]
     row_maxes = np.empty(n_rows, dtype=compute_dtype(x))
     others = np.empty(n_rows, dtype=np.float64)
@@ -1181,6 +1182,128 @@ def _load_row_operands(args, buffers, i):
     return namespace["impl"]
 
 
+# --------------------------------------------------------------------------------------
+# temperature=: each row times a factor, at the same load points
+# --------------------------------------------------------------------------------------
+# A kernel's row_scale (op_table: None, (1,) for every row, or (n,) one per row) makes the
+# op compute on x[i] * row_scale[i] (1/T). The schedules load what they hand a step through
+# load_scaled_rows / load_scaled_block: without a scale (row_scale is None, a compile-time
+# type) these ARE load_rows / load_block, the untempered machine code; with one, the row,
+# block or row tile is copied (half input: widened) and multiplied into the task's buffer
+# in one pass while it is in L1, and the step reads a window on it, so no row operation is
+# written twice. A scaled value is rounded once, in the compute dtype: x * float(s).
+
+
+def _no_scale(row_scale_type):
+    return isinstance(row_scale_type, (types.NoneType, types.Omitted))
+
+
+def row_factor(row_scale, i):
+    """The factor of row i: row_scale[i], row_scale[0] for a (1,) scale, 1.0 for None."""
+
+
+@overload(row_factor)
+def _row_factor(row_scale, i):
+    if _no_scale(row_scale):
+        return lambda row_scale, i: 1.0
+    return lambda row_scale, i: row_scale[i if row_scale.shape[0] > 1 else 0]
+
+
+@ordered_jit
+def row_grad_scale(grad_scale, row_scale, i):
+    """A loss gradient's scale for row i: grad_scale times the row's factor (the chain rule
+    back to the unscaled logits). Ordered: under reassociation the product would be
+    regrouped with the coefficients it multiplies differently in each caller, and the rows
+    and class-split schedules would give a row different bits."""
+    return grad_scale * row_factor(row_scale, i)
+
+
+def as_float(value):
+    """value as its float: widened for half bits, itself otherwise."""
+
+
+@overload(as_float)
+def _as_float(value):
+    if value in (FLOAT16_BITS, BFLOAT16_BITS):
+        return lambda value: widen(value)
+    return lambda value: value
+
+
+@vector_jit
+def scale_span(values, out, factor):
+    """out[j] = values[j] (widened if half) * factor, rounded once in out's dtype."""
+    f = cast_like(factor, out)
+    for start in range(0, values.shape[0], SUM_CHUNK):
+        prefetch_ahead(values, start)
+        chunk = values[start : start + SUM_CHUNK]
+        out_chunk = out[start : start + SUM_CHUNK]
+        for j in range(chunk.shape[0]):
+            out_chunk[j] = as_float(chunk[j]) * f
+
+
+def scaled_buffer(x, n_elements, row_scale):
+    """A task's buffer for n_elements loaded values of x: half_buffer's without a scale,
+    else n_elements of x's compute dtype."""
+
+
+@overload(scaled_buffer)
+def _scaled_buffer(x, n_elements, row_scale):
+    if _no_scale(row_scale):
+        return lambda x, n_elements, row_scale: half_buffer(x, n_elements)
+    return lambda x, n_elements, row_scale: np.empty(n_elements, dtype=compute_dtype(x))
+
+
+def load_scaled_rows(x, buffer, first, stop, row_scale):
+    """load_rows, each row times its factor when there is a row_scale."""
+
+
+@overload(load_scaled_rows)
+def _load_scaled_rows(x, buffer, first, stop, row_scale):
+    if _no_scale(row_scale):
+        return lambda x, buffer, first, stop, row_scale: load_rows(x, buffer, first, stop)
+
+    def impl(x, buffer, first, stop, row_scale):
+        n_classes = x.shape[1]
+        for r in range(stop - first):
+            scale_span(x[first + r], buffer[r * n_classes : (r + 1) * n_classes],
+                       row_factor(row_scale, first + r))
+        return window(buffer, x.shape[0], n_classes, first, 0)
+
+    return impl
+
+
+def load_scaled_block(x, buffer, i, start, stop, row_scale):
+    """load_block, times row i's factor when there is a row_scale."""
+
+
+@overload(load_scaled_block)
+def _load_scaled_block(x, buffer, i, start, stop, row_scale):
+    if _no_scale(row_scale):
+        return lambda x, buffer, i, start, stop, row_scale: load_block(x, buffer, i, start, stop)
+
+    def impl(x, buffer, i, start, stop, row_scale):
+        scale_span(x[i, start:stop], buffer[: stop - start], row_factor(row_scale, i))
+        return window(buffer, x.shape[0], x.shape[1], i, start)
+
+    return impl
+
+
+def scaled_value_at(x, i, j, row_scale):
+    """value_at, times row i's factor as load_scaled_rows gives it (the same bits)."""
+
+
+@overload(scaled_value_at)
+def _scaled_value_at(x, i, j, row_scale):
+    if _no_scale(row_scale):
+        return lambda x, i, j, row_scale: value_at(x, i, j)
+
+    def impl(x, i, j, row_scale):
+        value = value_at(x, i, j)
+        return value * cast_like(row_factor(row_scale, i), value)
+
+    return impl
+
+
 if numba.config.DISABLE_JIT:  # the twins of the intrinsic and overloads above
     from logitcore._backends.numba_python_mode import (  # noqa: F811
         compute_dtype,
@@ -1193,6 +1316,12 @@ if numba.config.DISABLE_JIT:  # the twins of the intrinsic and overloads above
         value_at,
         widen,
         window,
+        row_factor,
+        as_float,
+        scaled_buffer,
+        load_scaled_rows,
+        load_scaled_block,
+        scaled_value_at,
     )
 
 
@@ -1262,29 +1391,37 @@ schedule = njit(parallel=True, fastmath=VECTOR_MATH, error_model="numpy")
 
 
 @schedule
-def rows_schedule(op, x, args):
+def rows_schedule(op, x, args, row_scale):
     """Whole rows in parallel, one contiguous range of rows per thread:
     row_step(op, x, args, i) for every row i. Half input is widened row by row (x and
-    any half operand of args) into the thread's buffers before the row's step."""
+    any half operand of args) into the thread's buffers before the row's step; with a
+    row_scale (temperature=, None: none) x's row is scaled into its buffer too."""
     literally(op)
     n_rows, n_classes = x.shape
     n_tasks = min(n_rows, SCHEDULE_TASKS)
     for task in prange(n_tasks):
         first, stop = task_range(n_rows, n_tasks, task)
-        row_buffer = half_buffer(x, n_classes)
+        row_buffer = scaled_buffer(x, n_classes, row_scale)
         operand_buffers = np.empty((n_half_operands(args), n_classes), dtype=np.float32)
         for i in range(first, stop):
-            row_step(op, load_rows(x, row_buffer, i, i + 1),
+            row_step(op, load_scaled_rows(x, row_buffer, i, i + 1, row_scale),
                      load_row_operands(args, operand_buffers, i), i)
 
 
-@schedule
+@plain_jit  # the parallel loop is the callee's
 def class_split_schedule(op, x, args):
+    """scaled_class_split_schedule without a row_scale."""
+    literally(op)
+    scaled_class_split_schedule(op, x, args, None)
+
+
+@schedule
+def scaled_class_split_schedule(op, x, args, row_scale):
     """Few long rows: the (row, block) pairs are the tasks, one contiguous range of them
     per thread. block_step(op, x, args, i, block, start, stop) for the classes start:stop
-    of row i (half input widened into the thread's buffer first). Whatever the block step
-    leaves per block is merged by the caller in block order, so results do not depend on
-    the thread count."""
+    of row i (half input widened, and with a row_scale scaled, into the thread's buffer
+    first). Whatever the block step leaves per block is merged by the caller in block
+    order, so results do not depend on the thread count."""
     literally(op)
     n_rows, n_classes = x.shape
     n_blocks = n_blocks_of(n_classes)
@@ -1292,33 +1429,35 @@ def class_split_schedule(op, x, args):
     n_parts = min(n_tasks, SCHEDULE_TASKS)
     for part in prange(n_parts):
         first, end = task_range(n_tasks, n_parts, part)
-        block_buffer = half_buffer(x, BLOCK_CLASSES)
+        block_buffer = scaled_buffer(x, BLOCK_CLASSES, row_scale)
         for task in range(first, end):
             i, block = task // n_blocks, task % n_blocks
             start, stop = block_bounds(n_classes, block)
-            block_step(op, load_block(x, block_buffer, i, start, stop), args, i, block,
-                       start, stop)
+            block_step(op, load_scaled_block(x, block_buffer, i, start, stop, row_scale),
+                       args, i, block, start, stop)
 
 
 @schedule
-def narrow_schedule(op, x, args, n_tasks):
+def narrow_schedule(op, x, args, n_tasks, row_scale):
     """Short rows: n_tasks contiguous ranges of rows in parallel, each cut into row tiles.
     For each tile narrow_tile_stats gives the row states (row_max, others, counts) and the
     transposed exps; tile_step(op, x, args, start, stop, exps, row_max, others, counts,
     row_scratch) then writes the tile's rows start:stop (row_scratch: two float64 values
-    per row of the tile, free for the step's per-row factors)."""
+    per row of the tile, free for the step's per-row factors). With a row_scale each tile
+    is scaled into the task's buffer as half input is widened."""
     literally(op)
     n_rows, n_classes = x.shape
     rows_per_tile = narrow_rows_per_tile(n_classes)
     for task in prange(n_tasks):
         first, stop = task_range(n_rows, n_tasks, task)
         # Half input: each tile is widened into tile_buffer, the step reads a window on it.
-        tile_buffer = half_buffer(x, rows_per_tile * n_classes)
-        row_max, others, counts, transposed = narrow_scratch(load_rows(x, tile_buffer, 0, 0))
+        tile_buffer = scaled_buffer(x, rows_per_tile * n_classes, row_scale)
+        row_max, others, counts, transposed = narrow_scratch(
+            load_scaled_rows(x, tile_buffer, 0, 0, row_scale))
         row_scratch = np.empty((2, rows_per_tile))
         for tile_start in range(first, stop, rows_per_tile):
             tile_stop = min(tile_start + rows_per_tile, stop)
-            tile = load_rows(x, tile_buffer, tile_start, tile_stop)
+            tile = load_scaled_rows(x, tile_buffer, tile_start, tile_stop, row_scale)
             exps = narrow_tile_stats(tile[tile_start:tile_stop], row_max, others, counts,
                                      transposed)
             tile_step(op, tile, args, tile_start, tile_stop, exps, row_max, others, counts,
@@ -1345,27 +1484,39 @@ class EntryKernels:
     rows: object
     narrow: object
     flat: object
+    scaled_rows: object
+    scaled_narrow: object
 
 
 def entry_kernels(op):
     """The cached kernels through which Python runs row operation ``op`` on a schedule:
-    rows(x, *args), narrow(x, n_tasks, *args), flat(x, n_tasks, *args). Each is compiled on
-    first use; ``op`` is a constant of each, so every op has machine code of its own
-    (numba's cache tells them apart by that constant)."""
+    rows(x, *args), narrow(x, n_tasks, *args), flat(x, n_tasks, *args), and with a
+    row_scale (temperature=) scaled_rows(x, row_scale, *args), scaled_narrow(x, n_tasks,
+    row_scale, *args). Each is compiled on first use; ``op`` is a constant of each, so
+    every op has machine code of its own (numba's cache tells them apart by that
+    constant)."""
 
     @serial_kernel
     def rows(x, *args):
-        rows_schedule(op, x, prepare_step(op, args))
+        rows_schedule(op, x, prepare_step(op, args), None)
 
     @serial_kernel
     def narrow(x, n_tasks, *args):
-        narrow_schedule(op, x, prepare_step(op, args), n_tasks)
+        narrow_schedule(op, x, prepare_step(op, args), n_tasks, None)
 
     @serial_kernel
     def flat(x, n_tasks, *args):
         flat_schedule(op, x, prepare_step(op, args), n_tasks)
 
-    return EntryKernels(rows, narrow, flat)
+    @serial_kernel
+    def scaled_rows(x, row_scale, *args):
+        rows_schedule(op, x, prepare_step(op, args), row_scale)
+
+    @serial_kernel
+    def scaled_narrow(x, n_tasks, row_scale, *args):
+        narrow_schedule(op, x, prepare_step(op, args), n_tasks, row_scale)
+
+    return EntryKernels(rows, narrow, flat, scaled_rows, scaled_narrow)
 
 
 def _splits_classes(n_rows, n_classes, threads):
@@ -1377,17 +1528,34 @@ def _is_narrow(n_classes):
     return 0 < n_classes < NARROW_MAX_CLASSES
 
 
-def _launch_by_shape(threads, kernels, split, x, *args):
+def _launch_by_shape(threads, kernels, split, x, *args, row_scale=None,
+                     split_takes_scale=True):
     """Run the schedule for x's shape: few long rows split the class axis (``split``, the
     op's own kernel: how blocks merge is the op's), short rows take the narrow schedule,
-    others the rows schedule."""
+    others the rows schedule. With a ``row_scale`` (temperature=) the scaled entry
+    kernels run, and ``split`` gets it after the op's arguments (unless
+    ``split_takes_scale`` is False: args already hold it)."""
     n_rows, n_classes = x.shape
-    if _splits_classes(n_rows, n_classes, threads):
+    if row_scale is not None:
+        if _splits_classes(n_rows, n_classes, threads):
+            launch(threads, split, x, *args, *((row_scale,) if split_takes_scale else ()))
+        elif _is_narrow(n_classes):
+            launch(threads, kernels.scaled_narrow, x, threads, row_scale, *args)
+        else:
+            launch(threads, kernels.scaled_rows, x, row_scale, *args)
+    elif _splits_classes(n_rows, n_classes, threads):
         launch(threads, split, x, *args)
     elif _is_narrow(n_classes):
         launch(threads, kernels.narrow, x, threads, *args)
     else:
         launch(threads, kernels.rows, x, *args)
+
+
+def _row_scale_or_none(row_scale):
+    """A kernel's row_scale as the jitted code takes it: None, or a float64 array."""
+    if row_scale is None or row_scale.size == 0:
+        return None
+    return np.ascontiguousarray(row_scale, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------
@@ -1418,17 +1586,18 @@ LOGSUMEXP = entry_kernels("logsumexp")
 
 
 @serial_kernel
-def _logsumexp_split(x, out):
+def _logsumexp_split(x, out, row_scale=None):
     # The parallel work is in split_block_stats; merging a few rows is serial.
-    row_maxes, others, counts = split_row_stats(x)
+    row_maxes, others, counts = split_row_stats(x, row_scale)
     for i in range(x.shape[0]):
         out[i] = log_sum_exp_of(row_maxes[i], others[i], counts[i])
 
 
-def logsumexp(x, out, n_threads=1):
+def logsumexp(x, out, n_threads=1, row_scale=None):
     if x.shape[0] == 0:
         return
-    _launch_by_shape(usable_threads(n_threads), LOGSUMEXP, _logsumexp_split, half_bits(x), out)
+    _launch_by_shape(usable_threads(n_threads), LOGSUMEXP, _logsumexp_split, half_bits(x), out,
+                     row_scale=_row_scale_or_none(row_scale))
 
 
 # --------------------------------------------------------------------------------------
@@ -1646,9 +1815,10 @@ SOFTMAX = entry_kernels("softmax")
 
 
 @serial_kernel
-def _softmax_split(x, out):
+def _softmax_split(x, out, row_scale=None):
     block_maxes, block_others, block_counts = split_state_buffers(x)
-    class_split_schedule("softmax_exp", x, (out, block_maxes, block_others, block_counts))
+    scaled_class_split_schedule("softmax_exp", x,
+                                (out, block_maxes, block_others, block_counts), row_scale)
     n_rows = x.shape[0]
     row_maxes = np.empty(n_rows, dtype=compute_dtype(x))
     sums = np.empty(n_rows, dtype=np.float64)
@@ -1659,11 +1829,12 @@ def _softmax_split(x, out):
     class_split_schedule("softmax_scale", x, (out, block_maxes, row_maxes, sums))
 
 
-def softmax(x, out, n_threads=1):
+def softmax(x, out, n_threads=1, row_scale=None):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
-    _launch_by_shape(usable_threads(n_threads), SOFTMAX, _softmax_split, half_bits(x), out)
+    _launch_by_shape(usable_threads(n_threads), SOFTMAX, _softmax_split, half_bits(x), out,
+                     row_scale=_row_scale_or_none(row_scale))
 
 
 # --------------------------------------------------------------------------------------
@@ -1730,20 +1901,20 @@ LOG_SOFTMAX = entry_kernels("log_softmax")
 
 
 @serial_kernel
-def _log_softmax_split(x, out):
-    row_maxes, others, counts = split_row_stats(x)
+def _log_softmax_split(x, out, row_scale=None):
+    row_maxes, others, counts = split_row_stats(x, row_scale)
     log_sums = np.empty(x.shape[0])
     for i in range(x.shape[0]):
         log_sums[i] = log_sum_or_nan(row_maxes[i], others[i], counts[i])
-    class_split_schedule("log_softmax_write", x, (out, row_maxes, log_sums))
+    scaled_class_split_schedule("log_softmax_write", x, (out, row_maxes, log_sums), row_scale)
 
 
-def log_softmax(x, out, n_threads=1):
+def log_softmax(x, out, n_threads=1, row_scale=None):
     n_rows, n_classes = x.shape
     if n_rows == 0 or n_classes == 0:
         return
     _launch_by_shape(usable_threads(n_threads), LOG_SOFTMAX, _log_softmax_split, half_bits(x),
-                     out)
+                     out, row_scale=_row_scale_or_none(row_scale))
 
 
 # --------------------------------------------------------------------------------------
@@ -2022,16 +2193,18 @@ def row_cross_entropy_labels(row, grad, label, weight, eps, weight_sum, any_weig
 @vector_jit
 def cross_entropy_labels_row(x, args, i):
     (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
-     weight_sum, any_weight, no_grad) = args
+     row_scale, weight_sum, any_weight, no_grad) = args
     grad_row = grad_out[i] if want_grad else no_grad
+    # temperature=: the gradient with respect to the unscaled logits carries the row's 1/T
     loss_out[i] = row_cross_entropy_labels(
-        x[i], grad_row, labels[i], weight, eps, weight_sum, any_weight, grad_scale,
-        want_grad, ignore_index)
+        x[i], grad_row, labels[i], weight, eps, weight_sum, any_weight,
+        row_grad_scale(grad_scale, row_scale, i), want_grad, ignore_index)
 
 
 @vector_jit
 def unsmoothed_label_tile(x, labels, weight, ignore_index, eps, loss_out, grad_out,
-                          grad_scale, want_grad, start, stop, exps, row_max, log_sums, sums):
+                          grad_scale, want_grad, row_scale, start, stop, exps, row_max,
+                          log_sums, sums):
     """cross_entropy_labels_tile without label smoothing: the loss and the gradient's
     per-row factors in one branch-free loop across the rows (a branch per row would
     make each a scalar computation), then the gradient rows. An ignored row gets label
@@ -2048,9 +2221,10 @@ def unsmoothed_label_tile(x, labels, weight, ignore_index, eps, loss_out, grad_o
         loss = label_coef * (log_sums[r] - shifted_label)  # label_loss, no smoothing
         loss_out[i] = loss if label_coef != 0.0 else 0.0
         defined = softmax_is_defined(row_max[r], sums[r])
-        prob_factor = grad_scale * label_coef / sums[r]  # label_grad_coefficients
+        row_grad = row_grad_scale(grad_scale, row_scale, i)  # temperature=: 1/T
+        prob_factor = row_grad * label_coef / sums[r]  # label_grad_coefficients
         sums[r] = prob_factor if defined else np.nan
-        log_sums[r] = grad_scale * label_coef if defined else 0.0
+        log_sums[r] = row_grad * label_coef if defined else 0.0
     if not want_grad:
         return
     for r in range(stop - start):
@@ -2068,7 +2242,7 @@ def unsmoothed_label_tile(x, labels, weight, ignore_index, eps, loss_out, grad_o
 def cross_entropy_labels_tile(x, args, start, stop, exps, row_max, others, counts,
                               row_scratch):
     (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
-     weight_sum, any_weight, no_grad) = args
+     row_scale, weight_sum, any_weight, no_grad) = args
     n_classes = x.shape[1]
     smoothing_coef = eps / n_classes
     # The logs first, in a loop of their own that vectorises across the rows: in the
@@ -2080,8 +2254,8 @@ def cross_entropy_labels_tile(x, args, start, stop, exps, row_max, others, count
         sums[r] = others[r] + counts[r]
     if not (smoothing_coef != 0.0 and any_weight):
         unsmoothed_label_tile(x, labels, weight, ignore_index, eps, loss_out, grad_out,
-                              grad_scale, want_grad, start, stop, exps, row_max, log_sums,
-                              sums)
+                              grad_scale, want_grad, row_scale, start, stop, exps, row_max,
+                              log_sums, sums)
         return
     for r in range(stop - start):
         i = start + r
@@ -2099,7 +2273,8 @@ def cross_entropy_labels_tile(x, args, start, stop, exps, row_max, others, count
                                  smoothing_coef, smoothing_sum, weight_sum, any_weight)
         if want_grad:
             prob_factor, smoothing_grad, label_grad = label_grad_coefficients(
-                row_max[r], sums[r], label_coef, smoothing_coef, weight_sum, grad_scale)
+                row_max[r], sums[r], label_coef, smoothing_coef, weight_sum,
+                row_grad_scale(grad_scale, row_scale, i))
             factor = cast_like(prob_factor, x)
             smoothing = cast_like(smoothing_grad, x)
             grad_row = grad_out[i]
@@ -2131,11 +2306,12 @@ def label_grad_block(x, args, i, block, start, stop):
 def cross_entropy_labels_prepare(args):
     """The steps' operands: the call's, the weight summary, and an empty gradient row for
     calls without a gradient."""
-    labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad = args
+    (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
+     row_scale) = args
     weight_sum, any_weight = smoothing_weight_summary(weight, eps)
     no_grad = np.empty(0, dtype=grad_out.dtype)
     return (labels, weight, ignore_index, eps, loss_out, grad_out, grad_scale, want_grad,
-            weight_sum, any_weight, no_grad)
+            row_scale, weight_sum, any_weight, no_grad)
 
 
 row_operation("cross_entropy_labels", prepare=cross_entropy_labels_prepare,
@@ -2149,7 +2325,7 @@ CROSS_ENTROPY_LABELS = entry_kernels("cross_entropy_labels")
 
 @serial_kernel
 def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, grad_out,
-                                grad_scale, want_grad):
+                                grad_scale, want_grad, row_scale=None):
     # Serial glue around the parallel passes (split_row_stats and the class splits of
     # smoothing_sum_block and label_grad_block): in a parallel function every np.zeros would be a parallel loop
     # of its own, and those launches cost more than this whole kernel gains from threads.
@@ -2157,11 +2333,12 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
     n_blocks = n_blocks_of(n_classes)
     weight_sum, any_weight = smoothing_weight_summary(weight, eps)
     smoothing_coef = eps / n_classes
-    row_maxes, others, counts = split_row_stats(x)
+    row_maxes, others, counts = split_row_stats(x, row_scale)
     sums = others + counts
     block_smoothing = np.zeros((n_rows, n_blocks))
     if smoothing_coef != 0.0 and any_weight:
-        class_split_schedule("smoothing_sum", x, (weight, row_maxes, block_smoothing))
+        scaled_class_split_schedule("smoothing_sum", x, (weight, row_maxes, block_smoothing),
+                                    row_scale)
     prob_factors = np.zeros(n_rows)
     smoothing_grads = np.zeros(n_rows)
     label_grads = np.zeros(n_rows)
@@ -2176,13 +2353,16 @@ def _cross_entropy_labels_split(x, labels, weight, ignore_index, eps, loss_out, 
             smoothing_sum += block_smoothing[i, block]
         label_coef = (1.0 - eps) * np.float64(weight[label])
         log_sum = log_sum_or_nan(row_maxes[i], others[i], counts[i])
-        loss_out[i] = label_loss(row_maxes[i], log_sum, value_at(x, i, label), label_coef,
+        loss_out[i] = label_loss(row_maxes[i], log_sum,
+                                 scaled_value_at(x, i, label, row_scale), label_coef,
                                  smoothing_coef, smoothing_sum, weight_sum, any_weight)
         prob_factors[i], smoothing_grads[i], label_grads[i] = label_grad_coefficients(
-            row_maxes[i], sums[i], label_coef, smoothing_coef, weight_sum, grad_scale)
+            row_maxes[i], sums[i], label_coef, smoothing_coef, weight_sum,
+            row_grad_scale(grad_scale, row_scale, i))
     if want_grad:
-        class_split_schedule("label_grad", x, (labels, weight, ignore_index, grad_out,
-                                               row_maxes, prob_factors, smoothing_grads))
+        scaled_class_split_schedule("label_grad", x, (labels, weight, ignore_index, grad_out,
+                                                      row_maxes, prob_factors,
+                                                      smoothing_grads), row_scale)
         for i in range(n_rows):
             if labels[i] != ignore_index:
                 grad_out[i, labels[i]] -= cast_like(label_grads[i], grad_out)
@@ -2193,13 +2373,17 @@ def _wants_grad(grad_out, x):
 
 
 def cross_entropy_labels(x, labels, weight, ignore_index, label_smoothing, loss_out,
-                         grad_out, grad_scale, n_threads=1):
+                         grad_out, grad_scale, n_threads=1, row_scale=None):
     if x.shape[0] == 0:
         return
+    row_scale = _row_scale_or_none(row_scale)
+    operands = (labels, weight, int(ignore_index), float(label_smoothing), loss_out,
+                grad_out, float(grad_scale), _wants_grad(grad_out, x))
+    # row_scale is an operand of the steps (the gradient's 1/T) and of the schedules (the
+    # load); the split takes it once, as the last operand.
     _launch_by_shape(usable_threads(n_threads), CROSS_ENTROPY_LABELS,
-                     _cross_entropy_labels_split, half_bits(x), labels,
-                     weight, int(ignore_index), float(label_smoothing), loss_out, grad_out,
-                     float(grad_scale), _wants_grad(grad_out, x))
+                     _cross_entropy_labels_split, half_bits(x), *operands, row_scale,
+                     row_scale=row_scale, split_takes_scale=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -2279,10 +2463,11 @@ def row_cross_entropy_probs(row, target, grad, weight, eps, grad_scale, want_gra
 
 @vector_jit
 def cross_entropy_probs_row(x, args, i):
-    target, weight, eps, loss_out, grad_out, grad_scale, want_grad, no_grad = args
+    target, weight, eps, loss_out, grad_out, grad_scale, want_grad, row_scale, no_grad = args
     grad_row = grad_out[i] if want_grad else no_grad
+    # temperature=: the gradient with respect to the unscaled logits carries the row's 1/T
     loss_out[i] = row_cross_entropy_probs(x[i], target[i], grad_row, weight, eps,
-                                          grad_scale, want_grad)
+                                          row_grad_scale(grad_scale, row_scale, i), want_grad)
 
 
 @plain_jit
@@ -2299,12 +2484,17 @@ CROSS_ENTROPY_PROBS = entry_kernels("cross_entropy_probs")
 
 
 def cross_entropy_probs(x, target, weight, label_smoothing, loss_out, grad_out, grad_scale,
-                        n_threads=1):
+                        n_threads=1, row_scale=None):
     if x.shape[0] == 0:
         return
-    launch(usable_threads(n_threads), CROSS_ENTROPY_PROBS.rows, half_bits(x), half_bits(target),
-           weight, float(label_smoothing), loss_out, grad_out, float(grad_scale),
-           _wants_grad(grad_out, x))
+    row_scale = _row_scale_or_none(row_scale)
+    operands = (half_bits(target), weight, float(label_smoothing), loss_out, grad_out,
+                float(grad_scale), _wants_grad(grad_out, x), row_scale)
+    if row_scale is None:
+        launch(usable_threads(n_threads), CROSS_ENTROPY_PROBS.rows, half_bits(x), *operands)
+    else:
+        launch(usable_threads(n_threads), CROSS_ENTROPY_PROBS.scaled_rows, half_bits(x),
+               row_scale, *operands)
 
 
 # --------------------------------------------------------------------------------------
@@ -2355,13 +2545,14 @@ def row_bce(row, target, weight, pos_weight, loss, grad, grad_scale, sum_loss, w
 
 @vector_jit
 def bce_row(x, args, i):
-    target, weight, pos_weight, loss_out, grad_out, grad_scale, sum_loss, want_grad, no_grad = (
-        args)
+    (target, weight, pos_weight, loss_out, grad_out, grad_scale, sum_loss, want_grad,
+     row_scale, no_grad) = args
     grad_row = grad_out[i] if want_grad else no_grad
     weight_row = weight[i] if weight.shape[0] != 1 else weight[0]
     pos_weight_row = pos_weight[i] if pos_weight.shape[0] != 1 else pos_weight[0]
-    row_bce(x[i], target[i], weight_row, pos_weight_row, loss_out[i], grad_row, grad_scale,
-            sum_loss, want_grad)
+    # temperature=: the gradient with respect to the unscaled logits carries the row's 1/T
+    row_bce(x[i], target[i], weight_row, pos_weight_row, loss_out[i], grad_row,
+            row_grad_scale(grad_scale, row_scale, i), sum_loss, want_grad)
 
 
 @plain_jit
@@ -2376,14 +2567,19 @@ BCE_WITH_LOGITS = entry_kernels("bce_with_logits")
 
 
 def bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scale,
-                    n_threads=1):
+                    n_threads=1, row_scale=None):
     n_rows, n_classes = x.shape
     if n_rows == 0:
         return
     sum_loss = loss_out.shape[1] == 1 and n_classes != 1
-    launch(usable_threads(n_threads), BCE_WITH_LOGITS.rows, half_bits(x), half_bits(target),
-           weight, pos_weight, loss_out, grad_out, float(grad_scale), sum_loss,
-           _wants_grad(grad_out, x))
+    row_scale = _row_scale_or_none(row_scale)
+    operands = (half_bits(target), weight, pos_weight, loss_out, grad_out, float(grad_scale),
+                sum_loss, _wants_grad(grad_out, x), row_scale)
+    if row_scale is None:
+        launch(usable_threads(n_threads), BCE_WITH_LOGITS.rows, half_bits(x), *operands)
+    else:
+        launch(usable_threads(n_threads), BCE_WITH_LOGITS.scaled_rows, half_bits(x),
+               row_scale, *operands)
 
 
 # --------------------------------------------------------------------------------------

@@ -177,6 +177,48 @@ def value_at(x, i, j):
     return widen(x[i, j]) if _is_half_bits(x) else x[i, j]
 
 
+# --- temperature= (numba_kernels, "temperature=") ---
+
+def row_factor(row_scale, i):
+    if row_scale is None:
+        return 1.0
+    return row_scale[i if row_scale.shape[0] > 1 else 0]
+
+
+def as_float(value):
+    return widen(value) if isinstance(value, (np.uint16, np.int16)) else value
+
+
+def scaled_buffer(x, n_elements, row_scale):
+    if row_scale is None:
+        return _kernels().half_buffer(x, n_elements)
+    return np.empty(n_elements, dtype=compute_dtype(x))
+
+
+def load_scaled_rows(x, buffer, first, stop, row_scale):
+    if row_scale is None:
+        return load_rows(x, buffer, first, stop)
+    n_classes = x.shape[1]
+    for r in range(stop - first):
+        _kernels().scale_span(x[first + r], buffer[r * n_classes:(r + 1) * n_classes],
+                              row_factor(row_scale, first + r))
+    return window(buffer, x.shape[0], n_classes, first, 0)
+
+
+def load_scaled_block(x, buffer, i, start, stop, row_scale):
+    if row_scale is None:
+        return load_block(x, buffer, i, start, stop)
+    _kernels().scale_span(x[i, start:stop], buffer[:stop - start], row_factor(row_scale, i))
+    return window(buffer, x.shape[0], x.shape[1], i, start)
+
+
+def scaled_value_at(x, i, j, row_scale):
+    value = value_at(x, i, j)
+    if row_scale is None:
+        return value
+    return value * type(value)(row_factor(row_scale, i))
+
+
 def n_half_operands(args):
     return sum(_is_half_bits(a) for a in args)
 

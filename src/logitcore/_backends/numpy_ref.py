@@ -54,8 +54,24 @@ def _log_softmax64(x64):
         return (x64 - row_max) - log_sum
 
 
-def logsumexp(x, out, n_threads=1):
-    out[...] = _logsumexp64(x.astype(np.float64))
+def _scaled64(x, row_scale):
+    """x in float64, each row times its row_scale (op_table: (n,), (1,) or None / (0,))."""
+    x64 = x.astype(np.float64)
+    if row_scale is None or row_scale.size == 0:
+        return x64
+    with np.errstate(**_ERRSTATE):
+        return x64 * np.asarray(row_scale, np.float64).reshape(-1, 1)
+
+
+def _grad_factor(grad_scale, row_scale):
+    """grad_scale, times each row's row_scale: the chain rule back to the unscaled x."""
+    if row_scale is None or row_scale.size == 0:
+        return grad_scale
+    return grad_scale * np.asarray(row_scale, np.float64).reshape(-1, 1)
+
+
+def logsumexp(x, out, n_threads=1, row_scale=None):
+    out[...] = _logsumexp64(_scaled64(x, row_scale))
 
 
 def entropy(x, out, n_threads=1):
@@ -89,17 +105,17 @@ def logsumexp_scaled(x, b, out, sign_out, n_threads=1):
         sign_out[...] = np.sign(total)
 
 
-def softmax(x, out, n_threads=1):
+def softmax(x, out, n_threads=1, row_scale=None):
     if x.shape[1] == 0:
         return
     with np.errstate(**_ERRSTATE):
-        out[...] = np.exp(_log_softmax64(x.astype(np.float64)))
+        out[...] = np.exp(_log_softmax64(_scaled64(x, row_scale)))
 
 
-def log_softmax(x, out, n_threads=1):
+def log_softmax(x, out, n_threads=1, row_scale=None):
     if x.shape[1] == 0:
         return
-    out[...] = _log_softmax64(x.astype(np.float64))
+    out[...] = _log_softmax64(_scaled64(x, row_scale))
 
 
 def sigmoid(x, out, n_threads=1):
@@ -130,10 +146,11 @@ def label_stats(labels, weight, ignore_index, n_threads=1):
 
 def cross_entropy_labels(
     x, labels, weight, ignore_index, label_smoothing, loss_out, grad_out, grad_scale,
-    n_threads=1,
+    n_threads=1, row_scale=None,
 ):
     n_rows, n_classes = x.shape
-    x64 = x.astype(np.float64)
+    x64 = _scaled64(x, row_scale)
+    grad_scale = _grad_factor(grad_scale, row_scale)
     w64 = weight.astype(np.float64)
     keep = labels != ignore_index
     safe_labels = np.where(keep, labels, 0)
@@ -155,10 +172,12 @@ def cross_entropy_labels(
 
 
 def cross_entropy_probs(
-    x, target, weight, label_smoothing, loss_out, grad_out, grad_scale, n_threads=1
+    x, target, weight, label_smoothing, loss_out, grad_out, grad_scale, n_threads=1,
+    row_scale=None,
 ):
     n_classes = x.shape[1]
-    x64 = x.astype(np.float64)
+    x64 = _scaled64(x, row_scale)
+    grad_scale = _grad_factor(grad_scale, row_scale)
     t64 = target.astype(np.float64)
     if label_smoothing > 0.0:
         t64 = t64 * (1.0 - label_smoothing) + label_smoothing / n_classes
@@ -172,9 +191,11 @@ def cross_entropy_probs(
 
 
 def bce_with_logits(
-    x, target, weight, pos_weight, loss_out, grad_out, grad_scale, n_threads=1
+    x, target, weight, pos_weight, loss_out, grad_out, grad_scale, n_threads=1,
+    row_scale=None,
 ):
-    x64 = x.astype(np.float64)
+    x64 = _scaled64(x, row_scale)
+    grad_scale = _grad_factor(grad_scale, row_scale)
     t64 = target.astype(np.float64)
     w64 = weight.astype(np.float64)
     pw64 = pos_weight.astype(np.float64)

@@ -30,7 +30,15 @@ float16 or bfloat16, widened inside the compiled kernels, docs/architecture.md):
 ``flat``         (m,) input, elementwise kernels
 ``flat_out``     (m,) output, elementwise kernels
 ``row_weights``  (n,) per-row weights of the float dtype, or (0,): every row weighs 1
+``row_scale``    (n,) float64 factors, one per row, or (1,) one for every row, or None
+                 (the default, also (0,)): no scale. The kernel computes on
+                 ``x[i] * row_scale[i]`` (``logitcore``'s ``temperature=``: 1/T),
+                 scaled where each schedule loads the row, never as a full copy;
+                 gradients are with respect to the unscaled x (times ``row_scale[i]``)
 ===============  =============================================================
+
+``options`` are keyword arguments after ``n_threads`` whose default (None) leaves the
+kernel as it was: a call that does not name them takes the untouched fast path.
 
 The score kernels compute many per-row fields in one read of each row; every field is an
 output the caller may not want. An output that was not asked for is passed as an empty
@@ -80,6 +88,7 @@ class Kernel:
     ``arguments``: (name, role) pairs in call order, ``n_threads`` excluded.
     ``public``: the public functions that reach it.
     ``contract``: what it computes, in the notation of the reference implementation.
+    ``options``: (name, role) pairs of keyword arguments after ``n_threads``, default None.
     ``reads`` / ``writes``: per arrays of the logits' size, the (n, C) operands read and
     written, and per row the int64 labels read and float values written. The score
     kernels' outputs and uint8 targets are counted from their roles instead, each at its
@@ -94,10 +103,12 @@ class Kernel:
     full_writes: int = 0
     label_reads: int = 0
     row_writes: int = 0
+    options: tuple[tuple[str, str], ...] = ()
 
     @property
     def argument_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.arguments) + ("n_threads",)
+        return (tuple(name for name, _ in self.arguments) + ("n_threads",)
+                + tuple(name for name, _ in self.options))
 
     def traffic(self, n_rows: int, n_classes: int, itemsize: int, *,
                 with_gradient: bool = False, row_outputs: bool = True,
@@ -125,12 +136,16 @@ class Kernel:
         return read, written
 
 
+# temperature= of the public ops: with s = row_scale[i], the kernel's contract holds for
+# the row x[i] * s, and a gradient (grad_out) is with respect to x[i], i.e. times s.
+TEMPERATURE = (("row_scale", "row_scale"),)
+
 KERNELS: dict[str, Kernel] = {k.name: k for k in (
     Kernel("logsumexp", (("x", "rows"), ("out", "row_out")),
            ("logsumexp",),
            "out[i] = log(sum_c exp(x[i, c])); NaN row -> NaN, +inf -> +inf, all -inf or "
            "C == 0 -> -inf",
-           row_writes=1),
+           row_writes=1, options=TEMPERATURE),
     Kernel("logsumexp_scaled",
            (("x", "rows"), ("b", "rows"), ("out", "row_out"), ("sign_out", "row_out")),
            ("logsumexp",),
@@ -144,10 +159,10 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
            row_writes=1),
     Kernel("softmax", (("x", "rows"), ("out", "rows_out")),
            ("softmax",),
-           "out = exp(x - logsumexp(x)) row by row", full_writes=1),
+           "out = exp(x - logsumexp(x)) row by row", full_writes=1, options=TEMPERATURE),
     Kernel("log_softmax", (("x", "rows"), ("out", "rows_out")),
            ("log_softmax",),
-           "out = x - logsumexp(x) row by row", full_writes=1),
+           "out = x - logsumexp(x) row by row", full_writes=1, options=TEMPERATURE),
     Kernel("sigmoid", (("x", "flat"), ("out", "flat_out")),
            ("sigmoid",),
            "out = 1 / (1 + exp(-x)), elementwise", full_writes=1),
@@ -169,7 +184,7 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
            "loss_out[i] = (1 - eps) w[y] (lse - x[y]) + eps / C sum_c w[c] (lse - x[c]), "
            "0 for ignored rows; grad_out = grad_scale (softmax(x) sum(q) - q) with "
            "q = (1 - eps) w[y] onehot(y) + eps / C w (0 for ignored rows)",
-           label_reads=1, row_writes=1),
+           label_reads=1, row_writes=1, options=TEMPERATURE),
     Kernel("cross_entropy_probs",
            (("x", "rows"), ("target", "rows"), ("weight", "classes"),
             ("label_smoothing", "scalar"), ("loss_out", "row_out"),
@@ -177,7 +192,7 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
            ("cross_entropy",),
            "with t' = (1 - eps) t + eps / C: loss_out[i] = -sum_c w[c] t'[c] "
            "log_softmax(x)[c]; grad_out = grad_scale (softmax(x) sum(w t') - w t')",
-           full_reads=2, row_writes=1),
+           full_reads=2, row_writes=1, options=TEMPERATURE),
     Kernel("bce_with_logits",
            (("x", "rows"), ("target", "rows"), ("weight", "broadcast"),
             ("pos_weight", "broadcast"), ("loss_out", "rows_out"), ("grad_out", "grad_out"),
@@ -186,7 +201,7 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
            "element loss w ((1 - t) x + (1 + (pw - 1) t) softplus(-x)); loss_out (n, C) "
            "elementwise or (n, 1) row sums; grad_out = grad_scale w (sigmoid(x) "
            "(1 + (pw - 1) t) - pw t)",
-           full_reads=2, row_writes=1),
+           full_reads=2, row_writes=1, options=TEMPERATURE),
     Kernel("softmax_backward", (("dy", "rows"), ("y", "rows"), ("out", "rows_out")),
            ("softmax_backward",),
            "y = softmax(x): out = y (dy - sum(dy y))", full_reads=2, full_writes=1),
@@ -257,6 +272,9 @@ KERNELS: dict[str, Kernel] = {k.name: k for k in (
 )}
 
 ALL_KERNELS = frozenset(KERNELS)
+
+# The kernels that take a row_scale (temperature=).
+SCALED_KERNELS = frozenset(name for name, k in KERNELS.items() if k.options == TEMPERATURE)
 
 # The scoring kernels (logitcore.score).
 SCORE_KERNELS = frozenset({"score_multiclass", "score_binary", "score_multilabel"})
