@@ -953,7 +953,8 @@ def narrow_tile_stats(block, row_max, others, counts, transposed):
 # and every op computes on half input as on float32 input holding the same values (the
 # dtype policy: half in, float32 out, docs/architecture.md). The widening is exact
 # (float32 holds every float16 and bfloat16 value, subnormals, infinities and NaN
-# payloads included) and cheap next to the memory it saves: the buffer stays in L1/L2.
+# payloads included; FLOAT16_IN_HARDWARE below) and cheap next to the memory it saves:
+# the buffer stays in L1/L2.
 # A per-row factor applied while widening (a temperature, x * (1/T)) would go in
 # widen_span, the only place every schedule reads half input through.
 
@@ -965,6 +966,15 @@ FLOAT16_REBIAS = 2.0 ** 112
 # |x| >= 2^16 after rebiasing: the float16 exponent was all ones (inf or NaN).
 FLOAT16_INF_NAN_THRESHOLD = 65536.0
 FLOAT32_EXPONENT_MASK = 0x7F800000
+
+
+def _host_has_float16_conversion():
+    """Whether LLVM converts float16 to float32 in hardware on this CPU (x86 F16C; every
+    aarch64 CPU has the conversion)."""
+    from llvmlite import binding
+
+    features = binding.get_host_cpu_features()
+    return bool(features.get("f16c")) or bool(features.get("fp-armv8"))
 
 
 def _is_half_bits(numba_type):
@@ -999,6 +1009,28 @@ def float16_bits_to_float32(bits):
     return bits_to_float(np.int32(value_bits | ((h & np.int32(0x8000)) << np.int32(16))))
 
 
+# Where the CPU converts float16 in hardware (x86 F16C, ARM's fcvt), LLVM's fpext of a
+# half compiles to one conversion per 8 lanes (vcvtph2ps), where float16_bits_to_float32
+# takes about eight operations, and a float16 subnormal there is a float32 subnormal
+# operand of the rebiasing multiplication, which x86 CPUs process in a slow microcode
+# assist. The values are the same (fpext is exact); a signalling NaN comes out quiet, as
+# from NumPy's astype. Without hardware support fpext would become a call into a runtime
+# library numba does not link, so those CPUs keep the integer version.
+FLOAT16_IN_HARDWARE = _host_has_float16_conversion()
+
+
+@intrinsic
+def float16_bits_fpext(typingctx, bits):
+    """The float32 of float16 bits (uint16) by LLVM's fpext (see FLOAT16_IN_HARDWARE)."""
+    if bits != FLOAT16_BITS:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
 @ordered_jit
 def bfloat16_bits_to_float32(bits):
     """The float32 of bfloat16 bits (int16): the upper half of a float32, exactly."""
@@ -1011,6 +1043,8 @@ def widen(bits):
 
 @overload(widen)
 def _widen(bits):
+    if bits == FLOAT16_BITS and FLOAT16_IN_HARDWARE:
+        return lambda bits: float16_bits_fpext(bits)
     if bits == FLOAT16_BITS:
         return lambda bits: float16_bits_to_float32(bits)
     if bits == BFLOAT16_BITS:
