@@ -321,7 +321,7 @@ def exp_float64(x):
 # with rounding while the result stays normal, so it rounds to exactly (1 + (exp(r) - 1))
 # * s, one operation fewer. A positive argument only arises from a row whose shift is 0
 # because its maximum is +inf; there the sum is +inf whatever the finite terms are, so
-# any x > 0 gives +inf (exp_shifted_*). Where the shift is a finite maximum of the values,
+# any x > 0 gives +inf (shifted_exp). Where the shift is a finite maximum of the values,
 # no argument is positive and that guard is left out (exp_nonpositive_*, two operations
 # fewer again).
 SHIFTED_SCALE_BIAS = 64
@@ -355,22 +355,6 @@ def exp_nonpositive_float64(x):
     """exp(x) for float64 x <= 0 or NaN, the bits of exp_float64 (x > 0 not allowed)."""
     clamped = EXP_LOWEST_F64 if EXP_LOWEST_F64 > x else x
     return exp_scaled_float64(clamped) * 2.0 ** -SHIFTED_SCALE_BIAS
-
-
-@ordered_jit
-def exp_shifted_float32(x):
-    """exp(x) for float32 x <= 0 (exact as exp_float32); any x > 0 gives +inf, NaN NaN."""
-    clamped = np.float32(0.0) if x > np.float32(0.0) else x
-    result = exp_nonpositive_float32(clamped)
-    return np.float32(np.inf) if x > np.float32(0.0) else result
-
-
-@ordered_jit
-def exp_shifted_float64(x):
-    """exp(x) for float64 x <= 0 (exact as exp_float64); any x > 0 gives +inf, NaN NaN."""
-    clamped = 0.0 if x > 0.0 else x
-    result = exp_nonpositive_float64(clamped)
-    return np.inf if x > 0.0 else result
 
 
 @ordered_jit
@@ -466,58 +450,51 @@ def log1p_unit_float32(e):
     return log1p_reduced_float32(m - np.float32(1.0), k_ln2_hi, k_ln2_lo + correction)
 
 
-def fast_exp(x):
-    """exp(x) in x's float type, vectorisable (see exp_float32 / exp_float64)."""
+def by_float_type(name, doc, float32_version, float64_version):
+    """A function of one float that calls float32_version or float64_version by the float's
+    type: chosen at compile time in jitted code (an overload, so the call compiles as a
+    direct one), at call time in Python mode (NUMBA_DISABLE_JIT=1)."""
+
+    def dispatch(x):
+        if isinstance(x, np.float32):
+            return float32_version(x)
+        if isinstance(x, float):  # np.float64 and Python floats (numba's float64)
+            return float64_version(np.float64(x))
+        raise TypeError(f"{name}: float32 or float64 expected, got {type(x).__name__}")
+
+    @overload(dispatch)
+    def _dispatch(x):
+        if x == types.float32:
+            return lambda x: float32_version(x)
+        if x == types.float64:
+            return lambda x: float64_version(x)
+        return None
+
+    dispatch.__name__ = dispatch.__qualname__ = name
+    dispatch.__doc__ = doc
+    return dispatch
 
 
-@overload(fast_exp)
-def _fast_exp(x):
-    if x == types.float32:
-        return lambda x: exp_float32(x)
-    if x == types.float64:
-        return lambda x: exp_float64(x)
-    return None
+fast_exp = by_float_type(
+    "fast_exp", "exp(x) in x's float type, vectorisable (see exp_float32 / exp_float64).",
+    exp_float32, exp_float64)
+nonpositive_exp = by_float_type(
+    "nonpositive_exp", "exp(x) of an argument x <= 0 (or NaN) in x's float type: a value "
+    "minus a finite maximum of the values it is taken from (exp_nonpositive_float32/64).",
+    exp_nonpositive_float32, exp_nonpositive_float64)
+log1p_unit = by_float_type(
+    "log1p_unit", "log(1 + u) for u in [0, 1], in u's float type, vectorisable.",
+    log1p_unit_float32, log1p_unit_float64)
 
 
+@ordered_jit
 def shifted_exp(x):
-    """exp(x) of a shifted argument x <= 0 in x's float type (exp_shifted_float32/64);
-    any x > 0 gives +inf."""
-
-
-@overload(shifted_exp)
-def _shifted_exp(x):
-    if x == types.float32:
-        return lambda x: exp_shifted_float32(x)
-    if x == types.float64:
-        return lambda x: exp_shifted_float64(x)
-    return None
-
-
-def nonpositive_exp(x):
-    """exp(x) of an argument x <= 0 (or NaN) in x's float type (exp_nonpositive_float32/64):
-    a value minus a finite maximum of the values it is taken from."""
-
-
-@overload(nonpositive_exp)
-def _nonpositive_exp(x):
-    if x == types.float32:
-        return lambda x: exp_nonpositive_float32(x)
-    if x == types.float64:
-        return lambda x: exp_nonpositive_float64(x)
-    return None
-
-
-def log1p_unit(u):
-    """log(1 + u) for u in [0, 1], in u's float type, vectorisable."""
-
-
-@overload(log1p_unit)
-def _log1p_unit(u):
-    if u == types.float32:
-        return lambda u: log1p_unit_float32(u)
-    if u == types.float64:
-        return lambda u: log1p_unit_float64(u)
-    return None
+    """exp(x) of a shifted argument x <= 0 in x's float type (the bits of fast_exp); any
+    x > 0 gives +inf (see above), NaN gives NaN."""
+    zero = cast_like(0.0, x)
+    clamped = zero if x > zero else x
+    result = nonpositive_exp(clamped)
+    return cast_like(np.inf, x) if x > zero else result
 
 
 # Python mode (NUMBA_DISABLE_JIT=1): the intrinsics and overloads above have no Python
@@ -526,14 +503,10 @@ if numba.config.DISABLE_JIT:
     from logitcore._backends.numba_python_mode import (  # noqa: F811
         bits_to_float,
         cast_like,
-        fast_exp,
         float_to_bits,
         ieee_quiet,
-        log1p_unit,
         max_ignoring_nan,
-        nonpositive_exp,
         prefetch,
-        shifted_exp,
     )
 
     parallel_kernel = serial_kernel = ieee_quiet
