@@ -1109,8 +1109,10 @@ def _load_rows(x, buffer, first, stop):
 
     def impl(x, buffer, first, stop):
         n_classes = x.shape[1]
-        for r in range(stop - first):
-            widen_span(x[first + r], buffer[r * n_classes : (r + 1) * n_classes])
+        # x is C-contiguous, so rows first:stop are one span: widened in one vector loop,
+        # not row by row (a narrow tile's rows are too short for a vector loop each).
+        widen_span(x.reshape(-1)[first * n_classes : stop * n_classes],
+                   buffer[: (stop - first) * n_classes])
         return window(buffer, x.shape[0], n_classes, first, 0)
 
     return impl
