@@ -321,7 +321,7 @@ def exp_float64(x):
 # with rounding while the result stays normal, so it rounds to exactly (1 + (exp(r) - 1))
 # * s, one operation fewer. A positive argument only arises from a row whose shift is 0
 # because its maximum is +inf; there the sum is +inf whatever the finite terms are, so
-# any x > 0 gives +inf (exp_shifted_*). Where the shift is a finite maximum of the values,
+# any x > 0 gives +inf (shifted_exp). Where the shift is a finite maximum of the values,
 # no argument is positive and that guard is left out (exp_nonpositive_*, two operations
 # fewer again).
 SHIFTED_SCALE_BIAS = 64
@@ -355,22 +355,6 @@ def exp_nonpositive_float64(x):
     """exp(x) for float64 x <= 0 or NaN, the bits of exp_float64 (x > 0 not allowed)."""
     clamped = EXP_LOWEST_F64 if EXP_LOWEST_F64 > x else x
     return exp_scaled_float64(clamped) * 2.0 ** -SHIFTED_SCALE_BIAS
-
-
-@ordered_jit
-def exp_shifted_float32(x):
-    """exp(x) for float32 x <= 0 (exact as exp_float32); any x > 0 gives +inf, NaN NaN."""
-    clamped = np.float32(0.0) if x > np.float32(0.0) else x
-    result = exp_nonpositive_float32(clamped)
-    return np.float32(np.inf) if x > np.float32(0.0) else result
-
-
-@ordered_jit
-def exp_shifted_float64(x):
-    """exp(x) for float64 x <= 0 (exact as exp_float64); any x > 0 gives +inf, NaN NaN."""
-    clamped = 0.0 if x > 0.0 else x
-    result = exp_nonpositive_float64(clamped)
-    return np.inf if x > 0.0 else result
 
 
 @ordered_jit
@@ -466,58 +450,51 @@ def log1p_unit_float32(e):
     return log1p_reduced_float32(m - np.float32(1.0), k_ln2_hi, k_ln2_lo + correction)
 
 
-def fast_exp(x):
-    """exp(x) in x's float type, vectorisable (see exp_float32 / exp_float64)."""
+def by_float_type(name, doc, float32_version, float64_version):
+    """A function of one float that calls float32_version or float64_version by the float's
+    type: chosen at compile time in jitted code (an overload, so the call compiles as a
+    direct one), at call time in Python mode (NUMBA_DISABLE_JIT=1)."""
+
+    def dispatch(x):
+        if isinstance(x, np.float32):
+            return float32_version(x)
+        if isinstance(x, float):  # np.float64 and Python floats (numba's float64)
+            return float64_version(np.float64(x))
+        raise TypeError(f"{name}: float32 or float64 expected, got {type(x).__name__}")
+
+    @overload(dispatch)
+    def _dispatch(x):
+        if x == types.float32:
+            return lambda x: float32_version(x)
+        if x == types.float64:
+            return lambda x: float64_version(x)
+        return None
+
+    dispatch.__name__ = dispatch.__qualname__ = name
+    dispatch.__doc__ = doc
+    return dispatch
 
 
-@overload(fast_exp)
-def _fast_exp(x):
-    if x == types.float32:
-        return lambda x: exp_float32(x)
-    if x == types.float64:
-        return lambda x: exp_float64(x)
-    return None
+fast_exp = by_float_type(
+    "fast_exp", "exp(x) in x's float type, vectorisable (see exp_float32 / exp_float64).",
+    exp_float32, exp_float64)
+nonpositive_exp = by_float_type(
+    "nonpositive_exp", "exp(x) of an argument x <= 0 (or NaN) in x's float type: a value "
+    "minus a finite maximum of the values it is taken from (exp_nonpositive_float32/64).",
+    exp_nonpositive_float32, exp_nonpositive_float64)
+log1p_unit = by_float_type(
+    "log1p_unit", "log(1 + u) for u in [0, 1], in u's float type, vectorisable.",
+    log1p_unit_float32, log1p_unit_float64)
 
 
+@ordered_jit
 def shifted_exp(x):
-    """exp(x) of a shifted argument x <= 0 in x's float type (exp_shifted_float32/64);
-    any x > 0 gives +inf."""
-
-
-@overload(shifted_exp)
-def _shifted_exp(x):
-    if x == types.float32:
-        return lambda x: exp_shifted_float32(x)
-    if x == types.float64:
-        return lambda x: exp_shifted_float64(x)
-    return None
-
-
-def nonpositive_exp(x):
-    """exp(x) of an argument x <= 0 (or NaN) in x's float type (exp_nonpositive_float32/64):
-    a value minus a finite maximum of the values it is taken from."""
-
-
-@overload(nonpositive_exp)
-def _nonpositive_exp(x):
-    if x == types.float32:
-        return lambda x: exp_nonpositive_float32(x)
-    if x == types.float64:
-        return lambda x: exp_nonpositive_float64(x)
-    return None
-
-
-def log1p_unit(u):
-    """log(1 + u) for u in [0, 1], in u's float type, vectorisable."""
-
-
-@overload(log1p_unit)
-def _log1p_unit(u):
-    if u == types.float32:
-        return lambda u: log1p_unit_float32(u)
-    if u == types.float64:
-        return lambda u: log1p_unit_float64(u)
-    return None
+    """exp(x) of a shifted argument x <= 0 in x's float type (the bits of fast_exp); any
+    x > 0 gives +inf (see above), NaN gives NaN."""
+    zero = cast_like(0.0, x)
+    clamped = zero if x > zero else x
+    result = nonpositive_exp(clamped)
+    return cast_like(np.inf, x) if x > zero else result
 
 
 # Python mode (NUMBA_DISABLE_JIT=1): the intrinsics and overloads above have no Python
@@ -526,14 +503,10 @@ if numba.config.DISABLE_JIT:
     from logitcore._backends.numba_python_mode import (  # noqa: F811
         bits_to_float,
         cast_like,
-        fast_exp,
         float_to_bits,
         ieee_quiet,
-        log1p_unit,
         max_ignoring_nan,
-        nonpositive_exp,
         prefetch,
-        shifted_exp,
     )
 
     parallel_kernel = serial_kernel = ieee_quiet
@@ -954,7 +927,8 @@ def narrow_tile_stats(block, row_max, others, counts, transposed):
 # and every op computes on half input as on float32 input holding the same values (the
 # dtype policy: half in, float32 out, docs/architecture.md). The widening is exact
 # (float32 holds every float16 and bfloat16 value, subnormals, infinities and NaN
-# payloads included) and cheap next to the memory it saves: the buffer stays in L1/L2.
+# payloads included; FLOAT16_IN_HARDWARE below) and cheap next to the memory it saves:
+# the buffer stays in L1/L2.
 # A per-row factor applied while widening (a temperature, x * (1/T)) would go in
 # widen_span, the only place every schedule reads half input through.
 
@@ -966,6 +940,15 @@ FLOAT16_REBIAS = 2.0 ** 112
 # |x| >= 2^16 after rebiasing: the float16 exponent was all ones (inf or NaN).
 FLOAT16_INF_NAN_THRESHOLD = 65536.0
 FLOAT32_EXPONENT_MASK = 0x7F800000
+
+
+def _host_has_float16_conversion():
+    """Whether LLVM converts float16 to float32 in hardware on this CPU (x86 F16C; every
+    aarch64 CPU has the conversion)."""
+    from llvmlite import binding
+
+    features = binding.get_host_cpu_features()
+    return bool(features.get("f16c")) or bool(features.get("fp-armv8"))
 
 
 def _is_half_bits(numba_type):
@@ -1000,6 +983,28 @@ def float16_bits_to_float32(bits):
     return bits_to_float(np.int32(value_bits | ((h & np.int32(0x8000)) << np.int32(16))))
 
 
+# Where the CPU converts float16 in hardware (x86 F16C, ARM's fcvt), LLVM's fpext of a
+# half compiles to one conversion per 8 lanes (vcvtph2ps), where float16_bits_to_float32
+# takes about eight operations, and a float16 subnormal there is a float32 subnormal
+# operand of the rebiasing multiplication, which x86 CPUs process in a slow microcode
+# assist. The values are the same (fpext is exact); a signalling NaN comes out quiet, as
+# from NumPy's astype. Without hardware support fpext would become a call into a runtime
+# library numba does not link, so those CPUs keep the integer version.
+FLOAT16_IN_HARDWARE = _host_has_float16_conversion()
+
+
+@intrinsic
+def float16_bits_fpext(typingctx, bits):
+    """The float32 of float16 bits (uint16) by LLVM's fpext (see FLOAT16_IN_HARDWARE)."""
+    if bits != FLOAT16_BITS:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
 @ordered_jit
 def bfloat16_bits_to_float32(bits):
     """The float32 of bfloat16 bits (int16): the upper half of a float32, exactly."""
@@ -1012,6 +1017,8 @@ def widen(bits):
 
 @overload(widen)
 def _widen(bits):
+    if bits == FLOAT16_BITS and FLOAT16_IN_HARDWARE:
+        return lambda bits: float16_bits_fpext(bits)
     if bits == FLOAT16_BITS:
         return lambda bits: float16_bits_to_float32(bits)
     if bits == BFLOAT16_BITS:
@@ -1103,8 +1110,10 @@ def _load_rows(x, buffer, first, stop):
 
     def impl(x, buffer, first, stop):
         n_classes = x.shape[1]
-        for r in range(stop - first):
-            widen_span(x[first + r], buffer[r * n_classes : (r + 1) * n_classes])
+        # x is C-contiguous, so rows first:stop are one span: widened in one vector loop,
+        # not row by row (a narrow tile's rows are too short for a vector loop each).
+        widen_span(x.reshape(-1)[first * n_classes : stop * n_classes],
+                   buffer[: (stop - first) * n_classes])
         return window(buffer, x.shape[0], n_classes, first, 0)
 
     return impl

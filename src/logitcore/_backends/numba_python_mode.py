@@ -61,34 +61,6 @@ def cast_like(value, like):
     """``value`` converted to the float type of ``like`` (a scalar or an array)."""
     return np.result_type(like).type(value)
 
-def _by_float_type(value, float32_version, float64_version):
-    # np.float64 is a subclass of float; a Python float is numba's float64.
-    if isinstance(value, np.float32):
-        return float32_version(value)
-    if isinstance(value, float):
-        return float64_version(np.float64(value))
-    raise TypeError(f"float32 or float64 expected, got {type(value).__name__}")
-
-def fast_exp(x):
-    """exp(x) in x's float type (see exp_float32 / exp_float64)."""
-    return _by_float_type(x, _kernels().exp_float32, _kernels().exp_float64)
-
-def shifted_exp(x):
-    """exp(x) of a shifted argument in x's float type (see numba_kernels.shifted_exp)."""
-    return _by_float_type(x, _kernels().exp_shifted_float32, _kernels().exp_shifted_float64)
-
-
-def nonpositive_exp(x):
-    """exp(x) of an argument x <= 0 in x's float type (see numba_kernels.nonpositive_exp)."""
-    return _by_float_type(x, _kernels().exp_nonpositive_float32,
-                          _kernels().exp_nonpositive_float64)
-
-
-def log1p_unit(u):
-    """log(1 + u) for u in [0, 1], in u's float type."""
-    return _by_float_type(u, _kernels().log1p_unit_float32,
-                          _kernels().log1p_unit_float64)
-
 def ieee_quiet(kernel):
     """error_model="numpy" in Python: IEEE results (inf - inf = NaN, x / 0 = inf)
     without NumPy's scalar RuntimeWarnings, which the edge table would raise by the
