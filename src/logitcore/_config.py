@@ -224,9 +224,12 @@ def resolve(kernel: str, backend: str | None, n_elements: int | None = None):
 _auto_choices: dict = {}
 
 # What small calls that name no backend run: kernel -> (kernel function, n_threads, what
-# last_dispatch reports), from resolve() and get_num_threads(). It holds for the
-# process-wide settings only, so it is emptied when they (or the registry) change and is
-# not read inside config().
+# last_dispatch reports, the backend's whole-call entry or None), from resolve() and
+# get_num_threads(). It holds for the process-wide settings only, so it is emptied when
+# they (or the registry) change and is not read inside config(). A backend may offer a
+# whole-call entry ``small_<kernel>(x, n_threads)`` that checks and allocates itself and
+# returns None for input it does not take (the cython backend does, for the row kernels
+# of logitcore._ops._small_row_call).
 small_call_plans: dict = {}
 
 
@@ -234,7 +237,8 @@ def small_call_plan(kernel: str, n_elements: int):
     """The plan ``logitcore._ops`` keeps for ``kernel`` in ``small_call_plans``."""
     name, module = resolve(kernel, None, n_elements)
     n_threads = get_num_threads()
-    plan = (getattr(module, kernel), n_threads, (kernel, kernel, name, n_threads))
+    plan = (getattr(module, kernel), n_threads, (kernel, kernel, name, n_threads),
+            getattr(module, "small_" + kernel, None))
     small_call_plans[kernel] = plan
     return plan
 

@@ -71,12 +71,19 @@ def _small_row_call(kernel: str, x, axis, row_output: bool):
     class axis last, no backend named, no config() context active. Returns None for any
     other call (the caller then takes the full path, which gives the same result).
     """
-    if (x.ndim != 2 or (axis != -1 and axis != 1) or x.size >= _config.SMALL_CALL_ELEMENTS
-            or x.dtype not in _KERNEL_DTYPES or not x.flags.c_contiguous
-            or _config_context.__dict__):
+    if (axis != -1 and axis != 1) or _config_context.__dict__:
         return None
-    function, n_threads, dispatch = (_small_call_plans.get(kernel)
-                                     or _config.small_call_plan(kernel, x.size))
+    plan = _small_call_plans.get(kernel)
+    if plan is not None and plan[3] is not None:
+        # the backend checks x and allocates in compiled code (None: not the plain case)
+        result = plan[3](x, plan[1])
+        if result is not None:
+            _last_dispatch.info = plan[2]
+        return result
+    if (x.ndim != 2 or x.size >= _config.SMALL_CALL_ELEMENTS or x.dtype not in _KERNEL_DTYPES
+            or not x.flags.c_contiguous):
+        return None
+    function, n_threads, dispatch, _ = plan or _config.small_call_plan(kernel, x.size)
     result = np.empty(x.shape[0] if row_output else x.shape, x.dtype)
     function(x, result, n_threads)
     _last_dispatch.info = dispatch

@@ -759,6 +759,47 @@ cdef int _same_shape_entry(lc_op op, cnp.ndarray x, cnp.ndarray y, cnp.ndarray o
                input_format(y) if y is not None else LC_INPUT_FLOAT, row_scale)
 
 
+# ---------------------------------------------------------------- small calls
+#
+# A whole public call on a small plain array, for logitcore._ops: the checks the Python
+# layer would make, the output's allocation and the kernel in one C function, because for
+# a 1000-class row the Python around the kernel took as long as the kernel. Each returns
+# None when x is not the plain case (an ndarray, not a subclass, 2-D, C-contiguous,
+# float32 or float64 in native byte order, no empty axis, under SMALL_CALL_ELEMENTS
+# elements); the caller then takes the full path. The call runs on the calling thread.
+
+def small_logsumexp(x, int n_threads):
+    return small_rows_call(LC_OP_LOGSUMEXP, x, True, n_threads)
+
+
+def small_softmax(x, int n_threads):
+    return small_rows_call(LC_OP_SOFTMAX, x, False, n_threads)
+
+
+def small_log_softmax(x, int n_threads):
+    return small_rows_call(LC_OP_LOG_SOFTMAX, x, False, n_threads)
+
+
+cdef object small_rows_call(lc_op op, object x, bint row_output, int n_threads):
+    if type(x) is not cnp.ndarray:
+        return None
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef int type_num = cnp.PyArray_TYPE(a)
+    if (cnp.PyArray_NDIM(a) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or not cnp.PyArray_ISNOTSWAPPED(a)
+            or (type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE)):
+        return None
+    cdef cnp.npy_intp* shape = cnp.PyArray_DIMS(a)
+    if shape[0] == 0 or shape[1] == 0 or shape[0] * shape[1] >= LC_SMALL_CALL_ELEMENTS:
+        return None
+    cdef cnp.ndarray result = cnp.PyArray_EMPTY(1 if row_output else 2, shape, type_num, 0)
+    cdef lc_operands o
+    init_operands(&o, op, a, shape[0], shape[1], data(result),
+                  1 if row_output else shape[1])
+    run(&o, type_num, n_threads)
+    return result
+
+
 def sigmoid(cnp.ndarray x not None, cnp.ndarray out not None, int n_threads=1):
     _flat_entry(LC_OP_SIGMOID, x, out, n_threads)
 

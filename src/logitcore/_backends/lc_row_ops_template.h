@@ -224,8 +224,20 @@ LC_INLINE double LC_NAME(row_logsumexp)(LC_REAL row_max, lc_exp_sums sums)
 LC_INLINE void LC_NAME(tile_row_max)(const LC_REAL* x, lc_index n_rows, lc_index n_classes,
                                       LC_REAL* row_max)
 {
+    if (n_classes >= LC_NARROW_MAX_CLASSES) {
+        for (lc_index r = 0; r < n_rows; r++)
+            row_max[r] = LC_NAME(row_max)(x + r * n_classes, n_classes);
+        return;
+    }
+    /* Narrow rows: a row's max is a chain of dependent compares, a few per class; run the
+       loop across the rows instead (SIMD lanes = rows, strided loads), class by class. */
     for (lc_index r = 0; r < n_rows; r++)
-        row_max[r] = LC_NAME(row_max)(x + r * n_classes, n_classes);
+        row_max[r] = -INFINITY;
+    for (lc_index c = 0; c < n_classes; c++)
+        for (lc_index r = 0; r < n_rows; r++) {
+            LC_REAL value = x[r * n_classes + c];
+            row_max[r] = value > row_max[r] ? value : row_max[r];
+        }
 }
 
 /* row_sums[r] = the exp sums of row r for the shift finite_or_zero(row_max[r]), storing
@@ -280,13 +292,19 @@ LC_INLINE void LC_NAME(tile_sum_exp)(const LC_REAL* x, lc_index n_rows, lc_index
         buffer[i] = value;
         others_terms[i] = value - at_max[i];
     }
-    for (lc_index r = 0; r < n_rows; r++) {
-        lc_exp_sums sums = {0.0, 0.0};
-        for (lc_index c = 0; c < n_classes; c++) {
-            sums.others += others_terms[r * n_classes + c];
-            sums.n_at_max += at_max[r * n_classes + c];
+    /* Each row's sums in class order, as a chain of dependent double adds per row: run
+       across the rows (SIMD lanes = rows), class by class, which adds in the same order. */
+    double others[LC_TILE_MAX_ROWS], n_at_max[LC_TILE_MAX_ROWS];
+    for (lc_index r = 0; r < n_rows; r++)
+        others[r] = n_at_max[r] = 0.0;
+    for (lc_index c = 0; c < n_classes; c++)
+        for (lc_index r = 0; r < n_rows; r++) {
+            others[r] += others_terms[r * n_classes + c];
+            n_at_max[r] += at_max[r * n_classes + c];
         }
-        row_sums[r] = sums;
+    for (lc_index r = 0; r < n_rows; r++) {
+        row_sums[r].others = others[r];
+        row_sums[r].n_at_max = n_at_max[r];
     }
 }
 
