@@ -177,7 +177,7 @@ def fit_temperature(logits, labels, *, axis=-1, kind="multiclass", ignore_index=
 
 def fit_temperature_by_sums(pass_sums, kind="multiclass") -> TemperatureFit:
     """``fit_temperature``'s fit, given ``pass_sums(b) -> (weight, NLL, NLL'(b), NLL''(b),
-    lim_{b -> inf} NLL'(b))``: weighted sums over every kept row at inverse temperature
+    lim_{b -> inf} NLL'(b)[, NLL'''(b)])``: weighted sums over every kept row at inverse temperature
     b, each a sum of per-row terms, so that the sums of chunks of rows add up to those of
     all the rows. This is how data read chunk by chunk are fitted (``logitcore score
     --fit-temperature`` streams its validation file): ``pass_sums`` reads every chunk

@@ -1173,13 +1173,14 @@ class _ValidationPasses:
                           f"{start + len(x) - 1}: {error}")
 
     def sums(self, b: float) -> np.ndarray:
-        """One pass: the fit's sums (weight, NLL, NLL', NLL'', limit slope) at inverse
-        temperature b, added up over the chunks."""
-        total = np.zeros(5)
+        """One pass: the fit's sums (weight, NLL, NLL', NLL'', limit slope and NLL''' when
+        the kernel gives it) at inverse temperature b, added up over the chunks."""
+        total = 0.0
         for start, x, y in self.chunks():
             try:
-                total += (self._multiclass_sums(x, y, b) if self.kind == "multiclass"
-                          else self._binary_sums(x, y, b))
+                total = total + np.asarray(
+                    self._multiclass_sums(x, y, b) if self.kind == "multiclass"
+                    else self._binary_sums(x, y, b), dtype=np.float64)
             except (ValueError, TypeError, IndexError) as error:
                 raise self._failed(start, x, error) from None
         return total
