@@ -131,6 +131,28 @@ def _float_dask(x, name: str):
     return x, v.compute_dtype(x.dtype, name)
 
 
+def _single_block(part):
+    """The one block a task gets along an axis its output drops, where that axis is one
+    chunk: ``blockwise(concatenate=False)`` hands the blocks along it as a list."""
+    while isinstance(part, list):
+        (part,) = part
+    return part
+
+
+def _call_on_blocks(function, *parts):
+    return function(*(_single_block(part) for part in parts))
+
+
+def _rows_blockwise(function, row_inds, *operands, dtype):
+    """``da.blockwise(function, row_inds, *operands)`` for operands whose class axis is
+    one chunk, dropped from the output. Not ``concatenate=True``: that hands each task
+    ``concatenate`` of its class chunks, a copy of the block even when there is only one,
+    which doubles the memory traffic of a pass that reads the logits once."""
+    return da.blockwise(functools.partial(_call_on_blocks, function), row_inds, *operands,
+                        concatenate=False, dtype=dtype,
+                        meta=np.empty((0,) * len(row_inds), dtype))
+
+
 def _unsupported(name: str, value, default, function: str):
     """NotImplementedError for an argument of the in-memory signature that has no dask
     version yet (defaults are None or False)."""
@@ -236,8 +258,9 @@ def logsumexp(x, axis=-1, keepdims=False, *, b=None, return_sign=False, out=None
             chunks = x.chunks[:class_axis] + ((1,),) + x.chunks[class_axis + 1:]
             return x.map_blocks(compute, chunks=chunks, dtype=dtype,
                                 meta=np.empty((0,) * x.ndim, dtype))
-        return x.map_blocks(compute, drop_axis=class_axis, dtype=dtype,
-                            meta=np.empty((0,) * (x.ndim - 1), dtype))
+        all_inds = tuple(range(x.ndim))
+        row_inds = all_inds[:class_axis] + all_inds[class_axis + 1:]
+        return _rows_blockwise(compute, row_inds, x, all_inds, dtype=dtype)
     return _row_lse(x, class_axis, keepdims, dtype, backend)
 
 
@@ -469,9 +492,8 @@ def _per_row_blocks(function, x, labels, dtype):
     """``function(block, labels_block)`` per row block of ``x`` (one class chunk, class
     axis last), giving an array with the rows' shape and chunks."""
     rows = tuple(range(x.ndim - 1))
-    return da.blockwise(function, rows, x, rows + (x.ndim - 1,), labels, rows,
-                        concatenate=True, dtype=dtype,
-                        meta=np.empty((0,) * (x.ndim - 1), dtype))
+    return _rows_blockwise(function, rows, x, rows + (x.ndim - 1,), labels, rows,
+                           dtype=dtype)
 
 
 def _identity_state(state, axis, keepdims):
@@ -892,8 +914,7 @@ def score(logits, labels=None, *, axis=-1, kind="multiclass", top_k=0, threshold
             operands += (label_array, all_inds if kind == "multilabel" else row_inds)
         function = functools.partial(_block_scores if label_array is not None
                                      else _block_scores_unlabelled, **score_arguments)
-        blocks = da.blockwise(function, row_inds, *operands, concatenate=True,
-                              dtype=object, meta=np.empty((0,) * len(row_inds), object))
+        blocks = _rows_blockwise(function, row_inds, *operands, dtype=object)
         fields = _block_fields(blocks, layout, row_chunks)
         if "pred" in fields and kind == "multilabel":  # back in the caller's layout
             fields["pred"] = _moved(fields["pred"], -1, class_axis)
@@ -1238,9 +1259,8 @@ def _raise_first_bad_row(x, labels, weights, ignore_index, row_shape):
     rows = tuple(range(x.ndim - 1))
     operands = [x, rows + (x.ndim - 1,), labels, rows]
     operands += [weights, rows] if weights is not None else [None, None]
-    bad = da.blockwise(functools.partial(_bad_rows_block, ignore_index=ignore_index),
-                       rows, *operands, concatenate=True, dtype=np.bool_,
-                       meta=np.empty((0,) * len(rows), np.bool_))
+    bad = _rows_blockwise(functools.partial(_bad_rows_block, ignore_index=ignore_index),
+                          rows, *operands, dtype=np.bool_)
     flat = bad.reshape(-1)
     where = "?"
     if bool(flat.any().compute()):
