@@ -821,23 +821,21 @@ LC_INLINE LC_REAL LC_NAME(score_block_scan)(const LC_REAL* x, lc_index n, LC_REA
 
 /* A lower bound of the k-th largest logit of a block from its lanes' maxima: they are k
    logits of the block (or -inf), so the k-th largest of them is at most the block's k-th
-   largest. -inf when k > LC_LANES (no bound). */
+   largest. -inf when k > LC_LANES (no bound). Found by counting each lane's place in the
+   descending order (ties by lane index), whose compares vectorise: a selection sort's
+   data-dependent swaps mispredicted often enough to cost a quarter of a top-5 score. */
 LC_INLINE LC_REAL LC_NAME(score_top_k_floor)(const LC_REAL* lane_max, lc_index k)
 {
     if (k < 1 || k > LC_LANES)
         return -INFINITY;
-    LC_REAL values[LC_LANES];
-    for (int j = 0; j < LC_LANES; j++)
-        values[j] = lane_max[j];
-    /* k steps of a selection sort, descending: values[k - 1] is the k-th largest */
-    for (lc_index a = 0; a < k; a++)
-        for (int b = (int)a + 1; b < LC_LANES; b++)
-            if (values[b] > values[a]) {
-                LC_REAL swap = values[a];
-                values[a] = values[b];
-                values[b] = swap;
-            }
-    return values[k - 1];
+    LC_REAL floor = (LC_REAL)-INFINITY;
+    for (int a = 0; a < LC_LANES; a++) {
+        int place = 0;
+        for (int b = 0; b < LC_LANES; b++)
+            place += (lane_max[b] > lane_max[a]) | ((lane_max[b] == lane_max[a]) & (b < a));
+        floor = place == k - 1 ? lane_max[a] : floor;
+    }
+    return floor;
 }
 
 /* Offer x[i] (class first_class + i) to the heap if it can enter: not NaN, >= floor and,
@@ -856,10 +854,9 @@ LC_INLINE void LC_NAME(score_top_k_consider)(const LC_REAL* x, lc_index i, lc_in
 /* score_block_top_k_f32 / _f64: the block's logits (classes first_class, ...) offered to
    the heap, where only a few can enter and finding them is the cost.
    capacity <= LC_LANES: the block's k largest logits are all >= floor, the k-th largest
-   of the lanes' maxima (score_top_k_floor), so only lanes whose max reaches the floor can
-   hold one: usually about k of the LC_LANES lanes are walked (lane j: classes j,
-   j + LC_LANES, ... of the scan's vector part; lane 0 also its tail). The heap's order is
-   total, so offering the logits out of class order keeps the same k.
+   of the lanes' maxima (score_top_k_floor), and usually only a few more are: a
+   vectorised compare flags them, and only the flagged logits are offered.
+   The heap's order is total, so the entries do not depend on the order of the offers.
    Larger capacity: the logits are compared in chunks of 4 LC_LANES through the chunk's
    max (vectorised); a chunk is walked only if it may hold an entrant. */
 LC_INLINE void LC_NAME(score_block_top_k)(const LC_REAL* x, lc_index n, lc_index first_class,
@@ -867,14 +864,22 @@ LC_INLINE void LC_NAME(score_block_top_k)(const LC_REAL* x, lc_index n, lc_index
 {
     if (top->capacity <= LC_LANES) {
         const LC_REAL floor = LC_NAME(score_top_k_floor)(lane_max, top->capacity);
-        const lc_index n_vector = n - n % LC_LANES;
-        for (int j = 0; j < LC_LANES; j++) {
-            if (!(lane_max[j] >= floor))
+        /* One flag byte per logit (a vectorised compare), then eight flags at a time
+           through one 64-bit test: only the words holding a flag are walked. (A
+           per-vector any() is not vectorised by gcc: it unrolls into scalar compares.) */
+        unsigned char reaches[LC_BLOCK_CLASSES + 8];
+        const lc_index n_words = (n + 7) / 8;
+        for (lc_index i = 0; i < n; i++)
+            reaches[i] = x[i] >= floor; /* NaN: 0 */
+        for (lc_index i = n; i < 8 * n_words; i++)
+            reaches[i] = 0;
+        for (lc_index w = 0; w < n_words; w++) {
+            uint64_t word;
+            memcpy(&word, reaches + 8 * w, sizeof word);
+            if (!word)
                 continue;
-            for (lc_index i = j; i < n_vector; i += LC_LANES)
-                LC_NAME(score_top_k_consider)(x, i, first_class, floor, top);
-            if (j == 0)
-                for (lc_index i = n_vector; i < n; i++)
+            for (lc_index i = 8 * w; i < 8 * w + 8; i++)
+                if (reaches[i])
                     LC_NAME(score_top_k_consider)(x, i, first_class, floor, top);
         }
         return;
