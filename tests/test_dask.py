@@ -630,11 +630,88 @@ def test_fit_temperature_row_chunks(client, dtype, weighted):
     assert got.nll_after == pytest.approx(want_nll, rel=1e-9)
 
 
-def test_fit_temperature_class_chunks_raise_naming_the_chunking(client):
-    x, labels = _calibration_data(np.float32)
-    with pytest.raises(ValueError, match=r"needs whole rows.*3 chunks along the class "
-                                         r"axis.*rechunk"):
-        ld.fit_temperature(da.from_array(x, chunks=CAL_CLASS_CHUNKS), labels)
+def _numpy_nll(x, labels, weights):
+    """The weighted mean NLL of softmax(b x) as a function of b, written out in float64
+    NumPy (kept rows only): the independent reference for the class-chunked fit."""
+    kept = labels != IGNORE
+    if weights is not None:
+        kept &= weights != 0
+    x = x[kept].astype(np.float64)
+    y = labels[kept]
+    w = np.ones(len(y)) if weights is None else weights[kept].astype(np.float64)
+
+    def nll(b):
+        z = b * x
+        top = z.max(axis=1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+        return np.sum(w * (lse - z[np.arange(len(y)), y])) / np.sum(w)
+    return nll
+
+
+# 2 class chunks with 4 row chunks, 3 class chunks with 1
+CAL_CLASS_CHUNKINGS = [(150, 6), (CAL_ROWS, 5)]
+
+
+@pytest.mark.parametrize("chunks", CAL_CLASS_CHUNKINGS, ids=str)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_fit_temperature_class_chunks(client, dtype, weighted, chunks):
+    """Class chunks are never rechunked: every pass merges per-row states in a tree.
+    The same fit as in memory (temperature within 1e-9), ignored rows and weight-0 rows
+    left out (one holds a NaN), and the minimiser of a NumPy NLL by SciPy's Brent."""
+    from scipy.optimize import minimize_scalar
+
+    x, labels = _calibration_data(dtype)
+    weights = None
+    if weighted:
+        weights = np.random.default_rng(2).random(CAL_ROWS) * 2
+        weights[[10, 11]] = 0.0
+        x[10, 4] = np.nan                     # left out by its weight 0
+    d = da.from_array(x, chunks=chunks)
+    assert d.numblocks[1] in (2, 3)
+    got = ld.fit_temperature(d, labels, sample_weight=weights)
+    expected = lc.fit_temperature(x, labels, sample_weight=weights)
+    assert got.status == expected.status == "optimal" and got.converged
+    assert got.temperature == pytest.approx(expected.temperature, rel=1e-9)
+    assert got.nll_before == pytest.approx(expected.nll_before, rel=1e-12)
+    assert got.nll_after == pytest.approx(expected.nll_after, rel=1e-12)
+    compute_x = x.astype(np.float32) if dtype == np.float16 else x
+    w_ref = None if weights is None else weights.astype(compute_x.dtype)
+    nll = _numpy_nll(compute_x, labels, w_ref)
+    found = minimize_scalar(lambda log_t: nll(np.exp(-log_t)), bounds=(-5, 5),
+                            method="bounded", options={"xatol": 1e-11, "maxiter": 1000})
+    assert got.temperature == pytest.approx(np.exp(found.x), rel=1e-6)
+    assert got.nll_after == pytest.approx(found.fun, rel=1e-9)
+    assert got.nll_before == pytest.approx(nll(1.0), rel=1e-12)
+
+
+def test_fit_temperature_class_chunks_edge_rows(client):
+    """The edge rows on 4 and 14 class chunks (a maximum tied across two chunks, masked
+    classes): the in-memory fit once the rows whose NLL is infinite are ignored; those
+    rows, kept, raise ValueError naming the first; separable and all-ignored labels as
+    in memory."""
+    x, labels = _logits(np.float64), _labels()
+    fitted = labels.copy()
+    fitted[[1, 2, 3, 4]] = IGNORE           # NaN, all -inf, +inf, -inf at the label
+    for chunks in CLASS_CHUNKINGS:
+        d = da.from_array(x, chunks=chunks)
+        got = ld.fit_temperature(d, fitted)
+        expected = lc.fit_temperature(x, fitted)
+        assert got.status == expected.status
+        assert got.temperature == pytest.approx(expected.temperature, rel=1e-9)
+        assert got.nll_after == pytest.approx(expected.nll_after, rel=1e-12)
+    for row in (1, 2, 3, 4):
+        one_bad = fitted.copy()
+        one_bad[row] = labels[row]
+        with pytest.raises(ValueError, match=rf"row \[{row}\] \(kept\) holds NaN"):
+            ld.fit_temperature(d, one_bad)
+    x, labels = _calibration_data(np.float64)
+    d = da.from_array(x, chunks=CAL_CLASS_CHUNKS)
+    separable = ld.fit_temperature(d, np.argmax(x, axis=1))
+    assert separable.status == "separable" and separable.temperature == 0.0
+    assert separable.nll_after == lc.fit_temperature(x, np.argmax(x, axis=1)).nll_after
+    with pytest.raises(ValueError, match="no rows to fit"):
+        ld.fit_temperature(d, np.full(CAL_ROWS, IGNORE))
 
 
 def test_fit_temperature_edge_outcomes(client):
