@@ -725,8 +725,50 @@ def test_fit_temperature_edge_outcomes(client):
         ld.fit_temperature(da.from_array(bad, chunks=CAL_ROW_CHUNKS), labels)
     separable = ld.fit_temperature(d, np.argmax(x, axis=1))
     assert separable.status == "separable" and separable.temperature == 0.0
-    with pytest.raises(NotImplementedError, match="platt"):
-        ld.fit_temperature(d[:, 0], labels > 5, kind="binary", method="platt")
+    with pytest.raises(ValueError, match="platt.*binary"):
+        ld.fit_temperature(d, labels, method="platt")
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fit_platt(client, weighted):
+    """Platt scaling on dask (each evaluation a reduction of seven sums per block): the
+    in-memory fit (the same iteration; sums in another order), and scikit-learn's
+    unregularised logistic regression on the one feature, with ignored rows and weights
+    (a weight-0 row holding NaN is left out)."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(4)
+    n = 3000
+    t = rng.integers(0, 2, n)
+    x = (3.0 * (2 * t - 1) + 2.0 * rng.standard_normal(n) + 1.5).astype(np.float32)
+    t[[5, 77, 1234]] = IGNORE
+    weights = None
+    if weighted:
+        weights = rng.random(n) * 2
+        weights[9] = 0.0
+        x[9] = np.nan
+    got = ld.fit_temperature(da.from_array(x, chunks=700), t, kind="binary",
+                             method="platt", ignore_index=IGNORE, sample_weight=weights)
+    expected = lc.fit_temperature(x, t, kind="binary", method="platt",
+                                  ignore_index=IGNORE, sample_weight=weights)
+    assert got.converged and got.status == "optimal" and got.kind == "binary"
+    assert got.temperature == pytest.approx(expected.temperature, rel=1e-9)
+    assert got.bias == pytest.approx(expected.bias, rel=1e-9)
+    assert got.nll_after == pytest.approx(expected.nll_after, rel=1e-12)
+    kept = t != IGNORE
+    if weighted:
+        kept &= weights != 0
+    model = linear_model.LogisticRegression(C=1e12, tol=1e-13, max_iter=10000)
+    model.fit(x[kept, None].astype(np.float64), t[kept],
+              sample_weight=None if weights is None else weights[kept])
+    assert 1.0 / got.temperature == pytest.approx(model.coef_[0, 0], rel=1e-6)
+    assert got.bias == pytest.approx(model.intercept_[0], rel=1e-6)
+    if weighted:  # the NaN row kept (weight 1): refused
+        with pytest.raises(ValueError, match="kept logit is NaN"):
+            ld.fit_temperature(da.from_array(x, chunks=700), t, kind="binary",
+                               method="platt", ignore_index=IGNORE)
+    with pytest.raises(ValueError, match="no rows to fit"):
+        ld.fit_temperature(da.from_array(x, chunks=700), np.full(n, IGNORE),
+                           kind="binary", method="platt", ignore_index=IGNORE)
 
 
 def _sigmoid_reference_temperature(margins):

@@ -1391,23 +1391,22 @@ def fit_temperature(logits, labels, *, axis=-1, kind="multiclass", ignore_index=
     compiled kernel (which needs whole rows); the fitted temperature agrees with the
     in-memory fit within 1e-9 relative (tested).
 
-    ``method="platt"`` is not supported on dask arrays (NotImplementedError).
+    ``method="platt"`` (``kind="binary"``) runs the in-memory Platt iteration
+    (``_calibration.fit_platt_by_sums``: Newton with a line search on slope and bias);
+    each of its evaluations is one distributed reduction of seven float64 sums per row
+    block, any chunking of the logits.
     """
     from . import _calibration as cal
 
     kind = cal._check_choice(kind, "kind", cal.KINDS)
     method = cal._check_choice(method, "method", cal.METHODS)
-    if method == "platt":
-        if kind != "binary":
-            raise ValueError("method='platt' needs kind='binary'")
-        raise NotImplementedError("fit_temperature: method='platt' is not supported on "
-                                  "dask arrays (compute the binary logits and call "
-                                  "logitcore.fit_temperature)")
+    if method == "platt" and kind != "binary":
+        raise ValueError("method='platt' needs kind='binary'")
     ignore_index = v.check_ignore_index(ignore_index)
     logits, dtype = _float_dask(logits, "logits")
     if kind != "multiclass":
         return _fit_sigmoid_temperature(logits, labels, axis, kind, ignore_index,
-                                        sample_weight)
+                                        sample_weight, method)
     if logits.ndim == 0:
         raise ValueError("logits must have at least 1 dimension (the class axis)")
     class_axis = v.single_axis(axis, logits.ndim)
@@ -1466,19 +1465,39 @@ def _sigmoid_block_sums(x, labels, weights, *, inverse_temperature, kind, ignore
     of elements, as the in-memory binary / multilabel fit computes them."""
     from . import _calibration as cal
 
+    x64, signs, w = _kept_sigmoid_block(x, labels, weights, kind, ignore_index)
+    return cal._sigmoid_sums(signs * x64, w, inverse_temperature)
+
+
+def _kept_sigmoid_block(x, labels, weights, kind, ignore_index):
+    """(float64 logits, label signs, weights) of one block's kept elements (label not
+    ignore_index, weight not 0), as the in-memory binary / multilabel fit keeps them."""
+    from . import _calibration as cal
+
     flat, signs, kept = cal._sigmoid_targets(np.asarray(x), np.asarray(labels), -1, kind,
                                              ignore_index)
     w = (np.ones(flat.size) if weights is None
          else np.asarray(weights, np.float64).reshape(-1))
     kept &= w != 0
-    z = signs[kept] * flat.astype(np.float64)[kept]
-    if not np.all(np.isfinite(z)):
+    x64 = flat.astype(np.float64)[kept]
+    if not np.all(np.isfinite(x64)):
         raise ValueError("logits: a kept logit is NaN or infinite")
-    return cal._sigmoid_sums(z, w[kept], inverse_temperature)
+    return x64, signs[kept], w[kept]
 
 
-def _fit_sigmoid_temperature(logits, labels, axis, kind, ignore_index, sample_weight):
-    """Binary / multilabel temperature: the loss is elementwise, so any chunking works."""
+def _platt_block_sums(x, labels, weights, *, slope, bias, ignore_index):
+    """The seven Platt sums (``_calibration._platt_sums``) of one block of binary
+    logits."""
+    from . import _calibration as cal
+
+    x64, signs, w = _kept_sigmoid_block(x, labels, weights, "binary", ignore_index)
+    return cal._platt_sums(x64, signs, w, slope, bias)
+
+
+def _fit_sigmoid_temperature(logits, labels, axis, kind, ignore_index, sample_weight,
+                             method="temperature"):
+    """Binary / multilabel temperature, and binary Platt scaling: the loss is
+    elementwise, so any chunking works."""
     from . import _calibration as cal
 
     labels = _as_dask(labels, "labels")
@@ -1500,6 +1519,16 @@ def _fit_sigmoid_temperature(logits, labels, axis, kind, ignore_index, sample_we
     if sample_weight is not None:
         weights = _checked_sample_weight(sample_weight, labels.shape, labels.chunks)
     blocks = _row_block_delayed(logits, labels, weights)
+    if method == "platt":
+        block_sums = dask.delayed(_platt_block_sums, pure=True)
+
+        def platt_sums(a, c):
+            parts = [block_sums(xb, lb, wb, slope=a, bias=c, ignore_index=ignore_index)
+                     for xb, lb, wb in zip(*blocks)]
+            (sums,) = dask.compute(tree_merge(parts, _sum_arrays))
+            return sums
+
+        return cal.fit_platt_by_sums(platt_sums)
 
     def evaluate(b):
         return _pass_means(_sigmoid_block_sums, blocks, inverse_temperature=b, kind=kind,
