@@ -844,8 +844,74 @@ def test_calibration_from_dask_scores_and_classwise(client):
     with pytest.raises(ValueError, match="classwise.*whole rows"):
         ld.calibration_error(da.from_array(x, chunks=CAL_CLASS_CHUNKS), labels,
                              mode="classwise")
-    with pytest.raises(NotImplementedError, match="quantile"):
-        ld.calibration_error(d, labels, binning="quantile")
+    with pytest.raises(ValueError, match="classwise' supports binning='uniform' only"):
+        ld.calibration_error(d, labels, mode="classwise", binning="quantile")
+
+
+def _tied_calibration_data():
+    """Calibration logits (float32) where a third of the rows repeat one row (a run of
+    tied confidences across every block), with ignored rows and a NaN row."""
+    x, labels = _calibration_data(np.float32)
+    x[::3] = x[1]
+    labels[::3] = labels[1]
+    x[7, 2] = np.nan              # NaN confidence: left out of bins and edges
+    return x, labels
+
+
+@pytest.mark.parametrize("chunks,gather_limit", [
+    (CAL_ROW_CHUNKS, 1 << 20), ((100, CAL_CLASSES), 40), (CAL_CLASS_CHUNKS, 1 << 20),
+    (CAL_CLASS_CHUNKS, 0)], ids=str)
+def test_quantile_bins_exact(client, monkeypatch, chunks, gather_limit):
+    """binning='quantile' without gathering the confidences: the edges are np.quantile's
+    of the kept confidences bit for bit (written out in the test on the computed
+    confidences; on row chunks also the in-memory edges), and the figures are Guo's ECE
+    on those edges. gather_limit 40 and 0 force the finer histogram passes (0: down to
+    the full 64 bits, where no value is gathered at all)."""
+    monkeypatch.setattr(ld, "_QUANTILE_GATHER_LIMIT", gather_limit)
+    x, labels = _tied_calibration_data()
+    d = da.from_array(x, chunks=chunks)
+    computed = ld.score(d, labels).compute()
+    kept = (labels != IGNORE) & ~np.isnan(computed.confidence)
+    confidence = computed.confidence[kept].astype(np.float64)
+    correct = computed.correct[kept]
+    for n_bins in (15, 4):
+        want_edges = np.quantile(confidence, np.linspace(0.0, 1.0, n_bins + 1))
+        want_edges[0], want_edges[-1] = 0.0, 1.0
+        bins = ld.reliability(d, labels, n_bins=n_bins, binning="quantile").compute()
+        assert_same_bits(bins.edges, want_edges)
+        assert bins.counts.sum() == kept.sum()
+        if chunks[1] == CAL_CLASSES:  # whole rows: the in-memory bins themselves
+            expected = lc.reliability(x, labels, n_bins=n_bins, binning="quantile")
+            assert_same_bits(bins.edges, expected.edges)
+            assert np.array_equal(bins.counts, expected.counts)
+        assert bins.error("max") == pytest.approx(
+            guo_ece(confidence, correct, norm="max", edges=want_edges), rel=1e-12)
+        got = ld.calibration_error(d, labels, n_bins=n_bins,
+                                   binning="quantile").compute()
+        assert got == pytest.approx(guo_ece(confidence, correct, edges=want_edges),
+                                    rel=1e-12)
+        if chunks[1] == CAL_CLASSES:
+            assert got == pytest.approx(lc.calibration_error(
+                x, labels, n_bins=n_bins, binning="quantile"), rel=1e-12)
+
+
+def test_quantile_bins_of_dask_scores(client):
+    """A DaskScores (nothing reads the logits again) gives the in-memory quantile figure;
+    all rows ignored: the uniform edges and NaN, as in memory."""
+    x, labels = _tied_calibration_data()
+    scores = ld.score(da.from_array(x, chunks=CAL_ROW_CHUNKS), labels)
+    bins = ld.reliability(scores, binning="quantile").compute()
+    expected = lc.reliability(x, labels, binning="quantile")
+    assert_same_bits(bins.edges, expected.edges)
+    assert np.array_equal(bins.counts, expected.counts)
+    assert ld.calibration_error(scores, binning="quantile").compute() == pytest.approx(
+        lc.calibration_error(x, labels, binning="quantile"), rel=1e-12)
+    none = np.full(CAL_ROWS, IGNORE)
+    empty = ld.reliability(da.from_array(x, chunks=CAL_ROW_CHUNKS), none,
+                           binning="quantile").compute()
+    assert_same_bits(empty.edges, lc.reliability(x, none, binning="quantile").edges)
+    assert np.isnan(ld.calibration_error(da.from_array(x, chunks=CAL_ROW_CHUNKS), none,
+                                         binning="quantile").compute())
 
 
 @needs_sklearn

@@ -1586,6 +1586,153 @@ def _top_label_scores(logits_or_scores, labels, axis, ignore_index, temperature,
                  fields=("confidence", "correct", "kept"), backend=backend)
 
 
+# --- quantile bins ----------------------------------------------------------------
+#
+# The in-memory quantile edges are np.quantile (linear interpolation) of every kept
+# confidence: for q = k / M it reads the order statistics of ranks floor((n - 1) q) and
+# the next one. On dask they are found exactly without gathering the confidences: the
+# bit pattern of a float64 >= 0, read as uint64, sorts as the float does, so a histogram
+# over the leading bits of the patterns tells which bin holds each needed rank. Pass 1
+# counts the confidences of every block by their leading 16 bits (sign, exponent, 4 bits
+# of mantissa); only the non-empty bins travel, as (key, count) pairs, merged in a tree.
+# While the bins holding the needed ranks hold more than _QUANTILE_GATHER_LIMIT
+# confidences, a further pass counts only the confidences in those bins by their next 8
+# bits (each pass divides those bins by up to 256; at most 6 such passes: 64 bits name
+# one value). The last pass gathers just the confidences in the bins holding the ranks;
+# the caller sorts them, reads the order statistics and interpolates between them as
+# np.quantile does.
+
+_QUANTILE_FIRST_BITS = 16
+_QUANTILE_LEVEL_BITS = 8
+_QUANTILE_GATHER_LIMIT = 1 << 16
+
+
+def _confidence_bits(scores):
+    """The kept, non-NaN top-label confidences of one row block's Scores as float64 bit
+    patterns (uint64): the order of the patterns is the order of the values."""
+    from . import _calibration as cal
+
+    confidence, _ = cal._top_label(scores, None, -1, -100, None, None)
+    confidence = np.asarray(confidence, dtype=np.float64).reshape(-1)
+    # + 0.0 turns a -0.0 into 0.0, whose pattern sorts first
+    confidence = confidence[~np.isnan(confidence)] + 0.0
+    return confidence.view(np.uint64)
+
+
+def _in_bins(bits, prefix_bits, keys):
+    """The patterns of ``bits`` whose leading ``prefix_bits`` bits are in ``keys``."""
+    if prefix_bits == 0:
+        return bits
+    return bits[np.isin(bits >> np.uint64(64 - prefix_bits), keys)]
+
+
+def _block_bit_histogram(scores, *, prefix_bits, keys, width):
+    """(keys, counts) of the non-empty bins of the leading ``prefix_bits`` + ``width``
+    bits, of one block's confidences in the bins ``keys`` of the leading ``prefix_bits``
+    bits."""
+    bits = _in_bins(_confidence_bits(scores), prefix_bits, keys)
+    shift = np.uint64(64 - prefix_bits - width)
+    found, counts = np.unique(bits >> shift, return_counts=True)
+    return found, counts.astype(np.int64)
+
+
+def _merge_bit_histograms(parts):
+    keys = np.concatenate([part[0] for part in parts])
+    counts = np.concatenate([part[1] for part in parts])
+    merged, where = np.unique(keys, return_inverse=True)
+    totals = np.zeros(merged.size, np.int64)
+    np.add.at(totals, where, counts)
+    return merged, totals
+
+
+def _block_bin_members(scores, *, prefix_bits, keys):
+    return _in_bins(_confidence_bits(scores), prefix_bits, keys)
+
+
+def _merge_members(parts):
+    return np.concatenate(parts)
+
+
+def _quantile_ranks(n, n_bins):
+    """np.quantile's linear interpolation for q = linspace(0, 1, n_bins + 1) of n values:
+    (lower rank, upper rank, weight) per q, computed as numpy computes them."""
+    virtual = (n - 1) * np.linspace(0.0, 1.0, n_bins + 1)
+    lower = np.floor(virtual)
+    at_end = virtual >= n - 1  # numpy takes the last value there (lower = upper = -1)
+    upper = np.where(at_end, n - 1, lower + 1).astype(np.int64)
+    gamma = virtual - np.where(at_end, -1.0, lower)
+    lower = np.where(at_end, n - 1, lower).astype(np.int64)
+    return lower, upper, gamma
+
+
+def _lerp_as_numpy(a, b, t):
+    """numpy's _lerp (np.quantile's interpolation), bit for bit: a + (b - a) t, or
+    b - (b - a)(1 - t) where t >= 0.5."""
+    diff = b - a
+    result = a + diff * t
+    return np.where(t >= 0.5, b - diff * (1.0 - t), result)
+
+
+def _exact_quantile_edges(blocks, n_bins):
+    """``_calibration._quantile_edges`` of the confidences of the row blocks ``blocks``
+    (dask.delayed Scores), bit for bit, from histograms of the confidences' bit patterns
+    and the confidences of the few bins holding the needed order statistics."""
+    from . import _calibration as cal
+
+    histogram = dask.delayed(_block_bit_histogram, pure=True)
+    prefix_bits, keys, width = 0, np.zeros(1, np.uint64), _QUANTILE_FIRST_BITS
+    (found, counts), = dask.compute(tree_merge(
+        [histogram(block, prefix_bits=0, keys=keys, width=width) for block in blocks],
+        _merge_bit_histograms))
+    n = int(counts.sum())
+    if n == 0:
+        return cal.uniform_edges(n_bins)
+    lower, upper, gamma = _quantile_ranks(n, n_bins)
+    inner = slice(1, n_bins)  # the outer edges are 0 and 1
+    ranks = np.unique(np.concatenate([lower[inner], upper[inner]]))
+    if not ranks.size:  # one bin: no inner edge
+        return cal.uniform_edges(n_bins)
+    # each needed rank: the key of the bin holding it and its offset within that bin
+    rank_keys = np.zeros(ranks.size, np.uint64)
+    offsets = ranks.copy()
+    while True:
+        parents = found >> np.uint64(width)
+        for i, (key, offset) in enumerate(zip(rank_keys, offsets)):
+            in_parent = parents == key
+            sub_keys, sub_counts = found[in_parent], counts[in_parent]
+            below = np.cumsum(sub_counts)
+            j = int(np.searchsorted(below, offset, side="right"))
+            rank_keys[i] = sub_keys[j]
+            offsets[i] = offset - (below[j] - sub_counts[j])
+        prefix_bits += width
+        keys = np.unique(rank_keys)
+        held = int(counts[np.isin(found, keys)].sum())
+        if prefix_bits == 64 or held <= _QUANTILE_GATHER_LIMIT:
+            break
+        width = _QUANTILE_LEVEL_BITS
+        (found, counts), = dask.compute(tree_merge(
+            [histogram(block, prefix_bits=prefix_bits, keys=keys, width=width)
+             for block in blocks], _merge_bit_histograms))
+    if prefix_bits == 64:  # each key is one value
+        values = rank_keys.view(np.float64)
+    else:
+        members = dask.delayed(_block_bin_members, pure=True)
+        (gathered,) = dask.compute(tree_merge(
+            [members(block, prefix_bits=prefix_bits, keys=keys) for block in blocks],
+            _merge_members))
+        gathered = np.sort(gathered)
+        gathered_keys = gathered >> np.uint64(64 - prefix_bits)
+        starts = np.searchsorted(gathered_keys, rank_keys, side="left")
+        values = gathered[starts + offsets].view(np.float64)
+    by_rank = dict(zip(ranks.tolist(), values.tolist()))
+    edges = np.zeros(n_bins + 1)
+    a = np.array([by_rank[r] for r in lower[inner].tolist()], np.float64)
+    b = np.array([by_rank[r] for r in upper[inner].tolist()], np.float64)
+    edges[inner] = _lerp_as_numpy(a, b, gamma[inner])
+    edges[0], edges[-1] = 0.0, 1.0
+    return edges
+
+
 def reliability(logits_or_scores, labels=None, *, n_bins=15, binning="uniform", axis=-1,
                 ignore_index=-100, temperature=None, backend=None):
     """``logitcore.reliability`` of dask logits (with dask or in-memory ``labels``) or of
@@ -1597,21 +1744,26 @@ def reliability(logits_or_scores, labels=None, *, n_bins=15, binning="uniform", 
     ones exactly, the sums up to the order of float64 additions. Row- and class-chunked
     logits both work (class chunks go through ``score``'s merged states: the confidences
     within 1 ulp of the in-memory ones, so a confidence within an ulp of a bin edge may
-    change bin). ``binning="quantile"`` needs every confidence at once and is not
-    supported on dask arrays (NotImplementedError).
+    change bin).
+
+    ``binning="quantile"``: the edges are exactly the in-memory ones (np.quantile of the
+    kept confidences, bit for bit) without gathering the confidences: histograms of the
+    confidences' float64 bit patterns find the bins holding the order statistics
+    np.quantile reads, and only the confidences of those bins are gathered (see the
+    comment above ``_exact_quantile_edges``). These passes run when ``reliability`` is
+    called (typically two histogram passes and one gather, each scoring the blocks
+    again unless the logits are persisted); the bins themselves stay lazy.
     """
     from . import _calibration as cal
 
     cal._check_choice(binning, "binning", cal.BINNINGS)
-    if binning == "quantile":
-        raise NotImplementedError("binning='quantile' needs all the confidences at once; "
-                                  "on dask arrays use binning='uniform' (or compute "
-                                  "score(...).confidence and call logitcore.reliability)")
     edges = cal.uniform_edges(n_bins)
     scores = _top_label_scores(logits_or_scores, labels, axis, ignore_index, temperature,
                                backend)
-    bins = [dask.delayed(_block_bins, pure=True)(block, edges=edges)
-            for block in scores._blocks.to_delayed().ravel()]
+    blocks = list(scores._blocks.to_delayed().ravel())
+    if binning == "quantile":
+        edges = _exact_quantile_edges(blocks, n_bins)
+    bins = [dask.delayed(_block_bins, pure=True)(block, edges=edges) for block in blocks]
     return tree_merge(bins, cal.CalibrationBins.combine)
 
 
@@ -1638,7 +1790,9 @@ def calibration_error(logits_or_scores, labels=None, *, n_bins=15, binning="unif
 
     ``mode="classwise"`` needs logits whose class axis is one chunk (each block bins
     every class's probability of its rows; one CalibrationBins per class travels per
-    block); ``binning="quantile"`` is not supported on dask arrays.
+    block). ``binning="quantile"`` (top-label): the in-memory quantile edges exactly,
+    computed when called (see ``reliability``); classwise takes uniform bins only, as in
+    memory.
     """
     from . import _calibration as cal
 
