@@ -630,11 +630,88 @@ def test_fit_temperature_row_chunks(client, dtype, weighted):
     assert got.nll_after == pytest.approx(want_nll, rel=1e-9)
 
 
-def test_fit_temperature_class_chunks_raise_naming_the_chunking(client):
-    x, labels = _calibration_data(np.float32)
-    with pytest.raises(ValueError, match=r"needs whole rows.*3 chunks along the class "
-                                         r"axis.*rechunk"):
-        ld.fit_temperature(da.from_array(x, chunks=CAL_CLASS_CHUNKS), labels)
+def _numpy_nll(x, labels, weights):
+    """The weighted mean NLL of softmax(b x) as a function of b, written out in float64
+    NumPy (kept rows only): the independent reference for the class-chunked fit."""
+    kept = labels != IGNORE
+    if weights is not None:
+        kept &= weights != 0
+    x = x[kept].astype(np.float64)
+    y = labels[kept]
+    w = np.ones(len(y)) if weights is None else weights[kept].astype(np.float64)
+
+    def nll(b):
+        z = b * x
+        top = z.max(axis=1, keepdims=True)
+        lse = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+        return np.sum(w * (lse - z[np.arange(len(y)), y])) / np.sum(w)
+    return nll
+
+
+# 2 class chunks with 4 row chunks, 3 class chunks with 1
+CAL_CLASS_CHUNKINGS = [(150, 6), (CAL_ROWS, 5)]
+
+
+@pytest.mark.parametrize("chunks", CAL_CLASS_CHUNKINGS, ids=str)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_fit_temperature_class_chunks(client, dtype, weighted, chunks):
+    """Class chunks are never rechunked: every pass merges per-row states in a tree.
+    The same fit as in memory (temperature within 1e-9), ignored rows and weight-0 rows
+    left out (one holds a NaN), and the minimiser of a NumPy NLL by SciPy's Brent."""
+    from scipy.optimize import minimize_scalar
+
+    x, labels = _calibration_data(dtype)
+    weights = None
+    if weighted:
+        weights = np.random.default_rng(2).random(CAL_ROWS) * 2
+        weights[[10, 11]] = 0.0
+        x[10, 4] = np.nan                     # left out by its weight 0
+    d = da.from_array(x, chunks=chunks)
+    assert d.numblocks[1] in (2, 3)
+    got = ld.fit_temperature(d, labels, sample_weight=weights)
+    expected = lc.fit_temperature(x, labels, sample_weight=weights)
+    assert got.status == expected.status == "optimal" and got.converged
+    assert got.temperature == pytest.approx(expected.temperature, rel=1e-9)
+    assert got.nll_before == pytest.approx(expected.nll_before, rel=1e-12)
+    assert got.nll_after == pytest.approx(expected.nll_after, rel=1e-12)
+    compute_x = x.astype(np.float32) if dtype == np.float16 else x
+    w_ref = None if weights is None else weights.astype(compute_x.dtype)
+    nll = _numpy_nll(compute_x, labels, w_ref)
+    found = minimize_scalar(lambda log_t: nll(np.exp(-log_t)), bounds=(-5, 5),
+                            method="bounded", options={"xatol": 1e-11, "maxiter": 1000})
+    assert got.temperature == pytest.approx(np.exp(found.x), rel=1e-6)
+    assert got.nll_after == pytest.approx(found.fun, rel=1e-9)
+    assert got.nll_before == pytest.approx(nll(1.0), rel=1e-12)
+
+
+def test_fit_temperature_class_chunks_edge_rows(client):
+    """The edge rows on 4 and 14 class chunks (a maximum tied across two chunks, masked
+    classes): the in-memory fit once the rows whose NLL is infinite are ignored; those
+    rows, kept, raise ValueError naming the first; separable and all-ignored labels as
+    in memory."""
+    x, labels = _logits(np.float64), _labels()
+    fitted = labels.copy()
+    fitted[[1, 2, 3, 4]] = IGNORE           # NaN, all -inf, +inf, -inf at the label
+    for chunks in CLASS_CHUNKINGS:
+        d = da.from_array(x, chunks=chunks)
+        got = ld.fit_temperature(d, fitted)
+        expected = lc.fit_temperature(x, fitted)
+        assert got.status == expected.status
+        assert got.temperature == pytest.approx(expected.temperature, rel=1e-9)
+        assert got.nll_after == pytest.approx(expected.nll_after, rel=1e-12)
+    for row in (1, 2, 3, 4):
+        one_bad = fitted.copy()
+        one_bad[row] = labels[row]
+        with pytest.raises(ValueError, match=rf"row \[{row}\] \(kept\) holds NaN"):
+            ld.fit_temperature(d, one_bad)
+    x, labels = _calibration_data(np.float64)
+    d = da.from_array(x, chunks=CAL_CLASS_CHUNKS)
+    separable = ld.fit_temperature(d, np.argmax(x, axis=1))
+    assert separable.status == "separable" and separable.temperature == 0.0
+    assert separable.nll_after == lc.fit_temperature(x, np.argmax(x, axis=1)).nll_after
+    with pytest.raises(ValueError, match="no rows to fit"):
+        ld.fit_temperature(d, np.full(CAL_ROWS, IGNORE))
 
 
 def test_fit_temperature_edge_outcomes(client):
@@ -648,8 +725,50 @@ def test_fit_temperature_edge_outcomes(client):
         ld.fit_temperature(da.from_array(bad, chunks=CAL_ROW_CHUNKS), labels)
     separable = ld.fit_temperature(d, np.argmax(x, axis=1))
     assert separable.status == "separable" and separable.temperature == 0.0
-    with pytest.raises(NotImplementedError, match="platt"):
-        ld.fit_temperature(d[:, 0], labels > 5, kind="binary", method="platt")
+    with pytest.raises(ValueError, match="platt.*binary"):
+        ld.fit_temperature(d, labels, method="platt")
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fit_platt(client, weighted):
+    """Platt scaling on dask (each evaluation a reduction of seven sums per block): the
+    in-memory fit (the same iteration; sums in another order), and scikit-learn's
+    unregularised logistic regression on the one feature, with ignored rows and weights
+    (a weight-0 row holding NaN is left out)."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(4)
+    n = 3000
+    t = rng.integers(0, 2, n)
+    x = (3.0 * (2 * t - 1) + 2.0 * rng.standard_normal(n) + 1.5).astype(np.float32)
+    t[[5, 77, 1234]] = IGNORE
+    weights = None
+    if weighted:
+        weights = rng.random(n) * 2
+        weights[9] = 0.0
+        x[9] = np.nan
+    got = ld.fit_temperature(da.from_array(x, chunks=700), t, kind="binary",
+                             method="platt", ignore_index=IGNORE, sample_weight=weights)
+    expected = lc.fit_temperature(x, t, kind="binary", method="platt",
+                                  ignore_index=IGNORE, sample_weight=weights)
+    assert got.converged and got.status == "optimal" and got.kind == "binary"
+    assert got.temperature == pytest.approx(expected.temperature, rel=1e-9)
+    assert got.bias == pytest.approx(expected.bias, rel=1e-9)
+    assert got.nll_after == pytest.approx(expected.nll_after, rel=1e-12)
+    kept = t != IGNORE
+    if weighted:
+        kept &= weights != 0
+    model = linear_model.LogisticRegression(C=1e12, tol=1e-13, max_iter=10000)
+    model.fit(x[kept, None].astype(np.float64), t[kept],
+              sample_weight=None if weights is None else weights[kept])
+    assert 1.0 / got.temperature == pytest.approx(model.coef_[0, 0], rel=1e-6)
+    assert got.bias == pytest.approx(model.intercept_[0], rel=1e-6)
+    if weighted:  # the NaN row kept (weight 1): refused
+        with pytest.raises(ValueError, match="kept logit is NaN"):
+            ld.fit_temperature(da.from_array(x, chunks=700), t, kind="binary",
+                               method="platt", ignore_index=IGNORE)
+    with pytest.raises(ValueError, match="no rows to fit"):
+        ld.fit_temperature(da.from_array(x, chunks=700), np.full(n, IGNORE),
+                           kind="binary", method="platt", ignore_index=IGNORE)
 
 
 def _sigmoid_reference_temperature(margins):
@@ -725,8 +844,74 @@ def test_calibration_from_dask_scores_and_classwise(client):
     with pytest.raises(ValueError, match="classwise.*whole rows"):
         ld.calibration_error(da.from_array(x, chunks=CAL_CLASS_CHUNKS), labels,
                              mode="classwise")
-    with pytest.raises(NotImplementedError, match="quantile"):
-        ld.calibration_error(d, labels, binning="quantile")
+    with pytest.raises(ValueError, match="classwise' supports binning='uniform' only"):
+        ld.calibration_error(d, labels, mode="classwise", binning="quantile")
+
+
+def _tied_calibration_data():
+    """Calibration logits (float32) where a third of the rows repeat one row (a run of
+    tied confidences across every block), with ignored rows and a NaN row."""
+    x, labels = _calibration_data(np.float32)
+    x[::3] = x[1]
+    labels[::3] = labels[1]
+    x[7, 2] = np.nan              # NaN confidence: left out of bins and edges
+    return x, labels
+
+
+@pytest.mark.parametrize("chunks,gather_limit", [
+    (CAL_ROW_CHUNKS, 1 << 20), ((100, CAL_CLASSES), 40), (CAL_CLASS_CHUNKS, 1 << 20),
+    (CAL_CLASS_CHUNKS, 0)], ids=str)
+def test_quantile_bins_exact(client, monkeypatch, chunks, gather_limit):
+    """binning='quantile' without gathering the confidences: the edges are np.quantile's
+    of the kept confidences bit for bit (written out in the test on the computed
+    confidences; on row chunks also the in-memory edges), and the figures are Guo's ECE
+    on those edges. gather_limit 40 and 0 force the finer histogram passes (0: down to
+    the full 64 bits, where no value is gathered at all)."""
+    monkeypatch.setattr(ld, "_QUANTILE_GATHER_LIMIT", gather_limit)
+    x, labels = _tied_calibration_data()
+    d = da.from_array(x, chunks=chunks)
+    computed = ld.score(d, labels).compute()
+    kept = (labels != IGNORE) & ~np.isnan(computed.confidence)
+    confidence = computed.confidence[kept].astype(np.float64)
+    correct = computed.correct[kept]
+    for n_bins in (15, 4):
+        want_edges = np.quantile(confidence, np.linspace(0.0, 1.0, n_bins + 1))
+        want_edges[0], want_edges[-1] = 0.0, 1.0
+        bins = ld.reliability(d, labels, n_bins=n_bins, binning="quantile").compute()
+        assert_same_bits(bins.edges, want_edges)
+        assert bins.counts.sum() == kept.sum()
+        if chunks[1] == CAL_CLASSES:  # whole rows: the in-memory bins themselves
+            expected = lc.reliability(x, labels, n_bins=n_bins, binning="quantile")
+            assert_same_bits(bins.edges, expected.edges)
+            assert np.array_equal(bins.counts, expected.counts)
+        assert bins.error("max") == pytest.approx(
+            guo_ece(confidence, correct, norm="max", edges=want_edges), rel=1e-12)
+        got = ld.calibration_error(d, labels, n_bins=n_bins,
+                                   binning="quantile").compute()
+        assert got == pytest.approx(guo_ece(confidence, correct, edges=want_edges),
+                                    rel=1e-12)
+        if chunks[1] == CAL_CLASSES:
+            assert got == pytest.approx(lc.calibration_error(
+                x, labels, n_bins=n_bins, binning="quantile"), rel=1e-12)
+
+
+def test_quantile_bins_of_dask_scores(client):
+    """A DaskScores (nothing reads the logits again) gives the in-memory quantile figure;
+    all rows ignored: the uniform edges and NaN, as in memory."""
+    x, labels = _tied_calibration_data()
+    scores = ld.score(da.from_array(x, chunks=CAL_ROW_CHUNKS), labels)
+    bins = ld.reliability(scores, binning="quantile").compute()
+    expected = lc.reliability(x, labels, binning="quantile")
+    assert_same_bits(bins.edges, expected.edges)
+    assert np.array_equal(bins.counts, expected.counts)
+    assert ld.calibration_error(scores, binning="quantile").compute() == pytest.approx(
+        lc.calibration_error(x, labels, binning="quantile"), rel=1e-12)
+    none = np.full(CAL_ROWS, IGNORE)
+    empty = ld.reliability(da.from_array(x, chunks=CAL_ROW_CHUNKS), none,
+                           binning="quantile").compute()
+    assert_same_bits(empty.edges, lc.reliability(x, none, binning="quantile").edges)
+    assert np.isnan(ld.calibration_error(da.from_array(x, chunks=CAL_ROW_CHUNKS), none,
+                                         binning="quantile").compute())
 
 
 @needs_sklearn

@@ -357,24 +357,50 @@ def _fit_sigmoid(logits, labels, axis, kind, ignore_index, sample_weight, method
     return fit_temperature_by_sums(lambda b: _sigmoid_sums(z, w, b), kind)
 
 
+def _platt_sums(x, s, w, a, c):
+    """The seven float64 sums of one Platt evaluation at slope ``a`` and bias ``c`` over
+    a batch of kept logits ``x`` with label signs ``s`` (+1 / -1) and weights ``w``:
+    (weight, sum w softplus(-m), sum w s x q, sum w s q, sum h x^2, sum h x, sum h) with
+    the margin m = s (a x + c), q = sigmoid(-m) and h = w q (1 - q). Each is a sum of
+    per-row terms, so the sums of batches of rows add up to those of all the rows."""
+    margin = s * (a * x + c)
+    with np.errstate(over="ignore"):
+        q = 1.0 / (1.0 + np.exp(margin))
+    curv = w * q * (1.0 - q)
+    return np.array([w.sum(), np.sum(w * _softplus(-margin)), np.sum(w * (s * x) * q),
+                     np.sum(w * s * q), np.sum(curv * x * x), np.sum(curv * x),
+                     np.sum(curv)], dtype=np.float64)
+
+
+def _platt_from_sums(sums):
+    """(mean NLL, gradient, Hessian) in (a, c) from ``_platt_sums`` of every kept row."""
+    total = sums[0]
+    if total == 0.0:
+        raise ValueError("fit_temperature: no rows to fit: every label is ignore_index "
+                         "or has weight 0")
+    grad = -np.array([sums[2], sums[3]]) / total
+    hess = np.array([[sums[4], sums[5]], [sums[5], sums[6]]]) / total
+    return sums[1] / total, grad, hess
+
+
 def _fit_platt(x, s, w):
+    """Platt scaling of in-memory logits (see ``fit_platt_by_sums``)."""
+    return fit_platt_by_sums(lambda a, c: _platt_sums(x, s, w, a, c))
+
+
+def fit_platt_by_sums(platt_sums) -> TemperatureFit:
     """Platt scaling: (a, c) minimising the weighted mean BCE of sigmoid(a x + c) against
     labels of sign s (+1 / -1), by Newton with a backtracking line search (the loss is
-    convex in (a, c)); plain maximum likelihood, without Platt's smoothed targets."""
-    zz = s * x  # the signed margin of slope 1
+    convex in (a, c)); plain maximum likelihood, without Platt's smoothed targets.
+
+    ``platt_sums(a, c)`` gives the seven sums of ``_platt_sums`` over every kept row:
+    one read of the logits per call (in memory one NumPy pass, on dask one distributed
+    reduction of seven float64 per block), so the in-memory and the dask fit run this
+    one iteration."""
     params = np.array([1.0, 0.0])
 
     def evaluate(a, c):
-        margin = s * (a * x + c)
-        with np.errstate(over="ignore"):
-            q = 1.0 / (1.0 + np.exp(margin))
-        total = w.sum()
-        nll = np.sum(w * _softplus(-margin)) / total
-        grad = -np.array([np.sum(w * zz * q), np.sum(w * s * q)]) / total
-        curv = w * q * (1.0 - q)
-        hess = np.array([[np.sum(curv * x * x), np.sum(curv * x)],
-                         [np.sum(curv * x), np.sum(curv)]]) / total
-        return nll, grad, hess
+        return _platt_from_sums(platt_sums(float(a), float(c)))
 
     nll, grad, hess = evaluate(*params)
     nll_before, passes, converged = nll, 1, False
