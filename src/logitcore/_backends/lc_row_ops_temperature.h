@@ -222,11 +222,11 @@ LC_INLINE void LC_NAME(lc_temperature_narrow_tile)(
     double s1[LC_TEMPERATURE_TILE_ROWS], s2[LC_TEMPERATURE_TILE_ROWS];
     double s3[LC_TEMPERATURE_TILE_ROWS];
     double terms[LC_TEMPERATURE_SUMS][LC_TEMPERATURE_TILE_ROWS];
-    for (lc_index r = 0; r < n_rows; r++) {
-        const LC_REAL* row = x + r * n_classes;
-        for (lc_index c = 0; c < n_classes; c++)
-            values[c * n_rows + r] = (double)row[c];
-    }
+    /* column by column (strided reads of the tile, which is in L1/L2 after the first
+       column): 8% fewer instructions than row by row (callgrind, AVX2 clone) */
+    for (lc_index c = 0; c < n_classes; c++)
+        for (lc_index r = 0; r < n_rows; r++)
+            values[c * n_rows + r] = (double)x[r * n_classes + c];
     for (lc_index r = 0; r < n_rows; r++) {
         /* an ignored row's terms are taken (from class 0) and then weighted 0; the label's
            logit comes from the copy (in L1), not from x */
