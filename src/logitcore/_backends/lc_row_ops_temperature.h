@@ -90,6 +90,37 @@ LC_INLINE void lc_temperature_merge(lc_temperature_state* row, lc_temperature_st
     }
 }
 
+/* exp(x) for x <= 0 (or NaN, which propagates), as lc_exp_f64 but with results below
+   2^-1021 (x < -708) flushed to 0: they are below 1e-307 next to a row's sum of at least 1
+   (its max's term). One 2^k factor instead of two and no upper clamp: 10% fewer
+   instructions in the pass (callgrind, AVX2 clone, 1048576x10). x > 0 comes only from a
+   block whose max is not finite (shift 0): its row's terms are NaN whatever this gives. */
+LC_INLINE double lc_temperature_exp(double x)
+{
+    double clamped = -708.0 > x ? -708.0 : x; /* maxpd: x when x is NaN */
+    const double round_magic = LC_ROUND_MAGIC_F64;
+    double k_plus_magic = clamped * LC_LOG2E + round_magic;
+    double k_float = k_plus_magic - round_magic;
+    int64_t k = lc_double_bits(k_plus_magic) - lc_double_bits(round_magic);
+    double r = clamped - k_float * LC_LN2_HI_F64;
+    r = r - k_float * LC_LN2_LO_F64;
+    double poly = LC_EXP_POLY_F64_0;
+    poly = poly * r + LC_EXP_POLY_F64_1;
+    poly = poly * r + LC_EXP_POLY_F64_2;
+    poly = poly * r + LC_EXP_POLY_F64_3;
+    poly = poly * r + LC_EXP_POLY_F64_4;
+    poly = poly * r + LC_EXP_POLY_F64_5;
+    poly = poly * r + LC_EXP_POLY_F64_6;
+    poly = poly * r + LC_EXP_POLY_F64_7;
+    poly = poly * r + LC_EXP_POLY_F64_8;
+    poly = poly * r + LC_EXP_POLY_F64_9;
+    poly = poly * r + LC_EXP_POLY_F64_10;
+    poly = poly * r + LC_EXP_POLY_F64_11;
+    double exp_r = poly * (r * r) + r + 1.0;
+    double scale = lc_double_from_bits((int64_t)((uint64_t)(k + 1023) << 52));
+    return x < -708.0 ? 0.0 : exp_r * scale;
+}
+
 /* One element's terms at inverse temperature b, d = x - shift: added to the exp-sum state
    (others, n_at_max) and the moments s1 = sum e d, s2 = sum e d^2, s3 = sum e d^3.
    Branch-free so that
@@ -101,7 +132,7 @@ LC_INLINE void lc_temperature_merge(lc_temperature_state* row, lc_temperature_st
     do {                                                                             \
         double d_ = (d_value);                                                       \
         double clamped_ = d_ < -LC_TEMPERATURE_FLOOR ? -LC_TEMPERATURE_FLOOR : d_;     \
-        double e_ = lc_exp_f64((b) * d_);                                            \
+        double e_ = lc_temperature_exp((b) * d_);                                          \
         double at_max_ = (double)(d_ == 0.0);                                        \
         (others) += e_ - at_max_;                                                    \
         (n_at_max) += at_max_;                                                       \
