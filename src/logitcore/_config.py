@@ -38,9 +38,11 @@ DEFAULT_AUTO_ORDER = ("numba", "cython", "numpy")
 # scalar per row; cython forms the fields for batches of rows).
 AUTO_ORDER_BY_KERNEL: dict[str, tuple[str, ...]] = {
     "score_multiclass": ("cython", "numba", "numpy"),
-    # temperature_nll (fit_temperature's pass): cython takes narrow rows as row tiles,
-    # numba row by row; CPU time per pass, 2 threads, float32: 57 vs 85 ms at 1048576x10,
-    # 104 vs 116 ms at 65536x1000 (interleaved, on a loaded machine).
+    # temperature_nll (fit_temperature's pass): cython takes narrow rows as row tiles
+    # vectorised across the rows, numba row by row; wall time per pass, 2 threads,
+    # float32, 1048576x10: 32 vs 138 ms (medians of 9, interleaved, on a loaded machine;
+    # before the tiles were vectorised across rows: 57 vs 85 ms CPU time); 104 vs 116 ms
+    # CPU time at 65536x1000.
     "temperature_nll": ("cython", "numba", "numpy"),
 }
 # Below this many elements cython never wakes its pool (kernel_constants.py).

@@ -1253,7 +1253,10 @@ def temperature_nll(cnp.ndarray x not None, cnp.ndarray labels not None,
     cdef int k
     n_threads = <int>min(<Py_ssize_t>usable_threads(n_threads), max(n_chunks, 1))
     with nogil:
-        for chunk in prange(n_chunks, num_threads=n_threads, schedule="static"):
+        # dynamic: a thread that the OS holds back (a shared machine) leaves its chunks to
+        # the others instead of holding up the pass; each chunk's sums still go to its own
+        # slot and are added in chunk order, so the result does not change
+        for chunk in prange(n_chunks, num_threads=n_threads, schedule="dynamic"):
             first = chunk * rows_per_chunk
             end = min(n_rows, first + rows_per_chunk)
             if type_num == cnp.NPY_FLOAT:
