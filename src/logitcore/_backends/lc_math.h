@@ -64,14 +64,16 @@ LC_INLINE float lc_exp_f32(float x)
     return exp_r * scale_a * scale_b;
 }
 
-LC_INLINE double lc_exp_f64(double x)
+/* The shared core of the float64 exps (lc_exp_f64, and the kernels' variants with other
+   clamps and scalings): for an already clamped x, writes k (and k as a double) with
+   x = k ln2 + r, |r| <= ln2 / 2, and returns exp(r). */
+LC_INLINE double lc_exp_reduced_f64(double clamped, double* k_float_out, int64_t* k_out)
 {
-    double clamped = LC_EXP_LOWEST_F64 > x ? LC_EXP_LOWEST_F64 : x; /* as in lc_exp_f32 */
-    clamped = LC_EXP_HIGHEST_F64 < clamped ? LC_EXP_HIGHEST_F64 : clamped;
     const double round_magic = LC_ROUND_MAGIC_F64; /* 1.5 * 2^52 */
     double k_plus_magic = clamped * LC_LOG2E + round_magic;
     double k_float = k_plus_magic - round_magic;
-    int64_t k = lc_double_bits(k_plus_magic) - lc_double_bits(round_magic);
+    *k_float_out = k_float;
+    *k_out = lc_double_bits(k_plus_magic) - lc_double_bits(round_magic);
     double r = clamped - k_float * LC_LN2_HI_F64;
     r = r - k_float * LC_LN2_LO_F64;
     double poly = LC_EXP_POLY_F64_0;
@@ -86,7 +88,17 @@ LC_INLINE double lc_exp_f64(double x)
     poly = poly * r + LC_EXP_POLY_F64_9;
     poly = poly * r + LC_EXP_POLY_F64_10;
     poly = poly * r + LC_EXP_POLY_F64_11;
-    double exp_r = poly * (r * r) + r + 1.0;
+    return poly * (r * r) + r + 1.0;
+}
+
+LC_INLINE double lc_exp_f64(double x)
+{
+    double clamped = LC_EXP_LOWEST_F64 > x ? LC_EXP_LOWEST_F64 : x; /* as in lc_exp_f32 */
+    clamped = LC_EXP_HIGHEST_F64 < clamped ? LC_EXP_HIGHEST_F64 : clamped;
+    const double round_magic = LC_ROUND_MAGIC_F64;
+    double k_float;
+    int64_t k;
+    double exp_r = lc_exp_reduced_f64(clamped, &k_float, &k);
     /* Halve k with the same rounding trick: AVX2 has no 64-bit arithmetic shift or
        division, and any split of k into two halves in [-538, 512] works. */
     double half_plus_magic = k_float * 0.5 + round_magic;

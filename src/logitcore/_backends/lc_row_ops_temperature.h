@@ -98,25 +98,9 @@ LC_INLINE void lc_temperature_merge(lc_temperature_state* row, lc_temperature_st
 LC_INLINE double lc_temperature_exp(double x)
 {
     double clamped = -708.0 > x ? -708.0 : x; /* maxpd: x when x is NaN */
-    const double round_magic = LC_ROUND_MAGIC_F64;
-    double k_plus_magic = clamped * LC_LOG2E + round_magic;
-    double k_float = k_plus_magic - round_magic;
-    int64_t k = lc_double_bits(k_plus_magic) - lc_double_bits(round_magic);
-    double r = clamped - k_float * LC_LN2_HI_F64;
-    r = r - k_float * LC_LN2_LO_F64;
-    double poly = LC_EXP_POLY_F64_0;
-    poly = poly * r + LC_EXP_POLY_F64_1;
-    poly = poly * r + LC_EXP_POLY_F64_2;
-    poly = poly * r + LC_EXP_POLY_F64_3;
-    poly = poly * r + LC_EXP_POLY_F64_4;
-    poly = poly * r + LC_EXP_POLY_F64_5;
-    poly = poly * r + LC_EXP_POLY_F64_6;
-    poly = poly * r + LC_EXP_POLY_F64_7;
-    poly = poly * r + LC_EXP_POLY_F64_8;
-    poly = poly * r + LC_EXP_POLY_F64_9;
-    poly = poly * r + LC_EXP_POLY_F64_10;
-    poly = poly * r + LC_EXP_POLY_F64_11;
-    double exp_r = poly * (r * r) + r + 1.0;
+    double k_float;
+    int64_t k;
+    double exp_r = lc_exp_reduced_f64(clamped, &k_float, &k);
     double scale = lc_double_from_bits((int64_t)((uint64_t)(k + 1023) << 52));
     return x < -708.0 ? 0.0 : exp_r * scale;
 }
