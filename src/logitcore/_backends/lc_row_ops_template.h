@@ -1042,6 +1042,7 @@ typedef struct {
     double moment[LC_TILE_MAX_ROWS];
     double squares[LC_TILE_MAX_ROWS];
     double total[LC_TILE_MAX_ROWS]; /* S = sum exp(x - max), NaN where max is not finite */
+    double log_total[LC_TILE_MAX_ROWS]; /* log S */
 } LC_NAME(score_rows);
 
 /* Slot r of `rows` from a row's merged state, part (its heap sorted) and label. */
@@ -1082,6 +1083,13 @@ LC_INLINE void LC_NAME(score_rows_finish)(const lc_score_multiclass_fields* f,
     for (lc_index r = 0; r < n; r++) /* S; NaN for a NaN row through `others` */
         rows->total[r] = isfinite(rows->max[r]) ? rows->others[r] + rows->n_at_max[r] : NAN;
     const double* total = rows->total;
+    const double* log_total = rows->log_total;
+    /* log S = log1p(S - 1): right at the edges too, see lc_exp_sums_log. Once per row for
+       every field that takes it. */
+    const int want_logprob = f->labels && (f->label_logprob || f->loss);
+    if (f->entropy || f->logsumexp || want_logprob)
+        for (lc_index r = 0; r < n; r++)
+            rows->log_total[r] = lc_log1p_f64(rows->others[r] + (rows->n_at_max[r] - 1.0));
     if (f->pred)
         for (lc_index r = 0; r < n; r++)
             f->pred[first + r] = rows->has_nan[r] != 0 ? -1 : rows->first_index[r];
@@ -1104,20 +1112,18 @@ LC_INLINE void LC_NAME(score_rows_finish)(const lc_score_multiclass_fields* f,
     if (f->entropy) /* H = log S - moment / S */
         for (lc_index r = 0; r < n; r++)
             ((LC_REAL*)f->entropy)[first + r] = (LC_REAL)(
-                lc_log1p_f64(rows->others[r] + (rows->n_at_max[r] - 1.0)) - rows->moment[r] / total[r]);
-    if (f->logsumexp) /* right at the edges too, see lc_exp_sums_log */
+                log_total[r] - rows->moment[r] / total[r]);
+    if (f->logsumexp)
         for (lc_index r = 0; r < n; r++)
-            ((LC_REAL*)f->logsumexp)[first + r] = (LC_REAL)(
-                (double)rows->max[r] + lc_log1p_f64(rows->others[r] + (rows->n_at_max[r] - 1.0)));
+            ((LC_REAL*)f->logsumexp)[first + r] = (LC_REAL)((double)rows->max[r] + log_total[r]);
     if (!f->labels)
         return;
     /* An ignored row (kept 0) is masked out: 0 everywhere. */
-    if (f->label_logprob || f->loss)
+    if (want_logprob)
         for (lc_index r = 0; r < n; r++) {
             /* x[y] - max - log S; NaN where S is (the log is taken of NaN then) */
-            double log_total = lc_log1p_f64(rows->others[r] + (rows->n_at_max[r] - 1.0));
             double logprob = ((double)rows->label_logit[r] - rows->max[r]) -
-                             (isfinite(rows->max[r]) ? log_total : NAN);
+                             (isfinite(rows->max[r]) ? log_total[r] : NAN);
             logprob = rows->kept[r] ? logprob : 0.0;
             if (f->label_logprob)
                 ((LC_REAL*)f->label_logprob)[first + r] = (LC_REAL)logprob;
@@ -1300,9 +1306,15 @@ LC_INLINE void LC_NAME(score_narrow_tile)(const lc_score_multiclass_fields* f, c
     LC_NAME(score_rows_finish)(f, rows, first, n_rows);
     if (f->top_k == 0)
         return;
-    /* The top-k probabilities across the rows first (vectorised exps, into top_value:
-       each entry is read once, just before it is overwritten), then both fields written
-       row by row in their (row, j) layout. */
+    /* Both fields formed across the rows first (vectorised: the exps, the int64
+       conversion, the NaN rows), in place of the entries ([j * n_rows + r]), then copied
+       row by row into their (row, j) layout. */
+    int64_t top_class[LC_ROW_TILE_ELEMENTS];
+    if (f->top_k_indices)
+        for (lc_index j = 0; j < f->top_k; j++)
+            for (lc_index r = 0; r < n_rows; r++)
+                top_class[j * n_rows + r] =
+                    rows->has_nan[r] != 0 ? -1 : (int64_t)top_index[j * n_rows + r];
     if (f->top_k_probs)
         for (lc_index j = 0; j < f->top_k; j++)
             for (lc_index r = 0; r < n_rows; r++)
@@ -1311,16 +1323,14 @@ LC_INLINE void LC_NAME(score_narrow_tile)(const lc_score_multiclass_fields* f, c
                         ? (LC_REAL)NAN
                         : (LC_REAL)LC_NAME(score_prob)(top_value[j * n_rows + r], rows->max[r],
                                                        rows->total[r]);
-    for (lc_index r = 0; r < n_rows; r++) {
-        const int nan_row = rows->has_nan[r] != 0;
-        const lc_index at = (first + r) * f->top_k;
-        if (f->top_k_indices)
+    if (f->top_k_indices)
+        for (lc_index r = 0; r < n_rows; r++)
             for (lc_index j = 0; j < f->top_k; j++)
-                f->top_k_indices[at + j] = nan_row ? -1 : (int64_t)top_index[j * n_rows + r];
-        if (f->top_k_probs)
+                f->top_k_indices[(first + r) * f->top_k + j] = top_class[j * n_rows + r];
+    if (f->top_k_probs)
+        for (lc_index r = 0; r < n_rows; r++)
             for (lc_index j = 0; j < f->top_k; j++)
-                ((LC_REAL*)f->top_k_probs)[at + j] = top_value[j * n_rows + r];
-    }
+                ((LC_REAL*)f->top_k_probs)[(first + r) * f->top_k + j] = top_value[j * n_rows + r];
 }
 
 /* lc_score_multiclass_rows_f32 / _f64: rows [first, first + count) of x (the rows
