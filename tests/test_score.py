@@ -120,6 +120,31 @@ def test_ties_go_to_the_lower_index(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("top_k", [0, 1, 2])
+def test_ties_with_a_short_top_k(backend, dtype, top_k):
+    """Narrow rows with at most two ordered entries (pred, correct, margin and top_k <= 2)
+    find the argmax and the second logit without sorting (cython): ties at the max and at
+    the second, rows of -inf and rows with some -inf, against torch."""
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 3, (300, 6)).astype(dtype)
+    x[:10] = -np.inf
+    x[10:40, ::2] = -np.inf
+    labels = rng.integers(0, 6, 300)
+    want = _torch_fields(x, labels, top_k)
+    s = logitcore.score(x, labels, top_k=top_k, backend=backend)
+    for name in ("pred", "correct", "label_rank") + (("top_k_indices",) if top_k else ()):
+        np.testing.assert_array_equal(s[name], want[name], err_msg=name)
+    for name in ("max_logit", "confidence", "margin", "logit_margin", "entropy",
+                 "logsumexp", "label_logprob", "brier") + (("top_k_probs",) if top_k else ()):
+        _close(s[name], want[name], dtype)
+    assert np.any(s.logit_margin[40:] == 0) and np.all(np.isnan(s.logit_margin[:10]))
+    only = logitcore.score(x, labels, fields=("pred", "correct"), backend=backend)
+    np.testing.assert_array_equal(only.pred, want["pred"])
+    np.testing.assert_array_equal(only.correct, want["correct"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_ignored_rows_are_masked_as_cross_entropy(backend):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((40, 5))

@@ -1132,11 +1132,12 @@ LC_INLINE void LC_NAME(score_rows_finish)(const lc_score_multiclass_fields* f,
         }
     if (f->correct)
         for (lc_index r = 0; r < n; r++)
-            f->correct[first + r] = (uint8_t)(rows->kept[r] && rows->has_nan[r] == 0 &&
-                                              rows->first_index[r] == rows->label[r]);
+            /* & not &&: no branches, the loop vectorises */
+            f->correct[first + r] = (uint8_t)((rows->kept[r] != 0) & (rows->has_nan[r] == 0) &
+                                              (rows->first_index[r] == rows->label[r]));
     if (f->label_rank)
         for (lc_index r = 0; r < n; r++)
-            f->label_rank[first + r] = rows->kept[r] && rows->has_nan[r] == 0
+            f->label_rank[first + r] = (rows->kept[r] != 0) & (rows->has_nan[r] == 0)
                                            ? 1 + (int64_t)rows->n_above[r]
                                            : 0;
     if (f->brier)
@@ -1193,6 +1194,32 @@ LC_INLINE void LC_NAME(score_narrow_sums)(const LC_REAL* xt, lc_index n_rows, lc
             if (want_squares)
                 rows->squares[r] += value * value - at_max;
         }
+}
+
+/* score_transpose_f32 / _f64: xt[c * n_rows + r] = x[r * n_classes + c], a row tile
+   transposed. Called with a constant n_classes (score_narrow_transpose), the class loop
+   unrolls: a loop of 10 per row costs as many instructions again as the copy itself. */
+LC_INLINE void LC_NAME(score_transpose)(const LC_REAL* x, lc_index n_rows, lc_index n_classes,
+                                        LC_REAL* xt)
+{
+    for (lc_index r = 0; r < n_rows; r++)
+        for (lc_index c = 0; c < n_classes; c++)
+            xt[c * n_rows + r] = x[r * n_classes + c];
+}
+
+LC_INLINE void LC_NAME(score_narrow_transpose)(const LC_REAL* x, lc_index n_rows,
+                                               lc_index n_classes, LC_REAL* xt)
+{
+    switch (n_classes) { /* the common narrow widths; any other takes the loop */
+    case 2: LC_NAME(score_transpose)(x, n_rows, 2, xt); break;
+    case 3: LC_NAME(score_transpose)(x, n_rows, 3, xt); break;
+    case 4: LC_NAME(score_transpose)(x, n_rows, 4, xt); break;
+    case 5: LC_NAME(score_transpose)(x, n_rows, 5, xt); break;
+    case 8: LC_NAME(score_transpose)(x, n_rows, 8, xt); break;
+    case 10: LC_NAME(score_transpose)(x, n_rows, 10, xt); break;
+    case 16: LC_NAME(score_transpose)(x, n_rows, 16, xt); break;
+    default: LC_NAME(score_transpose)(x, n_rows, n_classes, xt);
+    }
 }
 
 /* score_narrow_top_k_f32 / _f64: the k largest logits of each row of a transposed tile
@@ -1271,21 +1298,52 @@ LC_INLINE void LC_NAME(score_narrow_tile)(const lc_score_multiclass_fields* f, c
         rows->n_above[r] = 0;
         rows->others[r] = rows->n_at_max[r] = rows->moment[r] = rows->squares[r] = 0.0;
     }
-    for (lc_index r = 0; r < n_rows; r++)
-        for (lc_index c = 0; c < n_classes; c++)
-            xt[c * n_rows + r] = x_tile[r * n_classes + c];
+    LC_NAME(score_narrow_transpose)(x_tile, n_rows, n_classes, xt);
     for (lc_index c = 0; c < n_classes; c++)
         for (lc_index r = 0; r < n_rows; r++) {
             LC_REAL v = xt[c * n_rows + r];
             rows->max[r] = v > rows->max[r] ? v : rows->max[r];
             rows->has_nan[r] += (LC_REAL)(v != v);
-            rows->n_above[r] += (LC_REAL)(v > rank_value[r]);
         }
-    if (k > 0) {
+    if (f->want_rank)
+        for (lc_index c = 0; c < n_classes; c++)
+            for (lc_index r = 0; r < n_rows; r++)
+                rows->n_above[r] += (LC_REAL)(xt[c * n_rows + r] > rank_value[r]);
+    if (k == 1 || (k == 2 && f->top_k == 0)) {
+        /* The argmax (pred, correct) and, with k = 2, the second logit (margin) without
+           the sorted entries: the first class above all before it (NaN ignored as in the
+           scan, 0 for a row of -inf), then the max over the other classes. The index is
+           blended by arithmetic (exact: small integers): a select written back in place
+           becomes a masked store, see score_narrow_top_k. */
+        LC_REAL best[LC_TILE_MAX_ROWS];
+        for (lc_index r = 0; r < n_rows; r++) {
+            best[r] = -INFINITY;
+            top_index[r] = 0;
+        }
+        for (lc_index c = 0; c < n_classes; c++)
+            for (lc_index r = 0; r < n_rows; r++) {
+                LC_REAL v = xt[c * n_rows + r];
+                LC_REAL above = (LC_REAL)(v > best[r]);
+                best[r] = v > best[r] ? v : best[r];
+                top_index[r] += above * ((LC_REAL)c - top_index[r]);
+            }
+        for (lc_index r = 0; r < n_rows; r++) {
+            rows->first_index[r] = (int64_t)top_index[r];
+            rows->second[r] = -INFINITY;
+        }
+        if (k == 2)
+            for (lc_index c = 0; c < n_classes; c++)
+                for (lc_index r = 0; r < n_rows; r++) {
+                    LC_REAL v = (LC_REAL)c == top_index[r] ? (LC_REAL)-INFINITY : xt[c * n_rows + r];
+                    rows->second[r] = v > rows->second[r] ? v : rows->second[r];
+                }
+        for (lc_index r = 0; r < n_rows; r++)
+            top_value[r] = rows->max[r]; /* top_k = 1's probability */
+    } else if (k > 1) {
         LC_NAME(score_narrow_top_k)(xt, n_rows, n_classes, k, top_value, top_index);
         for (lc_index r = 0; r < n_rows; r++) {
             rows->first_index[r] = (int64_t)top_index[r];
-            rows->second[r] = k > 1 ? top_value[n_rows + r] : (LC_REAL)-INFINITY;
+            rows->second[r] = top_value[n_rows + r];
         }
     } else {
         for (lc_index r = 0; r < n_rows; r++) {
