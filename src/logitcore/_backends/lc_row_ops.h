@@ -238,7 +238,8 @@ LC_INLINE lc_sigmoid_logs lc_sigmoid_logs_of(double v)
    score_block_f32/_f64, score_label_f32/_f64, score_row_label_f32/_f64,
    score_rank_value_f32/_f64, score_rows_f32/_f64, score_rows_set_f32/_f64,
    score_prob_f32/_f64, score_rows_finish_f32/_f64, score_top_k_write_f32/_f64,
-   score_narrow_sums_f32/_f64, score_narrow_tile_f32/_f64,
+   score_narrow_sums_f32/_f64, score_transpose_f32/_f64, score_narrow_transpose_f32/_f64,
+   score_narrow_top_k_f32/_f64, score_top_k_copy_f32/_f64, score_narrow_tile_f32/_f64,
    lc_score_multiclass_rows_f32/_f64, lc_score_multiclass_blocks_f32/_f64,
    lc_score_multiclass_row_finish_f32/_f64, lc_score_binary_span_f32/_f64,
    lc_score_multilabel_rows_f32/_f64 */

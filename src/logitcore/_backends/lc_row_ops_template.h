@@ -1273,6 +1273,22 @@ LC_INLINE void LC_NAME(score_narrow_top_k)(const LC_REAL* xt, lc_index n_rows, l
     memcpy(top_index, entry_index[now], (size_t)(k * n_rows) * sizeof(LC_REAL));
 }
 
+/* score_top_k_copy_f32 / _f64: the top-k fields of the rows [first, first + n_rows) from
+   their values by entry (top_class / top_prob[j * n_rows + r]) into the (row, j) layout of
+   the outputs. Called with a constant k (score_narrow_tile), the j loop unrolls. */
+LC_INLINE void LC_NAME(score_top_k_copy)(const lc_score_multiclass_fields* f, lc_index first,
+                                         lc_index n_rows, lc_index k, const int64_t* top_class,
+                                         const LC_REAL* top_prob)
+{
+    for (lc_index r = 0; r < n_rows; r++)
+        for (lc_index j = 0; j < k; j++) {
+            if (f->top_k_indices)
+                f->top_k_indices[(first + r) * k + j] = top_class[j * n_rows + r];
+            if (f->top_k_probs)
+                ((LC_REAL*)f->top_k_probs)[(first + r) * k + j] = top_prob[j * n_rows + r];
+        }
+}
+
 /* score_narrow_tile_f32 / _f64: narrow rows (fewer than LC_NARROW_MAX_CLASSES classes),
    the rows [first, first + n_rows) as one row tile. A loop over 10 classes does not
    vectorise, so the tile is transposed (xt[c * n_rows + r]) and every step runs across
@@ -1365,14 +1381,14 @@ LC_INLINE void LC_NAME(score_narrow_tile)(const lc_score_multiclass_fields* f, c
     if (f->top_k == 0)
         return;
     /* Both fields formed across the rows first (vectorised: the exps, the int64
-       conversion, the NaN rows), in place of the entries ([j * n_rows + r]), then copied
-       row by row into their (row, j) layout. */
+       conversion (through int32: AVX2 has no float to int64), the NaN rows), in place of
+       the entries ([j * n_rows + r]), then copied row by row into their (row, j) layout. */
     int64_t top_class[LC_ROW_TILE_ELEMENTS];
     if (f->top_k_indices)
         for (lc_index j = 0; j < f->top_k; j++)
             for (lc_index r = 0; r < n_rows; r++)
                 top_class[j * n_rows + r] =
-                    rows->has_nan[r] != 0 ? -1 : (int64_t)top_index[j * n_rows + r];
+                    rows->has_nan[r] != 0 ? -1 : (int64_t)(int32_t)top_index[j * n_rows + r];
     if (f->top_k_probs)
         for (lc_index j = 0; j < f->top_k; j++)
             for (lc_index r = 0; r < n_rows; r++)
@@ -1381,14 +1397,14 @@ LC_INLINE void LC_NAME(score_narrow_tile)(const lc_score_multiclass_fields* f, c
                         ? (LC_REAL)NAN
                         : (LC_REAL)LC_NAME(score_prob)(top_value[j * n_rows + r], rows->max[r],
                                                        rows->total[r]);
-    if (f->top_k_indices)
-        for (lc_index r = 0; r < n_rows; r++)
-            for (lc_index j = 0; j < f->top_k; j++)
-                f->top_k_indices[(first + r) * f->top_k + j] = top_class[j * n_rows + r];
-    if (f->top_k_probs)
-        for (lc_index r = 0; r < n_rows; r++)
-            for (lc_index j = 0; j < f->top_k; j++)
-                ((LC_REAL*)f->top_k_probs)[(first + r) * f->top_k + j] = top_value[j * n_rows + r];
+    switch (f->top_k) { /* the common k; any other takes the loop */
+    case 1: LC_NAME(score_top_k_copy)(f, first, n_rows, 1, top_class, top_value); break;
+    case 2: LC_NAME(score_top_k_copy)(f, first, n_rows, 2, top_class, top_value); break;
+    case 3: LC_NAME(score_top_k_copy)(f, first, n_rows, 3, top_class, top_value); break;
+    case 5: LC_NAME(score_top_k_copy)(f, first, n_rows, 5, top_class, top_value); break;
+    case 10: LC_NAME(score_top_k_copy)(f, first, n_rows, 10, top_class, top_value); break;
+    default: LC_NAME(score_top_k_copy)(f, first, n_rows, f->top_k, top_class, top_value);
+    }
 }
 
 /* lc_score_multiclass_rows_f32 / _f64: rows [first, first + count) of x (the rows
