@@ -1551,13 +1551,22 @@ def _launch_by_shape(threads, kernels, split, x, *args, row_scale=None,
         elif _is_narrow(n_classes):
             launch(threads, kernels.scaled_narrow, x, threads, row_scale, *args)
         else:
-            launch(threads, kernels.scaled_rows, x, row_scale, *args)
+            _launch_rows(threads, kernels, x, *args, row_scale=row_scale)
     elif _splits_classes(n_rows, n_classes, threads):
         launch(threads, split, x, *args)
     elif _is_narrow(n_classes):
         launch(threads, kernels.narrow, x, threads, *args)
     else:
+        _launch_rows(threads, kernels, x, *args)
+
+
+def _launch_rows(threads, kernels, x, *args, row_scale=None):
+    """Run the rows schedule of ``kernels`` (an op's entry kernels) on x: the scaled entry
+    kernel with a ``row_scale`` (temperature=), the plain one without."""
+    if row_scale is None:
         launch(threads, kernels.rows, x, *args)
+    else:
+        launch(threads, kernels.scaled_rows, x, row_scale, *args)
 
 
 def _row_scale_or_none(row_scale):
@@ -2480,14 +2489,15 @@ def cross_entropy_probs_row(x, args, i):
 
 
 @plain_jit
-def cross_entropy_probs_prepare(args):
+def with_empty_grad_row(args):
     """The call's operands and an empty gradient row (the row's gradient when none is
-    asked for)."""
+    asked for): the "prepare" step of cross_entropy_probs and bce_with_logits, whose
+    operands both hold grad_out fifth."""
     grad_out = args[4]
     return args + (np.empty(0, dtype=grad_out.dtype),)
 
 
-row_operation("cross_entropy_probs", prepare=cross_entropy_probs_prepare,
+row_operation("cross_entropy_probs", prepare=with_empty_grad_row,
               row=cross_entropy_probs_row)
 CROSS_ENTROPY_PROBS = entry_kernels("cross_entropy_probs")
 
@@ -2499,11 +2509,8 @@ def cross_entropy_probs(x, target, weight, label_smoothing, loss_out, grad_out, 
     row_scale = _row_scale_or_none(row_scale)
     operands = (half_bits(target), weight, float(label_smoothing), loss_out, grad_out,
                 float(grad_scale), _wants_grad(grad_out, x), row_scale)
-    if row_scale is None:
-        launch(usable_threads(n_threads), CROSS_ENTROPY_PROBS.rows, half_bits(x), *operands)
-    else:
-        launch(usable_threads(n_threads), CROSS_ENTROPY_PROBS.scaled_rows, half_bits(x),
-               row_scale, *operands)
+    _launch_rows(usable_threads(n_threads), CROSS_ENTROPY_PROBS, half_bits(x), *operands,
+                 row_scale=row_scale)
 
 
 # --------------------------------------------------------------------------------------
@@ -2564,14 +2571,7 @@ def bce_row(x, args, i):
             row_grad_scale(grad_scale, row_scale, i), sum_loss, want_grad)
 
 
-@plain_jit
-def bce_prepare(args):
-    """The call's operands and an empty gradient row, as cross_entropy_probs_prepare."""
-    grad_out = args[4]
-    return args + (np.empty(0, dtype=grad_out.dtype),)
-
-
-row_operation("bce_with_logits", prepare=bce_prepare, row=bce_row)
+row_operation("bce_with_logits", prepare=with_empty_grad_row, row=bce_row)
 BCE_WITH_LOGITS = entry_kernels("bce_with_logits")
 
 
@@ -2584,11 +2584,8 @@ def bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scal
     row_scale = _row_scale_or_none(row_scale)
     operands = (half_bits(target), weight, pos_weight, loss_out, grad_out, float(grad_scale),
                 sum_loss, _wants_grad(grad_out, x), row_scale)
-    if row_scale is None:
-        launch(usable_threads(n_threads), BCE_WITH_LOGITS.rows, half_bits(x), *operands)
-    else:
-        launch(usable_threads(n_threads), BCE_WITH_LOGITS.scaled_rows, half_bits(x),
-               row_scale, *operands)
+    _launch_rows(usable_threads(n_threads), BCE_WITH_LOGITS, half_bits(x), *operands,
+                 row_scale=row_scale)
 
 
 # --------------------------------------------------------------------------------------
