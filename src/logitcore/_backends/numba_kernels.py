@@ -93,36 +93,30 @@ serial_kernel = njit(cache=True, fastmath=VECTOR_MATH, error_model="numpy")
 # --------------------------------------------------------------------------------------
 
 
-@intrinsic
-def bits_to_float(typingctx, bits):
-    """Reinterpret an int32 as float32 or an int64 as float64 (no conversion)."""
-    if bits == types.int32:
-        result = types.float32
-    elif bits == types.int64:
-        result = types.float64
-    else:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(result))
-
-    return result(bits), codegen
-
-
-@intrinsic
-def float_to_bits(typingctx, value):
-    """Reinterpret a float32 as int32 or a float64 as int64 (no conversion)."""
-    if value == types.float32:
-        result = types.int32
-    elif value == types.float64:
-        result = types.int64
-    else:
+def _bitcast(value, casts):
+    """The typing and codegen of an intrinsic that reinterprets ``value``, of a type in
+    ``casts``, as the type it maps to (LLVM bitcast: same size, no conversion); None (no
+    match) for other types."""
+    result = casts.get(value)
+    if result is None:
         return None
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(result))
 
     return result(value), codegen
+
+
+@intrinsic
+def bits_to_float(typingctx, bits):
+    """Reinterpret an int32 as float32 or an int64 as float64 (no conversion)."""
+    return _bitcast(bits, {types.int32: types.float32, types.int64: types.float64})
+
+
+@intrinsic
+def float_to_bits(typingctx, value):
+    """Reinterpret a float32 as int32 or a float64 as int64 (no conversion)."""
+    return _bitcast(value, {types.float32: types.int32, types.float64: types.int64})
 
 
 @intrinsic
