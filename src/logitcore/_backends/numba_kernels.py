@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from types import FunctionType
 
 import numba
 import numpy as np
@@ -87,6 +88,33 @@ ordered_jit = njit(fastmath=ORDERED_MATH, error_model="numpy")
 plain_jit = njit(error_model="numpy")
 parallel_kernel = njit(parallel=True, cache=True, fastmath=VECTOR_MATH, error_model="numpy")
 serial_kernel = njit(cache=True, fastmath=VECTOR_MATH, error_model="numpy")
+
+
+@dataclass(frozen=True)
+class ChunkKernels:
+    serial: object
+    parallel: object
+
+
+def chunk_kernels(function):
+    """``function``, a loop over chunks by prange, as a serial kernel (prange is range
+    there) and as a parallel one: the serial kernel serves calls of one chunk or one
+    thread without a parallel launch (~1 us). numba's cache keys machine code by the
+    function's qualified name and bytecode, not by its flags, so the serial kernel is
+    compiled from a copy named apart: else each would load the other's cached code."""
+    serial = FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial",
+                          function.__defaults__, function.__closure__)
+    serial.__qualname__ = function.__qualname__ + "_serial"
+    serial.__doc__ = function.__doc__
+    return ChunkKernels(serial_kernel(serial), parallel_kernel(function))
+
+
+def launch_chunks(threads, kernels, serial, *args):
+    """Run ``kernels`` (chunk_kernels) on args: the serial kernel when ``serial`` (or with
+    one thread), else the parallel one on ``threads`` threads."""
+    if serial or threads == 1:
+        return kernels.serial(*args)
+    return launch(threads, kernels.parallel, *args)
 
 # --------------------------------------------------------------------------------------
 # LLVM intrinsics numba does not expose
@@ -2053,30 +2081,21 @@ def scan_label_chunk(labels, weight, ignore_index, chunk, n_invalid, kept_weight
         labels[start:start + LABEL_CHUNK], weight, ignore_index)
 
 
-@serial_kernel
-def _label_stats_serial(labels, weight, ignore_index):
-    # One chunk, or one thread: no parallel launch (~1 us) for the common small batch.
-    n_invalid, kept_weight = label_chunk_buffers(labels)
-    for chunk in range(n_invalid.shape[0]):
-        scan_label_chunk(labels, weight, ignore_index, chunk, n_invalid, kept_weight)
-    return merge_label_chunks(labels, weight.shape[0], ignore_index, n_invalid, kept_weight)
-
-
-@parallel_kernel
-def _label_stats_parallel(labels, weight, ignore_index):
+def _label_stats(labels, weight, ignore_index):
     n_invalid, kept_weight = label_chunk_buffers(labels)
     for chunk in prange(n_invalid.shape[0]):
         scan_label_chunk(labels, weight, ignore_index, chunk, n_invalid, kept_weight)
     return merge_label_chunks(labels, weight.shape[0], ignore_index, n_invalid, kept_weight)
 
 
+LABEL_STATS = chunk_kernels(_label_stats)
+
+
 def label_stats(labels, weight, ignore_index, n_threads=1):
-    threads = usable_threads(n_threads)
-    if threads == 1 or labels.shape[0] <= LABEL_CHUNK:
-        first_invalid, kept_weight = _label_stats_serial(labels, weight, int(ignore_index))
-    else:
-        first_invalid, kept_weight = launch(threads, _label_stats_parallel, labels, weight,
-                                             int(ignore_index))
+    # One chunk, or one thread: no parallel launch (~1 us) for the common small batch.
+    first_invalid, kept_weight = launch_chunks(
+        usable_threads(n_threads), LABEL_STATS, labels.shape[0] <= LABEL_CHUNK, labels,
+        weight, int(ignore_index))
     return int(first_invalid), float(kept_weight)
 
 
@@ -3433,19 +3452,7 @@ def sum_temperature_chunks(sums):
     return total
 
 
-@serial_kernel
-def _temperature_nll_serial(x, labels, sample_weight, ignore_index, b):
-    rows_per_chunk = temperature_rows_per_chunk(x.shape[1])
-    n_chunks = (x.shape[0] + rows_per_chunk - 1) // rows_per_chunk
-    sums = np.empty((n_chunks, TEMPERATURE_SUMS))
-    for chunk in range(n_chunks):
-        temperature_chunk(x, labels, sample_weight, ignore_index, b, rows_per_chunk, chunk,
-                          sums)
-    return sum_temperature_chunks(sums)
-
-
-@parallel_kernel
-def _temperature_nll_parallel(x, labels, sample_weight, ignore_index, b):
+def _temperature_nll(x, labels, sample_weight, ignore_index, b):
     rows_per_chunk = temperature_rows_per_chunk(x.shape[1])
     n_chunks = (x.shape[0] + rows_per_chunk - 1) // rows_per_chunk
     sums = np.empty((n_chunks, TEMPERATURE_SUMS))
@@ -3455,14 +3462,14 @@ def _temperature_nll_parallel(x, labels, sample_weight, ignore_index, b):
     return sum_temperature_chunks(sums)
 
 
+TEMPERATURE_NLL = chunk_kernels(_temperature_nll)
+
+
 def temperature_nll(x, labels, sample_weight, ignore_index, inverse_temperature,
                     n_threads=1):
-    threads = usable_threads(n_threads)
-    args = (x, labels, sample_weight, int(ignore_index), float(inverse_temperature))
-    if threads == 1 or x.shape[0] <= ROW_SUM_CHUNK_ELEMENTS // max(x.shape[1], 1):
-        sums = _temperature_nll_serial(*args)
-    else:
-        sums = launch(threads, _temperature_nll_parallel, *args)
+    one_chunk = x.shape[0] <= ROW_SUM_CHUNK_ELEMENTS // max(x.shape[1], 1)
+    sums = launch_chunks(usable_threads(n_threads), TEMPERATURE_NLL, one_chunk, x, labels,
+                         sample_weight, int(ignore_index), float(inverse_temperature))
     return tuple(float(value) for value in sums)
 
 
