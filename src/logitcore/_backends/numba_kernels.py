@@ -234,17 +234,25 @@ EXP_LOWEST_F32 = kernel_constants.EXP_LOWEST_F32
 EXP_HIGHEST_F32 = kernel_constants.EXP_HIGHEST_F32
 EXP_LOWEST_F64 = kernel_constants.EXP_LOWEST_F64
 EXP_HIGHEST_F64 = kernel_constants.EXP_HIGHEST_F64
-# The polynomials, highest degree first, unpacked into names: numba freezes each as a
-# constant, and a change of degree in kernel_constants.py fails here, loudly.
-(EXP_F32_C7, EXP_F32_C6, EXP_F32_C5, EXP_F32_C4, EXP_F32_C3,
- EXP_F32_C2) = kernel_constants.EXP_POLY_F32
-(EXP_F64_C13, EXP_F64_C12, EXP_F64_C11, EXP_F64_C10, EXP_F64_C9, EXP_F64_C8, EXP_F64_C7,
- EXP_F64_C6, EXP_F64_C5, EXP_F64_C4, EXP_F64_C3, EXP_F64_C2) = kernel_constants.EXP_POLY_F64
-LOG1P_F32_C4, LOG1P_F32_C3, LOG1P_F32_C2, LOG1P_F32_C1 = kernel_constants.LOG1P_POLY_F32
-(LOG1P_F64_C7, LOG1P_F64_C6, LOG1P_F64_C5, LOG1P_F64_C4, LOG1P_F64_C3, LOG1P_F64_C2,
- LOG1P_F64_C1) = kernel_constants.LOG1P_POLY_F64
+# The polynomials, highest degree first (tuples: numba freezes each as a constant).
+EXP_POLY_F32 = kernel_constants.EXP_POLY_F32
+EXP_POLY_F64 = kernel_constants.EXP_POLY_F64
+LOG1P_POLY_F32 = kernel_constants.LOG1P_POLY_F32
+LOG1P_POLY_F64 = kernel_constants.LOG1P_POLY_F64
 SMALLEST_NORMAL_F64 = 2.2250738585072014e-308
 TWO_TO_54 = 18014398509481984.0
+
+
+@ordered_jit
+def polynomial(x, coefficients):
+    """The polynomial of ``coefficients`` (a constant tuple, highest degree first) at x, in
+    x's type, by Horner's rule: p = c0, then p = p x + c for each next c, the order the
+    C side writes out (so the same bits). The loop over the constant tuple is unrolled
+    and its coefficients folded in by LLVM, as if written out by hand."""
+    p = cast_like(coefficients[0], x)
+    for c in coefficients[1:]:
+        p = p * x + cast_like(c, x)
+    return p
 
 
 @ordered_jit
@@ -257,12 +265,7 @@ def expm1_reduced_float32(x):
     k_float = rounded - np.float32(ROUND_MAGIC_F32)
     r = x - k_float * np.float32(LN2_HI_F32)
     r = r - k_float * np.float32(LN2_LO_F32)
-    p = np.float32(EXP_F32_C7)
-    p = p * r + np.float32(EXP_F32_C6)
-    p = p * r + np.float32(EXP_F32_C5)
-    p = p * r + np.float32(EXP_F32_C4)
-    p = p * r + np.float32(EXP_F32_C3)
-    p = p * r + np.float32(EXP_F32_C2)
+    p = polynomial(r, EXP_POLY_F32)
     return p * (r * r) + r, k
 
 
@@ -299,18 +302,7 @@ def expm1_reduced_float64(x):
     k_float = rounded - ROUND_MAGIC_F64
     r = x - k_float * LN2_HI_F64
     r = r - k_float * LN2_LO_F64
-    p = EXP_F64_C13
-    p = p * r + EXP_F64_C12
-    p = p * r + EXP_F64_C11
-    p = p * r + EXP_F64_C10
-    p = p * r + EXP_F64_C9
-    p = p * r + EXP_F64_C8
-    p = p * r + EXP_F64_C7
-    p = p * r + EXP_F64_C6
-    p = p * r + EXP_F64_C5
-    p = p * r + EXP_F64_C4
-    p = p * r + EXP_F64_C3
-    p = p * r + EXP_F64_C2
+    p = polynomial(r, EXP_POLY_F64)
     return p * (r * r) + r, k, k_float
 
 
@@ -385,13 +377,7 @@ def log1p_reduced_float64(f, k_ln2_hi, k_ln2_lo):
     f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f)."""
     s = f / (2.0 + f)
     z = s * s
-    p = LOG1P_F64_C7
-    p = p * z + LOG1P_F64_C6
-    p = p * z + LOG1P_F64_C5
-    p = p * z + LOG1P_F64_C4
-    p = p * z + LOG1P_F64_C3
-    p = p * z + LOG1P_F64_C2
-    p = p * z + LOG1P_F64_C1
+    p = polynomial(z, LOG1P_POLY_F64)
     half_f_squared = 0.5 * f * f
     return k_ln2_hi - ((half_f_squared - (s * (half_f_squared + p * z) + k_ln2_lo)) - f)
 
@@ -401,10 +387,7 @@ def log1p_reduced_float32(f, k_ln2_hi, k_ln2_lo):
     """log1p_reduced_float64 in float32, with the float32 polynomial."""
     s = f / (np.float32(2.0) + f)
     z = s * s
-    p = np.float32(LOG1P_F32_C4)
-    p = p * z + np.float32(LOG1P_F32_C3)
-    p = p * z + np.float32(LOG1P_F32_C2)
-    p = p * z + np.float32(LOG1P_F32_C1)
+    p = polynomial(z, LOG1P_POLY_F32)
     half_f_squared = np.float32(0.5) * f * f
     return k_ln2_hi - ((half_f_squared - (s * (half_f_squared + p * z) + k_ln2_lo)) - f)
 
