@@ -603,21 +603,28 @@ def prefetch_ahead(values, start):
 
 
 @vector_jit
-def sum_exp_of(values, shift):
-    """(others, n_at_max) of values for ``shift``. exp(0) is exactly 1, so a term at the
-    shift is taken out of others by subtracting the comparison as 1.0: a compare, a subtract
-    and an add per element, all vectorised."""
+def sum_exp_of(values, shift, out=None):
+    """(others, n_at_max) of values for ``shift``; with an ``out`` (block_max_store_exp),
+    each exp(values[j] - shift) is stored in out[j] too. exp(0) is exactly 1, so a term at
+    the shift is taken out of others by subtracting the comparison as 1.0: a compare, a
+    subtract and an add per element, all vectorised. ``out is None`` is decided at compile
+    time (numba prunes the branch by the argument's type): without an out the loop has no
+    store at all."""
     others = np.float64(0.0)  # float64 in Python mode too (float32 + 0.0 stays float32)
     n_at_max = np.float64(0.0)
     zero = cast_like(0.0, values)
     for start in range(0, values.shape[0], SUM_CHUNK):
         prefetch_ahead(values, start)
         chunk = values[start : start + SUM_CHUNK]
+        out_chunk = chunk if out is None else out[start : start + SUM_CHUNK]
         partial = zero
         count = zero
         for j in range(chunk.shape[0]):
             at_max = cast_like(chunk[j] == shift, values)
-            partial += shifted_exp(chunk[j] - shift) - at_max
+            e = shifted_exp(chunk[j] - shift)
+            if out is not None:
+                out_chunk[j] = e
+            partial += e - at_max
             count += at_max
         others += partial
         n_at_max += count
@@ -661,29 +668,6 @@ def sum_exp_below(values, row_max):
 
 
 @vector_jit
-def store_exp(values, out, shift):
-    """out[j] = exp(values[j] - shift); returns their (others, n_at_max) as sum_exp_of."""
-    others = np.float64(0.0)
-    n_at_max = np.float64(0.0)
-    zero = cast_like(0.0, values)
-    for start in range(0, values.shape[0], SUM_CHUNK):
-        prefetch_ahead(values, start)
-        chunk = values[start : start + SUM_CHUNK]
-        out_chunk = out[start : start + SUM_CHUNK]
-        partial = zero
-        count = zero
-        for j in range(chunk.shape[0]):
-            at_max = cast_like(chunk[j] == shift, values)
-            e = shifted_exp(chunk[j] - shift)
-            out_chunk[j] = e
-            partial += e - at_max
-            count += at_max
-        others += partial
-        n_at_max += count
-    return others, n_at_max
-
-
-@vector_jit
 def scale_in_place(values, factor):
     for j in range(values.shape[0]):
         values[j] *= factor
@@ -718,7 +702,7 @@ def block_max_sum_exp(values):
 def block_max_store_exp(values, out):
     """(max, others, n_at_max) of one block, leaving exp(x - shift) of the block in out."""
     block_max = max_of(values)
-    others, n_at_max = store_exp(values, out, shift_for(block_max))
+    others, n_at_max = sum_exp_of(values, shift_for(block_max), out)
     return block_max, others, n_at_max
 
 
