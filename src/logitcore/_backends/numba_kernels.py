@@ -717,6 +717,13 @@ def block_bounds(n_classes, block):
     return start, min(start + BLOCK_CLASSES, n_classes)
 
 
+@plain_jit
+def block_state_buffers(n_blocks, row):
+    """A long row's per-block (max, others, n_at_max) arrays, the max in the row's type."""
+    return (np.empty(n_blocks, dtype=row.dtype), np.empty(n_blocks, dtype=np.float64),
+            np.empty(n_blocks, dtype=np.float64))
+
+
 @vector_jit
 def row_max_sum_exp(row):
     """(max, others, n_at_max) of a whole row, from its blocks' merged by merge_block_stats.
@@ -728,9 +735,7 @@ def row_max_sum_exp(row):
     if n_classes <= BLOCK_CLASSES:
         return block_max_sum_exp(row)  # the value merge_block_stats gives for one block
     n_blocks = n_blocks_of(n_classes)
-    block_maxes = np.empty(n_blocks, dtype=row.dtype)
-    block_others = np.empty(n_blocks, dtype=np.float64)
-    block_counts = np.empty(n_blocks, dtype=np.float64)
+    block_maxes, block_others, block_counts = block_state_buffers(n_blocks, row)
     for block in range(n_blocks):
         start, stop = block_bounds(n_classes, block)
         block_maxes[block], block_others[block], block_counts[block] = block_max_sum_exp(
@@ -1762,9 +1767,7 @@ def row_softmax(row, out):
         return
     # Long row: each block is exponentiated while in L1, with its own shift; the second
     # pass rescales each block by exp(block max - row max) / sum.
-    block_maxes = np.empty(n_blocks, dtype=row.dtype)
-    block_others = np.empty(n_blocks, dtype=np.float64)
-    block_counts = np.empty(n_blocks, dtype=np.float64)
+    block_maxes, block_others, block_counts = block_state_buffers(n_blocks, row)
     for block in range(n_blocks):
         start, stop = block_bounds(n_classes, block)
         block_maxes[block], block_others[block], block_counts[block] = block_max_store_exp(
