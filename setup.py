@@ -76,7 +76,8 @@ def c_literal(name, value):
 
 def constants_header(source_path):
     """The text of lc_constants.h: every assignment of kernel_constants.py as LC_<NAME>.
-    A tuple becomes LC_<NAME>_0 .. LC_<NAME>_<n-1> and LC_<NAME>_COUNT."""
+    A tuple becomes LC_<NAME>_0 .. LC_<NAME>_<n-1>, LC_<NAME>_COUNT and LC_<NAME>, an
+    array initializer of its items."""
     with open(source_path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), source_path)
     lines = [
@@ -94,9 +95,11 @@ def constants_header(source_path):
         name = node.targets[0].id
         value = ast.literal_eval(node.value)
         if isinstance(value, tuple):
-            for i, item in enumerate(value):
-                lines.append(f"#define LC_{name}_{i} {c_literal(name, item)}")
+            items = [c_literal(name, item) for item in value]
+            for i, item in enumerate(items):
+                lines.append(f"#define LC_{name}_{i} {item}")
             lines.append(f"#define LC_{name}_COUNT {len(value)}")
+            lines.append(f"#define LC_{name} {{{', '.join(items)}}}")
         else:
             lines.append(f"#define LC_{name} {c_literal(name, value)}")
     lines.append("#endif /* LC_CONSTANTS_H */")

@@ -298,10 +298,10 @@ def _newton_on_log_inverse_temperature(evaluate) -> TemperatureFit:
 _SIGMOID_CHUNK = 1 << 20
 
 
-def _sigmoid_targets(logits, labels, axis, kind, ignore_index):
-    """(flat logits, flat signs z/x in {-1, +1}, flat kept mask) of a binary or
-    multilabel fit."""
-    labels = np.asarray(labels)
+def _sigmoid_logits(logits, labels, axis, kind):
+    """The logits of a binary or multilabel fit as it takes them (binary: one per row, a
+    (n, 1) column flattened), once labels are checked against them: NumPy or dask
+    arrays (logitcore.dask's fits check theirs here too)."""
     if kind == "binary":
         if logits.ndim == 2 and logits.shape[v.single_axis(axis, 2)] == 1:
             logits = logits.reshape(-1)
@@ -312,11 +312,20 @@ def _sigmoid_targets(logits, labels, axis, kind, ignore_index):
             raise ValueError(f"labels must have shape {logits.shape}, got {labels.shape}")
         if labels.dtype.kind not in "iub":
             raise TypeError(f"labels must be 0 / 1 integers, got dtype {labels.dtype}")
+    elif labels.shape != logits.shape:
+        raise ValueError(f"labels for kind='multilabel' must have the logits' shape "
+                         f"{logits.shape}, got {labels.shape}")
+    return logits
+
+
+def _sigmoid_targets(logits, labels, axis, kind, ignore_index):
+    """(flat logits, flat signs z/x in {-1, +1}, flat kept mask) of a binary or
+    multilabel fit."""
+    labels = np.asarray(labels)
+    logits = _sigmoid_logits(logits, labels, axis, kind)
+    if kind == "binary":
         kept = labels != ignore_index
     else:
-        if labels.shape != logits.shape:
-            raise ValueError(f"labels for kind='multilabel' must have the logits' shape "
-                             f"{logits.shape}, got {labels.shape}")
         kept = np.ones(labels.shape, bool)
     values = labels[kept]
     if np.any((values != 0) & (values != 1)):
@@ -612,22 +621,30 @@ def _quantile_edges(confidence, n_bins):
     return edges
 
 
+def _check_given_scores(scores, labels, temperature):
+    """Raise unless a calibration call given ``scores`` (a Scores, or logitcore.dask's
+    DaskScores) instead of logits has the fields it needs and no labels or temperature,
+    which only go with logits."""
+    kind = type(scores).__name__
+    if labels is not None:
+        raise ValueError(f"labels come with the {kind} (score(logits, labels)); "
+                         "pass labels=None")
+    if temperature is not None:
+        raise ValueError(f"temperature= rescales logits; a {kind} was computed at one "
+                         "temperature already: score(logits / T, labels)")
+    for name in ("confidence", "correct"):
+        if name not in scores:
+            raise ValueError(f"calibration needs the {kind} field {name!r}: call "
+                             f"score(logits, labels) with it in fields")
+
+
 def _top_label(logits_or_scores, labels, axis, ignore_index, temperature, backend):
     """(confidence, correct, weight mask) per kept row, from a Scores or from logits."""
     from ._score import Scores, score
 
     if isinstance(logits_or_scores, Scores):
         scores = logits_or_scores
-        if labels is not None:
-            raise ValueError("labels come with the Scores (score(logits, labels)); "
-                             "pass labels=None")
-        if temperature is not None:
-            raise ValueError("temperature= rescales logits; a Scores was computed at one "
-                             "temperature already: score(logits / T, labels)")
-        for name in ("confidence", "correct"):
-            if name not in scores:
-                raise ValueError(f"calibration needs the Scores field {name!r}: call "
-                                 f"score(logits, labels) with it in fields")
+        _check_given_scores(scores, labels, temperature)
         kept = scores["kept"] if "kept" in scores else scores._kept
         confidence = scores["confidence"].reshape(-1)
         correct = scores["correct"].reshape(-1)

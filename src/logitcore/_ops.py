@@ -336,21 +336,7 @@ def softmax(x, axis=-1, *, out=None, temperature=None, backend=None):
     >>> _ = logitcore.softmax(x, out=x); x
     array([[0.5, 0.5]], dtype=float32)
     """
-    if out is None and backend is None and temperature is None and type(x) is np.ndarray:
-        result = _small_row_call("softmax", x, axis, row_output=False)
-        if result is not None:
-            return result
-    x, dtype = v.as_kernel_input(x, "x")
-    if x.ndim == 0:
-        v.row_scale_of_temperature(temperature, ())  # one class: the same for any T
-        return _of_scalar(softmax, x, axis, out, backend)
-    axes = v.normalize_axes(axis, x.ndim)
-    row_scale = v.row_scale_of_temperature(
-        temperature, tuple(n for i, n in enumerate(x.shape) if i not in axes))
-    out_view = _checked_out(out, x.shape, dtype, {"x": x})
-    result = _same_shape_op("softmax", "softmax", x, axes, out_view, backend, dtype=dtype,
-                            row_scale=row_scale)
-    return result if out is None else out  # >= 1-D: 0-d x went to _of_scalar
+    return _softmax_op("softmax", softmax, x, axis, out, temperature, backend)
 
 
 def log_softmax(x, axis=-1, *, out=None, temperature=None, backend=None):
@@ -364,19 +350,25 @@ def log_softmax(x, axis=-1, *, out=None, temperature=None, backend=None):
     >>> logitcore.log_softmax(np.array([0.0, 0.0]))
     array([-0.69314718, -0.69314718])
     """
+    return _softmax_op("log_softmax", log_softmax, x, axis, out, temperature, backend)
+
+
+def _softmax_op(name, function, x, axis, out, temperature, backend):
+    """softmax or log_softmax: ``name`` is the kernel's and ``function``'s, the public
+    function (which a 0-d x goes back to)."""
     if out is None and backend is None and temperature is None and type(x) is np.ndarray:
-        result = _small_row_call("log_softmax", x, axis, row_output=False)
+        result = _small_row_call(name, x, axis, row_output=False)
         if result is not None:
             return result
     x, dtype = v.as_kernel_input(x, "x")
     if x.ndim == 0:
         v.row_scale_of_temperature(temperature, ())  # one class: the same for any T
-        return _of_scalar(log_softmax, x, axis, out, backend)
+        return _of_scalar(function, x, axis, out, backend)
     axes = v.normalize_axes(axis, x.ndim)
     row_scale = v.row_scale_of_temperature(
         temperature, tuple(n for i, n in enumerate(x.shape) if i not in axes))
     out_view = _checked_out(out, x.shape, dtype, {"x": x})
-    result = _same_shape_op("log_softmax", "log_softmax", x, axes, out_view, backend, dtype=dtype,
+    result = _same_shape_op(name, name, x, axes, out_view, backend, dtype=dtype,
                             row_scale=row_scale)
     return result if out is None else out  # >= 1-D: 0-d x went to _of_scalar
 

@@ -922,14 +922,8 @@ def precision_recall_curve(logits, labels, *, kind="binary", sample_weight=None,
     as one tied score; every exact point lies in the box between two adjacent binned
     points (see ``ThresholdHistogram.average_precision`` for the bound on AP).
     """
-    if bins is not None:
-        hist = _binned(logits, labels, kind, sample_weight, bins, backend)
-        curves = [_pr_from_counts(*hist.binned_counts(c), drop_intermediate)
-                  for c in range(hist.n_classes)]
-        return curves[0] if kind == "binary" else curves
-    kind, x, y, w = _columns(logits, labels, kind, sample_weight)
-    return _per_class(kind, x, y, w, lambda *counts: _pr_from_counts(*counts,
-                                                                     drop_intermediate))
+    return _curves(logits, labels, kind, sample_weight, bins, backend,
+                   lambda *counts: _pr_from_counts(*counts, drop_intermediate))
 
 
 def roc_curve(logits, labels, *, kind="binary", sample_weight=None, drop_intermediate=True,
@@ -937,14 +931,31 @@ def roc_curve(logits, labels, *, kind="binary", sample_weight=None, drop_interme
     """Per class, scikit-learn's ``roc_curve`` of the logits: (fpr, tpr, thresholds),
     thresholds decreasing from +inf; rates NaN for a class without negatives (fpr) or
     positives (tpr). ``bins=N``: from the histogram, as in precision_recall_curve."""
+    return _curves(logits, labels, kind, sample_weight, bins, backend,
+                   lambda *counts: _roc_from_counts(*counts, drop_intermediate))
+
+
+def _curves(logits, labels, kind, sample_weight, bins, backend, curve):
+    """Per class, ``curve(fps, tps, thresholds)`` of the class's counts: the exact ones,
+    or with ``bins`` those of the logits' ThresholdHistogram. One curve for
+    kind='binary', a list of them for 'multilabel'."""
     if bins is not None:
         hist = _binned(logits, labels, kind, sample_weight, bins, backend)
-        curves = [_roc_from_counts(*hist.binned_counts(c), drop_intermediate)
-                  for c in range(hist.n_classes)]
+        curves = [curve(*hist.binned_counts(c)) for c in range(hist.n_classes)]
         return curves[0] if kind == "binary" else curves
     kind, x, y, w = _columns(logits, labels, kind, sample_weight)
-    return _per_class(kind, x, y, w, lambda *counts: _roc_from_counts(*counts,
-                                                                      drop_intermediate))
+    return _per_class(kind, x, y, w, curve)
+
+
+def _class_scores(logits, labels, kind, sample_weight, bins, backend, score, binned):
+    """Per class, ``score(fps, tps, thresholds)`` of the class's exact counts, or with
+    ``bins`` ``binned(hist)[0]`` of the logits' ThresholdHistogram: a float for
+    kind='binary', else one per class."""
+    if bins is not None:
+        hist = _binned(logits, labels, kind, sample_weight, bins, backend)
+        return _one_or_all(kind, binned(hist)[0])
+    kind, x, y, w = _columns(logits, labels, kind, sample_weight)
+    return _one_or_all(kind, [score(*_class_counts(x, y, w, c)) for c in range(x.shape[1])])
 
 
 def _one_or_all(kind, values):
@@ -957,29 +968,21 @@ def average_precision(logits, labels, *, kind="binary", sample_weight=None, bins
     """Per class, scikit-learn's ``average_precision_score``: sum over the curve's
     thresholds of (R_n - R_(n-1)) P_n. A float for kind='binary', else one per class.
     ``bins=N``: the binned value (error bound: ThresholdHistogram.average_precision)."""
-    if bins is not None:
-        hist = _binned(logits, labels, kind, sample_weight, bins, backend)
-        return _one_or_all(kind, hist.average_precision()[0])
-    kind, x, y, w = _columns(logits, labels, kind, sample_weight)
-
     def ap(*counts):
         precision, recall, _ = _pr_from_counts(*counts)
         return max(0.0, float(-np.sum(np.diff(recall) * precision[:-1])))
-    return _one_or_all(kind, [ap(*_class_counts(x, y, w, c)) for c in range(x.shape[1])])
+    return _class_scores(logits, labels, kind, sample_weight, bins, backend, ap,
+                         lambda hist: hist.average_precision())
 
 
 def roc_auc(logits, labels, *, kind="binary", sample_weight=None, bins=None, backend=None):
     """Per class, scikit-learn's ``roc_auc_score`` (trapezoids under roc_curve); NaN for
     a class without positives or negatives (scikit-learn warns and returns NaN).
     ``bins=N``: the binned value (error bound: ThresholdHistogram.roc_auc)."""
-    if bins is not None:
-        hist = _binned(logits, labels, kind, sample_weight, bins, backend)
-        return _one_or_all(kind, hist.roc_auc()[0])
-    kind, x, y, w = _columns(logits, labels, kind, sample_weight)
-
     def auc(*counts):
         fpr, tpr, _ = _roc_from_counts(*counts)
         if np.isnan(fpr[-1]) or np.isnan(tpr[-1]):
             return math.nan
         return float(np.trapezoid(tpr, fpr))
-    return _one_or_all(kind, [auc(*_class_counts(x, y, w, c)) for c in range(x.shape[1])])
+    return _class_scores(logits, labels, kind, sample_weight, bins, backend, auc,
+                         lambda hist: hist.roc_auc())

@@ -1527,19 +1527,7 @@ def _fit_sigmoid_temperature(logits, labels, axis, kind, ignore_index, sample_we
     from . import _calibration as cal
 
     labels = _as_dask(labels, "labels")
-    if kind == "binary":
-        if logits.ndim == 2 and logits.shape[v.single_axis(axis, 2)] == 1:
-            logits = logits.reshape(-1)
-        if logits.ndim != 1:
-            raise ValueError(f"kind='binary' takes one logit per row: shape (n,) or (n, 1), "
-                             f"got {logits.shape}")
-        if labels.shape != logits.shape:
-            raise ValueError(f"labels must have shape {logits.shape}, got {labels.shape}")
-        if labels.dtype.kind not in "iub":
-            raise TypeError(f"labels must be 0 / 1 integers, got dtype {labels.dtype}")
-    elif labels.shape != logits.shape:
-        raise ValueError(f"labels for kind='multilabel' must have the logits' shape "
-                         f"{logits.shape}, got {labels.shape}")
+    logits = cal._sigmoid_logits(logits, labels, axis, kind)
     labels = labels.rechunk(logits.chunks)
     weights = None
     if sample_weight is not None:
@@ -1586,16 +1574,7 @@ def _top_label_scores(logits_or_scores, labels, axis, ignore_index, temperature,
 
     if isinstance(logits_or_scores, DaskScores):
         scores = logits_or_scores
-        if labels is not None:
-            raise ValueError("labels come with the DaskScores (score(logits, labels)); "
-                             "pass labels=None")
-        if temperature is not None:
-            raise ValueError("temperature= rescales logits; a DaskScores was computed at "
-                             "one temperature already: score(logits / T, labels)")
-        for name in ("confidence", "correct"):
-            if name not in scores:
-                raise ValueError(f"calibration needs the DaskScores field {name!r}: call "
-                                 f"score(logits, labels) with it in fields")
+        cal._check_given_scores(scores, labels, temperature)
         return scores
     if isinstance(logits_or_scores, Scores):
         raise TypeError("logitcore.dask calibration takes dask logits or a DaskScores; "

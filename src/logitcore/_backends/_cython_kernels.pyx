@@ -934,6 +934,25 @@ def logsumexp_scaled(cnp.ndarray x not None, cnp.ndarray b not None, cnp.ndarray
     run(&o, type_num, n_threads, input_format(x), input_format(b))
 
 
+cdef bint init_loss_operands(lc_operands* o, lc_op op, cnp.ndarray x, int type_num,
+                             Py_ssize_t n_rows, Py_ssize_t n_classes, cnp.ndarray loss_out,
+                             Py_ssize_t loss_row_length, cnp.ndarray grad_out,
+                             double grad_scale) except -1:
+    """The loss kernels' common part, after their other operands are checked: checks
+    loss_out ((n_rows,) for loss_row_length -1, else (n_rows, loss_row_length)) and the
+    optional gradient grad_out, and initialises o with them and grad_scale. False when
+    there is nothing to run: no rows, or no classes (every loss is then 0)."""
+    expect(loss_out, "loss_out", type_num, n_rows, loss_row_length, True)
+    expect_gradient(grad_out, type_num, n_rows, n_classes)
+    if n_rows == 0 or n_classes == 0:
+        loss_out[...] = 0  # rows without classes: every loss is 0 (else empty)
+        return False
+    init_operands(o, op, x, n_rows, n_classes, data(loss_out), max(loss_row_length, 1))
+    o.out2 = data_or_null(grad_out)
+    o.grad_scale = grad_scale
+    return True
+
+
 def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
                          cnp.ndarray weight not None, int64_t ignore_index,
                          double label_smoothing, cnp.ndarray loss_out not None,
@@ -944,21 +963,15 @@ def cross_entropy_labels(cnp.ndarray x not None, cnp.ndarray labels not None,
     expect_input(x, "x", type_num, n_rows, n_classes)
     expect(labels, "labels", cnp.NPY_INT64, n_rows, -1, False)
     expect(weight, "weight", type_num, n_classes, -1, False)
-    expect(loss_out, "loss_out", type_num, n_rows, -1, True)
-    expect_gradient(grad_out, type_num, n_rows, n_classes)
-    if n_rows == 0:
-        return
-    if n_classes == 0:  # every label is ignore_index (validated): nothing to learn
-        loss_out[:] = 0
-        return
     cdef lc_operands o
-    init_operands(&o, LC_OP_CROSS_ENTROPY_LABELS, x, n_rows, n_classes, data(loss_out), 1)
+    # no classes: every label is ignore_index (validated), nothing to learn
+    if not init_loss_operands(&o, LC_OP_CROSS_ENTROPY_LABELS, x, type_num, n_rows, n_classes,
+                              loss_out, -1, grad_out, grad_scale):
+        return
     o.labels = <const int64_t*>data(labels)
     o.weight = data(weight)
     o.ignore_index = ignore_index
     o.label_smoothing = label_smoothing
-    o.out2 = data_or_null(grad_out)
-    o.grad_scale = grad_scale
     run(&o, type_num, n_threads, input_format(x), LC_INPUT_FLOAT, row_scale)
 
 
@@ -971,20 +984,13 @@ def cross_entropy_probs(cnp.ndarray x not None, cnp.ndarray target not None,
     expect_input(x, "x", type_num, n_rows, n_classes)
     expect_input(target, "target", type_num, n_rows, n_classes)
     expect(weight, "weight", type_num, n_classes, -1, False)
-    expect(loss_out, "loss_out", type_num, n_rows, -1, True)
-    expect_gradient(grad_out, type_num, n_rows, n_classes)
-    if n_rows == 0:
-        return
-    if n_classes == 0:
-        loss_out[:] = 0
-        return
     cdef lc_operands o
-    init_operands(&o, LC_OP_CROSS_ENTROPY_PROBS, x, n_rows, n_classes, data(loss_out), 1)
+    if not init_loss_operands(&o, LC_OP_CROSS_ENTROPY_PROBS, x, type_num, n_rows, n_classes,
+                              loss_out, -1, grad_out, grad_scale):
+        return
     o.y = data(target)
     o.weight = data(weight)
     o.label_smoothing = label_smoothing
-    o.out2 = data_or_null(grad_out)
-    o.grad_scale = grad_scale
     run(&o, type_num, n_threads, input_format(x), input_format(target), row_scale)
 
 
@@ -1003,25 +1009,17 @@ def bce_with_logits(cnp.ndarray x not None, cnp.ndarray target not None,
     expect(pos_weight, "pos_weight", type_num, pos_weight_rows, n_classes, False)
     # loss_out (n, 1) with C != 1 asks for each row's sum
     cdef bint loss_row_sums = dim(loss_out, 1) == 1 and n_classes != 1
-    cdef Py_ssize_t loss_row_length = 1 if loss_row_sums else n_classes
-    expect(loss_out, "loss_out", type_num, n_rows, loss_row_length, True)
-    expect_gradient(grad_out, type_num, n_rows, n_classes)
-    if n_rows == 0:
-        return
-    if n_classes == 0:
-        if loss_row_sums:
-            loss_out[:, :] = 0
-        return
     cdef lc_operands o
-    init_operands(&o, LC_OP_BCE_WITH_LOGITS, x, n_rows, n_classes, data(loss_out), loss_row_length)
+    if not init_loss_operands(&o, LC_OP_BCE_WITH_LOGITS, x, type_num, n_rows, n_classes,
+                              loss_out, 1 if loss_row_sums else n_classes, grad_out,
+                              grad_scale):
+        return
     o.y = data(target)
     o.weight = data(weight)
     o.weight_stride = 0 if weight_rows == 1 else n_classes
     o.pos_weight = data(pos_weight)
     o.pos_weight_stride = 0 if pos_weight_rows == 1 else n_classes
     o.loss_row_sums = loss_row_sums
-    o.out2 = data_or_null(grad_out)
-    o.grad_scale = grad_scale
     run(&o, type_num, n_threads, input_format(x), input_format(target), row_scale)
 
 
@@ -1187,40 +1185,34 @@ def score_multilabel(cnp.ndarray x not None, cnp.ndarray targets not None,
 
 def math_exp(cnp.ndarray x not None, cnp.ndarray out not None):
     """out = exp(x), the kernels' exp."""
-    _math_entry(0, x, out)
+    _math_entry(x, out, lc_exp_span_f32, lc_exp_span_f64)
 
 
 def math_log(cnp.ndarray x not None, cnp.ndarray out not None):
     """out = log(x), the kernels' log (computed in double, also for float32)."""
-    _math_entry(1, x, out)
+    _math_entry(x, out, lc_log_span_f32, lc_log_span_f64)
 
 
 def math_log1p(cnp.ndarray x not None, cnp.ndarray out not None):
     """out = log1p(x) for x in [-1, inf] (NaN below), the kernels' log1p (in double)."""
-    _math_entry(2, x, out)
+    _math_entry(x, out, lc_log1p_span_f32, lc_log1p_span_f64)
 
 
-cdef _math_entry(int function, cnp.ndarray x, cnp.ndarray out):
+ctypedef void (*math_span_f32)(const float* x, float* out, Py_ssize_t n) noexcept nogil
+ctypedef void (*math_span_f64)(const double* x, double* out, Py_ssize_t n) noexcept nogil
+
+
+cdef _math_entry(cnp.ndarray x, cnp.ndarray out, math_span_f32 span_f32,
+                 math_span_f64 span_f64):
+    """out = f(x) by lc_math.h's span of f for x's type (span_f32 or span_f64)."""
     cdef int type_num = element_type(x)
     cdef Py_ssize_t n = dim(x, 0)
     expect(x, "x", type_num, n, -1, False)
     expect(out, "out", type_num, n, -1, True)
-    cdef void* x_data = data(x)
-    cdef void* out_data = data(out)
     if type_num == cnp.NPY_FLOAT:
-        if function == 0:
-            lc_exp_span_f32(<const float*>x_data, <float*>out_data, n)
-        elif function == 1:
-            lc_log_span_f32(<const float*>x_data, <float*>out_data, n)
-        else:
-            lc_log1p_span_f32(<const float*>x_data, <float*>out_data, n)
+        span_f32(<const float*>data(x), <float*>data(out), n)
     else:
-        if function == 0:
-            lc_exp_span_f64(<const double*>x_data, <double*>out_data, n)
-        elif function == 1:
-            lc_log_span_f64(<const double*>x_data, <double*>out_data, n)
-        else:
-            lc_log1p_span_f64(<const double*>x_data, <double*>out_data, n)
+        span_f64(<const double*>data(x), <double*>data(out), n)
 
 
 # ---------------------------------------------------------------- temperature_nll

@@ -38,6 +38,16 @@ typedef ptrdiff_t lc_index; /* Py_ssize_t-sized: arrays of more than 2^31 elemen
 #define LC_NO_UNROLL
 #endif
 
+/* On a short loop of a constant count that must become straight-line code (the Horner
+   steps of lc_math.h). */
+#if defined(__clang__)
+#define LC_UNROLL_ALL _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__)
+#define LC_UNROLL_ALL _Pragma("GCC unroll 32")
+#else
+#define LC_UNROLL_ALL
+#endif
+
 /* Runtime dispatch: gcc >= 12 on x86-64 glibc (target_clones needs ifunc, and the
    x86-64-v3/v4 names need gcc 12). Elsewhere, or with -DLC_NO_DISPATCH (a native build:
    CFLAGS="-march=native -DLC_NO_DISPATCH"), the functions are compiled once, for whatever

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from types import FunctionType
 
 import numba
 import numpy as np
@@ -88,41 +89,62 @@ plain_jit = njit(error_model="numpy")
 parallel_kernel = njit(parallel=True, cache=True, fastmath=VECTOR_MATH, error_model="numpy")
 serial_kernel = njit(cache=True, fastmath=VECTOR_MATH, error_model="numpy")
 
+
+@dataclass(frozen=True)
+class ChunkKernels:
+    serial: object
+    parallel: object
+
+
+def chunk_kernels(function):
+    """``function``, a loop over chunks by prange, as a serial kernel (prange is range
+    there) and as a parallel one: the serial kernel serves calls of one chunk or one
+    thread without a parallel launch (~1 us). numba's cache keys machine code by the
+    function's qualified name and bytecode, not by its flags, so the serial kernel is
+    compiled from a copy named apart: else each would load the other's cached code."""
+    serial = FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial",
+                          function.__defaults__, function.__closure__)
+    serial.__qualname__ = function.__qualname__ + "_serial"
+    serial.__doc__ = function.__doc__
+    return ChunkKernels(serial_kernel(serial), parallel_kernel(function))
+
+
+def launch_chunks(threads, kernels, serial, *args):
+    """Run ``kernels`` (chunk_kernels) on args: the serial kernel when ``serial`` (or with
+    one thread), else the parallel one on ``threads`` threads."""
+    if serial or threads == 1:
+        return kernels.serial(*args)
+    return launch(threads, kernels.parallel, *args)
+
 # --------------------------------------------------------------------------------------
 # LLVM intrinsics numba does not expose
 # --------------------------------------------------------------------------------------
 
 
-@intrinsic
-def bits_to_float(typingctx, bits):
-    """Reinterpret an int32 as float32 or an int64 as float64 (no conversion)."""
-    if bits == types.int32:
-        result = types.float32
-    elif bits == types.int64:
-        result = types.float64
-    else:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(result))
-
-    return result(bits), codegen
-
-
-@intrinsic
-def float_to_bits(typingctx, value):
-    """Reinterpret a float32 as int32 or a float64 as int64 (no conversion)."""
-    if value == types.float32:
-        result = types.int32
-    elif value == types.float64:
-        result = types.int64
-    else:
+def _bitcast(value, casts):
+    """The typing and codegen of an intrinsic that reinterprets ``value``, of a type in
+    ``casts``, as the type it maps to (LLVM bitcast: same size, no conversion); None (no
+    match) for other types."""
+    result = casts.get(value)
+    if result is None:
         return None
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(result))
 
     return result(value), codegen
+
+
+@intrinsic
+def bits_to_float(typingctx, bits):
+    """Reinterpret an int32 as float32 or an int64 as float64 (no conversion)."""
+    return _bitcast(bits, {types.int32: types.float32, types.int64: types.float64})
+
+
+@intrinsic
+def float_to_bits(typingctx, value):
+    """Reinterpret a float32 as int32 or a float64 as int64 (no conversion)."""
+    return _bitcast(value, {types.float32: types.int32, types.float64: types.int64})
 
 
 @intrinsic
@@ -212,17 +234,25 @@ EXP_LOWEST_F32 = kernel_constants.EXP_LOWEST_F32
 EXP_HIGHEST_F32 = kernel_constants.EXP_HIGHEST_F32
 EXP_LOWEST_F64 = kernel_constants.EXP_LOWEST_F64
 EXP_HIGHEST_F64 = kernel_constants.EXP_HIGHEST_F64
-# The polynomials, highest degree first, unpacked into names: numba freezes each as a
-# constant, and a change of degree in kernel_constants.py fails here, loudly.
-(EXP_F32_C7, EXP_F32_C6, EXP_F32_C5, EXP_F32_C4, EXP_F32_C3,
- EXP_F32_C2) = kernel_constants.EXP_POLY_F32
-(EXP_F64_C13, EXP_F64_C12, EXP_F64_C11, EXP_F64_C10, EXP_F64_C9, EXP_F64_C8, EXP_F64_C7,
- EXP_F64_C6, EXP_F64_C5, EXP_F64_C4, EXP_F64_C3, EXP_F64_C2) = kernel_constants.EXP_POLY_F64
-LOG1P_F32_C4, LOG1P_F32_C3, LOG1P_F32_C2, LOG1P_F32_C1 = kernel_constants.LOG1P_POLY_F32
-(LOG1P_F64_C7, LOG1P_F64_C6, LOG1P_F64_C5, LOG1P_F64_C4, LOG1P_F64_C3, LOG1P_F64_C2,
- LOG1P_F64_C1) = kernel_constants.LOG1P_POLY_F64
+# The polynomials, highest degree first (tuples: numba freezes each as a constant).
+EXP_POLY_F32 = kernel_constants.EXP_POLY_F32
+EXP_POLY_F64 = kernel_constants.EXP_POLY_F64
+LOG1P_POLY_F32 = kernel_constants.LOG1P_POLY_F32
+LOG1P_POLY_F64 = kernel_constants.LOG1P_POLY_F64
 SMALLEST_NORMAL_F64 = 2.2250738585072014e-308
 TWO_TO_54 = 18014398509481984.0
+
+
+@ordered_jit
+def polynomial(x, coefficients):
+    """The polynomial of ``coefficients`` (a constant tuple, highest degree first) at x, in
+    x's type, by Horner's rule: p = c0, then p = p x + c for each next c, the order the
+    C side writes out (so the same bits). The loop over the constant tuple is unrolled
+    and its coefficients folded in by LLVM, as if written out by hand."""
+    p = cast_like(coefficients[0], x)
+    for c in coefficients[1:]:
+        p = p * x + cast_like(c, x)
+    return p
 
 
 @ordered_jit
@@ -235,12 +265,7 @@ def expm1_reduced_float32(x):
     k_float = rounded - np.float32(ROUND_MAGIC_F32)
     r = x - k_float * np.float32(LN2_HI_F32)
     r = r - k_float * np.float32(LN2_LO_F32)
-    p = np.float32(EXP_F32_C7)
-    p = p * r + np.float32(EXP_F32_C6)
-    p = p * r + np.float32(EXP_F32_C5)
-    p = p * r + np.float32(EXP_F32_C4)
-    p = p * r + np.float32(EXP_F32_C3)
-    p = p * r + np.float32(EXP_F32_C2)
+    p = polynomial(r, EXP_POLY_F32)
     return p * (r * r) + r, k
 
 
@@ -277,18 +302,7 @@ def expm1_reduced_float64(x):
     k_float = rounded - ROUND_MAGIC_F64
     r = x - k_float * LN2_HI_F64
     r = r - k_float * LN2_LO_F64
-    p = EXP_F64_C13
-    p = p * r + EXP_F64_C12
-    p = p * r + EXP_F64_C11
-    p = p * r + EXP_F64_C10
-    p = p * r + EXP_F64_C9
-    p = p * r + EXP_F64_C8
-    p = p * r + EXP_F64_C7
-    p = p * r + EXP_F64_C6
-    p = p * r + EXP_F64_C5
-    p = p * r + EXP_F64_C4
-    p = p * r + EXP_F64_C3
-    p = p * r + EXP_F64_C2
+    p = polynomial(r, EXP_POLY_F64)
     return p * (r * r) + r, k, k_float
 
 
@@ -363,13 +377,7 @@ def log1p_reduced_float64(f, k_ln2_hi, k_ln2_lo):
     f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f)."""
     s = f / (2.0 + f)
     z = s * s
-    p = LOG1P_F64_C7
-    p = p * z + LOG1P_F64_C6
-    p = p * z + LOG1P_F64_C5
-    p = p * z + LOG1P_F64_C4
-    p = p * z + LOG1P_F64_C3
-    p = p * z + LOG1P_F64_C2
-    p = p * z + LOG1P_F64_C1
+    p = polynomial(z, LOG1P_POLY_F64)
     half_f_squared = 0.5 * f * f
     return k_ln2_hi - ((half_f_squared - (s * (half_f_squared + p * z) + k_ln2_lo)) - f)
 
@@ -379,10 +387,7 @@ def log1p_reduced_float32(f, k_ln2_hi, k_ln2_lo):
     """log1p_reduced_float64 in float32, with the float32 polynomial."""
     s = f / (np.float32(2.0) + f)
     z = s * s
-    p = np.float32(LOG1P_F32_C4)
-    p = p * z + np.float32(LOG1P_F32_C3)
-    p = p * z + np.float32(LOG1P_F32_C2)
-    p = p * z + np.float32(LOG1P_F32_C1)
+    p = polynomial(z, LOG1P_POLY_F32)
     half_f_squared = np.float32(0.5) * f * f
     return k_ln2_hi - ((half_f_squared - (s * (half_f_squared + p * z) + k_ln2_lo)) - f)
 
@@ -598,21 +603,28 @@ def prefetch_ahead(values, start):
 
 
 @vector_jit
-def sum_exp_of(values, shift):
-    """(others, n_at_max) of values for ``shift``. exp(0) is exactly 1, so a term at the
-    shift is taken out of others by subtracting the comparison as 1.0: a compare, a subtract
-    and an add per element, all vectorised."""
+def sum_exp_of(values, shift, out=None):
+    """(others, n_at_max) of values for ``shift``; with an ``out`` (block_max_store_exp),
+    each exp(values[j] - shift) is stored in out[j] too. exp(0) is exactly 1, so a term at
+    the shift is taken out of others by subtracting the comparison as 1.0: a compare, a
+    subtract and an add per element, all vectorised. ``out is None`` is decided at compile
+    time (numba prunes the branch by the argument's type): without an out the loop has no
+    store at all."""
     others = np.float64(0.0)  # float64 in Python mode too (float32 + 0.0 stays float32)
     n_at_max = np.float64(0.0)
     zero = cast_like(0.0, values)
     for start in range(0, values.shape[0], SUM_CHUNK):
         prefetch_ahead(values, start)
         chunk = values[start : start + SUM_CHUNK]
+        out_chunk = chunk if out is None else out[start : start + SUM_CHUNK]
         partial = zero
         count = zero
         for j in range(chunk.shape[0]):
             at_max = cast_like(chunk[j] == shift, values)
-            partial += shifted_exp(chunk[j] - shift) - at_max
+            e = shifted_exp(chunk[j] - shift)
+            if out is not None:
+                out_chunk[j] = e
+            partial += e - at_max
             count += at_max
         others += partial
         n_at_max += count
@@ -656,29 +668,6 @@ def sum_exp_below(values, row_max):
 
 
 @vector_jit
-def store_exp(values, out, shift):
-    """out[j] = exp(values[j] - shift); returns their (others, n_at_max) as sum_exp_of."""
-    others = np.float64(0.0)
-    n_at_max = np.float64(0.0)
-    zero = cast_like(0.0, values)
-    for start in range(0, values.shape[0], SUM_CHUNK):
-        prefetch_ahead(values, start)
-        chunk = values[start : start + SUM_CHUNK]
-        out_chunk = out[start : start + SUM_CHUNK]
-        partial = zero
-        count = zero
-        for j in range(chunk.shape[0]):
-            at_max = cast_like(chunk[j] == shift, values)
-            e = shifted_exp(chunk[j] - shift)
-            out_chunk[j] = e
-            partial += e - at_max
-            count += at_max
-        others += partial
-        n_at_max += count
-    return others, n_at_max
-
-
-@vector_jit
 def scale_in_place(values, factor):
     for j in range(values.shape[0]):
         values[j] *= factor
@@ -713,7 +702,7 @@ def block_max_sum_exp(values):
 def block_max_store_exp(values, out):
     """(max, others, n_at_max) of one block, leaving exp(x - shift) of the block in out."""
     block_max = max_of(values)
-    others, n_at_max = store_exp(values, out, shift_for(block_max))
+    others, n_at_max = sum_exp_of(values, shift_for(block_max), out)
     return block_max, others, n_at_max
 
 
@@ -728,6 +717,13 @@ def block_bounds(n_classes, block):
     return start, min(start + BLOCK_CLASSES, n_classes)
 
 
+@plain_jit
+def block_state_buffers(n_blocks, row):
+    """A long row's per-block (max, others, n_at_max) arrays, the max in the row's type."""
+    return (np.empty(n_blocks, dtype=row.dtype), np.empty(n_blocks, dtype=np.float64),
+            np.empty(n_blocks, dtype=np.float64))
+
+
 @vector_jit
 def row_max_sum_exp(row):
     """(max, others, n_at_max) of a whole row, from its blocks' merged by merge_block_stats.
@@ -739,9 +735,7 @@ def row_max_sum_exp(row):
     if n_classes <= BLOCK_CLASSES:
         return block_max_sum_exp(row)  # the value merge_block_stats gives for one block
     n_blocks = n_blocks_of(n_classes)
-    block_maxes = np.empty(n_blocks, dtype=row.dtype)
-    block_others = np.empty(n_blocks, dtype=np.float64)
-    block_counts = np.empty(n_blocks, dtype=np.float64)
+    block_maxes, block_others, block_counts = block_state_buffers(n_blocks, row)
     for block in range(n_blocks):
         start, stop = block_bounds(n_classes, block)
         block_maxes[block], block_others[block], block_counts[block] = block_max_sum_exp(
@@ -1551,13 +1545,22 @@ def _launch_by_shape(threads, kernels, split, x, *args, row_scale=None,
         elif _is_narrow(n_classes):
             launch(threads, kernels.scaled_narrow, x, threads, row_scale, *args)
         else:
-            launch(threads, kernels.scaled_rows, x, row_scale, *args)
+            _launch_rows(threads, kernels, x, *args, row_scale=row_scale)
     elif _splits_classes(n_rows, n_classes, threads):
         launch(threads, split, x, *args)
     elif _is_narrow(n_classes):
         launch(threads, kernels.narrow, x, threads, *args)
     else:
+        _launch_rows(threads, kernels, x, *args)
+
+
+def _launch_rows(threads, kernels, x, *args, row_scale=None):
+    """Run the rows schedule of ``kernels`` (an op's entry kernels) on x: the scaled entry
+    kernel with a ``row_scale`` (temperature=), the plain one without."""
+    if row_scale is None:
         launch(threads, kernels.rows, x, *args)
+    else:
+        launch(threads, kernels.scaled_rows, x, row_scale, *args)
 
 
 def _row_scale_or_none(row_scale):
@@ -1764,9 +1767,7 @@ def row_softmax(row, out):
         return
     # Long row: each block is exponentiated while in L1, with its own shift; the second
     # pass rescales each block by exp(block max - row max) / sum.
-    block_maxes = np.empty(n_blocks, dtype=row.dtype)
-    block_others = np.empty(n_blocks, dtype=np.float64)
-    block_counts = np.empty(n_blocks, dtype=np.float64)
+    block_maxes, block_others, block_counts = block_state_buffers(n_blocks, row)
     for block in range(n_blocks):
         start, stop = block_bounds(n_classes, block)
         block_maxes[block], block_others[block], block_counts[block] = block_max_store_exp(
@@ -2050,30 +2051,21 @@ def scan_label_chunk(labels, weight, ignore_index, chunk, n_invalid, kept_weight
         labels[start:start + LABEL_CHUNK], weight, ignore_index)
 
 
-@serial_kernel
-def _label_stats_serial(labels, weight, ignore_index):
-    # One chunk, or one thread: no parallel launch (~1 us) for the common small batch.
-    n_invalid, kept_weight = label_chunk_buffers(labels)
-    for chunk in range(n_invalid.shape[0]):
-        scan_label_chunk(labels, weight, ignore_index, chunk, n_invalid, kept_weight)
-    return merge_label_chunks(labels, weight.shape[0], ignore_index, n_invalid, kept_weight)
-
-
-@parallel_kernel
-def _label_stats_parallel(labels, weight, ignore_index):
+def _label_stats(labels, weight, ignore_index):
     n_invalid, kept_weight = label_chunk_buffers(labels)
     for chunk in prange(n_invalid.shape[0]):
         scan_label_chunk(labels, weight, ignore_index, chunk, n_invalid, kept_weight)
     return merge_label_chunks(labels, weight.shape[0], ignore_index, n_invalid, kept_weight)
 
 
+LABEL_STATS = chunk_kernels(_label_stats)
+
+
 def label_stats(labels, weight, ignore_index, n_threads=1):
-    threads = usable_threads(n_threads)
-    if threads == 1 or labels.shape[0] <= LABEL_CHUNK:
-        first_invalid, kept_weight = _label_stats_serial(labels, weight, int(ignore_index))
-    else:
-        first_invalid, kept_weight = launch(threads, _label_stats_parallel, labels, weight,
-                                             int(ignore_index))
+    # One chunk, or one thread: no parallel launch (~1 us) for the common small batch.
+    first_invalid, kept_weight = launch_chunks(
+        usable_threads(n_threads), LABEL_STATS, labels.shape[0] <= LABEL_CHUNK, labels,
+        weight, int(ignore_index))
     return int(first_invalid), float(kept_weight)
 
 
@@ -2480,14 +2472,15 @@ def cross_entropy_probs_row(x, args, i):
 
 
 @plain_jit
-def cross_entropy_probs_prepare(args):
+def with_empty_grad_row(args):
     """The call's operands and an empty gradient row (the row's gradient when none is
-    asked for)."""
+    asked for): the "prepare" step of cross_entropy_probs and bce_with_logits, whose
+    operands both hold grad_out fifth."""
     grad_out = args[4]
     return args + (np.empty(0, dtype=grad_out.dtype),)
 
 
-row_operation("cross_entropy_probs", prepare=cross_entropy_probs_prepare,
+row_operation("cross_entropy_probs", prepare=with_empty_grad_row,
               row=cross_entropy_probs_row)
 CROSS_ENTROPY_PROBS = entry_kernels("cross_entropy_probs")
 
@@ -2499,11 +2492,8 @@ def cross_entropy_probs(x, target, weight, label_smoothing, loss_out, grad_out, 
     row_scale = _row_scale_or_none(row_scale)
     operands = (half_bits(target), weight, float(label_smoothing), loss_out, grad_out,
                 float(grad_scale), _wants_grad(grad_out, x), row_scale)
-    if row_scale is None:
-        launch(usable_threads(n_threads), CROSS_ENTROPY_PROBS.rows, half_bits(x), *operands)
-    else:
-        launch(usable_threads(n_threads), CROSS_ENTROPY_PROBS.scaled_rows, half_bits(x),
-               row_scale, *operands)
+    _launch_rows(usable_threads(n_threads), CROSS_ENTROPY_PROBS, half_bits(x), *operands,
+                 row_scale=row_scale)
 
 
 # --------------------------------------------------------------------------------------
@@ -2564,14 +2554,7 @@ def bce_row(x, args, i):
             row_grad_scale(grad_scale, row_scale, i), sum_loss, want_grad)
 
 
-@plain_jit
-def bce_prepare(args):
-    """The call's operands and an empty gradient row, as cross_entropy_probs_prepare."""
-    grad_out = args[4]
-    return args + (np.empty(0, dtype=grad_out.dtype),)
-
-
-row_operation("bce_with_logits", prepare=bce_prepare, row=bce_row)
+row_operation("bce_with_logits", prepare=with_empty_grad_row, row=bce_row)
 BCE_WITH_LOGITS = entry_kernels("bce_with_logits")
 
 
@@ -2584,11 +2567,8 @@ def bce_with_logits(x, target, weight, pos_weight, loss_out, grad_out, grad_scal
     row_scale = _row_scale_or_none(row_scale)
     operands = (half_bits(target), weight, pos_weight, loss_out, grad_out, float(grad_scale),
                 sum_loss, _wants_grad(grad_out, x), row_scale)
-    if row_scale is None:
-        launch(usable_threads(n_threads), BCE_WITH_LOGITS.rows, half_bits(x), *operands)
-    else:
-        launch(usable_threads(n_threads), BCE_WITH_LOGITS.scaled_rows, half_bits(x),
-               row_scale, *operands)
+    _launch_rows(usable_threads(n_threads), BCE_WITH_LOGITS, half_bits(x), *operands,
+                 row_scale=row_scale)
 
 
 # --------------------------------------------------------------------------------------
@@ -3442,19 +3422,7 @@ def sum_temperature_chunks(sums):
     return total
 
 
-@serial_kernel
-def _temperature_nll_serial(x, labels, sample_weight, ignore_index, b):
-    rows_per_chunk = temperature_rows_per_chunk(x.shape[1])
-    n_chunks = (x.shape[0] + rows_per_chunk - 1) // rows_per_chunk
-    sums = np.empty((n_chunks, TEMPERATURE_SUMS))
-    for chunk in range(n_chunks):
-        temperature_chunk(x, labels, sample_weight, ignore_index, b, rows_per_chunk, chunk,
-                          sums)
-    return sum_temperature_chunks(sums)
-
-
-@parallel_kernel
-def _temperature_nll_parallel(x, labels, sample_weight, ignore_index, b):
+def _temperature_nll(x, labels, sample_weight, ignore_index, b):
     rows_per_chunk = temperature_rows_per_chunk(x.shape[1])
     n_chunks = (x.shape[0] + rows_per_chunk - 1) // rows_per_chunk
     sums = np.empty((n_chunks, TEMPERATURE_SUMS))
@@ -3464,14 +3432,14 @@ def _temperature_nll_parallel(x, labels, sample_weight, ignore_index, b):
     return sum_temperature_chunks(sums)
 
 
+TEMPERATURE_NLL = chunk_kernels(_temperature_nll)
+
+
 def temperature_nll(x, labels, sample_weight, ignore_index, inverse_temperature,
                     n_threads=1):
-    threads = usable_threads(n_threads)
-    args = (x, labels, sample_weight, int(ignore_index), float(inverse_temperature))
-    if threads == 1 or x.shape[0] <= ROW_SUM_CHUNK_ELEMENTS // max(x.shape[1], 1):
-        sums = _temperature_nll_serial(*args)
-    else:
-        sums = launch(threads, _temperature_nll_parallel, *args)
+    one_chunk = x.shape[0] <= ROW_SUM_CHUNK_ELEMENTS // max(x.shape[1], 1)
+    sums = launch_chunks(usable_threads(n_threads), TEMPERATURE_NLL, one_chunk, x, labels,
+                         sample_weight, int(ignore_index), float(inverse_temperature))
     return tuple(float(value) for value in sums)
 
 

@@ -159,14 +159,22 @@ def cross_entropy_labels(
     q[np.arange(n_rows), safe_labels] = (1.0 - label_smoothing) * w64[safe_labels]
     q += (label_smoothing / n_classes) * w64[None, :]
     q[~keep] = 0.0
+    # Ignored rows have q = 0: their gradient is 0, or NaN where the row's softmax is NaN
+    # (it holds NaN or +inf, or only -inf), as torch gives it.
+    _target_cross_entropy(x64, q, loss_out, grad_out, grad_scale, zero_q_terms=True)
+
+
+def _target_cross_entropy(x64, q, loss_out, grad_out, grad_scale, zero_q_terms):
+    """loss = -sum q log_softmax(x) per row, and (when grad_out is not empty) gradient
+    grad_scale (softmax(x) sum(q) - q), for the target weights q of cross_entropy_labels
+    and cross_entropy_probs. zero_q_terms: a term whose q is 0 is 0 even where the
+    log-probability is -inf (a masked class); else such a term is 0 * -inf = NaN (the
+    probability targets' contract)."""
     log_probs = _log_softmax64(x64)
     with np.errstate(**_ERRSTATE):
-        # Where q == 0 the term is 0 even if log_probs is -inf (a masked class).
-        terms = np.where(q != 0.0, q * log_probs, 0.0)
+        terms = np.where(q != 0.0, q * log_probs, 0.0) if zero_q_terms else q * log_probs
         loss_out[...] = -np.sum(terms, axis=1)
         if grad_out.size:
-            # Ignored rows have q = 0: their gradient is 0, or NaN where the row's softmax
-            # is NaN (it holds NaN or +inf, or only -inf), as torch gives it.
             grad = np.exp(log_probs) * q.sum(axis=1, keepdims=True) - q
             grad_out[...] = grad_scale * grad
 
@@ -182,12 +190,7 @@ def cross_entropy_probs(
     if label_smoothing > 0.0:
         t64 = t64 * (1.0 - label_smoothing) + label_smoothing / n_classes
     q = t64 * weight.astype(np.float64)[None, :]
-    log_probs = _log_softmax64(x64)
-    with np.errstate(**_ERRSTATE):
-        loss_out[...] = -np.sum(q * log_probs, axis=1)
-        if grad_out.size:
-            grad = np.exp(log_probs) * q.sum(axis=1, keepdims=True) - q
-            grad_out[...] = grad_scale * grad
+    _target_cross_entropy(x64, q, loss_out, grad_out, grad_scale, zero_q_terms=False)
 
 
 def bce_with_logits(
